@@ -1,0 +1,1 @@
+"""qtrain.conformance: judges any backend against qtrain.reference, cases as data."""

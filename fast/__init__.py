@@ -1,0 +1,1 @@
+"""qtrain.fast: Triton kernels and torch scaled products for GPUs (spec/ is the contract)."""
