@@ -29,18 +29,19 @@ def mx_dequant_factor(scale_bits):
 
 
 def float32_to_e8m0_rceil(v):
-    """MX-4 helper: e8m0 byte of 2^ceil(log2 v) for fp32 v >= 0, exact from the fp32 bits.
+    """MX-4 helper: e8m0 byte of 2^ceil(log2 v) for fp32 v, exact from the fp32 bits.
 
-    Case order: NaN or Inf -> 0xFF; zero -> 0 (2^-127); finite -> e = ceil(log2 v) (subnormals
-    exact, so v <= 2^-127 gives e <= -127), clamped below at -127; e > 127 -> 0xFF (NaN).
+    Case order: NaN or Inf -> 0xFF; v <= 0 -> 0 (2^-127; e8m0 has no sign or zero); finite ->
+    e = ceil(log2 v) (subnormals exact, so v <= 2^-127 gives e <= -127), clamped below at -127;
+    e > 127 -> 0xFF (NaN).
     """
     v = np.asarray(v)
     if v.dtype != np.float32:
         raise TypeError(f"qtrain.reference.mx.float32_to_e8m0_rceil: v has dtype {v.dtype}; expected float32")
-    if np.any(v < 0):
-        raise ValueError("qtrain.reference.mx.float32_to_e8m0_rceil: v must be >= 0 (e8m0 has no sign)")
     finite = np.isfinite(v)
-    e = np.maximum(ceil_log2(np.where(finite, v, np.float32(1.0))), E8M0_MIN_EXP)
+    positive = finite & (v > 0)
+    e = np.where(positive, ceil_log2(np.where(positive, v, np.float32(1.0))), E8M0_MIN_EXP)
+    e = np.maximum(e, E8M0_MIN_EXP)
     byte = np.where(finite & (e <= E8M0_MAX_EXP), e + E8M0_BIAS, E8M0_NAN)
     return byte.astype(np.uint8)
 

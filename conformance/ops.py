@@ -1,0 +1,189 @@
+"""One adapter per op: build a case's inputs, run it on the NumPy reference and on a torch backend.
+
+Each adapter returns {output name: NumPy array}; the runner compares them. A backend without the
+op's method is skipped with that reason (the brief's torch interface lists quantize_* and
+scaled_mm_nt; dequantize_*, scaled_grouped_mm and the e8m0 helper are optional there).
+"""
+import numpy as np
+
+from . import bits
+from .generators import make_input
+from .torch_io import to_numpy, to_torch, torch_dtype
+
+
+class OpMissing(Exception):
+    """The backend does not implement this op: the case is skipped, with this reason."""
+
+
+def _ref():
+    import qtrain.reference as ref   # NumPy + ml_dtypes only
+    return ref
+
+
+def _method(backend, name):
+    fn = getattr(backend, name, None)
+    if fn is None:
+        raise OpMissing(f"backend {getattr(backend, 'name', backend)!r} has no {name}()")
+    return fn
+
+
+def _x(case):
+    return make_input(case["input"], case["shape"], case.get("dtype", "float32"))
+
+
+def _axis(case):
+    return case.get("axis")
+
+
+# ---- quantize ops: the case's params map onto the reference and backend signatures ----------
+def _quant_float8(case, x, lib):
+    return lib.quantize_float8(x, case["format"], _axis(case), bool(case.get("pow2", False)))
+
+
+def _quant_mx(case, x, lib):
+    args = (x, case["format"], int(case.get("block", 32)), case.get("axis", -1), case["scale_mode"])
+    return lib.quantize_mx(*args)
+
+
+def _quant_int8(case, x, lib, noise=None):
+    return lib.quantize_int8(x, case["axis"], noise)
+
+
+def _quant_blockwise(case, x, lib):
+    return lib.quantize_blockwise(x, tuple(case["block"]), case.get("format", "float8_e4m3fn"))
+
+
+QUANTIZE = {
+    # op: (call, names of the two outputs)
+    "quantize_float8": (_quant_float8, ("data", "quant_scale")),
+    "quantize_mx": (_quant_mx, ("data", "scale_bits")),
+    "quantize_int8": (_quant_int8, ("data", "dequant_scale")),
+    "quantize_blockwise": (_quant_blockwise, ("data", "quant_scale")),
+}
+
+
+class _NumpyRef:
+    """The reference with the brief's torch-interface argument order (positional, NumPy arrays)."""
+
+    def quantize_float8(self, x, fmt, axis, pow2):
+        return _ref().quantize_float8(x, fmt, axis=axis, pow2_scale=pow2)
+
+    def quantize_mx(self, x, fmt, block, axis, mode):
+        return _ref().quantize_mx(x, fmt, block_size=block, axis=axis, scale_mode=mode)
+
+    def quantize_int8(self, x, axis, noise):
+        return _ref().quantize_int8(x, axis, noise=noise)
+
+    def quantize_blockwise(self, x, block, fmt):
+        return _ref().quantize_blockwise(x, block=block, fmt=fmt)
+
+
+def _noise(case):
+    spec = case.get("noise")
+    return None if spec is None else make_input(spec, case["shape"], "float32")
+
+
+def quantize_inputs(case):
+    return {"x": _x(case), "noise": _noise(case)}
+
+
+def quantize_reference(case, inputs):
+    call, names = QUANTIZE[case["op"]]
+    extra = {"noise": inputs["noise"]} if case["op"] == "quantize_int8" else {}
+    out = call(case, inputs["x"], _NumpyRef(), **extra)
+    return dict(zip(names, out))
+
+
+class _TorchSide:
+    def __init__(self, backend, device):
+        self.backend, self.device = backend, device
+
+    def __getattr__(self, name):
+        fn = _method(self.backend, name)
+        return lambda x, *args: fn(to_torch(x, self.device), *args)
+
+
+def quantize_backend(case, inputs, backend, device):
+    call, names = QUANTIZE[case["op"]]
+    side = _TorchSide(backend, device)
+    extra = {}
+    if case["op"] == "quantize_int8":
+        noise = inputs["noise"]
+        extra["noise"] = None if noise is None else to_torch(noise, device)
+    out = call(case, inputs["x"], side, **extra)
+    return {name: to_numpy(t) for name, t in zip(names, out)}
+
+
+# ---- dequantize ops: the payload comes from the reference quantize of the case's input ---------
+DEQUANTIZE = {
+    "dequantize_float8": ("quantize_float8", lambda c: ()),
+    "dequantize_mx": ("quantize_mx", lambda c: (int(c.get("block", 32)), c.get("axis", -1))),
+    "dequantize_int8": ("quantize_int8", lambda c: ()),
+    "dequantize_blockwise": ("quantize_blockwise", lambda c: (tuple(c["block"]),)),
+}
+
+
+def dequantize_inputs(case):
+    qop, _ = DEQUANTIZE[case["op"]]
+    quantized = quantize_reference(dict(case, op=qop), quantize_inputs(case))
+    return {"payload": list(quantized.values())}
+
+
+def dequantize_reference(case, inputs):
+    _, extra = DEQUANTIZE[case["op"]]
+    out_dtype = bits.value_dtype(case.get("out_dtype", "float32"))
+    fn = getattr(_ref(), case["op"])
+    return {"out": fn(*inputs["payload"], *extra(case), out_dtype=out_dtype)}
+
+
+def dequantize_backend(case, inputs, backend, device):
+    _, extra = DEQUANTIZE[case["op"]]
+    fn = _method(backend, case["op"])
+    tensors = [to_torch(a, device) for a in inputs["payload"]]
+    return {"out": to_numpy(fn(*tensors, *extra(case), torch_dtype(case.get("out_dtype", "float32"))))}
+
+
+# ---- e8m0 helpers (MX-4 conversion table, FMT-1 decode) ----------------------------------------
+def e8m0_inputs(case):
+    if case["op"] == "e8m0_to_float":
+        return {"x": make_input(case["input"], case["shape"], "uint8")}
+    return {"x": make_input(case["input"], case["shape"], "float32")}
+
+
+def e8m0_reference(case, inputs):
+    if case["op"] == "e8m0_to_float":
+        return {"out": np.asarray(_ref().e8m0_to_float(inputs["x"]), dtype=np.float64)}
+    return {"scale_bits": np.asarray(_ref().float32_to_e8m0_rceil(inputs["x"]), dtype=np.uint8)}
+
+
+def e8m0_ml_dtypes(case, inputs):
+    """Independent decode: ml_dtypes' own float8_e8m0fnu (FMT-1)."""
+    import ml_dtypes
+    return {"out": inputs["x"].view(ml_dtypes.float8_e8m0fnu).astype(np.float64)}
+
+
+def e8m0_backend(case, inputs, backend, device):
+    fn = _method(backend, "e8m0_to_float" if case["op"] == "e8m0_to_float" else "float32_to_e8m0_rceil")
+    out = to_numpy(fn(to_torch(inputs["x"], device)))
+    key = "out" if case["op"] == "e8m0_to_float" else "scale_bits"
+    return {key: out.astype(np.float64) if key == "out" else out}
+
+
+# ---- exhaustive decode (FMT-7): every code of a float8 format ----------------------------------
+def decode_inputs(case):
+    import ml_dtypes
+    codes = make_input(case["input"], case["shape"], "uint8")
+    return {"x": codes.view(getattr(ml_dtypes, case["format"]))}
+
+
+def decode_reference(case, inputs):
+    return {"out": np.asarray(_ref().float8_to_float64(inputs["x"]), dtype=np.float64)}
+
+
+def decode_ml_dtypes(case, inputs):
+    return {"out": inputs["x"].astype(np.float64)}
+
+
+def decode_backend(case, inputs, backend, device):
+    fn = _method(backend, "float8_to_float64")
+    return {"out": to_numpy(fn(to_torch(inputs["x"], device))).astype(np.float64)}

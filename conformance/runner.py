@@ -1,0 +1,185 @@
+"""Run cases against a backend: every output compared bitwise or within MM-4; one result per case."""
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import bits, compare, ops, products
+from .compare import Check
+
+
+@dataclass(frozen=True)
+class OpDef:
+    inputs: Callable                 # case -> inputs (NumPy)
+    reference: Callable              # case, inputs -> {output: array}
+    backend: Callable                # case, inputs, backend, device -> {output: array}
+    independent: Optional[Callable] = None   # case, inputs -> {output: array} (expected "ml_dtypes")
+    abs_sum: Optional[Callable] = None       # products: case, inputs -> (T64, S) of MM-4
+
+
+_Q = dict(inputs=ops.quantize_inputs, reference=ops.quantize_reference, backend=ops.quantize_backend)
+_D = dict(inputs=ops.dequantize_inputs, reference=ops.dequantize_reference, backend=ops.dequantize_backend)
+OPS = {
+    **{name: OpDef(**_Q) for name in ops.QUANTIZE},
+    **{name: OpDef(**_D) for name in ops.DEQUANTIZE},
+    "float32_to_e8m0_rceil": OpDef(ops.e8m0_inputs, ops.e8m0_reference, ops.e8m0_backend),
+    "e8m0_to_float": OpDef(ops.e8m0_inputs, ops.e8m0_reference, ops.e8m0_backend, ops.e8m0_ml_dtypes),
+    "float8_to_float64": OpDef(ops.decode_inputs, ops.decode_reference, ops.decode_backend,
+                               ops.decode_ml_dtypes),
+    "scaled_mm_nt": OpDef(products.mm_inputs, products.mm_reference, products.mm_backend,
+                          abs_sum=products.mm_abs_sum),
+    "scaled_grouped_mm": OpDef(products.grouped_inputs, products.grouped_reference,
+                               products.grouped_backend, abs_sum=products.grouped_abs_sum),
+}
+
+
+@dataclass
+class CaseResult:
+    case: dict
+    status: str = "pass"             # pass | fail | skip
+    checks: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def mismatches(self):
+        return sum(c.mismatches for c in self.checks)
+
+    @property
+    def worst(self):
+        values = [c.worst for c in self.checks if c.worst is not None]
+        return max(values) if values else None
+
+    def first_bad(self):
+        return next((f"[{c.subject}] {c.first_bad}" for c in self.checks if not c.ok), None)
+
+    def as_dict(self):
+        c = self.case
+        return {"name": c["name"], "op": c["op"], "format": format_label(c), "rules": c["rules"],
+                "file": c["file"], "status": self.status, "mismatches": self.mismatches,
+                "worst_vs_bound": self.worst, "first_bad": self.first_bad(), "notes": self.notes,
+                "seconds": round(self.seconds, 3), "checks": [k.as_dict() for k in self.checks]}
+
+
+def format_label(case):
+    if "operands" in case or "a" in case:
+        a, b = products.operand_spec(case, "a"), products.operand_spec(case, "b")
+        side = lambda s: f"{s.get('quant')}:{s.get('format', 'int8')}"
+        return side(a) if side(a) == side(b) else f"{side(a)} x {side(b)}"
+    return case.get("format", "int8" if "int8" in case["op"] else "-")
+
+
+def _output_dtype(case, output):
+    if output == "data":
+        return "int8" if case["op"].endswith("int8") else case["format"]
+    if output in ("quant_scale", "dequant_scale"):
+        return "float32"
+    if output == "scale_bits":
+        return "uint8"
+    return "float64" if case["op"] in ("e8m0_to_float", "float8_to_float64") else case.get("out_dtype", "float32")
+
+
+def literal_expected(case, like):
+    """{output: array} from the case's literal bits; shapes follow the reference's outputs."""
+    out = {}
+    for output, spec in case["expected"].items():
+        shape = spec.get("shape") or (like[output].shape if like and output in like else None)
+        out[output] = bits.from_hex(spec["bits"], _output_dtype(case, output), shape, spec.get("pad"))
+    return out
+
+
+def _judge(case, subject, got, expected, inputs, op):
+    checks = []
+    for output, want in expected.items():
+        if output not in got:
+            checks.append(Check(output, subject, False, 1, 1, first_bad=f"{output}: not returned"))
+        elif case["compare"] == "bound":
+            k = case["shape"][-1]
+            t64, s = op.abs_sum(case, inputs)
+            checks.append(compare.bound(output, subject, got[output], want, t64, s,
+                                        case["out_dtype"], case.get("accumulation", "fp32"), k))
+        else:
+            checks.append(compare.bitwise(output, subject, got[output], want))
+    return checks
+
+
+def _error(subject, exc):
+    return Check("error", subject, False, 1, 1,
+                 first_bad=f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=-2).strip()}")
+
+
+def _run_raises(case, backend, device, subject, result):
+    op = OPS[case["op"]]
+    want = case["raises"]
+    sides = [("reference", lambda: op.reference(case, op.inputs(case)))]
+    if backend is not None:
+        # The payload is built outside the backend only for products; quantize ops get raw x.
+        sides.append((subject, lambda: op.backend(case, op.inputs(case), backend, device)))
+    for who, call in sides:
+        try:
+            call()
+            exc = None
+        except ops.OpMissing as e:
+            result.notes.append(f"{who}: skipped ({e})")
+            continue
+        except Exception as e:  # the exception under test
+            exc = e
+        result.checks.append(compare.raised(who, exc, want["type"], want["match"]))
+
+
+def run_case(case, backend=None, device="cpu", subject="backend"):
+    """Judge one case. backend=None checks the reference alone (golden and ml_dtypes cases)."""
+    result = CaseResult(case)
+    start = time.perf_counter()
+    try:
+        if "raises" in case:
+            _run_raises(case, backend, device, subject, result)
+        else:
+            _run_values(case, backend, device, subject, result)
+    except ops.OpMissing as e:
+        result.notes.append(f"skipped: {e}")
+    except Exception as e:  # harness-side failure (bad case data, reference crash): a failure
+        result.checks.append(_error("harness", e))
+    result.seconds = time.perf_counter() - start
+    if any(not c.ok for c in result.checks):
+        result.status = "fail"
+    elif not result.checks or any(n.startswith(f"{subject}: skipped") or n.startswith("skipped")
+                                  for n in result.notes):
+        result.status = "skip"
+    return result
+
+
+def _run_values(case, backend, device, subject, result):
+    op = OPS[case["op"]]
+    inputs = op.inputs(case)
+    ref_out = op.reference(case, inputs)
+    expected = case["expected"]
+    if isinstance(expected, dict) or expected == "ml_dtypes":
+        # Golden / independent cases also judge the reference itself: every other case trusts it.
+        want = literal_expected(case, ref_out) if isinstance(expected, dict) else op.independent(case, inputs)
+        result.checks += _judge(case, "reference", ref_out, want, inputs, op)
+    else:
+        want = {name: ref_out[name] for name in ref_out}
+    if backend is None:
+        return
+    try:
+        got = op.backend(case, inputs, backend, device)
+    except ops.OpMissing as e:
+        result.notes.append(f"{subject}: skipped ({e})")
+        return
+    except Exception as e:
+        result.checks.append(_error(subject, e))
+        return
+    result.checks += _judge(case, subject, got, want, inputs, op)
+
+
+def run_cases(cases, backend=None, device="cpu", subject="backend", on_result=None):
+    results = []
+    for case in cases:
+        r = run_case(case, backend, device, subject)
+        results.append(r)
+        if on_result:
+            on_result(r)
+    return results
