@@ -1,0 +1,73 @@
+"""Checkpoint and fault worker bodies (resume bit-identity, killed writers, failing ranks)."""
+import os
+import time
+
+import torch
+
+from distributed_tests import models
+from distributed_tests.fsdp_workers import _cpu
+
+
+def _sharded(ctx, recipe, dtype, float8_all_gather):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from qtrain.fsdp import fully_shard_model
+    model = models.tiny_mlp(recipe, dtype).to(ctx.device)
+    fully_shard_model(model, init_device_mesh(ctx.device_type, (ctx.world_size,)),
+                      float8_all_gather=float8_all_gather)
+    return model
+
+
+def ckpt_run(ctx, recipe, dtype, path, steps, save_at=None, resume=False, kill_in_save=False,
+             float8_all_gather=False):
+    """Train steps [start, steps) with Adam (state that must survive a resume); save after
+    `save_at` steps and go on (the same run is the never-stopped reference); `resume` loads
+    `path` first. `kill_in_save`: rank 0 dies after its shard
+    files are written but before the checkpoint is committed."""
+    import qtrain
+    from qtrain import dist_checkpoint as dck
+    model = _sharded(ctx, recipe, dtype, float8_all_gather)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    data = [(x.to(ctx.device), y.to(ctx.device))
+            for x, y in models.batches(recipe, steps, dtype=dtype)]
+    start = 0
+    if resume:
+        start = dck.load_checkpoint(path, model, opt)["step"]
+    if kill_in_save:
+        real_save = dck.dcp.save
+
+        def dying_save(*a, **k):
+            real_save(*a, **k)
+            if ctx.rank == 0:
+                os._exit(17)          # killed mid-checkpoint, after writing its shards
+        dck.dcp.save = dying_save
+    losses = []
+    for i in range(start, steps):
+        if i == save_at:
+            dck.save_checkpoint(path, model, opt, step=save_at)
+        x, y = data[i]
+        opt.zero_grad(set_to_none=True)
+        loss = models.loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if float8_all_gather:
+            qtrain.precompute_float8_weight_scales(model)
+        losses.append(loss.detach())
+    return _cpu({"loss": losses, "start": start,
+                 "params": {n: models.plain(p) for n, p in model.named_parameters()}})
+
+
+def failing_step(ctx, fail_rank, steps=3):
+    """Every rank trains; `fail_rank` raises in the middle of step 1's backward, so the others
+    wait in a collective that never completes."""
+    model = _sharded(ctx, None, torch.float32, False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for i, (x, y) in enumerate(models.batches(None, steps)):
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        loss = models.loss_fn(model(x), y)
+        if i == 1 and ctx.rank == fail_rank:
+            raise RuntimeError(f"injected failure on rank {ctx.rank} at step {i}")
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return time.time()

@@ -1,0 +1,93 @@
+"""FSDP2 worker bodies (run on every rank by launch.run_workers; also `python -m` runnable)."""
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+from distributed_tests import models
+
+
+@contextlib.contextmanager
+def count_collectives():
+    """Count all-gather bytes (what each rank puts on the wire) and all-reduce calls by
+    wrapping torch.distributed's functions, which FSDP2 and qtrain.fsdp call by attribute."""
+    counts = {"all_gather_bytes": 0, "all_gathers": 0, "all_reduces": 0}
+    saved = {}
+
+    def gather(orig):
+        def wrapped(output_tensor, input_tensor, *a, **k):
+            counts["all_gather_bytes"] += input_tensor.numel() * input_tensor.element_size()
+            counts["all_gathers"] += 1
+            return orig(output_tensor, input_tensor, *a, **k)
+        return wrapped
+
+    def reduce(orig):
+        def wrapped(*a, **k):
+            counts["all_reduces"] += 1
+            return orig(*a, **k)
+        return wrapped
+
+    for name, wrap in (("all_gather_into_tensor", gather), ("all_gather_single", gather),
+                       ("all_reduce", reduce)):
+        if hasattr(dist, name):
+            saved[name] = getattr(dist, name)
+            setattr(dist, name, wrap(saved[name]))
+    try:
+        yield counts
+    finally:
+        for name, fn in saved.items():
+            setattr(dist, name, fn)
+
+
+def fsdp_run(ctx, recipe, dtype, float8_all_gather=False, steps=2, precompute=False,
+             split_batch=False, bias=True, rows=16):
+    """Shard tiny_mlp over all ranks and train; replicated batch unless `split_batch`."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import qtrain
+    from qtrain.fsdp import fully_shard_model
+    torch.manual_seed(0)
+    model = models.tiny_mlp(recipe, dtype, bias=bias).to(ctx.device)
+    mesh = init_device_mesh(ctx.device_type, (ctx.world_size,))
+    fully_shard_model(model, mesh, float8_all_gather=float8_all_gather)
+    data = models.batches(recipe, steps, rows=rows, dtype=dtype)
+    if split_batch:   # each rank its own micro-batch (data parallel)
+        data = [(x.chunk(ctx.world_size)[ctx.rank], y.chunk(ctx.world_size)[ctx.rank])
+                for x, y in data]
+    data = [(x.to(ctx.device), y.to(ctx.device)) for x, y in data]
+    step_reduces = []
+
+    def after_step(m):
+        if precompute:
+            with count_collectives() as c:
+                qtrain.precompute_float8_weight_scales(m)
+            step_reduces.append(c["all_reduces"])
+
+    with count_collectives() as counts:
+        res = models.train(model, data, after_step=after_step)
+    res.update(counts)
+    res["precompute_all_reduces"] = step_reduces
+    if split_batch:
+        res["loss"] = [_mean_over_ranks(v) for v in res["loss"]]
+    return _cpu(res)
+
+
+def _mean_over_ranks(v):
+    t = v.detach().clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
+def _cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def fsdp_many(ctx, configs):
+    """Several fsdp_run configurations in one launch (process start-up dominates on CI)."""
+    return [fsdp_run(ctx, **cfg) for cfg in configs]

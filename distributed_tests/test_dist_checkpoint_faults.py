@@ -1,0 +1,70 @@
+"""Distributed checkpoints (original dtype, bit-identical resume, atomic commit) and faults (a
+failing rank never hangs the others past a timeout)."""
+import os
+import time
+
+import pytest
+import torch
+
+from distributed_tests import ckpt_workers as C
+from distributed_tests import parity
+from distributed_tests.launch import WorkerFailed, run_workers
+
+
+@pytest.mark.parametrize("recipe,f8ag", [("tensorwise", True)], ids=["tensorwise-f8ag"])
+def test_resume_is_bit_identical(tmp_path, recipe, f8ag):
+    """4 steps straight (saving after step 2 on the way) vs fresh processes that load the
+    checkpoint and run steps 3-4: same bits."""
+    path = str(tmp_path / "ckpt")
+    straight = run_workers(C.ckpt_run, 2, recipe, torch.float32, path, 4, 2, False, False, f8ag)
+    resumed = run_workers(C.ckpt_run, 2, recipe, torch.float32, path, 4, None, True, False,
+                          f8ag)
+    assert resumed[0]["start"] == 2
+    for i, (a, b) in enumerate(zip(resumed[0]["loss"], straight[0]["loss"][2:])):
+        parity.assert_bitwise(f"resumed loss[{i + 2}]", a, b)
+    for rank in (0, 1):
+        for k, want in straight[rank]["params"].items():
+            parity.assert_bitwise(f"resumed param {k} rank {rank}", resumed[rank]["params"][k],
+                                  want)
+    # saved in the original dtype: the float8 all-gather wrapper is stored as its fp32 weight
+    from qtrain.dist_checkpoint import saved_dtypes
+    dtypes = saved_dtypes(path)
+    assert dtypes["model.0.weight"] == torch.float32 and dtypes["model.2.weight"] == torch.float32
+
+
+def test_killed_writer_leaves_no_checkpoint(tmp_path):
+    """Rank 0 dies after writing its shard files, before the commit: no `path` appears, the
+    unfinished tmp folder is reported, and a marker-less folder is refused on load."""
+    from qtrain.dist_checkpoint import IncompleteCheckpointError, checkpoint_info
+    path = str(tmp_path / "ckpt")
+    with pytest.raises(WorkerFailed):
+        run_workers(C.ckpt_run, 2, None, torch.float32, path, 4, 2, False, True, False,
+                    timeout_s=90, pg_timeout_s=20)
+    assert not os.path.exists(path)
+    tmps = [p for p in os.listdir(tmp_path) if p.startswith("ckpt.tmp-")]
+    assert len(tmps) == 1
+    with pytest.raises(IncompleteCheckpointError, match="unfinished writes"):
+        checkpoint_info(path)
+    # a folder copied before the commit (shards, no marker) is detected as incomplete too
+    os.rename(tmp_path / tmps[0], path)
+    with pytest.raises(IncompleteCheckpointError, match="no COMPLETE marker"):
+        checkpoint_info(path)
+
+
+def test_failing_rank_is_reported_and_the_group_is_killed():
+    t0 = time.monotonic()
+    with pytest.raises(WorkerFailed, match="injected failure on rank 1") as err:
+        run_workers(C.failing_step, 2, 1, timeout_s=90)
+    assert err.value.failures[0][0] == 1
+    assert time.monotonic() - t0 < 60
+
+
+def test_survivor_times_out_on_its_own():
+    """Without the launcher's kill (as under torchrun), the process-group timeout ends the
+    rank left waiting in a collective for its dead peer."""
+    t0 = time.monotonic()
+    with pytest.raises(WorkerFailed) as err:
+        run_workers(C.failing_step, 2, 1, timeout_s=90, pg_timeout_s=5, kill_on_failure=False)
+    ranks = sorted(r for r, _ in err.value.failures)
+    assert ranks == [0, 1], err.value.failures            # rank 0 failed by itself
+    assert time.monotonic() - t0 < 60
