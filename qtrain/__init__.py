@@ -4,7 +4,21 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {}
+_LAZY = {
+    # backend selection (qtrain/backend.py)
+    "register_backend": ".backend", "get_backend": ".backend", "list_backends": ".backend",
+    # configs (qtrain/config.py)
+    "Float8LinearConfig": ".config", "MXLinearConfig": ".config", "Int8LinearConfig": ".config",
+    "BlockwiseLinearConfig": ".config", "recipe_config": ".config", "RECIPE_NAMES": ".config",
+    # training modules (qtrain/qlinear.py, qtrain/convert.py)
+    "linear": ".qlinear", "QuantizedLinear": ".qlinear",
+    "convert_to_quantized_training": ".convert",
+    # serving (qtrain/inference.py)
+    "to_inference": ".inference", "InferenceLinear": ".inference",
+    # distributed (qtrain/fsdp.py, qtrain/tensor_parallel.py, qtrain/dist_checkpoint.py)
+    "precompute_float8_weight_scales": ".fsdp", "enable_float8_all_gather": ".fsdp",
+    "fully_shard_model": ".fsdp",
+}
 
 
 def __getattr__(name):

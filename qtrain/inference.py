@@ -1,0 +1,87 @@
+"""Serving a trained model quantized: `to_inference` swaps (Quantized)Linear layers for
+`InferenceLinear`, whose weight is quantized once and stored (payload + dequant factors) and
+whose activation is quantized on every call, exactly as the training forward does (the
+`output` product of the recipe table, spec/07-recipes.md), through the same backend.
+
+The forward matches the training-mode forward of the same recipe bit for bit on a given
+backend (same quantization, same scaled_mm_nt). Recipes whose output product is high
+precision (int8 with output=False) serve with int8 rowwise x and w.
+"""
+import torch
+from torch import nn
+
+from .backend import resolve_backend_name
+from .config import recipe_config
+from .convert import eligibility_error
+from .qlinear import QuantizedLinear, _compute_dtype, _scaled_mm
+from .recipes import QOperand, QuantSpec, quantize_operand
+
+_INT8 = QuantSpec("int8")
+
+
+class InferenceLinear(nn.Module):
+    """y = x @ w.T + b with w pre-quantized (buffers) and x quantized dynamically."""
+
+    def __init__(self, weight, bias, config, fqn=""):
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.config, self.fqn = config, fqn
+        self.backend = resolve_backend_name(config.backend)
+        specs = config.plan().output or (_INT8, _INT8)
+        self.x_spec, w_spec = specs
+        self.dtype = weight.dtype
+        with torch.no_grad():
+            q = quantize_operand(weight.detach(), w_spec, 1, self.backend)
+        self.register_buffer("weight_payload", q.payload.contiguous())
+        self.register_buffer("weight_dequant", q.dequant.contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(),
+                                                           requires_grad=False)
+
+    def forward(self, input):
+        dtype = _compute_dtype(input)
+        x = input.to(dtype).reshape(-1, self.in_features)
+        with torch.autocast(x.device.type, enabled=False):
+            qx = quantize_operand(x, self.x_spec, 1, self.backend)
+            qw = QOperand(self.weight_payload, self.weight_dequant)
+            out = _scaled_mm(qx, qw, dtype, self.backend)
+            out = out.reshape(*input.shape[:-1], self.out_features)
+            if self.bias is not None:
+                out = out + self.bias.to(dtype)
+        return out
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"recipe={self.config.short_id}, backend={self.backend}")
+
+
+def to_inference(model, recipe=None, module_filter_fn=None):
+    """Swap QuantizedLinear layers (their own config) and, when `recipe` (a recipe name or a
+    config) is given, eligible plain nn.Linear layers too, for InferenceLinear; in place.
+
+    Call it on a trained model in eval mode; the result has no weight gradients. `recipe`
+    overrides the configs of QuantizedLinear layers when given.
+    """
+    config = recipe_config(recipe) if isinstance(recipe, str) else recipe
+
+    def swap(module, fqn):
+        if isinstance(module, QuantizedLinear):
+            cfg = config or module.config
+        elif type(module) is nn.Linear and config is not None:
+            if eligibility_error(module, config):
+                return module
+            cfg = config
+        else:
+            return module
+        if module_filter_fn is not None and not module_filter_fn(module, fqn):
+            return module
+        return InferenceLinear(module.weight, module.bias, cfg, fqn)
+
+    def visit(module, fqn):
+        for name, child in list(module.named_children()):
+            child_fqn = f"{fqn}.{name}" if fqn else name
+            new = visit(child, child_fqn)
+            if new is not child:
+                setattr(module, name, new)
+        return swap(module, fqn)
+
+    return visit(model, "")

@@ -1,0 +1,106 @@
+"""torch.library custom ops ("qtrain::*") over the backend interface (brief: torch-level backend).
+
+Each op takes the concrete backend name as a string, so one compiled graph holds opaque calls
+and no Python dispatch; the fake (meta) kernels give exact shapes and dtypes so torch.compile
+traces the quantized path without graph breaks.
+"""
+from typing import List, Optional
+
+import torch
+
+from . import backend as _backend
+
+FLOAT8_DTYPES = {name: getattr(torch, name) for name in
+                 ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")}
+
+
+def _impl(name):
+    return _backend._instance(name)
+
+
+def _keepdims_shape(shape, axis):
+    shape = list(shape)
+    shape[axis] = 1
+    return shape
+
+
+# ---- quantize_float8 (F8-*) ----------------------------------------------------------------
+@torch.library.custom_op("qtrain::quantize_float8", mutates_args=())
+def quantize_float8(x: torch.Tensor, fmt: str, axis: Optional[int], pow2_scale: bool,
+                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _impl(backend).quantize_float8(x, fmt, axis, pow2_scale)
+
+
+@quantize_float8.register_fake
+def _(x, fmt, axis, pow2_scale, backend):
+    scale_shape = [] if axis is None else _keepdims_shape(x.shape, axis)     # F8-7
+    return (x.new_empty(x.shape, dtype=FLOAT8_DTYPES[fmt]),
+            x.new_empty(scale_shape, dtype=torch.float32))
+
+
+# ---- quantize_mx (MX-*) --------------------------------------------------------------------
+@torch.library.custom_op("qtrain::quantize_mx", mutates_args=())
+def quantize_mx(x: torch.Tensor, elem_fmt: str, block_size: int, axis: int, scale_mode: str,
+                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _impl(backend).quantize_mx(x, elem_fmt, block_size, axis, scale_mode)
+
+
+@quantize_mx.register_fake
+def _(x, elem_fmt, block_size, axis, scale_mode, backend):
+    scale_shape = list(x.shape)
+    scale_shape[axis] = scale_shape[axis] // block_size
+    return (x.new_empty(x.shape, dtype=FLOAT8_DTYPES[elem_fmt]),
+            x.new_empty(scale_shape, dtype=torch.uint8))
+
+
+# ---- quantize_int8 (I8-*) ------------------------------------------------------------------
+@torch.library.custom_op("qtrain::quantize_int8", mutates_args=())
+def quantize_int8(x: torch.Tensor, axis: int, noise: Optional[torch.Tensor],
+                  backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _impl(backend).quantize_int8(x, axis, noise)
+
+
+@quantize_int8.register_fake
+def _(x, axis, noise, backend):
+    return (x.new_empty(x.shape, dtype=torch.int8),
+            x.new_empty(_keepdims_shape(x.shape, axis), dtype=torch.float32))
+
+
+# ---- quantize_blockwise (BW-*) -------------------------------------------------------------
+@torch.library.custom_op("qtrain::quantize_blockwise", mutates_args=())
+def quantize_blockwise(x: torch.Tensor, block: List[int], fmt: str,
+                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _impl(backend).quantize_blockwise(x, tuple(block), fmt)
+
+
+@quantize_blockwise.register_fake
+def _(x, block, fmt, backend):
+    rows, cols = x.shape
+    return (x.new_empty(x.shape, dtype=FLOAT8_DTYPES[fmt]),                # BW-3
+            x.new_empty((rows // block[0], cols // block[1]), dtype=torch.float32))
+
+
+# ---- scaled_mm_nt (MM-1, MM-2) -------------------------------------------------------------
+@torch.library.custom_op("qtrain::scaled_mm_nt", mutates_args=())
+def scaled_mm_nt(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
+                 b_dequant: torch.Tensor, out_dtype: torch.dtype, backend: str) -> torch.Tensor:
+    return _impl(backend).scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype)
+
+
+@scaled_mm_nt.register_fake
+def _(a, a_dequant, b, b_dequant, out_dtype, backend):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
+
+# ---- stochastic-rounding noise (I8-5: the noise is an input, drawn here) --------------------
+@torch.library.custom_op("qtrain::uniform_noise", mutates_args=())
+def uniform_noise(like: torch.Tensor, seed: int, call: torch.Tensor) -> torch.Tensor:
+    """U[0,1) fp32 noise shaped like `like`, from a Generator seeded by (seed, call index)."""
+    gen = torch.Generator(device=like.device)
+    gen.manual_seed((seed * 1_000_003 + int(call.item())) % (2 ** 63))
+    return torch.rand(like.shape, generator=gen, device=like.device, dtype=torch.float32)
+
+
+@uniform_noise.register_fake
+def _(like, seed, call):
+    return like.new_empty(like.shape, dtype=torch.float32)

@@ -1,0 +1,191 @@
+"""Quantized linear driven by the recipe table (spec/07-recipes.md): one autograd.Function,
+the F.linear-style entry point `linear`, and the `QuantizedLinear` module. (The file is named
+qlinear so that it does not shadow the public function `qtrain.linear`.)
+
+What autograd keeps for backward (RC-*), derived from the plan, not special-cased per recipe:
+- x: the high-precision x when grad_weight runs in high precision; the forward's quantized x,
+  reused transposed, when its quantization is axis free (tensorwise); otherwise x quantized
+  along M for grad_weight, computed in the forward (1 byte/elem instead of 2 or 4).
+- w: the forward's quantized w, reused transposed, when grad_input quantizes w the same
+  axis-free way (tensorwise, blockwise 128x128); otherwise the weight itself (no extra memory,
+  it is a Parameter) re-quantized along N in the backward.
+"""
+import os
+
+import torch
+from torch import nn
+
+from . import ops
+from .backend import resolve_backend_name
+from .recipes import QOperand, quantize_operand
+
+CHECK_FINITE_ENV = "QTRAIN_CHECK_FINITE"
+
+
+def _check_finite(t, fqn, what):
+    # amax over any group is non-finite exactly when some element is (F8-1: NaN propagates).
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise FloatingPointError(
+            f"{CHECK_FINITE_ENV}=1: non-finite amax in layer {fqn or '<root>'!r}, tensor "
+            f"{what} (shape {tuple(t.shape)}, dtype {t.dtype}, {bad} non-finite elements)")
+
+
+def _mm_dtype(dtype):
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32   # MM-2 out dtypes
+
+
+def _scaled_mm(qa, qb, out_dtype, backend):
+    out = ops.scaled_mm_nt(qa.payload, qa.dequant_fp32(), qb.payload, qb.dequant_fp32(),
+                           _mm_dtype(out_dtype), backend)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+class _QuantizedLinearFn(torch.autograd.Function):
+    """x (M,K) @ w (N,K).T with each product's operands quantized per the plan (MM-1 NT)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, sr_call, plan, backend, fqn, check, sr_seed):
+        if check:
+            _check_finite(x, fqn, "input")
+            _check_finite(weight, fqn, "weight")
+        need_gw = ctx.needs_input_grad[1]
+        if plan.output is None:
+            out, qx, qw = x @ weight.t(), None, None
+        else:
+            qx = quantize_operand(x, plan.output[0], 1, backend)
+            qw = quantize_operand(weight, plan.output[1], 1, backend)
+            out = _scaled_mm(qx, qw, x.dtype, backend)
+
+        gw, gi = plan.grad_weight, plan.grad_input
+        if not need_gw:
+            ctx.x_mode, x_saved = "none", ()
+        elif gw is None:
+            ctx.x_mode, x_saved = "hp", (x,)
+        elif qx is not None and gw[1] == plan.output[0] and gw[1].axis_free:
+            ctx.x_mode, x_saved = "reuse", qx.tensors()
+        else:
+            ctx.x_mode, x_saved = "q", quantize_operand(x, gw[1], 0, backend).tensors()
+        if qw is not None and gi is not None and gi[1] == plan.output[1] and gi[1].axis_free:
+            ctx.w_mode, w_saved = "reuse", qw.tensors()
+        else:
+            ctx.w_mode, w_saved = "hp", (weight,)
+        ctx.n_x = len(x_saved)
+        ctx.save_for_backward(*x_saved, *w_saved, sr_call)
+        ctx.plan, ctx.backend, ctx.fqn, ctx.check, ctx.sr_seed = plan, backend, fqn, check, sr_seed
+        ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        plan, backend = ctx.plan, ctx.backend
+        saved = ctx.saved_tensors
+        x_saved, w_saved, sr_call = saved[:ctx.n_x], saved[ctx.n_x:-1], saved[-1]
+        g = grad_out.contiguous()
+        if ctx.check:
+            _check_finite(g, ctx.fqn, "grad_output")
+        noise = None
+        specs = [s[0] for s in (plan.grad_input, plan.grad_weight) if s is not None]
+        if any(s.stochastic for s in specs):
+            noise = ops.uniform_noise(g, ctx.sr_seed, sr_call)              # I8-5
+
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            gi = plan.grad_input
+            if gi is None:
+                w = w_saved[0]
+                grad_x = g.to(w.dtype) @ w
+            else:
+                qg = quantize_operand(g, gi[0], 1, backend, noise if gi[0].stochastic else None)
+                if ctx.w_mode == "reuse":
+                    qwt = QOperand(*w_saved).t()
+                else:
+                    qwt = quantize_operand(w_saved[0], gi[1], 0, backend)
+                grad_x = _scaled_mm(qg, qwt, ctx.x_dtype, backend)
+        if ctx.needs_input_grad[1]:
+            gw = plan.grad_weight
+            if gw is None:
+                grad_w = g.t().to(ctx.w_dtype) @ x_saved[0].to(ctx.w_dtype)
+            else:
+                qgt = quantize_operand(g, gw[0], 0, backend, noise if gw[0].stochastic else None)
+                qxt = QOperand(*x_saved)
+                if ctx.x_mode == "reuse":
+                    qxt = qxt.t()
+                grad_w = _scaled_mm(qgt, qxt, ctx.w_dtype, backend)
+        return grad_x, grad_w, None, None, None, None, None, None
+
+
+def _compute_dtype(x):
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def _check_enabled():
+    return (not torch.compiler.is_compiling()) and os.environ.get(CHECK_FINITE_ENV) == "1"
+
+
+_FUNCTIONAL_SR_CALLS = [0]
+
+
+def quantized_linear(input, weight, bias, config, backend, fqn="", sr_call=None):
+    """The shared body of `linear` and `QuantizedLinear.forward` (backend already resolved)."""
+    dtype = _compute_dtype(input)
+    x = input if input.dtype == dtype else input.to(dtype)
+    w = weight if weight.dtype == dtype else weight.to(dtype)
+    plan = config.plan()
+    seed = getattr(config, "seed", 0)
+    if sr_call is None:
+        _FUNCTIONAL_SR_CALLS[0] += 1
+        sr_call = torch.tensor(_FUNCTIONAL_SR_CALLS[0], dtype=torch.int64)
+    lead = x.shape[:-1]
+    with torch.autocast(x.device.type, enabled=False):
+        out = _QuantizedLinearFn.apply(x.reshape(-1, x.shape[-1]), w, sr_call, plan, backend,
+                                       fqn, _check_enabled(), seed)
+        out = out.reshape(*lead, w.shape[0])
+        if bias is not None:
+            out = out + bias.to(dtype)                   # RC: bias in high precision
+    return out
+
+
+def linear(input, weight, bias=None, *, config):
+    """Drop-in for torch.nn.functional.linear running the quantized recipe of `config`."""
+    return quantized_linear(input, weight, bias, config, resolve_backend_name(config.backend))
+
+
+class QuantizedLinear(nn.Linear):
+    """nn.Linear whose three products follow `config`'s recipe; same Parameters, same
+    state_dict as the nn.Linear it replaces. The backend is resolved at construction."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
+                 config, fqn=""):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._setup(config, fqn, device)
+
+    def _setup(self, config, fqn, device):
+        self.config = config
+        self.fqn = fqn
+        self.backend = resolve_backend_name(config.backend)
+        # Stochastic-rounding call index (I8-5 noise seed); not part of the state_dict.
+        self.register_buffer("sr_calls", torch.zeros((), dtype=torch.int64, device=device),
+                             persistent=False)
+
+    @classmethod
+    def from_float(cls, mod, config, fqn=""):
+        """Wrap an nn.Linear, keeping its weight and bias Parameters (no copy)."""
+        new = cls(mod.in_features, mod.out_features, mod.bias is not None, device="meta",
+                  config=config, fqn=fqn)
+        new.weight = mod.weight
+        new.bias = mod.bias
+        new.sr_calls = torch.zeros((), dtype=torch.int64, device=mod.weight.device)
+        new.train(mod.training)
+        return new
+
+    def forward(self, input):
+        self.sr_calls.add_(1)
+        return quantized_linear(input, self.weight, self.bias, self.config, self.backend,
+                                self.fqn, self.sr_calls.clone())
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, recipe={self.config.short_id}, backend={self.backend}"

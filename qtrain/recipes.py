@@ -1,0 +1,109 @@
+"""The recipe table as data (spec/07-recipes.md, RC-*): which operand of which product is
+quantized how, and the one generic routine that quantizes an operand into NT form (MM-1).
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import ops
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one operand of one product is quantized along that product's contraction axis."""
+    kind: str                        # "float8" | "mx" | "int8" | "blockwise"
+    fmt: str = "float8_e4m3fn"       # float8 / MX element / blockwise format
+    tensorwise: bool = False         # float8 only: one scale for the tensor (axis free)
+    pow2_scale: bool = False         # float8 only (F8-3)
+    block_size: int = 32             # mx only (MX-1)
+    scale_mode: str = "floor"        # mx only (MX-3, MX-4)
+    block: tuple = (1, 128)          # blockwise only, in NT form (rows, contraction) (BW-1)
+    stochastic: bool = False         # int8 only (I8-5)
+
+    @property
+    def contraction_block(self):
+        """Elements per scale along the contraction axis (1 when it is not blocked)."""
+        return {"mx": self.block_size, "blockwise": self.block[1]}.get(self.kind, 1)
+
+    @property
+    def axis_free(self):
+        """True when quantizing along either axis gives the same payload (can be reused
+        transposed): a tensorwise scale, or a square block."""
+        return self.tensorwise or (self.kind == "blockwise" and self.block[0] == self.block[1])
+
+
+@dataclass(frozen=True)
+class RecipePlan:
+    """(A spec, B spec) for each product; None means that product runs in high precision."""
+    output: Optional[tuple]          # A = x (M,K), B = w (N,K), along K
+    grad_input: Optional[tuple]      # A = g (M,N), B = w.T (K,N), along N
+    grad_weight: Optional[tuple]     # A = g.T (N,M), B = x.T (K,M), along M
+
+
+@dataclass
+class QOperand:
+    """A quantized operand in NT form: payload (R, C) contracted along C, plus its dequant
+    factors laid out by the MM-1 block rule: fp32, or MX scale bytes (uint8, 1 byte per block
+    while saved for backward) that `dequant_fp32` expands when the product runs."""
+    payload: torch.Tensor
+    dequant: torch.Tensor
+
+    def dequant_fp32(self):
+        d = self.dequant
+        return e8m0_to_fp32(d) if d.dtype == torch.uint8 else d
+
+    def t(self):
+        """The same quantized tensor seen transposed (valid only for axis-free specs)."""
+        return QOperand(self.payload.t(), self.dequant.t())
+
+    def tensors(self):
+        return self.payload, self.dequant
+
+
+def e8m0_to_fp32(scale_bits):
+    """2^(b-127) built from bits (exact, 2^-127 is an fp32 subnormal); 0xFF -> NaN (MX-8)."""
+    b = scale_bits.to(torch.int32)
+    bits = torch.where(b == 0, torch.full_like(b, 0x00400000), b << 23)
+    bits = torch.where(b == 255, torch.full_like(b, 0x7FC00000), bits)
+    return bits.view(torch.float32)
+
+
+def _pad_contraction(t, axis, multiple):
+    """Zero-pad the contraction axis up to a multiple of the block. Zeros change no amax and
+    add nothing to the product, so a ragged last block acts as a short block. This is what
+    lets M (tokens) be any length for the MX and blockwise grad_weight products."""
+    rem = t.shape[axis] % multiple
+    if rem == 0:
+        return t
+    pad = [0, 0, 0, 0]
+    pad[3 - 2 * axis] = multiple - rem          # F.pad lists the last axis first
+    return torch.nn.functional.pad(t, pad)
+
+
+def quantize_operand(t, spec, contraction_axis, backend, noise=None):
+    """Quantize 2-D `t` along `contraction_axis` (0 or 1) and return it in NT form:
+    contraction along the last axis of the payload (MM-1)."""
+    transpose = contraction_axis == 0
+    t = _pad_contraction(t, contraction_axis, spec.contraction_block)
+    if spec.kind == "float8":
+        axis = None if spec.tensorwise else contraction_axis
+        data, quant_scale = ops.quantize_float8(t, spec.fmt, axis, spec.pow2_scale, backend)
+        dequant = torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1, 1))
+    elif spec.kind == "mx":
+        data, scale_bits = ops.quantize_mx(t, spec.fmt, spec.block_size, contraction_axis,
+                                           spec.scale_mode, backend)
+        dequant = scale_bits                           # expanded by QOperand.dequant_fp32
+    elif spec.kind == "int8":
+        data, dequant = ops.quantize_int8(t, contraction_axis, noise, backend)
+    elif spec.kind == "blockwise":
+        # The backend quantizes along the last axis; bring the contraction axis there first.
+        src = t.t().contiguous() if (transpose and not spec.axis_free) else t
+        data, quant_scale = ops.quantize_blockwise(src, list(spec.block), spec.fmt, backend)
+        dequant = torch.reciprocal(quant_scale)
+        if src is not t:
+            return QOperand(data, dequant)
+    else:
+        raise ValueError(f"unknown QuantSpec.kind {spec.kind!r}")
+    q = QOperand(data, dequant)
+    return q.t() if transpose else q

@@ -1,0 +1,90 @@
+"""The "reference" backend: a thin torch adapter over qtrain.reference (spec/ exactly, on CPU).
+
+Tensors cross to NumPy bit for bit: bf16 through an int16 view, float8 through a uint8 view;
+fp16 is widened to fp32 (exact). Results come back on the input's device.
+"""
+import ml_dtypes
+import numpy as np
+import torch
+
+from . import backend as _backend
+
+_NP_FLOAT8 = {name: getattr(ml_dtypes, name) for name in
+              ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")}
+_TORCH_FLOAT8 = {name: getattr(torch, name) for name in _NP_FLOAT8}
+_NP_OUT = {torch.float32: np.float32, torch.bfloat16: ml_dtypes.bfloat16}
+
+
+def to_numpy(t):
+    """torch tensor -> NumPy array holding exactly the same values (fp16 widened to fp32)."""
+    # clone: .numpy() marks the storage it shares as non-resizable, and FSDP2 frees gathered
+    # weights by resizing their storage to 0 (change made for qtrain/fsdp.py, issue 7).
+    t = t.detach().cpu().contiguous().clone()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    if t.dtype == torch.float16:
+        return t.float().numpy()
+    for name, dtype in _TORCH_FLOAT8.items():
+        if t.dtype == dtype:
+            return t.view(torch.uint8).numpy().view(_NP_FLOAT8[name])
+    return t.numpy()
+
+
+def to_torch(a, device):
+    """NumPy array (float32/64, bf16, float8, int8, uint8) -> torch tensor on `device`."""
+    a = np.array(a, copy=True, order="C")
+    if a.dtype == ml_dtypes.bfloat16:
+        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    elif a.dtype.name in _NP_FLOAT8:
+        t = torch.from_numpy(a.view(np.uint8)).view(_TORCH_FLOAT8[a.dtype.name])
+    else:
+        t = torch.from_numpy(a)
+    return t.to(device)
+
+
+def _ref():
+    import qtrain.reference as ref  # imported late: NumPy-only package, may land after us
+    return ref
+
+
+class ReferenceBackend:
+    """Runs every op through qtrain.reference; always available where NumPy is."""
+
+    name = "reference"
+
+    def available(self):
+        try:
+            _ref()
+        except ImportError as e:
+            return False, f"qtrain.reference does not import: {e}"
+        return True, "NumPy reference (CPU, bit-exact to spec/)"
+
+    def quantize_float8(self, x, fmt, axis, pow2_scale):
+        data, quant_scale = _ref().quantize_float8(to_numpy(x), fmt, axis=axis,
+                                                   pow2_scale=pow2_scale)
+        return to_torch(data, x.device), to_torch(quant_scale, x.device)
+
+    def quantize_mx(self, x, elem_fmt, block_size, axis, scale_mode):
+        data, scale_bits = _ref().quantize_mx(to_numpy(x), elem_fmt, block_size=block_size,
+                                              axis=axis, scale_mode=scale_mode)
+        return to_torch(data, x.device), to_torch(scale_bits, x.device)
+
+    def quantize_int8(self, x, axis, noise):
+        noise_np = None if noise is None else to_numpy(noise).astype(np.float32)
+        data, dequant_scale = _ref().quantize_int8(to_numpy(x), axis, noise=noise_np)
+        return to_torch(data, x.device), to_torch(dequant_scale, x.device)
+
+    def quantize_blockwise(self, x, block, fmt):
+        data, quant_scale = _ref().quantize_blockwise(to_numpy(x), block=tuple(block), fmt=fmt)
+        return to_torch(data, x.device), to_torch(quant_scale, x.device)
+
+    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype):
+        if out_dtype not in _NP_OUT:
+            raise TypeError(f"scaled_mm_nt out_dtype must be float32 or bfloat16 (MM-2), "
+                            f"got {out_dtype}")
+        out = _ref().scaled_mm_nt(to_numpy(a), to_numpy(a_dequant), to_numpy(b),
+                                  to_numpy(b_dequant), out_dtype=_NP_OUT[out_dtype])
+        return to_torch(out, a.device)
+
+
+_backend.register_backend("reference", ReferenceBackend)

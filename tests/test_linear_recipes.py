@@ -1,0 +1,114 @@
+"""RC-*: every recipe's forward and backward against the recipe applied by hand (float64,
+MM-4 bound), SQNR against high precision, stochastic rounding reproducibility (I8-5)."""
+import os
+
+import pytest
+import torch
+
+import qtrain
+from linear_helpers import TOLERANCES, check_recipe_by_hand, sqnr_db
+
+SEED = int(os.environ.get("QTRAIN_TEST_SEED", torch.seed() % 2 ** 31))
+SHAPES = {"blockwise": (128, 256, 128)}      # (M, K, N): blockwise needs 128-multiples
+DEFAULT_SHAPE = (32, 64, 96)
+
+
+def _run(recipe, dtype, lead=(2,), seed=SEED):
+    m, k, n = SHAPES.get(recipe, DEFAULT_SHAPE)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, m // lead[0], k, generator=gen).to(dtype).requires_grad_()
+    w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype).requires_grad_()
+    g = torch.randn(*lead, m // lead[0], n, generator=gen).to(dtype)
+    out = qtrain.linear(x, w, config=qtrain.recipe_config(recipe))
+    out.backward(g)
+    return x, w, g, out, x.grad, w.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("recipe", qtrain.RECIPE_NAMES)
+def test_RC_recipe_matches_hand_quantization(recipe, dtype):
+    x, w, g, out, gx, gw = _run(recipe, dtype)
+    assert out.dtype == gx.dtype == gw.dtype == dtype
+    assert out.shape == (*x.shape[:-1], w.shape[0])
+    flat = lambda t: t.reshape(-1, t.shape[-1])
+    try:
+        check_recipe_by_hand(recipe, flat(x), w, flat(g), flat(out), flat(gx), gw)
+    except AssertionError as e:
+        raise AssertionError(f"{e} (QTRAIN_TEST_SEED={SEED})") from None
+
+
+def _sqnrs(recipe, m=64, k=256, n=128):
+    gen = torch.Generator().manual_seed(SEED)
+    x = torch.randn(m, k, generator=gen, requires_grad=True)
+    w = (torch.randn(n, k, generator=gen) / k ** 0.5).requires_grad_()
+    g = torch.randn(m, n, generator=gen)
+    x_hp, w_hp = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    qtrain.linear(x, w, config=qtrain.recipe_config(recipe)).backward(g)
+    torch.nn.functional.linear(x_hp, w_hp).backward(g)
+    with torch.no_grad():
+        out, out_hp = qtrain.linear(x, w, config=qtrain.recipe_config(recipe)), x_hp @ w_hp.t()
+    return sqnr_db(out, out_hp), sqnr_db(x.grad, x_hp.grad), sqnr_db(w.grad, w_hp.grad)
+
+
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise", "rowwise_with_gw_hp"])
+def test_RC_float8_sqnr(recipe):
+    out, _, gw = _sqnrs(recipe)
+    assert out >= TOLERANCES["sqnr_float8_output_db"], (out, SEED)
+    assert gw >= TOLERANCES["sqnr_float8_grad_weight_db"], (gw, SEED)
+
+
+def test_RC_mx_sqnr():
+    out, gi, gw = _sqnrs("mxfp8")
+    assert out >= TOLERANCES["sqnr_mx_output_db"], (out, SEED)
+    assert gi >= TOLERANCES["sqnr_mx_grad_input_db"], (gi, SEED)
+    assert gw >= TOLERANCES["sqnr_mx_grad_weight_db"], (gw, SEED)
+
+
+def test_RC_bias_is_high_precision():
+    cfg = qtrain.recipe_config("rowwise")
+    x, w = torch.randn(4, 64), torch.randn(32, 64)
+    b = torch.randn(32, requires_grad=True)
+    out = qtrain.linear(x, w, b, config=cfg)
+    torch.testing.assert_close(out - b.detach(), qtrain.linear(x, w, config=cfg),
+                               rtol=0, atol=1e-5)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(b.grad, torch.full((32,), 4.0))
+
+
+def test_RC_ragged_tokens_pad_blocked_contraction():
+    """MX/blockwise grad_weight contracts over M: any token count works (zero padding)."""
+    for recipe in ("mxfp8", "blockwise"):
+        q = qtrain.QuantizedLinear(128, 128, bias=False, config=qtrain.recipe_config(recipe))
+        x, g = torch.randn(40, 128), torch.randn(40, 128)
+        q(x).backward(g)
+        gw40, q.weight.grad = q.weight.grad, None
+        pad = torch.zeros(88, 128)
+        q(torch.cat([x, pad])).backward(torch.cat([g, pad]))
+        assert torch.equal(gw40, q.weight.grad), recipe
+
+
+def _int8_sr_grads(seed, calls=1):
+    cfg = qtrain.Int8LinearConfig(stochastic_grad_output=True, seed=seed)
+    torch.manual_seed(0)
+    q = qtrain.QuantizedLinear(64, 32, config=cfg)
+    x, g = torch.randn(16, 64), torch.randn(16, 32)
+    for _ in range(calls):
+        q.weight.grad = None
+        q(x).backward(g)
+    return q.weight.grad
+
+
+def test_I8_5_stochastic_rounding_reproducible():
+    assert torch.equal(_int8_sr_grads(1), _int8_sr_grads(1))
+    assert not torch.equal(_int8_sr_grads(1), _int8_sr_grads(2))
+    assert not torch.equal(_int8_sr_grads(1, calls=1), _int8_sr_grads(1, calls=2))  # per call
+
+
+def test_autocast_runs_in_autocast_dtype():
+    q = qtrain.QuantizedLinear(64, 32, config=qtrain.recipe_config("rowwise"))
+    x = torch.randn(8, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = q(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and q.weight.grad.dtype == torch.float32
