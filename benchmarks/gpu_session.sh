@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One batched GPU session (device tool): install, check fast against the reference, time.
+# Usage on the GPU machine:  bash benchmarks/gpu_session.sh [checks|bench|all]
+# Logs and reports go to $OUT (or ./out). Each step has its own time limit so one stuck step
+# cannot eat the session; a short summary prints last.
+set -u
+OUT=${OUT:-out}; mkdir -p "$OUT"
+what=${1:-all}
+export PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1 || { echo "install failed"; tail "$OUT/install.log"; }
+summary=()
+step() {  # step NAME LIMIT_S CMD...
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$? t1=$(date +%s)
+  summary+=("$(printf '%-28s rc=%-3s %4ss' "$name" "$rc" "$((t1 - t0))")")
+  echo "=== $name (rc=$rc, $((t1 - t0)) s): last lines"; tail -n 15 "$OUT/$name.log"
+}
+if [ "$what" = checks ] || [ "$what" = all ]; then
+  step pytest_gpu 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_fast_linear.py tests/test_fast_common.py
+  step conformance 200 python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json"
+  step gpu_fast_check 240 python3 benchmarks/gpu_fast_check.py
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  step block 420 python3 -m benchmarks.block --recipes all --compile both
+fi
+echo; echo "=== summary"; printf '%s\n' "${summary[@]}"

@@ -1,0 +1,46 @@
+"""Triton amax pass (F8-1, I8-1): one read of a 2-D tensor, per-tile maxima folded into tensor,
+row and/or column amax buffers with integer atomic max on the fp32 bits of |x|."""
+import torch
+import triton
+import triton.language as tl
+
+from .common import kernel_input
+from .encode import abs_bits, widen_to_fp32
+
+
+@triton.jit
+def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                       TENSOR: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+                       IS_BF16: tl.constexpr):
+    """Tile (BLOCK_R, BLOCK_C) of row-major x (R, C). Buffers hold int32 bits, zero-initialised;
+    masked-out elements load as 0 and never win the max. NaN bits win over inf (F8-1)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows[:, None] < R) & (cols[None, :] < C)
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
+    bits = abs_bits(widen_to_fp32(x, IS_BF16))
+    if ROWS:
+        tl.atomic_max(row_ptr + rows, tl.max(bits, axis=1), mask=rows < R)
+    if COLS:
+        tl.atomic_max(col_ptr + cols, tl.max(bits, axis=0), mask=cols < C)
+    if TENSOR:
+        tl.atomic_max(tensor_ptr, tl.max(tl.max(bits, axis=1), axis=0))
+
+
+def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, cols: bool = False,
+                 block_r: int = 32, block_c: int = 128):
+    """Launch the amax pass; returns (tensor_bits (1,), row_bits (R,), col_bits (C,)) int32,
+    None for the ones not asked for."""
+    R, C = x2d.shape
+    dev = x2d.device
+    t = torch.zeros(1, dtype=torch.int32, device=dev) if tensor else None
+    r = torch.zeros(R, dtype=torch.int32, device=dev) if rows else None
+    c = torch.zeros(C, dtype=torch.int32, device=dev) if cols else None
+    dummy = torch.empty(1, dtype=torch.int32, device=dev)
+    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+    x_in, is_bf16 = kernel_input(x2d)
+    _amax_tiles_kernel[grid](x_in, R, C, t if tensor else dummy, r if rows else dummy,
+                             c if cols else dummy, BLOCK_R=block_r, BLOCK_C=block_c,
+                             TENSOR=tensor, ROWS=rows, COLS=cols, IS_BF16=is_bf16)
+    return t, r, c

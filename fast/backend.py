@@ -1,0 +1,79 @@
+"""FastBackend: the brief's torch-level backend interface on Triton kernels and torch scaled
+products (the registry in qtrain/backend.py picks it by name "fast")."""
+import torch
+
+LAYER = "qtrain.fast.backend"
+
+
+class FastBackend:
+    """name "fast". available() is True only on CUDA with compute capability >= 8.9 (fp8 tensor
+    cores) and Triton importable. allow_interpreter=True additionally lets the cast kernels run
+    on CPU tensors when TRITON_INTERPRET=1 was set before import (the CI test path); it never
+    makes available() True."""
+
+    name = "fast"
+
+    def __init__(self, allow_interpreter: bool = False):
+        self.allow_interpreter = allow_interpreter
+
+    def available(self):
+        try:
+            import triton  # noqa: F401
+        except ImportError as e:
+            return False, f"{LAYER}: triton is not importable ({e}); pip install triton"
+        if not torch.cuda.is_available():
+            return False, f"{LAYER}: no CUDA device; use the reference backend"
+        major, minor = torch.cuda.get_device_capability()
+        if (major, minor) < (8, 9):
+            return False, (f"{LAYER}: compute capability {major}.{minor} has no float8 tensor "
+                           f"cores (needs >= 8.9); use the reference backend")
+        return True, ""
+
+    def runnable_on(self, device: torch.device):
+        """(ok, reason) for running the kernels on tensors of `device`."""
+        device = torch.device(device)
+        if device.type == "cuda":
+            return self.available()
+        if device.type == "cpu" and self.allow_interpreter:
+            from .common import is_interpreted
+            from .cast_float8 import _float8_rowwise_kernel
+            if is_interpreted(_float8_rowwise_kernel):
+                return True, ""
+            return False, (f"{LAYER}: CPU tensors need TRITON_INTERPRET=1 set before qtrain.fast "
+                           f"is imported")
+        return False, f"{LAYER}: device {device} not supported (CUDA, or CPU with the interpreter)"
+
+    def _check(self, x):
+        ok, reason = self.runnable_on(x.device)
+        if not ok:
+            raise RuntimeError(reason)
+
+    def quantize_float8(self, x, fmt, axis=None, pow2_scale=False):
+        from .cast_float8 import quantize_float8
+        self._check(x)
+        return quantize_float8(x, fmt, axis, pow2_scale)
+
+    def quantize_float8_dual(self, x, fmt, pow2_scale=False):
+        from .cast_float8 import quantize_float8_dual
+        self._check(x)
+        return quantize_float8_dual(x, fmt, pow2_scale)
+
+    def quantize_mx(self, x, elem_fmt, block_size=32, axis=-1, scale_mode="floor"):
+        from .cast_mx import quantize_mx
+        self._check(x)
+        return quantize_mx(x, elem_fmt, block_size, axis, scale_mode)
+
+    def quantize_int8(self, x, axis, noise=None, seed=None):
+        from .cast_int8 import quantize_int8
+        self._check(x)
+        return quantize_int8(x, axis, noise, seed)
+
+    def quantize_blockwise(self, x, block=(1, 128), fmt="float8_e4m3fn"):
+        from .cast_blockwise import quantize_blockwise
+        self._check(x)
+        return quantize_blockwise(x, block, fmt)
+
+    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype=torch.float32):
+        from .scaled_mm import scaled_mm_nt
+        self._check(a)
+        return scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype)

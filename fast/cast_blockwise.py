@@ -1,0 +1,60 @@
+"""Blockwise float8 casts, spec/05-blockwise.md (BW-1..BW-3): (1, 128) activation blocks and
+(128, 128) weight blocks of a 2-D tensor, quant_scale shape (M / b0, K / b1)."""
+import torch
+import triton
+import triton.language as tl
+
+from .cast_float8 import quantize_float8_rowwise
+from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
+                     kernel_input, use_soft_cast)
+from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
+
+LAYER = "qtrain.fast.cast_blockwise"
+
+
+@triton.jit
+def _float8_square_blocks_kernel(x_ptr, data_ptr, qs_ptr, K,
+                                 B0: tl.constexpr, B1: tl.constexpr, MAX: tl.constexpr,
+                                 MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
+                                 TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
+                                 IS_BF16: tl.constexpr):
+    """One (B0, B1) block of row-major x (M, K) per program, held in registers: amax (F8-1),
+    quant_scale (F8-2, F8-5), cast (F8-4). One read, one write. Shapes divide (BW-1)."""
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_r * B0 + tl.arange(0, B0)
+    cols = pid_c * B1 + tl.arange(0, B1)
+    offs = rows[:, None].to(tl.int64) * K + cols[None, :]
+    x = widen_to_fp32(tl.load(x_ptr + offs), IS_BF16)
+    amax = tl.max(tl.max(abs_bits(x), axis=1), axis=0)
+    qs = float8_quant_scale(amax, MAX, False)                  # BW-2: no pow2
+    tl.store(qs_ptr + pid_r * tl.num_programs(1) + pid_c, qs)
+    tl.store(data_ptr + offs, encode_float8(x * qs, MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
+                                            EXACT_SOFT_CAST))
+
+
+def quantize_blockwise(x, block=(1, 128), fmt="float8_e4m3fn"):
+    """(data like x, quant_scale fp32 (M / b0, K / b1)). (1, b1) blocks are the rowwise cast of
+    x viewed (M * K / b1, b1); (b0, b1) blocks with b0 > 1 take one tile per block."""
+    check_input(x, LAYER)
+    check_format(fmt, LAYER)
+    check_device(_float8_square_blocks_kernel, x, LAYER)
+    b0, b1 = (int(b) for b in block)
+    if x.dim() != 2 or b0 < 1 or b1 < 1 or x.shape[0] % b0 or x.shape[1] % b1:   # BW-1
+        raise ValueError(f"{LAYER}: shape {tuple(x.shape)} must be 2-D and divisible by the "
+                         f"block {(b0, b1)}; pad it or pick a block that divides it")
+    M, K = x.shape
+    if b0 == 1:
+        data, qs = quantize_float8_rowwise(x.view(M * K // b1, b1), fmt)
+        return data.view(M, K), qs.view(M, K // b1)
+    if b0 & (b0 - 1) or b1 & (b1 - 1):
+        raise ValueError(f"{LAYER}: block {(b0, b1)} must be powers of two (tile shape); the "
+                         f"recipes use (1, 128) and (128, 128)")
+    data = torch.empty(x.shape, dtype=TORCH_FLOAT8[fmt], device=x.device)
+    qs = torch.empty((M // b0, K // b1), dtype=torch.float32, device=x.device)
+    x_in, is_bf16 = kernel_input(x)
+    _float8_square_blocks_kernel[(M // b0, K // b1)](
+        x_in, data.view(torch.uint8), qs, K, B0=b0, B1=b1, **float8_params(fmt),
+        EXACT_SOFT_CAST=use_soft_cast(_float8_square_blocks_kernel, fmt, x.device),
+        IS_BF16=is_bf16, num_warps=8)
+    return data, qs

@@ -1,0 +1,179 @@
+"""Float8 casts, spec/02-float8-scaling.md (F8-1..F8-7): tensorwise, rowwise (axis -1),
+columnwise (axis 0) and the dual row+column cast used by the rowwise recipes."""
+import torch
+import triton
+import triton.language as tl
+
+from .amax import amax_bits_2d
+from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
+                     kernel_input, normalize_axis, pow2_at_most, use_soft_cast)
+from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
+
+LAYER = "qtrain.fast.cast_float8"
+
+
+@triton.jit
+def _float8_rowwise_kernel(x_ptr, data_ptr, qs_ptr, R, K,
+                           BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, POW2: tl.constexpr,
+                           MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
+                           FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
+                           EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
+    """Rows [BLOCK_R * pid, +BLOCK_R) of row-major x (R, K): amax loop over K, then cast loop
+    (the second read of these rows is served by L2). data = rne(clamp(x * qs)) (F8-4)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    base = rows[:, None].to(tl.int64) * K
+    amax = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < K)
+        x = widen_to_fp32(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), IS_BF16)
+        amax = tl.maximum(amax, tl.max(abs_bits(x), axis=1))
+    qs = float8_quant_scale(amax, MAX, POW2)
+    tl.store(qs_ptr + rows, qs, mask=row_ok)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < K)
+        x = widen_to_fp32(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), IS_BF16)
+        code = encode_float8(x * qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+        tl.store(data_ptr + base + cols[None, :], code, mask=mask)
+
+
+@triton.jit
+def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
+                         row_amax_ptr, row_qs_ptr, row_data_ptr,
+                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                         TENSORWISE: tl.constexpr, TRANSPOSED: tl.constexpr,
+                         DUAL: tl.constexpr, POW2: tl.constexpr,
+                         MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
+                         FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
+                         EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
+    """Cast pass over a (BLOCK_R, BLOCK_C) tile of row-major x (R, C), amax already known.
+    TENSORWISE: one scale (amax_ptr[0]); else one scale per column (amax_ptr[c]), data written
+    (R, C) or, TRANSPOSED, (C, R) row-major. DUAL adds the row-scaled copy (row_amax_ptr[r])
+    written (R, C): one read of x feeds both outputs."""
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < R
+    col_ok = cols < C
+    mask = row_ok[:, None] & col_ok[None, :]
+    offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+    x = widen_to_fp32(tl.load(x_ptr + offs, mask=mask, other=0), IS_BF16)
+    if TENSORWISE:
+        qs = float8_quant_scale(tl.load(amax_ptr), MAX, POW2)
+        if (pid_r == 0) & (pid_c == 0):
+            tl.store(qs_ptr, qs)
+        code = encode_float8(x * qs, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+        tl.store(data_ptr + offs, code, mask=mask)
+    else:
+        qs = float8_quant_scale(tl.load(amax_ptr + cols, mask=col_ok, other=0), MAX, POW2)
+        if pid_r == 0:
+            tl.store(qs_ptr + cols, qs, mask=col_ok)
+        code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+        if TRANSPOSED:
+            offs_t = cols[None, :].to(tl.int64) * R + rows[:, None]
+            tl.store(data_ptr + offs_t, code, mask=mask)
+        else:
+            tl.store(data_ptr + offs, code, mask=mask)
+    if DUAL:
+        row_qs = float8_quant_scale(tl.load(row_amax_ptr + rows, mask=row_ok, other=0), MAX, POW2)
+        if pid_c == 0:
+            tl.store(row_qs_ptr + rows, row_qs, mask=row_ok)
+        code = encode_float8(x * row_qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
+                             EXACT_SOFT_CAST)
+        tl.store(row_data_ptr + offs, code, mask=mask)
+
+
+def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False):
+    R, C = x2d.shape
+    dev = x2d.device
+    t_bits, r_bits, c_bits = amax_bits_2d(x2d, tensor=tensorwise, rows=dual, cols=not tensorwise)
+    dtype = TORCH_FLOAT8[fmt]
+    data = torch.empty((C, R) if transposed else (R, C), dtype=dtype, device=dev)
+    qs = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=dev)
+    row_data = torch.empty((R, C), dtype=dtype, device=dev) if dual else data
+    row_qs = torch.empty(R, dtype=torch.float32, device=dev) if dual else qs
+    block_r, block_c = 32, pow2_at_most(C, 128)
+    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+    x_in, is_bf16 = kernel_input(x2d)
+    _float8_tiles_kernel[grid](
+        x_in, R, C, t_bits if tensorwise else c_bits, qs, data.view(torch.uint8),
+        r_bits if dual else qs, row_qs, row_data.view(torch.uint8),
+        BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
+        DUAL=dual, POW2=pow2, **float8_params(fmt),
+        EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev), IS_BF16=is_bf16)
+    return data, qs, row_data, row_qs
+
+
+def quantize_float8_tensorwise(x, fmt, pow2_scale=False):
+    """F8-7 tensorwise: (data like x, quant_scale shape ()). Two passes: amax, then cast."""
+    _check(x, fmt, _float8_tiles_kernel)
+    data, qs, _, _ = _launch_tiles(x.reshape(1, -1) if x.dim() < 2 else x.reshape(-1, x.shape[-1]),
+                                   fmt, pow2_scale, tensorwise=True)
+    return data.view(x.shape), qs.reshape(())
+
+
+def quantize_float8_rowwise(x, fmt, pow2_scale=False):
+    """F8-7 axiswise along the last axis: (data like x, quant_scale x.shape[:-1] + (1,))."""
+    _check(x, fmt, _float8_rowwise_kernel)
+    if x.dim() < 1:
+        raise ValueError(f"{LAYER}: rowwise cast needs at least 1 dim, got shape {tuple(x.shape)}")
+    K = x.shape[-1]
+    R = x.numel() // K
+    data = torch.empty(x.shape, dtype=TORCH_FLOAT8[fmt], device=x.device)
+    qs = torch.empty(x.shape[:-1] + (1,), dtype=torch.float32, device=x.device)
+    block_k = pow2_at_most(K, 1024)
+    block_r = max(1, min(4096 // block_k, triton.next_power_of_2(R)))
+    x_in, is_bf16 = kernel_input(x)
+    _float8_rowwise_kernel[(triton.cdiv(R, block_r),)](
+        x_in, data.view(torch.uint8), qs, R, K, BLOCK_R=block_r, BLOCK_K=block_k, POW2=pow2_scale,
+        **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_rowwise_kernel, fmt, x.device),
+        IS_BF16=is_bf16)
+    return data, qs
+
+
+def quantize_float8_columnwise(x, fmt, pow2_scale=False, transposed=False):
+    """F8-7 axiswise along axis 0 of x viewed (L, C): quant_scale (1,) + x.shape[1:].
+    transposed=True (2-D x only) writes data as the row-major (C, L) NT operand x.T."""
+    _check(x, fmt, _float8_tiles_kernel)
+    if transposed and x.dim() != 2:
+        raise ValueError(f"{LAYER}: transposed columnwise cast needs 2-D x, got {tuple(x.shape)}")
+    x2d = x.reshape(x.shape[0], -1)
+    data, qs, _, _ = _launch_tiles(x2d, fmt, pow2_scale, tensorwise=False, transposed=transposed)
+    if transposed:
+        return data, qs.view(-1, 1)
+    return data.view(x.shape), qs.view((1,) + tuple(x.shape[1:]))
+
+
+def quantize_float8_dual(x, fmt, pow2_scale=False):
+    """Row- and column-scaled copies of 2-D x (M, K) from the same two passes over x:
+    (data (M,K), quant_scale (M,1)) along axis -1 and (data_t (K,M), quant_scale_t (K,1)) along
+    axis 0, written transposed so it is the row-major NT operand x.T (RC rowwise recipe).
+    data_t == quantize_float8(x, axis=0).data.T and quant_scale_t == its quant_scale.T."""
+    _check(x, fmt, _float8_tiles_kernel)
+    if x.dim() != 2:
+        raise ValueError(f"{LAYER}: dual cast needs 2-D x (M, K), got shape {tuple(x.shape)}")
+    data_t, qs_t, data, qs = _launch_tiles(x, fmt, pow2_scale, tensorwise=False,
+                                           transposed=True, dual=True)
+    return data, qs.view(-1, 1), data_t, qs_t.view(-1, 1)
+
+
+def quantize_float8(x, fmt, axis=None, pow2_scale=False):
+    """Brief interface: axis None (tensorwise), the last axis, or axis 0."""
+    if axis is None:
+        return quantize_float8_tensorwise(x, fmt, pow2_scale)
+    axis = normalize_axis(axis, x.dim(), LAYER, x.shape)
+    if axis == x.dim() - 1:
+        return quantize_float8_rowwise(x, fmt, pow2_scale)
+    if axis == 0:
+        return quantize_float8_columnwise(x, fmt, pow2_scale)
+    raise ValueError(f"{LAYER}: axis {axis} of shape {tuple(x.shape)} not supported; use axis "
+                     f"None, 0 or -1 (move the axis first with .movedim(axis, -1).contiguous())")
+
+
+def _check(x, fmt, kernel):
+    check_input(x, LAYER)
+    check_format(fmt, LAYER)
+    check_device(kernel, x, LAYER)

@@ -1,0 +1,169 @@
+"""Symmetric int8 casts, spec/04-int8.md (I8-1..I8-7): rowwise (last axis), columnwise (axis 0)
+and tensorwise, rounding rne or stochastic (noise given as a tensor, or drawn in the kernel from
+a counter-based generator: tl.rand(seed, element index), reproducible for a given seed)."""
+import torch
+import triton
+import triton.language as tl
+
+from qtrain.formats import EPS_AMAX, INT8_MAX
+from .amax import amax_bits_2d
+from .common import check_device, check_input, fp32, kernel_input, normalize_axis, pow2_at_most
+from .encode import abs_bits, is_finite_bits, widen_to_fp32
+
+LAYER = "qtrain.fast.cast_int8"
+NOISE_NONE, NOISE_TENSOR, NOISE_SEED = 0, 1, 2
+
+
+@triton.jit
+def _int8_scales(amax_bits, EPS32: tl.constexpr):
+    """I8-2: dequant_scale = max(fp32(amax / 127), EPS32) (I8-7: a zero group gets EPS32);
+    I8-3: inv = fp32(1 / dequant_scale). The fp32 divisions are done in fp64 and rounded once:
+    for division, rounding to 53 bits then to 24 gives the correctly rounded fp32 quotient
+    (53 >= 2 * 24 + 2), and fp64 division is IEEE on the GPU where fp32 `/` is not.
+    I8-6: NaN dequant_scale for a non-finite group."""
+    amax = amax_bits.to(tl.float32, bitcast=True)
+    ds = tl.maximum((amax.to(tl.float64) / 127.0).to(tl.float32), EPS32)
+    inv = (1.0 / ds.to(tl.float64)).to(tl.float32)
+    finite = is_finite_bits(amax_bits)
+    return tl.where(finite, ds, float("nan")), inv, finite
+
+
+@triton.jit
+def _int8_round(x, inv, finite, noise, STOCHASTIC: tl.constexpr):
+    """I8-4 rne: clamp(rne(fp32(x * inv))); I8-5 stochastic: clamp(floor(fp32(fp32(x * inv) + u))).
+    Clamping first gives the same result and keeps the float -> int conversion in range.
+    Integer rounding from truncation plus an exact fraction test (no libdevice, same on CPU).
+    Launch with enable_fp_fusion=False so x * inv + u is not contracted into one fma."""
+    v = x * inv
+    if STOCHASTIC:
+        v = v + noise
+    v = tl.where(v > 127.0, 127.0, v)
+    v = tl.where(v < -127.0, -127.0, v)
+    t = v.to(tl.int32)                       # toward zero
+    frac = v - t.to(tl.float32)              # exact, in (-1, 1)
+    if STOCHASTIC:
+        t = t - (frac < 0).to(tl.int32)      # floor
+    else:
+        odd = (t & 1) == 1
+        t = t + ((frac > 0.5) | ((frac == 0.5) & odd)).to(tl.int32)
+        t = t - ((frac < -0.5) | ((frac == -0.5) & odd)).to(tl.int32)
+    return tl.where(finite, t, 0).to(tl.int8)     # I8-6: data 0 for a non-finite group
+
+
+@triton.jit
+def _noise(noise_ptr, seed, offs, mask, NOISE: tl.constexpr):
+    if NOISE == 1:
+        u = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+    elif NOISE == 2:
+        u = tl.rand(seed, offs.to(tl.int32))     # counter = element index (wraps past 2^31)
+    else:
+        u = tl.zeros(offs.shape, dtype=tl.float32)
+    return u
+
+
+@triton.jit
+def _int8_rowwise_kernel(x_ptr, data_ptr, ds_ptr, noise_ptr, seed, R, K,
+                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, NOISE: tl.constexpr,
+                         EPS32: tl.constexpr, IS_BF16: tl.constexpr):
+    """Rows [BLOCK_R * pid, +BLOCK_R) of row-major x (R, K): amax loop, then cast loop."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    base = rows[:, None].to(tl.int64) * K
+    amax = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < K)
+        x = widen_to_fp32(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), IS_BF16)
+        amax = tl.maximum(amax, tl.max(abs_bits(x), axis=1))
+    ds, inv, finite = _int8_scales(amax, EPS32)
+    tl.store(ds_ptr + rows, ds, mask=row_ok)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < K)
+        offs = base + cols[None, :]
+        x = widen_to_fp32(tl.load(x_ptr + offs, mask=mask, other=0), IS_BF16)
+        u = _noise(noise_ptr, seed, offs, mask, NOISE)
+        q = _int8_round(x, inv[:, None], finite[:, None], u, NOISE != 0)
+        tl.store(data_ptr + offs, q, mask=mask)
+
+
+@triton.jit
+def _int8_tiles_kernel(x_ptr, data_ptr, ds_ptr, amax_ptr, noise_ptr, seed, R, C,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, TENSORWISE: tl.constexpr,
+                       NOISE: tl.constexpr, EPS32: tl.constexpr, IS_BF16: tl.constexpr):
+    """Cast pass over a tile of row-major x (R, C); amax known per column or (TENSORWISE) once."""
+    pid_r = tl.program_id(0)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    mask = (rows[:, None] < R) & col_ok[None, :]
+    offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+    x = widen_to_fp32(tl.load(x_ptr + offs, mask=mask, other=0), IS_BF16)
+    u = _noise(noise_ptr, seed, offs, mask, NOISE)
+    if TENSORWISE:
+        ds, inv, finite = _int8_scales(tl.load(amax_ptr), EPS32)
+        if (pid_r == 0) & (tl.program_id(1) == 0):
+            tl.store(ds_ptr, ds)
+        q = _int8_round(x, inv, finite, u, NOISE != 0)
+    else:
+        ds, inv, finite = _int8_scales(tl.load(amax_ptr + cols, mask=col_ok, other=0), EPS32)
+        if pid_r == 0:
+            tl.store(ds_ptr + cols, ds, mask=col_ok)
+        q = _int8_round(x, inv[None, :], finite[None, :], u, NOISE != 0)
+    tl.store(data_ptr + offs, q, mask=mask)
+
+
+def _noise_args(x, noise, seed):
+    if noise is not None:
+        check_input(noise, LAYER + " (noise)", (torch.float32,))
+        if noise.shape != x.shape or noise.device != x.device:
+            raise ValueError(f"{LAYER}: noise shape {tuple(noise.shape)} on {noise.device} must "
+                             f"match x shape {tuple(x.shape)} on {x.device}")
+        return noise, 0, NOISE_TENSOR
+    if seed is not None:
+        return x, int(seed), NOISE_SEED       # x is a placeholder pointer, never read as noise
+    return x, 0, NOISE_NONE
+
+
+def quantize_int8(x, axis, noise=None, seed=None):
+    """(data int8 like x, dequant_scale fp32 keepdims along axis; shape () for axis None).
+    noise: fp32 tensor in [0, 1) like x (I8-5, bit-checkable); or seed: int for in-kernel
+    stochastic noise; neither: rne (I8-4)."""
+    check_input(x, LAYER)
+    check_device(_int8_rowwise_kernel, x, LAYER)
+    if noise is not None and seed is not None:
+        raise ValueError(f"{LAYER}: pass noise or seed, not both")
+    noise_t, seed_v, mode = _noise_args(x, noise, seed)
+    x_in, is_bf16 = kernel_input(x)
+    eps32 = fp32(EPS_AMAX)
+    data = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    launch = dict(NOISE=mode, EPS32=eps32, IS_BF16=is_bf16, enable_fp_fusion=False)
+    if axis is not None:
+        axis = normalize_axis(axis, x.dim(), LAYER, x.shape)
+    if axis is not None and axis == x.dim() - 1:
+        K = x.shape[-1]
+        R = x.numel() // K
+        ds = torch.empty(x.shape[:-1] + (1,), dtype=torch.float32, device=x.device)
+        block_k = pow2_at_most(K, 1024)
+        block_r = max(1, min(4096 // block_k, triton.next_power_of_2(R)))
+        _int8_rowwise_kernel[(triton.cdiv(R, block_r),)](
+            x_in, data, ds, noise_t, seed_v, R, K, BLOCK_R=block_r, BLOCK_K=block_k, **launch)
+        return data, ds
+    if axis is not None and axis != 0:
+        raise ValueError(f"{LAYER}: axis {axis} of shape {tuple(x.shape)} not supported; use "
+                         f"None, 0 or -1")
+    tensorwise = axis is None
+    x2d = x.reshape(1, -1) if tensorwise else x.reshape(x.shape[0], -1)
+    R, C = x2d.shape
+    t_bits, _, c_bits = amax_bits_2d(x2d, tensor=tensorwise, cols=not tensorwise)
+    ds = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=x.device)
+    block_r, block_c = 32, pow2_at_most(C, 128)
+    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+    _int8_tiles_kernel[grid](kernel_input(x2d)[0], data, ds, t_bits if tensorwise else c_bits,
+                             noise_t, seed_v, R, C, BLOCK_R=block_r, BLOCK_C=block_c,
+                             TENSORWISE=tensorwise, **launch)
+    return data, ds.reshape(()) if tensorwise else ds.view((1,) + tuple(x.shape[1:]))
+
+
+# symmetric range used (FMT-1): -128 is never produced
+assert INT8_MAX == 127

@@ -1,0 +1,177 @@
+"""MX casts, spec/03-mx.md (MX-1..MX-7): blocks along the last axis (dim -1) or along axis 0
+(dim 0, optionally written transposed as the row-major NT operand), floor and rceil scales,
+e8m0 bytes out (uint8). One read of x, one write of data and scales."""
+import torch
+import triton
+import triton.language as tl
+
+from qtrain.formats import E8M0_NAN, MX_ELEM_FORMATS, MX_SCALE_MODES, float8_format
+from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params, fp32,
+                     kernel_input, normalize_axis, pow2_at_most, use_soft_cast)
+from .encode import abs_bits, encode_float8, is_finite_bits, widen_to_fp32
+
+LAYER = "qtrain.fast.cast_mx"
+
+
+@triton.jit
+def _mx_exponent(amax_bits, RCEIL: tl.constexpr, EMAX: tl.constexpr, RCP_MAX: tl.constexpr):
+    """Shared exponent e of each block and its NaN flag, exact from fp32 bits.
+    floor (MX-3): floor(log2(amax)) - EMAX, clamped to [-127, 127]; a subnormal amax m * 2^-149
+    takes floor(log2(m)) from the exponent of fp32(m) (exact, m < 2^23; m = 0 gives -276).
+    rceil (MX-4): ceil(log2(fp32(amax * fp32(1/max)))), clamped below at -127; > 127 is NaN."""
+    finite = is_finite_bits(amax_bits)
+    if RCEIL:
+        d_bits = (amax_bits.to(tl.float32, bitcast=True) * RCP_MAX).to(tl.int32, bitcast=True)
+        d_exp = d_bits >> 23
+        d_mant = d_bits & 0x7FFFFF
+        e = tl.where(d_exp == 0, tl.where(d_mant > 0x400000, -126, -127),
+                     d_exp - 127 + (d_mant != 0).to(tl.int32))
+        e = tl.maximum(e, -127)
+        nan = (~finite) | (e > 127)
+    else:
+        a_exp = amax_bits >> 23
+        sub_log2 = ((amax_bits & 0x7FFFFF).to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 276
+        e = tl.where(a_exp == 0, sub_log2, a_exp - 127) - EMAX
+        e = tl.minimum(tl.maximum(e, -127), 127)
+        nan = ~finite
+    return e, nan
+
+
+@triton.jit
+def _mx_scale_block(x, e, nan, MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
+                    FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr, SOFT: tl.constexpr):
+    """MX-6: rne(clamp(x * 2^-e)); 2^-e built from bits (2^-127 is the fp32 subnormal 0x00400000).
+    MX-2: a NaN block is all NaN."""
+    e = tl.minimum(e, 127)
+    mul_bits = tl.where(e == 127, 0x00400000, (127 - e) << 23)
+    y = x * mul_bits.to(tl.float32, bitcast=True)
+    y = tl.where(nan, float("nan"), y)
+    return encode_float8(y, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, SOFT)
+
+
+@triton.jit
+def _mx_dim_last_kernel(x_ptr, data_ptr, scale_ptr, n_blocks,
+                        BLOCK_B: tl.constexpr, BLOCK_SIZE: tl.constexpr, RCEIL: tl.constexpr,
+                        EMAX: tl.constexpr, RCP_MAX: tl.constexpr, MAX: tl.constexpr,
+                        MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
+                        TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
+                        IS_BF16: tl.constexpr):
+    """x viewed as (n_blocks, BLOCK_SIZE) row-major: tile of BLOCK_B consecutive blocks."""
+    blocks = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    ok = blocks < n_blocks
+    offs = blocks[:, None].to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :]
+    x = widen_to_fp32(tl.load(x_ptr + offs, mask=ok[:, None], other=0), IS_BF16)
+    e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)
+    code = _mx_scale_block(x, e[:, None], nan[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
+                           EXACT_SOFT_CAST)
+    tl.store(data_ptr + offs, code, mask=ok[:, None])
+    byte = tl.where(nan, 0xFF, e + 127).to(tl.uint8)
+    tl.store(scale_ptr + blocks, byte, mask=ok)
+
+
+@triton.jit
+def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
+                    GROUPS: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr,
+                    TRANSPOSED: tl.constexpr, RCEIL: tl.constexpr, EMAX: tl.constexpr,
+                    RCP_MAX: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
+                    BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
+                    EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
+    """x (M, C) row-major, blocks of BLOCK_SIZE rows per column; tile (GROUPS * BLOCK_SIZE,
+    BLOCK_C). Scales (M / BLOCK_SIZE, C), data (M, C); TRANSPOSED: data (C, M) and scales
+    (C, M / BLOCK_SIZE), i.e. the MX dim -1 cast of x.T, ready as an NT operand."""
+    ROWS: tl.constexpr = GROUPS * BLOCK_SIZE
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows[:, None] < M) & (cols[None, :] < C)
+    x = widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
+                              other=0), IS_BF16)
+    bits = tl.reshape(abs_bits(x), (GROUPS, BLOCK_SIZE, BLOCK_C))
+    e, nan = _mx_exponent(tl.max(bits, axis=1), RCEIL, EMAX, RCP_MAX)        # (GROUPS, BLOCK_C)
+    e_rows = tl.reshape(tl.broadcast_to(e[:, None, :], (GROUPS, BLOCK_SIZE, BLOCK_C)), (ROWS, BLOCK_C))
+    nan_rows = tl.reshape(tl.broadcast_to(nan[:, None, :], (GROUPS, BLOCK_SIZE, BLOCK_C)),
+                          (ROWS, BLOCK_C))
+    code = _mx_scale_block(x, e_rows, nan_rows, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+    byte = tl.where(nan, 0xFF, e + 127).to(tl.uint8)
+    groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
+    n_groups = M // BLOCK_SIZE
+    s_mask = (groups[:, None] < n_groups) & (cols[None, :] < C)
+    if TRANSPOSED:
+        tl.store(data_ptr + cols[None, :].to(tl.int64) * M + rows[:, None], code, mask=mask)
+        tl.store(scale_ptr + cols[None, :] * n_groups + groups[:, None], byte, mask=s_mask)
+    else:
+        tl.store(data_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], code, mask=mask)
+        tl.store(scale_ptr + groups[:, None] * C + cols[None, :], byte, mask=s_mask)
+
+
+def _mx_params(kernel, x, elem_fmt, block_size, scale_mode):
+    check_input(x, LAYER)
+    check_format(elem_fmt, LAYER, MX_ELEM_FORMATS)
+    check_device(kernel, x, LAYER)
+    if scale_mode not in MX_SCALE_MODES:
+        raise ValueError(f"{LAYER}: scale_mode {scale_mode!r}; expected one of {MX_SCALE_MODES}")
+    if block_size < 1 or block_size & (block_size - 1):
+        raise ValueError(f"{LAYER}: block_size {block_size} must be a power of two (tile "
+                         f"width); 32 is the MX block")
+    f = float8_format(elem_fmt)
+    return dict(IS_BF16=x.dtype == torch.bfloat16, RCEIL=scale_mode == "rceil", EMAX=f.emax, RCP_MAX=fp32(1.0 / f.max),
+                **float8_params(elem_fmt),
+                EXACT_SOFT_CAST=use_soft_cast(kernel, elem_fmt, x.device))
+
+
+def _check_divides(x, axis, block_size):
+    if x.shape[axis] % block_size:          # MX-1
+        raise ValueError(f"{LAYER}: shape {tuple(x.shape)} has length {x.shape[axis]} along axis "
+                         f"{axis}, not a multiple of block_size {block_size}; pad that axis")
+
+
+def quantize_mx_dim_last(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor"):
+    """Blocks along the last axis: (data like x, scale_bits x.shape[:-1] + (K / block_size,))."""
+    params = _mx_params(_mx_dim_last_kernel, x, elem_fmt, block_size, scale_mode)
+    _check_divides(x, x.dim() - 1, block_size)
+    n_blocks = x.numel() // block_size
+    data = torch.empty(x.shape, dtype=TORCH_FLOAT8[elem_fmt], device=x.device)
+    scale = torch.empty(x.shape[:-1] + (x.shape[-1] // block_size,), dtype=torch.uint8,
+                        device=x.device)
+    block_b = max(1, min(4096 // block_size, triton.next_power_of_2(n_blocks)))
+    _mx_dim_last_kernel[(triton.cdiv(n_blocks, block_b),)](
+        kernel_input(x)[0], data.view(torch.uint8), scale, n_blocks, BLOCK_B=block_b, BLOCK_SIZE=block_size,
+        **params)
+    return data, scale
+
+
+def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor",
+                     transposed=False):
+    """Blocks along axis 0 of x viewed (M, C). transposed=False: data like x, scale_bits
+    (M / block_size,) + x.shape[1:]. transposed=True (2-D x): data (C, M) and scale_bits
+    (C, M / block_size), equal to quantize_mx_dim_last(x.T) (the grad_weight NT operand)."""
+    params = _mx_params(_mx_dim0_kernel, x, elem_fmt, block_size, scale_mode)
+    _check_divides(x, 0, block_size)
+    if transposed and x.dim() != 2:
+        raise ValueError(f"{LAYER}: transposed dim0 cast needs 2-D x, got {tuple(x.shape)}")
+    M = x.shape[0]
+    C = x.numel() // M
+    dev = x.device
+    if transposed:
+        data = torch.empty((C, M), dtype=TORCH_FLOAT8[elem_fmt], device=dev)
+        scale = torch.empty((C, M // block_size), dtype=torch.uint8, device=dev)
+    else:
+        data = torch.empty(x.shape, dtype=TORCH_FLOAT8[elem_fmt], device=dev)
+        scale = torch.empty((M // block_size,) + tuple(x.shape[1:]), dtype=torch.uint8, device=dev)
+    groups = max(1, min(64 // block_size, M // block_size)) if block_size <= 64 else 1
+    groups = 1 << (groups.bit_length() - 1)
+    block_c = pow2_at_most(C, 64)
+    grid = (triton.cdiv(M, groups * block_size), triton.cdiv(C, block_c))
+    _mx_dim0_kernel[grid](kernel_input(x)[0], data.view(torch.uint8), scale, M, C, GROUPS=groups,
+                          BLOCK_SIZE=block_size, BLOCK_C=block_c, TRANSPOSED=transposed, **params)
+    return data, scale
+
+
+def quantize_mx(x, elem_fmt="float8_e4m3fn", block_size=32, axis=-1, scale_mode="floor"):
+    """Brief interface: axis -1 (last) or 0, data in x's layout."""
+    axis = normalize_axis(axis, x.dim(), LAYER, x.shape)
+    if axis == x.dim() - 1:
+        return quantize_mx_dim_last(x, elem_fmt, block_size, scale_mode)
+    if axis == 0:
+        return quantize_mx_dim0(x, elem_fmt, block_size, scale_mode)
+    raise ValueError(f"{LAYER}: axis {axis} of shape {tuple(x.shape)} not supported; use 0 or "
+                     f"-1 (or move the axis last with .movedim(axis, -1).contiguous())")

@@ -1,0 +1,100 @@
+"""Shared launch-side helpers of qtrain.fast: format records as Triton/torch dtypes, input checks."""
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from qtrain.formats import FLOAT8_FORMATS, float8_format
+
+# torch dtype and Triton element type of each float8 format (FMT-1; names never aliased).
+TORCH_FLOAT8 = {
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e5m2": torch.float8_e5m2,
+    "float8_e4m3fnuz": torch.float8_e4m3fnuz,
+    "float8_e5m2fnuz": torch.float8_e5m2fnuz,
+}
+TRITON_FLOAT8 = {
+    "float8_e4m3fn": tl.float8e4nv,
+    "float8_e5m2": tl.float8e5,
+    "float8_e4m3fnuz": tl.float8e4b8,
+    "float8_e5m2fnuz": tl.float8e5b16,
+}
+# Formats whose fp32 -> fp8 conversion NVIDIA GPUs (sm89+) do in hardware. The fnuz formats are
+# AMD-only in Triton's NVIDIA backend, so on CUDA they always take the exact software rounding.
+CUDA_HARDWARE_FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
+
+INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)   # FMT-5
+
+
+def fp32(value: float) -> float:
+    """The Python float holding fp32(value) (rne); exact in any fp32 kernel constant."""
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def is_interpreted(kernel) -> bool:
+    """True when `kernel` was decorated under TRITON_INTERPRET=1 (decided at import time)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def use_soft_cast(kernel, fmt: str, device: torch.device) -> bool:
+    """EXACT_SOFT_CAST: software rne under the interpreter (its fp8 downcast is wrong) or where
+    the GPU has no conversion instruction for `fmt`; the hardware conversion everywhere else."""
+    if is_interpreted(kernel):
+        return True
+    return device.type == "cuda" and fmt not in CUDA_HARDWARE_FLOAT8
+
+
+def float8_params(fmt: str) -> dict:
+    """Constexpr kernel arguments describing one float8 format (FMT-1)."""
+    f = float8_format(fmt)
+    return dict(MAX=f.max, MBITS=f.mbits, BIAS=f.bias, FNUZ=not f.has_negative_zero,
+                TL_DTYPE=TRITON_FLOAT8[fmt])
+
+
+def check_device(kernel, x: torch.Tensor, layer: str) -> None:
+    """Triton kernels need a CUDA tensor, or a CPU tensor when the interpreter is on."""
+    if x.device.type == "cuda" or (x.device.type == "cpu" and is_interpreted(kernel)):
+        return
+    raise RuntimeError(
+        f"{layer}: tensor on {x.device} cannot run the Triton kernel; use a CUDA tensor, or set "
+        f"TRITON_INTERPRET=1 before importing qtrain.fast to run it on the CPU, or use the "
+        f"reference backend (QTRAIN_BACKEND=reference)")
+
+
+def check_input(x: torch.Tensor, layer: str, dtypes=INPUT_DTYPES) -> None:
+    """Reject what the kernels would read wrongly: other dtypes, strided views, empty tensors."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        raise TypeError(f"{layer}: dtype {x.dtype} not supported, shape {tuple(x.shape)}; "
+                        f"expected one of {[str(d) for d in dtypes]}")
+    if not x.is_contiguous():
+        raise ValueError(f"{layer}: input of shape {tuple(x.shape)} and strides {x.stride()} is "
+                         f"not contiguous; pass x.contiguous() (the kernels index row-major)")
+    if x.numel() == 0:
+        raise ValueError(f"{layer}: empty input of shape {tuple(x.shape)}")
+
+
+def kernel_input(x: torch.Tensor):
+    """(tensor to pass, IS_BF16): bf16 goes in as its int16 bits (see encode.widen_to_fp32)."""
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16), True
+    return x, False
+
+
+def check_format(fmt: str, layer: str, allowed=tuple(FLOAT8_FORMATS)) -> None:
+    if fmt not in allowed:
+        raise ValueError(f"{layer}: format {fmt!r} not supported here; expected one of "
+                         f"{list(allowed)}")
+
+
+def normalize_axis(axis: int, ndim: int, layer: str, shape) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{layer}: axis {axis} out of range for shape {tuple(shape)}")
+    return axis % ndim
+
+
+def pow2_at_most(n: int, cap: int) -> int:
+    """Largest tile width: next power of two of n, at most cap (tile dims must be powers of 2)."""
+    return min(triton.next_power_of_2(max(int(n), 1)), cap)

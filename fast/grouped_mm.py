@@ -1,0 +1,209 @@
+"""Grouped products for MoE layers, spec/06 MM-5 and spec/07 RC-13: the per-group float8 cast
+for grad_weight (Triton) and the grouped product routing.
+
+Products (`scaled_grouped_mm`), all NT (MM-1):
+- float8 with per-row / per-group factors, bf16 out, on sm90+: torch._scaled_grouped_mm.
+  Its layout facts: 2d x 3d takes A (M, K) row-major and B (E, K, N) column-major, which is
+  `b.transpose(-2, -1)` of our row-major (E, N, K) payload (no copy); fp32 scales A (M,) and
+  B (E, N); 2d x 2d takes A (M, T) row-major, B (T, N) column-major (= our (N, T) payload
+  transposed) and scales (E*M,), (E*N,); offs int32 cumulative ends; out bf16 only. Group
+  starts must be 16-row aligned (16-byte TMA addresses): 2d x 2d operands arrive padded (the
+  grad_weight cast writes the padded layout); 2d x 3d rows are padded here by a device-side
+  gather when PAD_2D3D (no host sync), and the padding rows are dropped from the result.
+- anything else (MX factors, fp32 out, CPU/interpreter, older GPUs): EMULATED. The payloads
+  are dequantized exactly (float8 code times a power-of-two factor is exact in fp32; with
+  non-power-of-two factors this is MM-3's one fp32 rounding of the factor product) and run
+  through torch._grouped_mm with fp32 accumulation. For mxfp8 this is the only path here:
+  real MX grouped kernels (torch._scaled_grouped_mm with e8m0 block scales) are
+  Blackwell-only (sm100) today. On CUDA the dequantized operands are bf16 when out is bf16
+  (exact unless a value falls below bf16's 2^-133, i.e. an MX block amax under ~2^-117).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from qtrain.grouping import gather_rows, pad_index, padded_offsets, padded_rows, unpad_index
+from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
+                     kernel_input, pow2_at_most, use_soft_cast)
+from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
+
+LAYER = "qtrain.fast.grouped_mm"
+PAD_2D3D = True          # pad 2d x 3d groups to 16 rows for torch._scaled_grouped_mm
+FLOAT8_ALIGN = 16
+
+
+@triton.jit
+def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, C, MP,
+                                ALIGN: tl.constexpr, BLOCK_R: tl.constexpr,
+                                BLOCK_C: tl.constexpr, POW2: tl.constexpr,
+                                MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
+                                FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
+                                EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
+    """Program (g, column tile): rows [start, end) of group g of row-major x (M, C).
+    Loop 1: column amax over the group's rows only (integer max of |x| bits, NaN on top, F8-1);
+    qs = F8-2/F8-3/F8-5 per column. Loop 2: data = rne(clamp(x * qs)) (F8-4), stored
+    transposed at data_t[c, pstart + (r - start)] (C, MP); padding columns stay zero."""
+    g = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    end = tl.load(offs_ptr + g)
+    start = tl.load(offs_ptr + g - 1, mask=g > 0, other=0)
+    pstart = tl.load(pends_ptr + g - 1, mask=g > 0, other=0)
+    amax = tl.zeros((BLOCK_C,), dtype=tl.int32)
+    for r0 in range(start, end, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        mask = (rows < end)[:, None] & col_ok[None, :]
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
+        amax = tl.maximum(amax, tl.max(abs_bits(widen_to_fp32(x, IS_BF16)), axis=0))
+    qs = float8_quant_scale(amax, MAX, POW2)          # amax 0 (empty group): F8-6 scale
+    tl.store(qs_ptr + g * C + cols, qs, mask=col_ok)
+    for r0 in range(start, end, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        mask = (rows < end)[:, None] & col_ok[None, :]
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
+        code = encode_float8(widen_to_fp32(x, IS_BF16) * qs[None, :], MAX, MBITS, BIAS, FNUZ,
+                             TL_DTYPE, EXACT_SOFT_CAST)
+        dst = cols[None, :].to(tl.int64) * MP + (pstart + rows - start)[:, None]
+        tl.store(data_t_ptr + dst, code, mask=mask)
+
+
+def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False):
+    """Backend interface (qtrain/grouped_ops.py): x (M, C) along axis 0 within each group ->
+    (data_t (C, Mp) in the padded layout, quant_scale fp32 (E, C)). One launch, no host sync."""
+    check_format(fmt, LAYER)
+    check_input(x, LAYER)
+    check_device(_float8_group_cols_t_kernel, x, LAYER)
+    if x.dim() != 2 or offs.dtype != torch.int32 or offs.dim() != 1:
+        raise ValueError(f"{LAYER}: x must be 2-D and offs int32 1-D, got x {tuple(x.shape)}, "
+                         f"offs {tuple(offs.shape)} {offs.dtype}")
+    (m, c), n_groups = x.shape, offs.shape[0]
+    mp = padded_rows(m, n_groups, align)
+    offs = offs.contiguous()
+    pends = padded_offsets(offs, align)
+    data_t = torch.zeros((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device)
+    qs = torch.empty((n_groups, c), dtype=torch.float32, device=x.device)
+    if n_groups == 0:
+        return data_t, qs
+    block_c = pow2_at_most(c, 64)
+    x_in, is_bf16 = kernel_input(x)
+    _float8_group_cols_t_kernel[(n_groups, triton.cdiv(c, block_c))](
+        x_in, offs, pends, data_t.view(torch.uint8), qs, c, mp, ALIGN=align, BLOCK_R=32,
+        BLOCK_C=block_c, POW2=pow2_scale, **float8_params(fmt),
+        EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
+        IS_BF16=is_bf16)
+    return data_t, qs
+
+
+# ---- products ------------------------------------------------------------------------------
+def _expand(d, shape):
+    """MM-1 factors (R/br, C/bc) (or 0-d) broadcast to (R, C) fp32."""
+    d = d.reshape(1, 1) if d.dim() == 0 else d
+    return d.float().repeat_interleave(shape[0] // d.shape[0], 0).repeat_interleave(
+        shape[1] // d.shape[1], 1)
+
+
+def _per_group_2d2d(d, shape, offs):
+    """Per-group factors (E, R, 1) -> element-wise (R, T): column t of group g uses d[g]."""
+    t = torch.arange(shape[1], device=d.device)
+    g = torch.searchsorted(offs.to(torch.int64), t, right=True).clamp(max=d.shape[0] - 1)
+    return d[:, :, 0].float().t().index_select(1, g)
+
+
+def _dequant(p, d, offs, dtype):
+    """Exact values of payload p with factors d, in `dtype` (see the module docstring)."""
+    if p.dim() == 3:                                   # (E, N, K) with (E, N/br, K/bc)
+        full = d.float().repeat_interleave(p.shape[1] // d.shape[1], 1).repeat_interleave(
+            p.shape[2] // d.shape[2], 2)
+    elif d.dim() == 3:
+        full = _per_group_2d2d(d, p.shape, offs)
+    else:
+        full = _expand(d, p.shape)
+    return (p.float() * full).to(dtype)
+
+
+def _rowwise_2d3d(a, da, b, db):
+    m, n = a.shape[0], b.shape[1]
+    return (da.dim() == 2 and da.shape == (m, 1) and db.dim() == 3
+            and db.shape == (b.shape[0], n, 1))
+
+
+def _rowwise_2d2d(a, da, b, db, n_groups):
+    return (da.dim() == 3 and da.shape == (n_groups, a.shape[0], 1)
+            and db.dim() == 3 and db.shape == (n_groups, b.shape[0], 1))
+
+
+def _torch_scaled_ok(a, b, out_dtype):
+    if a.device.type != "cuda" or out_dtype != torch.bfloat16 or not hasattr(torch, "_scaled_grouped_mm"):
+        return False
+    if torch.cuda.get_device_capability(a.device) < (9, 0):
+        return False
+    if not a.dtype == b.dtype == torch.float8_e4m3fn:
+        return False
+    dims = (a.shape[-1], b.shape[-2]) + ((a.shape[0],) if b.dim() == 2 else ())
+    return all(d % 16 == 0 for d in dims)          # K, N (and 2d x 2d's M) multiples of 16
+
+
+def _zero_outside(out, offs, is_3d):
+    """MM-5: rows past offs[-1] are +0 (2d x 3d); empty groups give zeros (2d x 2d). The torch
+    kernels leave those regions unwritten."""
+    from qtrain.grouping import group_bounds, rows_in_groups
+    zero = torch.zeros((), dtype=out.dtype, device=out.device)
+    if is_3d:
+        return torch.where(rows_in_groups(offs, out.shape[0])[:, None], out, zero)
+    _, sizes = group_bounds(offs)
+    return torch.where((sizes > 0)[:, None, None], out, zero)
+
+
+def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32):
+    """Backend interface (qtrain/grouped_ops.py): MM-5, routed as the module docstring says."""
+    is_3d = b.dim() == 3
+    n_groups = offs.shape[0]
+    if _torch_scaled_ok(a, b, out_dtype):
+        if is_3d and _rowwise_2d3d(a, a_dequant, b, b_dequant):
+            sa, sb = a_dequant.reshape(-1).float(), b_dequant.reshape(n_groups, -1).float()
+            if PAD_2D3D:
+                m = a.shape[0]
+                idx = pad_index(offs, m, FLOAT8_ALIGN)
+                ap = gather_rows(a.view(torch.uint8), idx).view(a.dtype)
+                sap = gather_rows(sa, idx)
+                outp = torch._scaled_grouped_mm(ap, b.transpose(-2, -1), sap, sb,
+                                                offs=padded_offsets(offs, FLOAT8_ALIGN),
+                                                out_dtype=out_dtype)
+                return gather_rows(outp, unpad_index(offs, m, FLOAT8_ALIGN))
+            out = torch._scaled_grouped_mm(a, b.transpose(-2, -1), sa, sb, offs=offs,
+                                           out_dtype=out_dtype)
+            return _zero_outside(out, offs, True)
+        if not is_3d and _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups):
+            # operands come padded (every group a multiple of 16 tokens)
+            out = torch._scaled_grouped_mm(a, b.t(), a_dequant.reshape(-1).float(),
+                                           b_dequant.reshape(-1).float(), offs=offs,
+                                           out_dtype=out_dtype)
+            return _zero_outside(out, offs, False)
+    return scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype)
+
+
+def scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32):
+    """Dequantize exactly, then torch._grouped_mm (fp32 accumulation, one rounding)."""
+    dtype = torch.float32 if a.device.type == "cpu" or out_dtype == torch.float32 else out_dtype
+    a_hp = _dequant(a, a_dequant, offs, dtype)
+    b_hp = _dequant(b, b_dequant, offs, dtype)
+    if b.dim() == 3:
+        out = torch._grouped_mm(a_hp, b_hp.transpose(-2, -1), offs=offs)
+    else:
+        out = torch._grouped_mm(a_hp, b_hp.t(), offs=offs)
+    return _zero_outside(out, offs, b.dim() == 3).to(out_dtype)
+
+
+class GroupedOps:
+    """The grouped half of the backend interface for a FastBackend (see qtrain/grouped_ops.py)."""
+
+    def __init__(self, fast_backend):
+        self._fast = fast_backend
+
+    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
+        self._fast._check(x)
+        return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale)
+
+    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype):
+        self._fast._check(a)
+        return scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype)

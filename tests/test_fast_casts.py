@@ -1,0 +1,146 @@
+"""qtrain.fast casts vs qtrain.reference, bit for bit (F8-*, MX-*, I8-*, BW-*), on small odd
+shapes: indexing, masking, layouts and scales of every kernel. NaN payloads are free (FMT-2)."""
+import numpy as np
+import pytest
+import torch
+
+from test_fast_common import (DEVICE, FORMATS, assert_same, edge_rows, fast_backend, from_numpy,
+                              reference, seed, to_numpy)  # noqa: F401  (seed is a fixture)
+import ml_dtypes
+
+# the interpreter evaluates masked-out and NaN lanes too; its NumPy warnings are noise
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}  # FMT-5
+SHAPES = [(1, 16), (17, 32), (33, 160), (6, 96)]
+
+
+def _input(shape, dtype, seed):
+    return edge_rows(shape, DTYPES[dtype], seed)
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("axis", [None, -1, 0], ids=["tensorwise", "rowwise", "columnwise"])
+def test_float8_F8_1_to_7(shape, dtype, axis, seed):
+    fast = fast_backend()
+    x = _input(shape, dtype, seed)
+    for fmt in FORMATS:
+        for pow2 in (False, True):
+            data, qs = fast.quantize_float8(from_numpy(x), fmt, axis, pow2)
+            ref_data, ref_qs = reference.quantize_float8(x, fmt, axis, pow2)
+            what = f"{fmt} axis={axis} pow2={pow2} {dtype} {shape}"
+            assert_same(to_numpy(qs), ref_qs, "quant_scale " + what, seed)
+            assert_same(to_numpy(data), ref_data, "data " + what, seed)
+
+
+@pytest.mark.parametrize("shape", [(17, 32), (6, 96), (33, 16)])
+def test_float8_dual_rowwise_and_transposed_columnwise(shape, seed):
+    """The dual kernel equals the two axiswise casts; the column copy is the (K, M) NT operand."""
+    fast = fast_backend()
+    x = _input(shape, "bfloat16", seed)
+    for fmt in ("float8_e4m3fn", "float8_e5m2fnuz"):
+        data, qs, data_t, qs_t = fast.quantize_float8_dual(from_numpy(x), fmt, True)
+        row_data, row_qs = reference.quantize_float8(x, fmt, -1, True)
+        col_data, col_qs = reference.quantize_float8(x, fmt, 0, True)
+        assert_same(to_numpy(data), row_data, f"row data {fmt}", seed)
+        assert_same(to_numpy(qs), row_qs, f"row quant_scale {fmt}", seed)
+        assert_same(to_numpy(data_t), np.ascontiguousarray(col_data.T), f"col data.T {fmt}", seed)
+        assert_same(to_numpy(qs_t), np.ascontiguousarray(col_qs.T), f"col quant_scale.T {fmt}", seed)
+
+
+def _mx_input(shape, dtype, seed):
+    x = edge_rows(shape, np.float32, seed)
+    x[6 % shape[0], :] = np.float32(2.0 ** -133)              # MX-7: bf16 subnormal block
+    x[7 % shape[0], :] = np.float32(480.0)                     # saturation (floor) / rceil edge
+    x[8 % shape[0], 0] = np.uint32(0x40600001).view(np.float32)     # MX-7 rceil golden case
+    x[0, :] = np.uint32(0x43FFFFFF).view(np.float32)           # MX-7 floor golden case
+    return x.astype(DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("shape", [(32, 32), (64, 96), (96, 160)])
+@pytest.mark.parametrize("scale_mode", ["floor", "rceil"])
+def test_mx_MX_1_to_7(shape, dtype, scale_mode, seed):
+    fast = fast_backend()
+    x = _mx_input(shape, dtype, seed)
+    for fmt in ("float8_e4m3fn", "float8_e5m2"):
+        for axis in (-1, 0):
+            data, bits = fast.quantize_mx(from_numpy(x), fmt, 32, axis, scale_mode)
+            ref_data, ref_bits = reference.quantize_mx(x, fmt, 32, axis, scale_mode)
+            what = f"{fmt} {scale_mode} axis={axis} {dtype} {shape}"
+            assert_same(to_numpy(bits), ref_bits, "scale_bits " + what, seed)
+            assert_same(to_numpy(data), ref_data, "data " + what, seed)
+
+
+@pytest.mark.parametrize("scale_mode", ["floor", "rceil"])
+def test_mx_dim0_transposed_is_dim_last_of_x_t(scale_mode, seed):
+    from qtrain.fast.cast_mx import quantize_mx_dim0
+    fast_backend()
+    x = _mx_input((64, 48), "bfloat16", seed)
+    data, bits = quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, scale_mode, transposed=True)
+    ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T), "float8_e4m3fn", 32, -1,
+                                               scale_mode)
+    assert_same(to_numpy(bits), ref_bits, "scale_bits", seed)
+    assert_same(to_numpy(data), ref_data, "data", seed)
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("axis", [None, -1, 0], ids=["tensorwise", "rowwise", "columnwise"])
+def test_int8_rne_and_given_noise_I8_1_to_7(shape, dtype, axis, seed):
+    fast = fast_backend()
+    x = _input(shape, dtype, seed)
+    noise = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    for u in (None, noise):
+        data, ds = fast.quantize_int8(from_numpy(x), axis, None if u is None else from_numpy(u))
+        ref_data, ref_ds = reference.quantize_int8(x, axis, u)
+        what = f"axis={axis} noise={u is not None} {dtype} {shape}"
+        assert_same(to_numpy(ds), ref_ds, "dequant_scale " + what, seed)
+        assert_same(to_numpy(data), ref_data, "data " + what, seed)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_int8_seeded_stochastic_is_reproducible_I8_5(axis, seed):
+    fast = fast_backend()
+    x = from_numpy(edge_rows((17, 64), np.float32, seed, edge=False))
+    first, ds = fast.quantize_int8(x, axis, seed=seed)
+    again, _ = fast.quantize_int8(x, axis, seed=seed)
+    other, _ = fast.quantize_int8(x, axis, seed=seed + 1)
+    assert torch.equal(first, again), f"seed {seed}: same seed, different data"
+    assert not torch.equal(first, other), f"seed {seed}: different seeds, same data"
+    # floor(v + u) is floor(v) or floor(v) + 1, and rne(v) is one of the two
+    rne, _ = fast.quantize_int8(x, axis)
+    assert (first.int() - rne.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("shape,block", [((1, 128), (1, 128)), ((17, 256), (1, 128)),
+                                         ((128, 128), (128, 128)), ((256, 384), (128, 128))])
+def test_blockwise_BW_1_to_3(shape, block, dtype, seed):
+    fast = fast_backend()
+    x = _input(shape, dtype, seed)
+    for fmt in ("float8_e4m3fn", "float8_e5m2"):
+        data, qs = fast.quantize_blockwise(from_numpy(x), block, fmt)
+        ref_data, ref_qs = reference.quantize_blockwise(x, block, fmt)
+        assert_same(to_numpy(qs), ref_qs, f"quant_scale {fmt} {block} {shape}", seed)
+        assert_same(to_numpy(data), ref_data, f"data {fmt} {block} {shape}", seed)
+
+
+def test_errors_name_what_would_work():
+    fast = fast_backend()
+    x = torch.zeros(32, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="contiguous"):
+        fast.quantize_float8(x.t(), "float8_e4m3fn", -1)
+    with pytest.raises(TypeError, match="float64"):
+        fast.quantize_float8(x.double(), "float8_e4m3fn")
+    with pytest.raises(ValueError, match="expected one of"):
+        fast.quantize_float8(x, "float8_e4m3")
+    with pytest.raises(ValueError, match="multiple of block_size 32"):
+        fast.quantize_mx(x[:, :48].contiguous(), "float8_e4m3fn", 32, -1)
+    with pytest.raises(ValueError, match="divisible by the block"):
+        fast.quantize_blockwise(x, (1, 128))
+    with pytest.raises(ValueError, match="axis 1 of shape"):
+        fast.quantize_float8(torch.zeros(2, 3, 4, device=DEVICE), "float8_e4m3fn", 1)
+    with pytest.raises(ValueError, match="noise shape"):
+        fast.quantize_int8(x, -1, noise=torch.zeros(3, device=DEVICE))

@@ -1,0 +1,72 @@
+"""Each recipe's quantized linear on the fast backend (CUDA) against the same recipe applied by
+hand through qtrain.reference, within MM-4 (spec/06, spec/07); eager and compiled.
+
+Needs a CUDA GPU with float8 tensor cores: skipped elsewhere, with the reason shown.
+"""
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import qtrain
+from linear_helpers import TOLERANCES, check_recipe_by_hand, sqnr_db
+
+SEED = int(os.environ.get("QTRAIN_TEST_SEED", torch.seed() % 2 ** 31))
+
+
+def _fast_ok():
+    if not torch.cuda.is_available():
+        return False, "no CUDA device: the fast backend runs on GPUs (the CPU checks of its kernels are tests/test_fast_*.py)"
+    ok, reason = qtrain.get_backend("fast").available()
+    return ok, reason
+
+
+_OK, _WHY = _fast_ok()
+pytestmark = pytest.mark.skipif(not _OK, reason=_WHY or "fast backend unavailable")
+
+
+def _config(recipe):
+    return dataclasses.replace(qtrain.recipe_config(recipe), backend="fast")
+
+
+def _run(recipe, dtype, m=256, k=512, n=384, compile_=False):
+    gen = torch.Generator(device="cuda").manual_seed(SEED)
+    x = torch.randn(m, k, generator=gen, device="cuda").to(dtype).requires_grad_()
+    w = (torch.randn(n, k, generator=gen, device="cuda") / k ** 0.5).to(dtype).requires_grad_()
+    g = torch.randn(m, n, generator=gen, device="cuda").to(dtype)
+    fn = lambda a, b: qtrain.linear(a, b, config=_config(recipe))
+    if compile_:
+        fn = torch.compile(fn, fullgraph=True)
+    out = fn(x, w)
+    out.backward(g)
+    return x, w, g, out, x.grad, w.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8", "int8", "blockwise"])
+def test_RC_fast_recipe_matches_hand_quantization(recipe, dtype):
+    x, w, g, out, gx, gw = _run(recipe, dtype)
+    assert out.device.type == "cuda" and out.dtype == dtype
+    try:
+        check_recipe_by_hand(recipe, x, w, g, out, gx, gw)
+    except AssertionError as e:
+        raise AssertionError(f"{e} (QTRAIN_TEST_SEED={SEED})") from None
+
+
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise", "mxfp8"])
+def test_RC_fast_compiled_equals_eager(recipe):
+    eager = _run(recipe, torch.bfloat16)
+    compiled = _run(recipe, torch.bfloat16, compile_=True)
+    for name, a, b in zip(("out", "grad_input", "grad_weight"), eager[3:], compiled[3:]):
+        assert torch.equal(a, b), f"{recipe} {name}: compiled differs from eager (QTRAIN_TEST_SEED={SEED})"
+
+
+def test_RC_fast_sqnr_mx():
+    x, w, g, out, gx, gw = _run("mxfp8", torch.float32)
+    x_hp, w_hp = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    out_hp = torch.nn.functional.linear(x_hp, w_hp)
+    out_hp.backward(g)
+    assert sqnr_db(out, out_hp) >= TOLERANCES["sqnr_mx_output_db"]
+    assert sqnr_db(gx, x_hp.grad) >= TOLERANCES["sqnr_mx_grad_input_db"]
+    assert sqnr_db(gw, w_hp.grad) >= TOLERANCES["sqnr_mx_grad_weight_db"]
