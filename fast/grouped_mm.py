@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from qtrain.grouping import gather_rows, pad_index, padded_offsets, padded_rows, unpad_index
+from qtrain.grouping import (gather_rows, group_bounds, pad_index, padded_offsets, padded_rows,
+                             rows_in_groups, unpad_index)
 from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
                      kernel_input, pow2_at_most, use_soft_cast)
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
@@ -146,7 +147,6 @@ def _torch_scaled_ok(a, b, out_dtype):
 def _zero_outside(out, offs, is_3d):
     """MM-5: rows past offs[-1] are +0 (2d x 3d); empty groups give zeros (2d x 2d). The torch
     kernels leave those regions unwritten."""
-    from qtrain.grouping import group_bounds, rows_in_groups
     zero = torch.zeros((), dtype=out.dtype, device=out.device)
     if is_3d:
         return torch.where(rows_in_groups(offs, out.shape[0])[:, None], out, zero)
@@ -187,10 +187,10 @@ def scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype=torch
     dtype = torch.float32 if a.device.type == "cpu" or out_dtype == torch.float32 else out_dtype
     a_hp = _dequant(a, a_dequant, offs, dtype)
     b_hp = _dequant(b, b_dequant, offs, dtype)
-    if b.dim() == 3:
-        out = torch._grouped_mm(a_hp, b_hp.transpose(-2, -1), offs=offs)
-    else:
-        out = torch._grouped_mm(a_hp, b_hp.t(), offs=offs)
+    if b.dim() == 3:                       # B (E, K, N) column-major, as torch wants
+        out = torch._grouped_mm(a_hp.contiguous(), b_hp.contiguous().transpose(-2, -1), offs=offs)
+    else:                                  # A (M, T) row-major, B (T, N) column-major
+        out = torch._grouped_mm(a_hp.contiguous(), b_hp.contiguous().t(), offs=offs)
     return _zero_outside(out, offs, b.dim() == 3).to(out_dtype)
 
 

@@ -13,6 +13,8 @@ _LAZY = {
     # training modules (qtrain/qlinear.py, qtrain/convert.py)
     "linear": ".qlinear", "QuantizedLinear": ".qlinear",
     "convert_to_quantized_training": ".convert",
+    # MoE grouped products (qtrain/qgrouped_mm.py, qtrain/moe.py)
+    "grouped_mm": ".qgrouped_mm", "convert_moe_to_quantized_training": ".moe",
     # serving (qtrain/inference.py)
     "to_inference": ".inference", "InferenceLinear": ".inference",
     # distributed (qtrain/fsdp.py, qtrain/tensor_parallel.py, qtrain/dist_checkpoint.py)

@@ -87,4 +87,35 @@ class ReferenceBackend:
         return to_torch(out, a.device)
 
 
+    # ---- grouped products (MM-5, RC-13): added for qtrain/grouped_ops.py (issue 6) ----------
+    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
+        """F8-7 along axis 0 within each group, payload transposed into the padded layout."""
+        from .grouping import padded_rows
+        ref = _ref()
+        x_np, ends = to_numpy(x), to_numpy(offs).astype(np.int64)
+        m, c = x_np.shape
+        data_t = np.zeros((c, padded_rows(m, len(ends), align)), dtype=_NP_FLOAT8[fmt])
+        # an empty group has amax 0: the F8-6 scale
+        quant_scale = np.empty((len(ends), c), dtype=np.float32)
+        quant_scale[:] = ref.float8_quant_scale(np.float32(0), fmt, pow2_scale)
+        start = pstart = 0
+        for g, end in enumerate(ends.tolist()):
+            if end > start:
+                data, qs = ref.quantize_float8(x_np[start:end], fmt, axis=0, pow2_scale=pow2_scale)
+                data_t[:, pstart:pstart + end - start] = data.T
+                quant_scale[g] = qs[0]
+            pstart += -(-(end - start) // align) * align
+            start = end
+        return to_torch(data_t, x.device), to_torch(quant_scale, x.device)
+
+    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype):
+        if out_dtype not in _NP_OUT:
+            raise TypeError(f"scaled_grouped_mm out_dtype must be float32 or bfloat16 (MM-2), "
+                            f"got {out_dtype}")
+        out = _ref().scaled_grouped_mm(to_numpy(a), to_numpy(a_dequant), to_numpy(b),
+                                       to_numpy(b_dequant), to_numpy(offs),
+                                       out_dtype=_NP_OUT[out_dtype])
+        return to_torch(out, a.device)
+    # ---- end of the grouped addition ------------------------------------------------------
+
 _backend.register_backend("reference", ReferenceBackend)

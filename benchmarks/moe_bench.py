@@ -1,0 +1,154 @@
+"""MoE grouped products on a GPU (issue 6): fast vs reference on small uneven groups (per-group
+float8 cast bit for bit; products and gradients close), then fwd+bwd time of one expert
+product at E=8, 16384 tokens, K=4096, N=2048: bf16 torch._grouped_mm vs qtrain float8 rowwise
+(torch._scaled_grouped_mm), mxfp8 emulated, and torchao's float8 rowwise grouped mm if it
+imports. Appends rows to benchmarks/results/results.csv (and $OUT/moe_bench.csv when OUT is
+set), prints a table last. About a minute on one H200.
+
+    python benchmarks/moe_bench.py
+"""
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import append_rows, format_table, time_fn  # noqa: E402
+
+ROWS = []
+SHAPE = dict(E=8, M=16384, K=4096, N=2048)
+
+
+def record(op, backend, recipe, shape, metric, value):
+    ROWS.append(dict(op=op, backend=backend, recipe=recipe, shape=str(shape), metric=metric,
+                     value=value))
+    print(f"{op:22s} {backend:14s} {recipe:22s} {str(shape):26s} {metric:18s} {value}", flush=True)
+
+
+def guarded(name, fn):
+    try:
+        fn()
+    except Exception as e:    # noqa: BLE001 (report, not crash)
+        record(name, "-", "-", "-", "error", f"FAIL {type(e).__name__}: {str(e)[:200]}")
+        traceback.print_exc(limit=4)
+
+
+def _setup_backends():
+    from qtrain import backend as qbackend
+    from qtrain.fast.backend import FastBackend
+    import qtrain.reference_backend  # noqa: F401  (registers "reference")
+    qbackend.register_backend("fast-moe-bench", FastBackend)
+    return "fast-moe-bench"
+
+
+def _run(fn_backend, x, w, offs, g, plan):
+    from qtrain.qgrouped_mm import _QuantizedGroupedMMFn
+    x = x.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    y = _QuantizedGroupedMMFn.apply(x, w, offs, plan, fn_backend)
+    y.backward(g)
+    return y.detach().float().cpu(), x.grad.float().cpu(), w.grad.float().cpu()
+
+
+def check_fast_vs_reference(fast):
+    """Uneven groups incl. empty and non-16-aligned; tail rows past offs[-1]."""
+    import qtrain
+    from qtrain.fast import grouped_mm as fg
+    from qtrain.reference_backend import ReferenceBackend
+    torch.manual_seed(0)
+    m, e, k, n = 300, 4, 256, 128
+    offs_list = [37, 37, 190, 290]
+    shape = f"M{m} E{e} K{k} N{n} offs{offs_list}"
+    offs = torch.tensor(offs_list, dtype=torch.int32, device="cuda")
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(e, n, k, device="cuda") * 0.05).to(torch.bfloat16)
+    g = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    got = fg.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
+    want = ReferenceBackend().quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
+    same = (torch.equal(got[0].cpu().view(torch.uint8), want[0].view(torch.uint8))
+            and torch.equal(got[1].cpu(), want[1]))
+    record("grouped_cast_f8_cols", "fast", "rowwise", shape, "bitexact", same)
+    for name, config in (("rowwise", qtrain.Float8LinearConfig(recipe="rowwise")),
+                         ("mxfp8-rceil", qtrain.MXLinearConfig(scale_mode="rceil"))):
+        for pad in (True, False) if name == "rowwise" else (True,):
+            fg.PAD_2D3D = pad
+            try:
+                fast_res = _run(fast, x, w, offs, g, config.plan())
+            finally:
+                fg.PAD_2D3D = True
+            ref_res = _run("reference", x.cpu(), w.cpu(), offs.cpu(), g.cpu(), config.plan())
+            for what, a, b in zip(("out", "grad_input", "grad_weight"), fast_res, ref_res):
+                rel = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+                record("grouped_mm_vs_ref", "fast", f"{name}{'' if pad else ' nopad'}", shape,
+                       f"{what} maxrel", f"{rel:.2e} {'ok' if rel < 2 ** -6 else 'FAIL'}")
+
+
+def bench(fast):
+    import qtrain
+    E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
+    shape = f"E{E} M{M} K{K} N{N}"
+    flops = 3 * 2 * M * K * N
+    torch.manual_seed(0)
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(E, N, K, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
+    offs = torch.arange(M // E, M + 1, M // E, device="cuda", dtype=torch.int32)
+    g = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
+    xr = x.clone().requires_grad_()
+    from qtrain.qgrouped_mm import _QuantizedGroupedMMFn
+
+    def step(fn):
+        def run():
+            xr.grad = None
+            w.grad = None
+            fn().backward(g)
+        return run
+
+    cases = {"bf16 torch._grouped_mm": (
+        "torch", "bf16", step(lambda: torch._grouped_mm(xr, w.transpose(-2, -1), offs=offs)))}
+    for name, config in (("float8 rowwise", qtrain.Float8LinearConfig(recipe="rowwise")),
+                         ("mxfp8 emulated", qtrain.MXLinearConfig(scale_mode="rceil"))):
+        plan = config.plan()
+        cases[f"qtrain {name}"] = ("qtrain-fast", config.short_id, step(
+            lambda plan=plan: _QuantizedGroupedMMFn.apply(xr, w, offs, plan, fast)))
+    try:
+        from torchao.prototype.moe_training import _to_fp8_rowwise_then_scaled_grouped_mm as ao
+        cases["torchao fp8 rowwise"] = ("torchao", "rowwise", step(
+            lambda: ao(xr, w.transpose(-2, -1), offs=offs, out_dtype=torch.bfloat16)))
+    except Exception as e:    # noqa: BLE001
+        print(f"torchao grouped mm not timed: {type(e).__name__}: {e}")
+    table, base = [], None
+    for label, (backend, recipe, fn) in cases.items():
+        try:
+            t = time_fn(fn, warmup=3, reps=10, device="cuda")["median"]
+        except Exception as e:    # noqa: BLE001
+            record("moe_fwd_bwd", backend, recipe, shape, "error", f"{type(e).__name__}: {e}"[:200])
+            continue
+        base = t if base is None else base
+        tflops = flops / (t * 1e-3) / 1e12
+        record("moe_fwd_bwd", backend, recipe, shape, "median_ms", f"{t:.3f}")
+        record("moe_fwd_bwd", backend, recipe, shape, "tflops", f"{tflops:.0f}")
+        table.append([label, f"{t:.3f}", f"{tflops:.0f}", f"{base / t:.2f}x"])
+    return table
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("moe_bench: no CUDA device; skipped")
+        return 0
+    t0 = time.time()
+    fast = _setup_backends()
+    guarded("check", lambda: check_fast_vs_reference(fast))
+    table = []
+    guarded("bench", lambda: table.extend(bench(fast)))
+    append_rows(ROWS)
+    if os.environ.get("OUT"):
+        append_rows(ROWS, os.path.join(os.environ["OUT"], "moe_bench.csv"))
+    print(f"\nmoe_bench done in {time.time() - t0:.0f}s on {torch.cuda.get_device_name()}")
+    print(format_table(["fwd+bwd, one expert product", "ms", "TFLOP/s", "vs bf16"], table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

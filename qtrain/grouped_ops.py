@@ -1,0 +1,63 @@
+"""torch.library custom ops for grouped products (spec/06 MM-5, spec/07 RC-13), in the style of
+qtrain/ops.py: the concrete backend name travels as a string and fake kernels give exact
+shapes, so torch.compile traces the grouped layer with opaque calls and no graph breaks.
+
+Backend interface (two methods, same names and signatures in every backend):
+- quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale) -> (data_t, quant_scale):
+  x (M, C) quantized along axis 0 WITHIN each token group (F8-7 applied to every slice
+  x[offs[g-1]:offs[g]] on its own; an empty group has amax 0, F8-6). data_t is (C, Mp), the
+  transposed payload in the padded layout of qtrain.grouping (group g at columns
+  [padded_offs[g-1], padded_offs[g]), zeros elsewhere), Mp = padded_rows(M, E, align);
+  quant_scale is fp32 (E, C).
+- scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype) -> out: MM-5 exactly as
+  qtrain.reference.scaled_grouped_mm (2d x 3d, or 2d x 2d grouped along the contraction, with
+  per-group (E, R, 1) or block-form factors).
+"""
+import torch
+
+from . import backend as _backend
+from .grouping import padded_rows
+from .ops import FLOAT8_DTYPES
+
+
+def grouped_impl(name):
+    """The object serving the grouped ops for backend `name`."""
+    impl = _backend._instance(name)
+    if hasattr(impl, "scaled_grouped_mm"):
+        return impl
+    if getattr(impl, "name", None) == "fast":
+        # qtrain.fast.backend.FastBackend does not forward the grouped ops yet (two methods
+        # delegating to qtrain.fast.grouped_mm); until it does, serve them from that module.
+        from qtrain.fast import grouped_mm
+        return grouped_mm.GroupedOps(impl)
+    raise NotImplementedError(
+        f"qtrain.grouped_ops: backend {name!r} has no grouped products (scaled_grouped_mm); "
+        f"use 'reference' or 'fast'")
+
+
+@torch.library.custom_op("qtrain::quantize_float8_grouped_t", mutates_args=())
+def quantize_float8_grouped_t(x: torch.Tensor, offs: torch.Tensor, align: int, fmt: str,
+                              pow2_scale: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return grouped_impl(backend).quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale)
+
+
+@quantize_float8_grouped_t.register_fake
+def _(x, offs, align, fmt, pow2_scale, backend):
+    m, c = x.shape
+    n_groups = offs.shape[0]
+    return (x.new_empty((c, padded_rows(m, n_groups, align)), dtype=FLOAT8_DTYPES[fmt]),
+            x.new_empty((n_groups, c), dtype=torch.float32))
+
+
+@torch.library.custom_op("qtrain::scaled_grouped_mm", mutates_args=())
+def scaled_grouped_mm(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
+                      b_dequant: torch.Tensor, offs: torch.Tensor, out_dtype: torch.dtype,
+                      backend: str) -> torch.Tensor:
+    return grouped_impl(backend).scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype)
+
+
+@scaled_grouped_mm.register_fake
+def _(a, a_dequant, b, b_dequant, offs, out_dtype, backend):
+    if b.dim() == 3:                                   # 2d x 3d: (M, N)
+        return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+    return a.new_empty((offs.shape[0], a.shape[0], b.shape[0]), dtype=out_dtype)   # (E, M, N)

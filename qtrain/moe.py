@@ -1,0 +1,88 @@
+"""Conversion of MoE expert layers to quantized grouped products (spec/07 RC-13).
+
+The module pattern recognized ("grouped experts", as in torchtitan-style MoE layers):
+- the module holds its expert weights as 3-D Parameters (E, N, K), one nn.Linear-style
+  (out_features, in_features) matrix per expert, and
+- its forward runs them with `torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)` on 2-D
+  tokens x (M, K) sorted by expert, offs int32 (E,) cumulative ends.
+Such a module is found by `is_grouped_experts` (a 3-D Parameter and no child modules holding
+Parameters of their own; override with `filter_fn`). Converting it wraps its forward so that
+every 2d x 3d `torch._grouped_mm` call with offs made inside that forward runs
+`qtrain.grouped_mm(x, w, offs, config)` instead (a TorchFunctionMode scoped to the call;
+Parameters, state_dict and optimizer state are untouched). Under torch.compile that
+forward runs eager (a graph break); qtrain.grouped_mm itself compiles. Other calls pass through: 2d x 2d
+products, 3d x 3d (bmm-like, no offs), and grouped products in other modules (routers,
+shared experts written as nn.Linear: convert those with qtrain.convert_to_quantized_training).
+"""
+import functools
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from .qgrouped_mm import _check, grouped_mm
+
+LAYER = "qtrain.moe"
+
+
+class _GroupedMMMode(TorchFunctionMode):
+    """Routes torch._grouped_mm(x 2-D, w_t 3-D, offs=...) to qtrain.grouped_mm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch._grouped_mm:
+            a, b = args[0], args[1]
+            offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
+            extra = {k: v for k, v in kwargs.items() if k != "offs" and v is not None}
+            if offs is not None and a.dim() == 2 and b.dim() == 3 and not extra and len(args) <= 3:
+                return grouped_mm(a, b.transpose(-2, -1), offs, self.config)
+        return func(*args, **kwargs)
+
+
+def is_grouped_experts(module):
+    """The default filter: a module with a 3-D Parameter of its own and no child holding
+    Parameters (the experts' container itself, not the MoE block around it)."""
+    own_3d = any(p.dim() == 3 for p in module.parameters(recurse=False))
+    child_params = any(True for c in module.children() for _ in c.parameters())
+    return own_3d and not child_params
+
+
+def _check_weights(fqn, module, config):
+    for name, p in module.named_parameters(recurse=False):
+        if p.dim() == 3:
+            probe_x = p.new_empty((0, p.shape[2]), device="meta")
+            probe_offs = torch.zeros(p.shape[0], dtype=torch.int32, device="meta")
+            try:
+                _check(probe_x, p.to("meta"), probe_offs, config)
+            except (ValueError, NotImplementedError) as e:
+                raise ValueError(f"{LAYER}: cannot convert {fqn or '<root>'}.{name} "
+                                 f"{tuple(p.shape)}: {e}") from None
+
+
+def convert_moe_to_quantized_training(model, config, filter_fn=None):
+    """Make every grouped-experts module of `model` (see the module docstring) run its
+    grouped products through qtrain.grouped_mm with `config`. `filter_fn(module, fqn) -> bool`
+    replaces the default `is_grouped_experts`. Modifies `model` in place and returns it."""
+    for fqn, module in model.named_modules():
+        chosen = filter_fn(module, fqn) if filter_fn is not None else is_grouped_experts(module)
+        if not chosen or getattr(module, "_qtrain_grouped_config", None) is not None:
+            continue
+        _check_weights(fqn, module, config)
+        module._qtrain_grouped_config = config
+        module.forward = _wrap_forward(module.forward, config)
+    return model
+
+
+def _wrap_forward(forward, config):
+    # torch.compile does not apply a TorchFunctionMode entered inside the compiled region (it
+    # would trace the plain torch._grouped_mm), so the experts' forward stays eager under
+    # torch.compile: one graph break around it; the rest of the model compiles.
+    @torch.compiler.disable
+    @functools.wraps(forward)
+    def quantized_forward(*args, **kwargs):
+        with _GroupedMMMode(config):
+            return forward(*args, **kwargs)
+    return quantized_forward

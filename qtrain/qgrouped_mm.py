@@ -1,0 +1,147 @@
+"""Quantized grouped matrix product for MoE experts, spec/07 RC-13 over spec/06 MM-5. (The file
+is named qgrouped_mm so that it does not shadow the public function `qtrain.grouped_mm`.)
+
+`grouped_mm(x, w, offs, config)`: x (M, K) tokens sorted by expert, w (E, N, K) one
+nn.Linear-style weight per expert, offs int32 (E,) cumulative group ends (MM-5). Returns
+(M, N) with out[r] = x[r] @ w[g].T for the rows r of group g and +0 for rows past offs[-1]
+(the MM-5 rule; torch._grouped_mm(x, w.transpose(-2, -1), offs=offs) leaves them unwritten).
+
+The three products follow the linear recipe table (config.plan(), RC-5 / RC-7) with RC-13's
+grouping:
+| product     | A                                   | B                                       |
+|-------------|-------------------------------------|-----------------------------------------|
+| output      | x along K, per token (M, 1) / MX    | w[g] along K, per (expert, n) / MX      |
+| grad_input  | g along N, per token (M, 1) / MX    | w[g] along N, per (expert, k) / MX      |
+| grad_weight | g along tokens, per (group, n)      | x along tokens, per (group, k)          |
+grad_weight scales are computed WITHIN each group, never across a boundary: float8 rowwise
+through the per-group cast (qtrain/grouped_ops.py), MX with blocks of block_size tokens that
+start at each group's first token (groups zero-padded up to the block, qtrain/grouping.py).
+Group sizes are free (empty groups, any length); padding is built on the device (no host
+sync) and never changes a result. Supported: Float8LinearConfig(recipe="rowwise") and
+MXLinearConfig (grad_weight_hp included). Kept for backward: x quantized along tokens for
+grad_weight (1 byte per element plus scales; hp x with grad_weight_hp), w itself, offs.
+"""
+import torch
+
+from . import grouped_ops, ops  # noqa: F401  (ops registers the qtrain:: quantize ops)
+from .backend import resolve_backend_name
+from .config import Float8LinearConfig, MXLinearConfig
+from .grouping import pad_groups, padded_offsets
+from .recipes import QOperand, quantize_operand
+
+LAYER = "qtrain.grouped_mm"
+FLOAT8_ALIGN = 16         # torch._scaled_grouped_mm needs 16-token aligned groups (2d x 2d)
+
+
+def _mm_dtype(dtype):
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32   # MM-2 out dtypes
+
+
+def _quantize_3d(w, spec, along_k, backend):
+    """w (E, N, K) per expert, along K (output) or along N (grad_input, as B = w[g].T (K, N)).
+    Returns (payload (E, R, C), fp32 factors (E, R, C / block)) in NT form."""
+    e, n, k = w.shape
+    src = w if along_k else w.transpose(1, 2).contiguous()
+    q = quantize_operand(src.reshape(-1, src.shape[-1]), spec, 1, backend)
+    rows, cols = src.shape[1], src.shape[2]
+    return q.payload.reshape(e, rows, cols), q.dequant_fp32().reshape(e, rows, -1)
+
+
+def _grad_weight_operand(t, offs, spec, backend):
+    """t (M, C) (g or x) quantized along tokens within each group, in NT form for the 2d x 2d
+    product over the padded token layout: (payload (C, Mp), factors, padded offs)."""
+    if spec.kind == "float8":
+        data_t, qs = grouped_ops.quantize_float8_grouped_t(t, offs, FLOAT8_ALIGN, spec.fmt,
+                                                           spec.pow2_scale, backend)
+        return data_t, torch.reciprocal(qs).unsqueeze(-1), padded_offsets(offs, FLOAT8_ALIGN)
+    tp, pends = pad_groups(t, offs, spec.block_size)          # blocks never straddle groups
+    q = quantize_operand(tp, spec, 0, backend)                # MX along tokens: (C, Mp) view
+    return q.payload, q.dequant, pends                        # e8m0 bytes while saved
+
+
+def _check(x, w, offs, config):
+    if not isinstance(config, (Float8LinearConfig, MXLinearConfig)) or (
+            isinstance(config, Float8LinearConfig) and config.recipe != "rowwise"):
+        raise NotImplementedError(
+            f"{LAYER}: grouped products support Float8LinearConfig(recipe='rowwise') and "
+            f"MXLinearConfig, got {config!r}")
+    if x.dim() != 2 or w.dim() != 3 or x.shape[1] != w.shape[2]:
+        raise ValueError(f"{LAYER}: expected x (M, K) and w (E, N, K), got x {tuple(x.shape)} "
+                         f"and w {tuple(w.shape)}")
+    if offs.dtype != torch.int32 or offs.shape != (w.shape[0],):
+        raise ValueError(f"{LAYER}: offs must be int32 of shape (E,) = ({w.shape[0]},) "
+                         f"cumulative group ends (MM-5), got {offs.dtype} {tuple(offs.shape)}")
+    multiple = config.min_multiple
+    n, k = w.shape[1], w.shape[2]
+    if n % multiple or k % multiple:
+        raise ValueError(f"{LAYER}: expert weight (N, K) = ({n}, {k}) must have N and K "
+                         f"multiples of {multiple} for {config.short_id} (RC-11)")
+
+
+class _QuantizedGroupedMMFn(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, w, offs, plan, backend):
+        out_dtype = _mm_dtype(x.dtype)
+        qx = quantize_operand(x, plan.output[0], 1, backend)
+        qw, dw = _quantize_3d(w, plan.output[1], True, backend)
+        out = grouped_ops.scaled_grouped_mm(qx.payload, qx.dequant_fp32(), qw, dw, offs,
+                                            out_dtype, backend)
+        gw = plan.grad_weight
+        if not ctx.needs_input_grad[1]:
+            x_saved = ()
+        elif gw is None:
+            x_saved = (x,)
+        else:
+            x_saved = _grad_weight_operand(x, offs, gw[1], backend)
+        ctx.n_x = len(x_saved)
+        ctx.save_for_backward(*x_saved, w, offs)
+        ctx.plan, ctx.backend, ctx.x_dtype = plan, backend, x.dtype
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        plan, backend = ctx.plan, ctx.backend
+        saved = ctx.saved_tensors
+        x_saved, w, offs = saved[:ctx.n_x], saved[ctx.n_x], saved[ctx.n_x + 1]
+        g = grad_out.contiguous().to(ctx.x_dtype)
+        out_dtype = _mm_dtype(ctx.x_dtype)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            gi = plan.grad_input
+            qg = quantize_operand(g, gi[0], 1, backend)
+            qwt, dwt = _quantize_3d(w, gi[1], False, backend)
+            grad_x = grouped_ops.scaled_grouped_mm(qg.payload, qg.dequant_fp32(), qwt, dwt,
+                                                   offs, out_dtype, backend).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            gw = plan.grad_weight
+            if gw is None:
+                grad_w = _grad_weight_hp(g, x_saved[0], offs)
+            else:
+                a, da, pends = _grad_weight_operand(g, offs, gw[0], backend)
+                b, db, _ = x_saved
+                da, db = QOperand(a, da).dequant_fp32(), QOperand(b, db).dequant_fp32()
+                grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype, backend)
+            grad_w = grad_w.to(w.dtype)
+        return grad_x, grad_w, None, None, None
+
+
+def _grad_weight_hp(g, x, offs):
+    """grad_weight_hp (RC-7): g[rows_g].T @ x[rows_g] per group in the model dtype, over the
+    padded layout (16-byte aligned group starts); empty groups give zeros."""
+    gp, pends = pad_groups(g, offs, 8)
+    xp, _ = pad_groups(x, offs, 8)
+    out = torch._grouped_mm(gp.t().contiguous(), xp, offs=pends)
+    sizes = torch.diff(pends, prepend=pends.new_zeros(1))
+    return torch.where((sizes > 0)[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def grouped_mm(x, w, offs, config):
+    """Quantized `x @ w[g].T` per token group (see the module docstring). x (M, K), w (E, N, K),
+    offs int32 (E,) cumulative ends; returns (M, N) in x's dtype, differentiable in x and w."""
+    _check(x, w, offs, config)
+    backend = resolve_backend_name(config.backend)
+    if w.dtype != x.dtype:
+        w = w.to(x.dtype)
+    return _QuantizedGroupedMMFn.apply(x.contiguous(), w.contiguous(), offs, config.plan(),
+                                       backend)

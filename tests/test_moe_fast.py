@@ -1,0 +1,81 @@
+"""qtrain.fast grouped products (fast/grouped_mm.py) against the reference backend, under the
+Triton interpreter on CPU: the per-group float8 cast bit for bit, the (emulated) grouped product
+within MM-4, and the whole quantized grouped layer."""
+import numpy as np
+import pytest
+import torch
+
+from test_fast_common import DEVICE, fast_backend  # noqa: F401  (sets TRITON_INTERPRET first)
+import qtrain
+from qtrain import backend as qbackend
+from qtrain.fast import grouped_mm as fast_grouped
+from qtrain.fast.backend import FastBackend
+from qtrain.qgrouped_mm import _QuantizedGroupedMMFn
+from qtrain.reference_backend import ReferenceBackend
+
+from linear_helpers import assert_mm4, to_np
+
+OFFS = {"uneven": [5, 5, 23, 37], "empty_ends": [0, 17, 24, 24], "single": [0, 0, 30, 30]}
+
+
+@pytest.fixture
+def seed():
+    s = int(np.random.SeedSequence().entropy % 2 ** 31)
+    torch.manual_seed(s)
+    print(f"seed {s}")
+    return s
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grouping", sorted(OFFS))
+def test_grouped_cast_bitexact_F8_7(grouping, dtype, seed):
+    fast_backend()
+    offs = torch.tensor(OFFS[grouping], dtype=torch.int32, device=DEVICE)
+    x = (torch.randn(40, 48) * 5).to(dtype).to(DEVICE)
+    x[3, 7] = 0.0
+    got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
+    want = ReferenceBackend().quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
+    for a, b, what in zip(got, want, ("data_t", "quant_scale")):
+        assert torch.equal(a.cpu().view(torch.uint8) if a.element_size() == 1 else a.cpu(),
+                           b.view(torch.uint8) if b.element_size() == 1 else b), what
+
+
+def test_emulated_products_within_MM_4(seed):
+    fast_backend()
+    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32)
+    x, w = torch.randn(40, 64), torch.randn(4, 32, 64)
+    fb = FastBackend(allow_interpreter=True)
+    a, qa = fb.quantize_float8(x, "float8_e4m3fn", -1, False)
+    b, qb = fb.quantize_float8(w.reshape(-1, 64), "float8_e4m3fn", -1, False)
+    da, db = 1 / qa, (1 / qb).reshape(4, 32, 1)
+    out = fast_grouped.scaled_grouped_mm(a, da, b.reshape(4, 32, 64), db, offs, torch.float32)
+    a64 = to_np(a.float()).astype(np.float64) * to_np(da).astype(np.float64)
+    b64 = to_np(b.float()).astype(np.float64) * to_np(1 / qb).astype(np.float64)
+    start = 0
+    for g, end in enumerate(offs.tolist()):
+        if end > start:
+            assert_mm4(f"group {g}", out[start:end], a64[start:end], b64[g * 32:(g + 1) * 32],
+                       torch.float32)
+        start = end
+    assert not out[37:].any()
+
+
+@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
+def test_fast_layer_matches_reference(recipe, seed):
+    """Whole forward + backward on the fast path (interpreter) vs the reference backend:
+    same payloads, products within MM-4, so results agree to a few fp32 ulps."""
+    fast_backend()
+    qbackend.register_backend("fast-interpreter", lambda: FastBackend(allow_interpreter=True))
+    config = (qtrain.Float8LinearConfig(recipe="rowwise") if recipe == "rowwise"
+              else qtrain.MXLinearConfig(scale_mode="rceil"))
+    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32)
+    x, w, g = torch.randn(40, 64), torch.randn(4, 32, 64), torch.randn(40, 32)
+    results = {}
+    for name in ("fast-interpreter", "reference"):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = _QuantizedGroupedMMFn.apply(xr, wr, offs, config.plan(), name)
+        y.backward(g)
+        results[name] = (y.detach(), xr.grad, wr.grad)
+    for got, want, what in zip(results["fast-interpreter"], results["reference"],
+                               ("output", "grad_input", "grad_weight")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=what)
