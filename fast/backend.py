@@ -5,6 +5,12 @@ import torch
 LAYER = "qtrain.fast.backend"
 
 
+def _need_2d(x):
+    if x.dim() != 2:
+        raise ValueError(f"{LAYER}: transposed quantization needs a 2-D tensor, got shape "
+                         f"{tuple(x.shape)}")
+
+
 class FastBackend:
     """name "fast". available() is True only on CUDA with compute capability >= 8.9 (fp8 tensor
     cores) and Triton importable. allow_interpreter=True additionally lets the cast kernels run
@@ -48,32 +54,56 @@ class FastBackend:
         if not ok:
             raise RuntimeError(reason)
 
-    def quantize_float8(self, x, fmt, axis=None, pow2_scale=False):
-        from .cast_float8 import quantize_float8
+    def quantize_float8(self, x, fmt, axis=None, pow2_scale=False, transposed=False):
+        """transposed=True: quantize x.T (2-D), its layout written directly from x."""
+        from .cast_float8 import quantize_float8, quantize_float8_columnwise
         self._check(x)
-        return quantize_float8(x, fmt, axis, pow2_scale)
+        if not transposed:
+            return quantize_float8(x, fmt, axis, pow2_scale)
+        _need_2d(x)
+        if axis is None:         # one scale: transpose the 1-byte payload (one copy)
+            data, quant_scale = quantize_float8(x, fmt, None, pow2_scale)
+            return data.t().contiguous(), quant_scale
+        if axis in (-1, 1):      # along the last axis of x.T = axis 0 of x
+            return quantize_float8_columnwise(x, fmt, pow2_scale, transposed=True)
+        return quantize_float8(x.t().contiguous(), fmt, axis, pow2_scale)
 
     def quantize_float8_dual(self, x, fmt, pow2_scale=False):
         from .cast_float8 import quantize_float8_dual
         self._check(x)
         return quantize_float8_dual(x, fmt, pow2_scale)
 
-    def quantize_mx(self, x, elem_fmt, block_size=32, axis=-1, scale_mode="floor"):
-        from .cast_mx import quantize_mx
+    def quantize_mx(self, x, elem_fmt, block_size=32, axis=-1, scale_mode="floor",
+                    transposed=False):
+        from .cast_mx import quantize_mx, quantize_mx_dim0
         self._check(x)
-        return quantize_mx(x, elem_fmt, block_size, axis, scale_mode)
+        if not transposed:
+            return quantize_mx(x, elem_fmt, block_size, axis, scale_mode)
+        _need_2d(x)
+        if axis in (-1, 1):      # blocks along the last axis of x.T = axis 0 of x
+            return quantize_mx_dim0(x, elem_fmt, block_size, scale_mode, transposed=True)
+        return quantize_mx(x.t().contiguous(), elem_fmt, block_size, axis, scale_mode)
 
-    def quantize_int8(self, x, axis, noise=None, seed=None):
+    def quantize_int8(self, x, axis, noise=None, seed=None, transposed=False):
         from .cast_int8 import quantize_int8
         self._check(x)
-        return quantize_int8(x, axis, noise, seed)
+        if not transposed:
+            return quantize_int8(x, axis, noise, seed)
+        _need_2d(x)
+        # noise comes in x.T's layout; the int8 columnwise kernel has no transposed store yet, so
+        # quantize along the matching axis of x and transpose the 1-byte payload (one copy).
+        axis_x = None if axis is None else (0 if axis in (-1, 1) else 1)
+        noise_x = None if noise is None else noise.t().contiguous()
+        data, scale = quantize_int8(x, axis_x, noise_x, seed)
+        return data.t().contiguous(), scale.t().contiguous() if scale.dim() == 2 else scale
 
     def quantize_blockwise(self, x, block=(1, 128), fmt="float8_e4m3fn"):
         from .cast_blockwise import quantize_blockwise
         self._check(x)
         return quantize_blockwise(x, block, fmt)
 
-    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype=torch.float32):
+    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype=torch.float32,
+                     use_fast_accum=False):
         from .scaled_mm import scaled_mm_nt
         self._check(a)
-        return scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype)
+        return scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=use_fast_accum)

@@ -73,12 +73,13 @@ class Float8LinearConfig:
         if self.recipe == "tensorwise":
             xw = QuantSpec("float8", e4m3, tensorwise=True)
             g = QuantSpec("float8", self.e5m2_format, tensorwise=True)
-            return RecipePlan((xw, xw), (g, xw), (g, xw))
+            return RecipePlan((xw, xw), (g, xw), (g, xw), fast_accum_output=True)   # RC-3
         row = QuantSpec("float8", e4m3, pow2_scale=p2)
         if self.recipe == "rowwise":
-            return RecipePlan((row, row), (row, row), (row, row))
+            return RecipePlan((row, row), (row, row), (row, row), fast_accum_output=True)
         # rowwise_with_gw_hp: grad_input's w is TENSORWISE; grad_weight in high precision.
-        return RecipePlan((row, row), (row, QuantSpec("float8", e4m3, True, p2)), None)
+        return RecipePlan((row, row), (row, QuantSpec("float8", e4m3, True, p2)), None,
+                          fast_accum_output=True)
 
 
 @dataclass(frozen=True)

@@ -27,43 +27,54 @@ def _keepdims_shape(shape, axis):
 # ---- quantize_float8 (F8-*) ----------------------------------------------------------------
 @torch.library.custom_op("qtrain::quantize_float8", mutates_args=())
 def quantize_float8(x: torch.Tensor, fmt: str, axis: Optional[int], pow2_scale: bool,
-                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _impl(backend).quantize_float8(x, fmt, axis, pow2_scale)
+                    backend: str, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """transposed=True: the quantization of x.T (2-D x), written directly in that layout."""
+    return _impl(backend).quantize_float8(x, fmt, axis, pow2_scale, transposed=transposed)
+
+
+def _shape(x, transposed):
+    return list(x.shape[::-1]) if transposed else list(x.shape)
 
 
 @quantize_float8.register_fake
-def _(x, fmt, axis, pow2_scale, backend):
-    scale_shape = [] if axis is None else _keepdims_shape(x.shape, axis)     # F8-7
-    return (x.new_empty(x.shape, dtype=FLOAT8_DTYPES[fmt]),
+def _(x, fmt, axis, pow2_scale, backend, transposed=False):
+    shape = _shape(x, transposed)
+    scale_shape = [] if axis is None else _keepdims_shape(shape, axis)       # F8-7
+    return (x.new_empty(shape, dtype=FLOAT8_DTYPES[fmt]),
             x.new_empty(scale_shape, dtype=torch.float32))
 
 
 # ---- quantize_mx (MX-*) --------------------------------------------------------------------
 @torch.library.custom_op("qtrain::quantize_mx", mutates_args=())
 def quantize_mx(x: torch.Tensor, elem_fmt: str, block_size: int, axis: int, scale_mode: str,
-                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _impl(backend).quantize_mx(x, elem_fmt, block_size, axis, scale_mode)
+                backend: str, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """transposed=True: the quantization of x.T (2-D x), written directly in that layout."""
+    return _impl(backend).quantize_mx(x, elem_fmt, block_size, axis, scale_mode,
+                                      transposed=transposed)
 
 
 @quantize_mx.register_fake
-def _(x, elem_fmt, block_size, axis, scale_mode, backend):
-    scale_shape = list(x.shape)
+def _(x, elem_fmt, block_size, axis, scale_mode, backend, transposed=False):
+    shape = _shape(x, transposed)
+    scale_shape = list(shape)
     scale_shape[axis] = scale_shape[axis] // block_size
-    return (x.new_empty(x.shape, dtype=FLOAT8_DTYPES[elem_fmt]),
+    return (x.new_empty(shape, dtype=FLOAT8_DTYPES[elem_fmt]),
             x.new_empty(scale_shape, dtype=torch.uint8))
 
 
 # ---- quantize_int8 (I8-*) ------------------------------------------------------------------
 @torch.library.custom_op("qtrain::quantize_int8", mutates_args=())
 def quantize_int8(x: torch.Tensor, axis: int, noise: Optional[torch.Tensor],
-                  backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _impl(backend).quantize_int8(x, axis, noise)
+                  backend: str, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """transposed=True: the quantization of x.T (2-D x; noise given in x.T's layout too)."""
+    return _impl(backend).quantize_int8(x, axis, noise, transposed=transposed)
 
 
 @quantize_int8.register_fake
-def _(x, axis, noise, backend):
-    return (x.new_empty(x.shape, dtype=torch.int8),
-            x.new_empty(_keepdims_shape(x.shape, axis), dtype=torch.float32))
+def _(x, axis, noise, backend, transposed=False):
+    shape = _shape(x, transposed)
+    return (x.new_empty(shape, dtype=torch.int8),
+            x.new_empty(_keepdims_shape(shape, axis), dtype=torch.float32))
 
 
 # ---- quantize_blockwise (BW-*) -------------------------------------------------------------
@@ -83,12 +94,16 @@ def _(x, block, fmt, backend):
 # ---- scaled_mm_nt (MM-1, MM-2) -------------------------------------------------------------
 @torch.library.custom_op("qtrain::scaled_mm_nt", mutates_args=())
 def scaled_mm_nt(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
-                 b_dequant: torch.Tensor, out_dtype: torch.dtype, backend: str) -> torch.Tensor:
-    return _impl(backend).scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype)
+                 b_dequant: torch.Tensor, out_dtype: torch.dtype, backend: str,
+                 use_fast_accum: bool = False) -> torch.Tensor:
+    """use_fast_accum: the product may accumulate in reduced precision where RC-3 allows it
+    (MM-4 with u_acc = 2^-13); a backend without such a mode ignores it (MM-3: free)."""
+    return _impl(backend).scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype,
+                                       use_fast_accum=use_fast_accum)
 
 
 @scaled_mm_nt.register_fake
-def _(a, a_dequant, b, b_dequant, out_dtype, backend):
+def _(a, a_dequant, b, b_dequant, out_dtype, backend, use_fast_accum=False):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 

@@ -35,9 +35,12 @@ def _mm_dtype(dtype):
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32   # MM-2 out dtypes
 
 
-def _scaled_mm(qa, qb, out_dtype, backend):
-    out = ops.scaled_mm_nt(qa.payload, qa.dequant_fp32(), qb.payload, qb.dequant_fp32(),
-                           _mm_dtype(out_dtype), backend)
+def _scaled_mm(qa, qb, out_dtype, backend, use_fast_accum=False):
+    # NT form wants both payloads row-major. Only operands reused transposed (tensorwise x and
+    # g, 128x128 blockwise w) arrive as views; their 1-byte transpose is the one copy made here
+    # (fp8 tensor-core products are TN-only, so some transpose of them is unavoidable).
+    out = ops.scaled_mm_nt(qa.payload.contiguous(), qa.dequant_fp32(), qb.payload.contiguous(),
+                           qb.dequant_fp32(), _mm_dtype(out_dtype), backend, use_fast_accum)
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
@@ -55,7 +58,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
         else:
             qx = quantize_operand(x, plan.output[0], 1, backend)
             qw = quantize_operand(weight, plan.output[1], 1, backend)
-            out = _scaled_mm(qx, qw, x.dtype, backend)
+            out = _scaled_mm(qx, qw, x.dtype, backend, plan.fast_accum_output)
 
         gw, gi = plan.grad_weight, plan.grad_input
         if not need_gw:

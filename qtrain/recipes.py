@@ -39,6 +39,7 @@ class RecipePlan:
     output: Optional[tuple]          # A = x (M,K), B = w (N,K), along K
     grad_input: Optional[tuple]      # A = g (M,N), B = w.T (K,N), along N
     grad_weight: Optional[tuple]     # A = g.T (N,M), B = x.T (K,M), along M
+    fast_accum_output: bool = False  # RC-3: the output product may use fast accumulation
 
 
 @dataclass
@@ -83,27 +84,32 @@ def _pad_contraction(t, axis, multiple):
 
 def quantize_operand(t, spec, contraction_axis, backend, noise=None):
     """Quantize 2-D `t` along `contraction_axis` (0 or 1) and return it in NT form:
-    contraction along the last axis of the payload (MM-1)."""
+    contraction along the last axis of the payload (MM-1). Along axis 0 the backend quantizes
+    t.T (`transposed=True`): a fast backend writes that layout straight from t, so the product
+    gets row-major operands without a transpose copy. `noise` comes in t's layout."""
     transpose = contraction_axis == 0
     t = _pad_contraction(t, contraction_axis, spec.contraction_block)
     if spec.kind == "float8":
-        axis = None if spec.tensorwise else contraction_axis
-        data, quant_scale = ops.quantize_float8(t, spec.fmt, axis, spec.pow2_scale, backend)
+        axis = None if spec.tensorwise else -1
+        data, quant_scale = ops.quantize_float8(t, spec.fmt, axis, spec.pow2_scale, backend,
+                                                transposed=transpose)
         dequant = torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1, 1))
     elif spec.kind == "mx":
-        data, scale_bits = ops.quantize_mx(t, spec.fmt, spec.block_size, contraction_axis,
-                                           spec.scale_mode, backend)
-        dequant = scale_bits                           # expanded by QOperand.dequant_fp32
+        data, dequant = ops.quantize_mx(t, spec.fmt, spec.block_size, -1, spec.scale_mode,
+                                        backend, transposed=transpose)
+        # dequant: the e8m0 bytes, expanded by QOperand.dequant_fp32 when the product runs
     elif spec.kind == "int8":
-        data, dequant = ops.quantize_int8(t, contraction_axis, noise, backend)
+        if noise is not None and transpose:
+            noise = noise.t()
+        data, dequant = ops.quantize_int8(t, -1, noise, backend, transposed=transpose)
     elif spec.kind == "blockwise":
-        # The backend quantizes along the last axis; bring the contraction axis there first.
+        # The backend quantizes along the last axis; bring the contraction axis there first
+        # (a square block is axis free: quantizing t and reading it transposed is the same).
         src = t.t().contiguous() if (transpose and not spec.axis_free) else t
         data, quant_scale = ops.quantize_blockwise(src, list(spec.block), spec.fmt, backend)
         dequant = torch.reciprocal(quant_scale)
-        if src is not t:
-            return QOperand(data, dequant)
+        if transpose and spec.axis_free:
+            return QOperand(data, dequant).t()
     else:
         raise ValueError(f"unknown QuantSpec.kind {spec.kind!r}")
-    q = QOperand(data, dequant)
-    return q.t() if transpose else q
+    return QOperand(data, dequant)

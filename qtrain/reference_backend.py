@@ -42,6 +42,14 @@ def to_torch(a, device):
     return t.to(device)
 
 
+def _t(x, transposed):
+    if not transposed:
+        return x
+    if x.dim() != 2:
+        raise ValueError(f"transposed quantization needs a 2-D tensor, got shape {tuple(x.shape)}")
+    return x.t()
+
+
 def _ref():
     import qtrain.reference as ref  # imported late: NumPy-only package, may land after us
     return ref
@@ -59,26 +67,31 @@ class ReferenceBackend:
             return False, f"qtrain.reference does not import: {e}"
         return True, "NumPy reference (CPU, bit-exact to spec/)"
 
-    def quantize_float8(self, x, fmt, axis, pow2_scale):
-        data, quant_scale = _ref().quantize_float8(to_numpy(x), fmt, axis=axis,
+    # transposed=True quantizes x.T: the reference simply materializes it (the fast backend
+    # writes that layout directly from x instead).
+    def quantize_float8(self, x, fmt, axis, pow2_scale, transposed=False):
+        data, quant_scale = _ref().quantize_float8(to_numpy(_t(x, transposed)), fmt, axis=axis,
                                                    pow2_scale=pow2_scale)
         return to_torch(data, x.device), to_torch(quant_scale, x.device)
 
-    def quantize_mx(self, x, elem_fmt, block_size, axis, scale_mode):
-        data, scale_bits = _ref().quantize_mx(to_numpy(x), elem_fmt, block_size=block_size,
-                                              axis=axis, scale_mode=scale_mode)
+    def quantize_mx(self, x, elem_fmt, block_size, axis, scale_mode, transposed=False):
+        data, scale_bits = _ref().quantize_mx(to_numpy(_t(x, transposed)), elem_fmt,
+                                              block_size=block_size, axis=axis,
+                                              scale_mode=scale_mode)
         return to_torch(data, x.device), to_torch(scale_bits, x.device)
 
-    def quantize_int8(self, x, axis, noise):
+    def quantize_int8(self, x, axis, noise, transposed=False):
         noise_np = None if noise is None else to_numpy(noise).astype(np.float32)
-        data, dequant_scale = _ref().quantize_int8(to_numpy(x), axis, noise=noise_np)
+        data, dequant_scale = _ref().quantize_int8(to_numpy(_t(x, transposed)), axis,
+                                                   noise=noise_np)
         return to_torch(data, x.device), to_torch(dequant_scale, x.device)
 
     def quantize_blockwise(self, x, block, fmt):
         data, quant_scale = _ref().quantize_blockwise(to_numpy(x), block=tuple(block), fmt=fmt)
         return to_torch(data, x.device), to_torch(quant_scale, x.device)
 
-    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype):
+    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=False):
+        # use_fast_accum is a permission (RC-3), not a requirement: the reference is exact.
         if out_dtype not in _NP_OUT:
             raise TypeError(f"scaled_mm_nt out_dtype must be float32 or bfloat16 (MM-2), "
                             f"got {out_dtype}")

@@ -65,9 +65,9 @@ def test_config_backend_override_runs(monkeypatch, registry):
     class Spy(type(qb._instance("reference"))):
         name = "spy"
 
-        def scaled_mm_nt(self, *args):
+        def scaled_mm_nt(self, *args, **kwargs):
             calls.append(1)
-            return super().scaled_mm_nt(*args)
+            return super().scaled_mm_nt(*args, **kwargs)
 
     qtrain.register_backend("spy", Spy)
     monkeypatch.setenv("QTRAIN_BACKEND", "reference")
