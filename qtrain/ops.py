@@ -44,6 +44,29 @@ def _(x, fmt, axis, pow2_scale, backend, transposed=False):
             x.new_empty(scale_shape, dtype=torch.float32))
 
 
+# ---- quantize_float8_dual: both axiswise quantizations of a 2-D x from one read (F8-7) -------
+@torch.library.custom_op("qtrain::quantize_float8_dual", mutates_args=())
+def quantize_float8_dual(x: torch.Tensor, fmt: str, pow2_scale: bool, backend: str
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(data, quant_scale) of x along axis -1 and (data_t, quant_scale_t) of x.T along its last
+    axis (= x along axis 0, in x.T's layout): what the rowwise recipes need of x and of g.
+    Bit-identical to the two separate quantizations; a backend may fuse them (fast does)."""
+    impl = _impl(backend)
+    if hasattr(impl, "quantize_float8_dual"):
+        return impl.quantize_float8_dual(x, fmt, pow2_scale)
+    data, qs = impl.quantize_float8(x, fmt, -1, pow2_scale)
+    data_t, qs_t = impl.quantize_float8(x, fmt, -1, pow2_scale, transposed=True)
+    return data, qs, data_t, qs_t
+
+
+@quantize_float8_dual.register_fake
+def _(x, fmt, pow2_scale, backend):
+    rows, cols = x.shape
+    dt = FLOAT8_DTYPES[fmt]
+    return (x.new_empty((rows, cols), dtype=dt), x.new_empty((rows, 1), dtype=torch.float32),
+            x.new_empty((cols, rows), dtype=dt), x.new_empty((cols, 1), dtype=torch.float32))
+
+
 # ---- quantize_mx (MX-*) --------------------------------------------------------------------
 @torch.library.custom_op("qtrain::quantize_mx", mutates_args=())
 def quantize_mx(x: torch.Tensor, elem_fmt: str, block_size: int, axis: int, scale_mode: str,

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import ops
 from .backend import resolve_backend_name
-from .recipes import QOperand, quantize_operand
+from .recipes import QOperand, quantize_operand, quantize_operand_both_axes
 
 CHECK_FINITE_ENV = "QTRAIN_CHECK_FINITE"
 
@@ -53,14 +53,21 @@ class _QuantizedLinearFn(torch.autograd.Function):
             _check_finite(x, fqn, "input")
             _check_finite(weight, fqn, "weight")
         need_gw = ctx.needs_input_grad[1]
+        gw, gi = plan.grad_weight, plan.grad_input
+        # x along K (output) and along M (kept for grad_weight) with one spec: one fused cast
+        both = (need_gw and plan.output is not None and gw is not None
+                and gw[1] == plan.output[0] and not gw[1].axis_free)
+        qx_m = None
         if plan.output is None:
             out, qx, qw = x @ weight.t(), None, None
         else:
-            qx = quantize_operand(x, plan.output[0], 1, backend)
+            if both:
+                qx, qx_m = quantize_operand_both_axes(x, plan.output[0], backend)
+            else:
+                qx = quantize_operand(x, plan.output[0], 1, backend)
             qw = quantize_operand(weight, plan.output[1], 1, backend)
             out = _scaled_mm(qx, qw, x.dtype, backend, plan.fast_accum_output)
 
-        gw, gi = plan.grad_weight, plan.grad_input
         if not need_gw:
             ctx.x_mode, x_saved = "none", ()
         elif gw is None:
@@ -68,7 +75,9 @@ class _QuantizedLinearFn(torch.autograd.Function):
         elif qx is not None and gw[1] == plan.output[0] and gw[1].axis_free:
             ctx.x_mode, x_saved = "reuse", qx.tensors()
         else:
-            ctx.x_mode, x_saved = "q", quantize_operand(x, gw[1], 0, backend).tensors()
+            if qx_m is None:
+                qx_m = quantize_operand(x, gw[1], 0, backend)
+            ctx.x_mode, x_saved = "q", qx_m.tensors()
         if qw is not None and gi is not None and gi[1] == plan.output[1] and gi[1].axis_free:
             ctx.w_mode, w_saved = "reuse", qw.tensors()
         else:
@@ -93,24 +102,32 @@ class _QuantizedLinearFn(torch.autograd.Function):
             noise = ops.uniform_noise(g, ctx.sr_seed, sr_call)              # I8-5
 
         grad_x = grad_w = None
+        gi, gw = plan.grad_input, plan.grad_weight
+        qg = qgt = None
+        if (ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and gi is not None
+                and gw is not None and gi[0] == gw[0] and not gi[0].axis_free
+                and not gi[0].stochastic):
+            qg, qgt = quantize_operand_both_axes(g, gi[0], backend)   # g along N and along M
         if ctx.needs_input_grad[0]:
-            gi = plan.grad_input
             if gi is None:
                 w = w_saved[0]
                 grad_x = g.to(w.dtype) @ w
             else:
-                qg = quantize_operand(g, gi[0], 1, backend, noise if gi[0].stochastic else None)
+                if qg is None:
+                    qg = quantize_operand(g, gi[0], 1, backend,
+                                          noise if gi[0].stochastic else None)
                 if ctx.w_mode == "reuse":
                     qwt = QOperand(*w_saved).t()
                 else:
                     qwt = quantize_operand(w_saved[0], gi[1], 0, backend)
                 grad_x = _scaled_mm(qg, qwt, ctx.x_dtype, backend)
         if ctx.needs_input_grad[1]:
-            gw = plan.grad_weight
             if gw is None:
                 grad_w = g.t().to(ctx.w_dtype) @ x_saved[0].to(ctx.w_dtype)
             else:
-                qgt = quantize_operand(g, gw[0], 0, backend, noise if gw[0].stochastic else None)
+                if qgt is None:
+                    qgt = quantize_operand(g, gw[0], 0, backend,
+                                           noise if gw[0].stochastic else None)
                 qxt = QOperand(*x_saved)
                 if ctx.x_mode == "reuse":
                     qxt = qxt.t()
