@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One batched GPU session (device tool): install, check fast against the reference, time.
-# Usage on the GPU machine:  bash benchmarks/gpu_session.sh [checks|bench|all]
+# Usage on the GPU machine:  bash benchmarks/gpu_session.sh STEP[,STEP...]
+#   steps: checks (GPU tests, conformance, gpu_fast_check), tuning (kernel_tuning), block, moe
 # Logs and reports go to $OUT (or ./out). Each step has its own time limit so one stuck step
 # cannot eat the session; a short summary prints last.
 set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
-what=${1:-all}
+what=",${1:-checks,tuning,block,moe},"
 export PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -20,12 +21,21 @@ step() {  # step NAME LIMIT_S CMD...
   summary+=("$(printf '%-28s rc=%-3s %4ss' "$name" "$rc" "$((t1 - t0))")")
   echo "=== $name (rc=$rc, $((t1 - t0)) s): last lines"; tail -n 15 "$OUT/$name.log"
 }
-if [ "$what" = checks ] || [ "$what" = all ]; then
-  step pytest_gpu 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_fast_linear.py tests/test_fast_common.py
+has() { case "$what" in *,$1,*) return 0;; esac; return 1; }
+if has checks; then
+  step pytest_gpu 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_fast_linear.py tests/test_fast_common.py
   step conformance 200 python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json"
+fi
+if has fastcheck; then
   step gpu_fast_check 240 python3 benchmarks/gpu_fast_check.py
 fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
-  step block 420 python3 -m benchmarks.block --recipes all --compile both
+if has tuning; then
+  step kernel_tuning 270 python3 benchmarks/kernel_tuning.py
+fi
+if has block; then
+  step block ${BLOCK_LIMIT_S:-420} python3 -m benchmarks.block --recipes all --compile ${BLOCK_COMPILE:-both} --budget-s ${BLOCK_BUDGET_S:-360}
+fi
+if has moe; then
+  step moe_bench 150 python3 benchmarks/moe_bench.py
 fi
 echo; echo "=== summary"; printf '%s\n' "${summary[@]}"

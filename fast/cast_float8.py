@@ -6,7 +6,7 @@ import triton.language as tl
 
 from .amax import amax_bits_2d
 from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
-                     kernel_input, normalize_axis, pow2_at_most, use_soft_cast)
+                     flat_2d, kernel_input, normalize_axis, cast_tile, rowwise_tile, use_soft_cast)
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
 LAYER = "qtrain.fast.cast_float8"
@@ -18,11 +18,21 @@ def _float8_rowwise_kernel(x_ptr, data_ptr, qs_ptr, R, K,
                            MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                            FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                            EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
-    """Rows [BLOCK_R * pid, +BLOCK_R) of row-major x (R, K): amax loop over K, then cast loop
-    (the second read of these rows is served by L2). data = rne(clamp(x * qs)) (F8-4)."""
+    """Rows [BLOCK_R * pid, +BLOCK_R) of row-major x (R, K). BLOCK_K >= K: the rows are held
+    in registers (one read); else an amax loop over K, then a cast loop (the second read of
+    these rows is served by L2). data = rne(clamp(x * qs)) (F8-4)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < R
     base = rows[:, None].to(tl.int64) * K
+    if BLOCK_K >= K:        # the whole row in registers: one read
+        cols = tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < K)
+        x = widen_to_fp32(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), IS_BF16)
+        qs = float8_quant_scale(tl.max(abs_bits(x), axis=1), MAX, POW2)
+        tl.store(qs_ptr + rows, qs, mask=row_ok)
+        code = encode_float8(x * qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+        tl.store(data_ptr + base + cols[None, :], code, mask=mask)
+        return
     amax = tl.zeros((BLOCK_R,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
@@ -72,9 +82,9 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
         if pid_r == 0:
             tl.store(qs_ptr + cols, qs, mask=col_ok)
         code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-        if TRANSPOSED:
-            offs_t = cols[None, :].to(tl.int64) * R + rows[:, None]
-            tl.store(data_ptr + offs_t, code, mask=mask)
+        if TRANSPOSED:      # store the transposed tile: contiguous along R in data (C, R)
+            offs_t = cols[:, None].to(tl.int64) * R + rows[None, :]
+            tl.store(data_ptr + offs_t, tl.trans(code), mask=tl.trans(mask))
         else:
             tl.store(data_ptr + offs, code, mask=mask)
     if DUAL:
@@ -90,12 +100,12 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False):
     R, C = x2d.shape
     dev = x2d.device
     t_bits, r_bits, c_bits = amax_bits_2d(x2d, tensor=tensorwise, rows=dual, cols=not tensorwise)
+    block_r, block_c, warps = cast_tile(R, C, transposed)
     dtype = TORCH_FLOAT8[fmt]
     data = torch.empty((C, R) if transposed else (R, C), dtype=dtype, device=dev)
     qs = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=dev)
     row_data = torch.empty((R, C), dtype=dtype, device=dev) if dual else data
     row_qs = torch.empty(R, dtype=torch.float32, device=dev) if dual else qs
-    block_r, block_c = 32, pow2_at_most(C, 128)
     grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
     _float8_tiles_kernel[grid](
@@ -103,15 +113,15 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False):
         r_bits if dual else qs, row_qs, row_data.view(torch.uint8),
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
         DUAL=dual, POW2=pow2, **float8_params(fmt),
-        EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev), IS_BF16=is_bf16)
+        EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev), IS_BF16=is_bf16,
+        num_warps=warps)
     return data, qs, row_data, row_qs
 
 
 def quantize_float8_tensorwise(x, fmt, pow2_scale=False):
     """F8-7 tensorwise: (data like x, quant_scale shape ()). Two passes: amax, then cast."""
     _check(x, fmt, _float8_tiles_kernel)
-    data, qs, _, _ = _launch_tiles(x.reshape(1, -1) if x.dim() < 2 else x.reshape(-1, x.shape[-1]),
-                                   fmt, pow2_scale, tensorwise=True)
+    data, qs, _, _ = _launch_tiles(flat_2d(x), fmt, pow2_scale, tensorwise=True)
     return data.view(x.shape), qs.reshape(())
 
 
@@ -124,13 +134,12 @@ def quantize_float8_rowwise(x, fmt, pow2_scale=False):
     R = x.numel() // K
     data = torch.empty(x.shape, dtype=TORCH_FLOAT8[fmt], device=x.device)
     qs = torch.empty(x.shape[:-1] + (1,), dtype=torch.float32, device=x.device)
-    block_k = pow2_at_most(K, 1024)
-    block_r = max(1, min(4096 // block_k, triton.next_power_of_2(R)))
+    block_r, block_k, warps = rowwise_tile(R, K, _float8_rowwise_kernel)
     x_in, is_bf16 = kernel_input(x)
     _float8_rowwise_kernel[(triton.cdiv(R, block_r),)](
         x_in, data.view(torch.uint8), qs, R, K, BLOCK_R=block_r, BLOCK_K=block_k, POW2=pow2_scale,
         **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_rowwise_kernel, fmt, x.device),
-        IS_BF16=is_bf16)
+        IS_BF16=is_bf16, num_warps=warps)
     return data, qs
 
 

@@ -7,7 +7,8 @@ import triton.language as tl
 
 from qtrain.formats import EPS_AMAX, INT8_MAX
 from .amax import amax_bits_2d
-from .common import check_device, check_input, fp32, kernel_input, normalize_axis, pow2_at_most
+from .common import (cast_tile, check_device, flat_2d, check_input, fp32, kernel_input, normalize_axis,
+                     rowwise_tile)
 from .encode import abs_bits, is_finite_bits, widen_to_fp32
 
 LAYER = "qtrain.fast.cast_int8"
@@ -51,11 +52,20 @@ def _int8_round(x, inv, finite, noise, STOCHASTIC: tl.constexpr):
 
 
 @triton.jit
-def _noise(noise_ptr, seed, offs, mask, NOISE: tl.constexpr):
+def _noise(noise_ptr, seed, offs, mask, rows, cols, C, NOISE: tl.constexpr):
+    """Noise for the tile offs = rows[:, None] * C + cols[None, :] (cols a run of consecutive
+    columns, a multiple of 4 long): given (NOISE 1), or NOISE 2: Philox, 4 uniforms per call
+    (tl.rand4x) for counter rows * ceil(C / 4) + cols // 4, unique per group of 4 columns of
+    a row (wraps past 2^31), interleaved back to element order."""
     if NOISE == 1:
         u = tl.load(noise_ptr + offs, mask=mask, other=0.0)
     elif NOISE == 2:
-        u = tl.rand(seed, offs.to(tl.int32))     # counter = element index (wraps past 2^31)
+        G: tl.constexpr = cols.shape[0] // 4
+        groups = tl.reshape(cols, (G, 4)) // 4
+        groups = tl.max(groups, axis=1)
+        counter = rows[:, None] * ((C + 3) // 4) + groups[None, :]
+        u0, u1, u2, u3 = tl.rand4x(seed, counter.to(tl.int32))
+        u = tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (rows.shape[0], cols.shape[0]))
     else:
         u = tl.zeros(offs.shape, dtype=tl.float32)
     return u
@@ -65,10 +75,22 @@ def _noise(noise_ptr, seed, offs, mask, NOISE: tl.constexpr):
 def _int8_rowwise_kernel(x_ptr, data_ptr, ds_ptr, noise_ptr, seed, R, K,
                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, NOISE: tl.constexpr,
                          EPS32: tl.constexpr, IS_BF16: tl.constexpr):
-    """Rows [BLOCK_R * pid, +BLOCK_R) of row-major x (R, K): amax loop, then cast loop."""
+    """Rows [BLOCK_R * pid, +BLOCK_R) of row-major x (R, K): held in registers when
+    BLOCK_K >= K (one read), else an amax loop, then a cast loop."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < R
     base = rows[:, None].to(tl.int64) * K
+    if BLOCK_K >= K:        # the whole row in registers: one read
+        cols = tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < K)
+        offs = base + cols[None, :]
+        x = widen_to_fp32(tl.load(x_ptr + offs, mask=mask, other=0), IS_BF16)
+        ds, inv, finite = _int8_scales(tl.max(abs_bits(x), axis=1), EPS32)
+        tl.store(ds_ptr + rows, ds, mask=row_ok)
+        u = _noise(noise_ptr, seed, offs, mask, rows, cols, K, NOISE)
+        tl.store(data_ptr + offs, _int8_round(x, inv[:, None], finite[:, None], u, NOISE != 0),
+                 mask=mask)
+        return
     amax = tl.zeros((BLOCK_R,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
@@ -82,7 +104,7 @@ def _int8_rowwise_kernel(x_ptr, data_ptr, ds_ptr, noise_ptr, seed, R, K,
         mask = row_ok[:, None] & (cols[None, :] < K)
         offs = base + cols[None, :]
         x = widen_to_fp32(tl.load(x_ptr + offs, mask=mask, other=0), IS_BF16)
-        u = _noise(noise_ptr, seed, offs, mask, NOISE)
+        u = _noise(noise_ptr, seed, offs, mask, rows, cols, K, NOISE)
         q = _int8_round(x, inv[:, None], finite[:, None], u, NOISE != 0)
         tl.store(data_ptr + offs, q, mask=mask)
 
@@ -99,7 +121,7 @@ def _int8_tiles_kernel(x_ptr, data_ptr, ds_ptr, amax_ptr, noise_ptr, seed, R, C,
     mask = (rows[:, None] < R) & col_ok[None, :]
     offs = rows[:, None].to(tl.int64) * C + cols[None, :]
     x = widen_to_fp32(tl.load(x_ptr + offs, mask=mask, other=0), IS_BF16)
-    u = _noise(noise_ptr, seed, offs, mask, NOISE)
+    u = _noise(noise_ptr, seed, offs, mask, rows, cols, C, NOISE)
     if TENSORWISE:
         ds, inv, finite = _int8_scales(tl.load(amax_ptr), EPS32)
         if (pid_r == 0) & (tl.program_id(1) == 0):
@@ -144,24 +166,26 @@ def quantize_int8(x, axis, noise=None, seed=None):
         K = x.shape[-1]
         R = x.numel() // K
         ds = torch.empty(x.shape[:-1] + (1,), dtype=torch.float32, device=x.device)
-        block_k = pow2_at_most(K, 1024)
-        block_r = max(1, min(4096 // block_k, triton.next_power_of_2(R)))
+        block_r, block_k, warps = rowwise_tile(R, K, _int8_rowwise_kernel)
+        block_k = max(block_k, 4)                 # rand4x groups of 4 columns
         _int8_rowwise_kernel[(triton.cdiv(R, block_r),)](
-            x_in, data, ds, noise_t, seed_v, R, K, BLOCK_R=block_r, BLOCK_K=block_k, **launch)
+            x_in, data, ds, noise_t, seed_v, R, K, BLOCK_R=block_r, BLOCK_K=block_k,
+            num_warps=warps, **launch)
         return data, ds
     if axis is not None and axis != 0:
         raise ValueError(f"{LAYER}: axis {axis} of shape {tuple(x.shape)} not supported; use "
                          f"None, 0 or -1")
     tensorwise = axis is None
-    x2d = x.reshape(1, -1) if tensorwise else x.reshape(x.shape[0], -1)
+    x2d = flat_2d(x) if tensorwise else x.reshape(x.shape[0], -1)
     R, C = x2d.shape
     t_bits, _, c_bits = amax_bits_2d(x2d, tensor=tensorwise, cols=not tensorwise)
     ds = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=x.device)
-    block_r, block_c = 32, pow2_at_most(C, 128)
+    block_r, block_c, warps = cast_tile(R, C, False)
+    block_c = max(block_c, 4)                     # rand4x groups of 4 columns
     grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
     _int8_tiles_kernel[grid](kernel_input(x2d)[0], data, ds, t_bits if tensorwise else c_bits,
                              noise_t, seed_v, R, C, BLOCK_R=block_r, BLOCK_C=block_c,
-                             TENSORWISE=tensorwise, **launch)
+                             TENSORWISE=tensorwise, num_warps=warps, **launch)
     return data, ds.reshape(()) if tensorwise else ds.view((1,) + tuple(x.shape[1:]))
 
 

@@ -98,3 +98,40 @@ def normalize_axis(axis: int, ndim: int, layer: str, shape) -> int:
 def pow2_at_most(n: int, cap: int) -> int:
     """Largest tile width: next power of two of n, at most cap (tile dims must be powers of 2)."""
     return min(triton.next_power_of_2(max(int(n), 1)), cap)
+
+
+ROW_IN_REGISTERS = 16384    # rowwise casts hold rows up to this length in registers (one read)
+
+
+def rowwise_tile(R: int, K: int, kernel) -> tuple:
+    """(BLOCK_R, BLOCK_K, num_warps) of the rowwise cast kernels. Rows up to ROW_IN_REGISTERS
+    long are held whole (BLOCK_K >= K: one read of x); longer rows loop over K twice. About
+    8192 elements per program (16384 for one long row), 32 per thread. The interpreter gets
+    small tiles (its cost grows with the tile, not the program count)."""
+    if is_interpreted(kernel):       # rows past 128 take the two-loop path (tested too)
+        block_k = pow2_at_most(K, 128)
+        return max(1, min(512 // block_k, triton.next_power_of_2(R))), block_k, 4
+    block_k = triton.next_power_of_2(K)
+    if block_k > ROW_IN_REGISTERS:
+        block_k = 4096
+    block_r = max(1, min(8192 // block_k, triton.next_power_of_2(R)))
+    warps = max(4, min(16, block_r * block_k // 1024))
+    return block_r, block_k, warps
+
+
+def cast_tile(R: int, C: int, transposed: bool) -> tuple:
+    """(BLOCK_R, BLOCK_C, num_warps) of the tile cast kernels (column scales, dual, transposed):
+    a transposed tile is stored through tl.trans, so both the 64 bf16 columns read (128 B per
+    row) and the 128 rows written (128 B per row of x.T) are full lines."""
+    if transposed:
+        return pow2_at_most(R, 128), pow2_at_most(C, 64), 8
+    return pow2_at_most(R, 32), pow2_at_most(C, 256), 8
+
+
+def flat_2d(x: torch.Tensor) -> torch.Tensor:
+    """x as a 2-D row-major view for tensorwise passes (layout-free): rows of 1024 when that
+    divides x.numel(), else x's last axis."""
+    n = x.numel()
+    if n % 1024 == 0:
+        return x.reshape(n // 1024, 1024)
+    return x.reshape(1, -1) if x.dim() < 2 else x.reshape(-1, x.shape[-1])

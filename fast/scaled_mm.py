@@ -1,57 +1,136 @@
 """Scaled matrix products in NT form, spec/06-scaled-mm.md (MM-1..MM-4):
 out[m, n] = sum_k A[m,k] dA[m,k] B[n,k] dB[n,k], a (M, K) and b (N, K) row-major payloads,
 dequant factors with the MM-1 block rule. Float8 tensorwise/rowwise go to torch._scaled_mm,
-int8 tensorwise/rowwise to torch._int_mm, everything else (MX, blockwise, shapes or formats
-those reject) to the Triton kernel below, which promotes partial sums to fp32 at every scale
-block. See fast/README.md for the layouts and the fp32-output choice."""
+int8 tensorwise/rowwise to torch._int_mm (or the Triton int8 GEMM when INT8_TRITON is set),
+everything else (MX, blockwise, shapes or formats those reject) to the Triton kernel below,
+which promotes partial sums to fp32 at every scale block. See fast/README.md."""
+import logging
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-from .common import TORCH_FLOAT8
+from .common import TORCH_FLOAT8, is_interpreted
 
 LAYER = "qtrain.fast.scaled_mm"
+log = logging.getLogger("qtrain")
 _FLOAT8 = tuple(TORCH_FLOAT8.values())
 _OUT_DTYPES = (torch.float32, torch.bfloat16)
+# Route int8 tensorwise/rowwise products to the Triton int8 GEMM instead of torch._int_mm.
+# Flip from benchmarks/kernel_tuning.py's numbers (H200: _int_mm 606 TFLOP/s on 8192^3).
+INT8_TRITON = os.environ.get("QTRAIN_FAST_INT8_TRITON", "0") == "1"
+# Autotune the Triton product over _CONFIGS on CUDA (0: always the first config of the table).
+AUTOTUNE = os.environ.get("QTRAIN_FAST_AUTOTUNE", "1") == "1"
+MIN_DOT_K = 32          # sm90 fp8 / int8 tensor-core dots need K >= 32 per tl.dot
 
 
 @triton.jit
-def _block_scaled_mm_nt_kernel(a_ptr, b_ptr, da_ptr, db_ptr, out_ptr, M, N, K,
-                               BR_A, CA, BC_A, BR_B, CB, BC_B, SK,
-                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_K: tl.constexpr, IS_INT: tl.constexpr,
-                               MAX_IMPRECISE: tl.constexpr):
-    """Tile (BLOCK_M, BLOCK_N) of out. For each scale block of SK contraction indices (SK = the
-    finer of the two operands' k block; K itself for tensorwise/rowwise):
-        part = sum over the block of A B   (tensor-core dot; int32 for int8)
-        acc += fp32(part) * (dA[m, blk] * dB[n, blk])      (promotion to fp32, MM-3 free order)
-    MAX_IMPRECISE bounds the Hopper fp8 accumulation run before promotion inside tl.dot."""
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    a_rows = a_ptr + offs_m[:, None].to(tl.int64) * K
-    b_rows = b_ptr + offs_n[:, None].to(tl.int64) * K
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(0, K, SK):
-        if IS_INT:
-            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        else:
-            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(kb, kb + SK, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < K
-            a = tl.load(a_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_rows + ks[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            if IS_INT:
-                part = tl.dot(a, tl.trans(b), part)
+def _scaled_mm_nt_kernel(a_ptr, b_ptr, da_ptr, db_ptr, out_ptr, M, N, K,
+                         sda_m, sda_k, BR_A, BC_A, sdb_n, sdb_k, BR_B, BC_B,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_K: tl.constexpr,
+                         STEP_K: tl.constexpr, SPLIT: tl.constexpr, GROUP_M: tl.constexpr,
+                         PROMOTE: tl.constexpr, EVEN_K: tl.constexpr, IS_INT: tl.constexpr):
+    """Output tile (BLOCK_M, BLOCK_N), tiles visited in groups of GROUP_M row tiles (L2 reuse).
+    The K loop advances STEP_K per tl.dot (SPLIT dots per iteration, unrolled); each dot loads
+    SUB_K >= STEP_K, >= 32 columns (sm90 fp8/int8 dots need K >= 32), lanes past STEP_K or K
+    masked to 0.
+    PROMOTE (block-scaled, STEP_K = the finer k block): per step, a fresh dot
+        part = A[:, step] @ B[:, step].T  (fp32, or exact int32 for int8)
+        acc += part * (dA[m, blk] * dB[n, blk])          (promotion to fp32, MM-3)
+    and max_num_imprecise_acc = STEP_K keeps Hopper's fast fp8 accumulation within one step.
+    Else (one factor per row along all of K): acc = sum of dots (int32 for int8, exact), then
+    out = fp32(acc) * dA[m] * dB[n] once at the end."""
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+    rows_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # wrap rows past the edge onto valid ones: loads need no row mask, the store is masked
+    offs_m = rows_m % M
+    offs_n = rows_n % N
+    offs_k = tl.arange(0, SUB_K)
+    a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * K + offs_k[None, :]
+    b_ptrs = b_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :]
+    da_rows = da_ptr + (offs_m // BR_A) * sda_m
+    db_rows = db_ptr + (offs_n // BR_B) * sdb_n
+    if IS_INT and not PROMOTE:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, STEP_K * SPLIT):
+        for j in tl.static_range(SPLIT):
+            kk = k0 + j * STEP_K
+            if EVEN_K:
+                a = tl.load(a_ptrs + kk)
+                b = tl.load(b_ptrs + kk)
             else:
-                part = tl.dot(a, tl.trans(b), part, max_num_imprecise_acc=MAX_IMPRECISE)
-        da = tl.load(da_ptr + (offs_m // BR_A) * CA + kb // BC_A, mask=m_ok, other=0.0)
-        db = tl.load(db_ptr + (offs_n // BR_B) * CB + kb // BC_B, mask=n_ok, other=0.0)
-        acc += part.to(tl.float32) * (da[:, None] * db[None, :])
-    out = out_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+                k_ok = (offs_k < STEP_K) & (offs_k < K - kk)
+                a = tl.load(a_ptrs + kk, mask=k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs + kk, mask=k_ok[None, :], other=0.0)
+            if PROMOTE:
+                if IS_INT:
+                    part = tl.dot(a, tl.trans(b), out_dtype=tl.int32).to(tl.float32)
+                else:
+                    part = tl.dot(a, tl.trans(b), max_num_imprecise_acc=SUB_K)
+                # SPLIT may step past K: read the last block's factors, add nothing
+                k_in = kk < K
+                kf = tl.minimum(kk, K - 1)
+                da = tl.load(da_rows + (kf // BC_A) * sda_k)
+                db = tl.load(db_rows + (kf // BC_B) * sdb_k)
+                acc += tl.where(k_in, part * (da[:, None] * db[None, :]), 0.0)
+            elif IS_INT:
+                acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=SUB_K)
+    if not PROMOTE:
+        da = tl.load(da_rows)
+        db = tl.load(db_rows)
+        acc = acc.to(tl.float32) * da[:, None] * db[None, :]
+    out = out_ptr + rows_m[:, None].to(tl.int64) * N + rows_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rows_m < M)[:, None] & (rows_n < N)[None, :])
+
+
+def _cfg(bm, bn, sub, split, warps, stages, group=8):
+    return triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, SUB_K=sub, SPLIT=split, GROUP_M=group),
+                         num_warps=warps, num_stages=stages)
+
+
+# Hopper configs per kernel class (kept to 4-6 each so autotuning stays a few seconds). The
+# first entry is the default when AUTOTUNE is off. SUB_K here is the load width wanted; the
+# launcher raises it to the promotion step where that is larger.
+_CONFIGS = {
+    "promote128": [_cfg(128, 128, 128, 1, 8, 4), _cfg(128, 256, 128, 1, 8, 3),
+                   _cfg(128, 128, 128, 1, 4, 4), _cfg(256, 128, 128, 1, 8, 3),
+                   _cfg(64, 128, 128, 1, 4, 4)],
+    "promote32": [_cfg(128, 128, 32, 4, 8, 3), _cfg(128, 256, 32, 4, 8, 3),
+                  _cfg(128, 128, 32, 1, 8, 6), _cfg(128, 256, 32, 1, 8, 5),
+                  _cfg(64, 128, 32, 4, 4, 4)],
+    "full": [_cfg(128, 256, 128, 1, 8, 3), _cfg(128, 128, 128, 1, 8, 4),
+             _cfg(256, 128, 128, 1, 8, 3), _cfg(128, 128, 128, 1, 4, 4),
+             _cfg(64, 128, 128, 1, 4, 4)],
+}
+_KEY = ["M", "N", "K", "STEP_K", "PROMOTE", "EVEN_K", "IS_INT"]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles taller or wider than the (power-of-two rounded) problem: a 17-row product
+    compiles and runs one 64-row config instead of timing five."""
+    m = triton.next_power_of_2(named_args["M"])
+    n = triton.next_power_of_2(named_args["N"])
+    fit = [c for c in configs if c.kwargs["BLOCK_M"] <= max(m, 64) and c.kwargs["BLOCK_N"] <= max(n, 128)]
+    return fit or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+_TUNED = {name: triton.autotune(configs=cfgs, key=_KEY,
+                                prune_configs_by=dict(early_config_prune=_prune))(
+                                    _scaled_mm_nt_kernel)
+          for name, cfgs in _CONFIGS.items()}
 
 
 def _blocks(d, shape, name):
@@ -87,10 +166,21 @@ def _check(a, b, out_dtype):
         raise ValueError(f"{LAYER}: a on {a.device}, b on {b.device}")
 
 
-def scaled_mm_nt_triton(a, a_dequant, b, b_dequant, out_dtype=torch.float32,
-                        max_num_imprecise_acc=None):
-    """The Triton path for any MM-1 block pattern. The k block sizes of the two operands must
-    nest (the finer divides the coarser); the finer one is the promotion interval."""
+def _pow2_at_least(n, floor):
+    return max(floor, triton.next_power_of_2(int(n)))
+
+
+_FELL_BACK = set()
+
+
+def scaled_mm_nt_triton(a, a_dequant, b, b_dequant, out_dtype=torch.float32, variant="tuned",
+                        config=None):
+    """The Triton path for any MM-1 block pattern. The k blocks of the two operands must nest
+    (the finer divides the coarser); the finer one is the promotion interval. variant "tuned"
+    (autotuned on CUDA; one small config under the interpreter), or "v1" (the first kernel,
+    kept for benchmarks/kernel_tuning.py and as the fallback if "tuned" fails to compile).
+    config: a dict of the kernel's tile constants (BLOCK_M, BLOCK_N, SUB_K, SPLIT, GROUP_M,
+    num_warps, num_stages) to bypass autotuning (tuning script)."""
     _check(a, b, out_dtype)
     (M, K), N = a.shape, b.shape[0]
     da, br_a, bc_a = _blocks(a_dequant, a.shape, "a_dequant")
@@ -98,23 +188,64 @@ def scaled_mm_nt_triton(a, a_dequant, b, b_dequant, out_dtype=torch.float32,
     sk, coarse = min(bc_a, bc_b), max(bc_a, bc_b)
     if coarse % sk:
         raise ValueError(f"{LAYER}: k blocks {bc_a} (a) and {bc_b} (b) do not nest")
-    is_int = a.dtype == torch.int8
-    if sk == K:
-        block_k = min(64, max(16, triton.next_power_of_2(K)))
-    elif sk % 16 == 0:
-        block_k = min(sk & -sk, 128)            # largest power of two dividing sk, capped
-    else:
-        raise ValueError(f"{LAYER}: k block {sk} must be a multiple of 16 (tensor-core dot)")
     out = torch.empty((M, N), dtype=out_dtype, device=a.device)
-    block_m = 64 if M > 32 else max(16, triton.next_power_of_2(M))
-    block_n = 64 if N > 32 else max(16, triton.next_power_of_2(N))
-    imprecise = block_k if max_num_imprecise_acc is None else max_num_imprecise_acc
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
-    _block_scaled_mm_nt_kernel[grid](
-        a, b, da, db, out, M, N, K, br_a, da.shape[1], bc_a, br_b, db.shape[1], bc_b, sk,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IS_INT=is_int,
-        MAX_IMPRECISE=0 if is_int else imprecise)
+    if variant == "v1":
+        _launch_v1(a, b, da, db, out, br_a, bc_a, br_b, bc_b, sk)
+        return out
+    try:
+        _launch(a, b, da, db, out, br_a, bc_a, br_b, bc_b, sk, config)
+    except Exception as e:     # noqa: BLE001 -- a compile failure of the new kernel
+        key = (a.dtype, out_dtype, sk == K)
+        if a.device.type != "cuda" or config is not None:
+            raise
+        if key not in _FELL_BACK:
+            _FELL_BACK.add(key)
+            log.warning("%s: tuned Triton product failed (%s: %s) for a %s x %s %s product; "
+                        "falling back to the v1 kernel", LAYER, type(e).__name__,
+                        str(e).splitlines()[0][:200], tuple(a.shape), tuple(b.shape), a.dtype)
+        _launch_v1(a, b, da, db, out, br_a, bc_a, br_b, bc_b, sk)
     return out
+
+
+def _steps(K, sk):
+    """(STEP_K, SUB_K): the promotion step (the finer k block; blocks past 128 that 128
+    divides are promoted every 128, which only refines the order, MM-3) or, without
+    promotion, the K step of the full-K accumulation; and the dot width >= 32 covering it."""
+    if sk < K:
+        step = 128 if sk > 128 and sk % 128 == 0 else sk
+    else:
+        step = min(_pow2_at_least(K, MIN_DOT_K), 128)
+    return step, _pow2_at_least(step, MIN_DOT_K)
+
+
+def _launch(a, b, da, db, out, br_a, bc_a, br_b, bc_b, sk, config):
+    (M, K), N = a.shape, b.shape[0]
+    promote = sk < K
+    is_int = a.dtype == torch.int8
+    step, sub = _steps(K, sk)
+    # factors passed k-major (transposed): the per-step load over rows is contiguous
+    da_t, db_t = da.t().contiguous(), db.t().contiguous()
+    args = (a, b, da_t, db_t, out, M, N, K, 1, da_t.shape[1], br_a, bc_a, 1, db_t.shape[1],
+            br_b, bc_b)
+    flags = dict(STEP_K=step, PROMOTE=promote, IS_INT=is_int)
+    cls = "full" if not promote else ("promote32" if step <= 64 else "promote128")
+    if config is None and (is_interpreted(_scaled_mm_nt_kernel) or a.device.type != "cuda"):
+        config = dict(BLOCK_M=32, BLOCK_N=32, SUB_K=sub, SPLIT=2 if promote else 1, GROUP_M=2,
+                      num_warps=4, num_stages=1)
+    tuned_ok = all(c.kwargs["SUB_K"] == sub for c in _CONFIGS[cls])
+    if config is None and AUTOTUNE and tuned_ok:
+        # EVEN_K must hold for every config of the class (SPLIT 1 or 4)
+        even = sub == step and all(K % (step * c.kwargs["SPLIT"]) == 0 for c in _CONFIGS[cls])
+        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        _TUNED[cls][grid](*args, EVEN_K=even, **flags)
+        return
+    if config is None:
+        c = _CONFIGS[cls][0]
+        config = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+    meta = dict(config, SUB_K=sub)
+    even = sub == step and K % (step * meta["SPLIT"]) == 0
+    grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+    _scaled_mm_nt_kernel[grid](*args, EVEN_K=even, **flags, **meta)
 
 
 def _outer_vectors(da, db, M, N):
@@ -124,12 +255,17 @@ def _outer_vectors(da, db, M, N):
     return da.expand(M, 1).contiguous(), db.reshape(1, -1).expand(1, N).contiguous()
 
 
+_ROWWISE_FP32_OK = {}       # device type -> False once torch rejected it (logged once)
+
+
 def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_accum=False):
     """Brief interface. Routing (all documented in fast/README.md):
     float8 tensorwise x tensorwise: torch._scaled_mm(a, b.t()) with scalar factors.
-    float8 rowwise (either operand): bf16 out -> rowwise torch._scaled_mm with (M,1), (1,N);
-      fp32 out -> torch._scaled_mm with unit scales and fp32 out, then out * dA * dB in fp32.
-    int8 tensorwise/rowwise: torch._int_mm then fp32 scaling by dA (M,1) and dB (1,N).
+    float8 rowwise (either operand): rowwise torch._scaled_mm with (M,1), (1,N), bf16 or fp32
+      out; if this torch rejects fp32 out there (logged once): unit scales, fp32 out, then
+      out * dA * dB in fp32.
+    int8 tensorwise/rowwise: torch._int_mm then fp32 scaling by dA (M,1) and dB (1,N), or the
+      Triton int8 GEMM with the scaling fused when INT8_TRITON is set.
     Otherwise, or when the torch kernel's rules fail (K % 16, N % 16, e5m2 x e5m2, fnuz on CUDA,
     _int_mm's M > 16, K % 8, N % 8): the Triton kernel."""
     _check(a, b, out_dtype)
@@ -137,17 +273,28 @@ def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_a
     da, _, _ = _blocks(a_dequant, a.shape, "a_dequant")
     db, _, _ = _blocks(b_dequant, b.shape, "b_dequant")
     vectors = _outer_vectors(da, db, M, N)
-    if vectors is not None and a.dtype == torch.int8 and _int_mm_ok(a, M, N, K):
-        acc = torch._int_mm(a, b.t())
-        return (acc.to(torch.float32) * vectors[0] * vectors[1]).to(out_dtype)
+    if vectors is not None and a.dtype == torch.int8:
+        if INT8_TRITON and a.device.type == "cuda":
+            return scaled_mm_nt_triton(a, a_dequant, b, b_dequant, out_dtype)
+        if _int_mm_ok(a, M, N, K):
+            acc = torch._int_mm(a, b.t())
+            return (acc.to(torch.float32) * vectors[0] * vectors[1]).to(out_dtype)
     if vectors is not None and a.dtype != torch.int8 and _scaled_mm_ok(a, b, N, K):
         if da.numel() == 1 and db.numel() == 1:
             return torch._scaled_mm(a, b.t(), scale_a=da.reshape(()), scale_b=db.reshape(()),
                                     out_dtype=out_dtype, use_fast_accum=use_fast_accum)
         sa, sb = vectors
-        if out_dtype == torch.bfloat16:
-            return torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=out_dtype,
-                                    use_fast_accum=use_fast_accum)
+        if out_dtype == torch.bfloat16 or _ROWWISE_FP32_OK.get(a.device.type, True):
+            try:
+                return torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=out_dtype,
+                                        use_fast_accum=use_fast_accum)
+            except RuntimeError as e:
+                if out_dtype == torch.bfloat16:
+                    raise
+                _ROWWISE_FP32_OK[a.device.type] = False
+                log.warning("%s: torch._scaled_mm rejects rowwise scales with float32 out on "
+                            "torch %s (%s); using unit scales + fp32 post-scaling",
+                            LAYER, torch.__version__, str(e).splitlines()[0][:200])
         one = torch.ones((), dtype=torch.float32, device=a.device)
         out = torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.float32,
                                use_fast_accum=use_fast_accum)
@@ -168,3 +315,60 @@ def _scaled_mm_ok(a, b, N, K):
 
 def _int_mm_ok(a, M, N, K):
     return a.device.type in ("cuda", "cpu") and M > 16 and K % 8 == 0 and N % 8 == 0
+
+
+# ---- v1: the first block-scaled kernel (64x64 tiles, no autotuning). Kept as the fallback
+# when the tuned kernel fails to compile, and for benchmarks/kernel_tuning.py (variant="v1").
+
+@triton.jit
+def _block_scaled_mm_nt_kernel(a_ptr, b_ptr, da_ptr, db_ptr, out_ptr, M, N, K,
+                               BR_A, CA, BC_A, BR_B, CB, BC_B, SK,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_K: tl.constexpr, IS_INT: tl.constexpr,
+                               MAX_IMPRECISE: tl.constexpr):
+    """Tile (BLOCK_M, BLOCK_N) of out. For each scale block of SK contraction indices:
+        part = sum over the block of A B   (tensor-core dot; int32 for int8)
+        acc += fp32(part) * (dA[m, blk] * dB[n, blk])
+    BLOCK_K >= 32 (sm90 dots); lanes past the block or K load as 0."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    a_rows = a_ptr + offs_m[:, None].to(tl.int64) * K
+    b_rows = b_ptr + offs_n[:, None].to(tl.int64) * K
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(0, K, SK):
+        if IS_INT:
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        else:
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(kb, kb + SK, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = (ks < K) & (ks < kb + SK)
+            a = tl.load(a_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_rows + ks[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            if IS_INT:
+                part = tl.dot(a, tl.trans(b), part, out_dtype=tl.int32)
+            else:
+                part = tl.dot(a, tl.trans(b), part, max_num_imprecise_acc=MAX_IMPRECISE)
+        da = tl.load(da_ptr + (offs_m // BR_A) * CA + kb // BC_A, mask=m_ok, other=0.0)
+        db = tl.load(db_ptr + (offs_n // BR_B) * CB + kb // BC_B, mask=n_ok, other=0.0)
+        acc += part.to(tl.float32) * (da[:, None] * db[None, :])
+    out = out_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _launch_v1(a, b, da, db, out, br_a, bc_a, br_b, bc_b, sk):
+    (M, K), N = a.shape, b.shape[0]
+    if sk == K:
+        block_k = min(64, _pow2_at_least(K, MIN_DOT_K))
+    else:
+        block_k = min(_pow2_at_least(sk & -sk, MIN_DOT_K), 128)
+    block_m = 64 if M > 32 else max(16, triton.next_power_of_2(M))
+    block_n = 64 if N > 32 else max(16, triton.next_power_of_2(N))
+    is_int = a.dtype == torch.int8
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    _block_scaled_mm_nt_kernel[grid](
+        a, b, da, db, out, M, N, K, br_a, da.shape[1], bc_a, br_b, db.shape[1], bc_b, sk,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IS_INT=is_int,
+        MAX_IMPRECISE=0 if is_int else block_k)

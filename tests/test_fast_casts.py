@@ -12,7 +12,7 @@ import ml_dtypes
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}  # FMT-5
-SHAPES = [(1, 16), (17, 32), (33, 160), (6, 96)]
+SHAPES = [(1, 16), (17, 32), (33, 160), (6, 96), (8, 128)]   # (8, 128): tensorwise rows of 1024
 
 
 def _input(shape, dtype, seed):
@@ -112,6 +112,11 @@ def test_int8_seeded_stochastic_is_reproducible_I8_5(axis, seed):
     # floor(v + u) is floor(v) or floor(v) + 1, and rne(v) is one of the two
     rne, _ = fast.quantize_int8(x, axis)
     assert (first.int() - rne.int()).abs().max() <= 1
+    # unbiased (I8-5): v = 2.25 everywhere rounds up a quarter of the time (4-sigma band)
+    v = torch.full((64, 64), 2.25, device=DEVICE)
+    v[0, :] = v[:, 0] = 127.0            # every dequant_scale is 1: x * inv is exactly v
+    up = (fast.quantize_int8(v, axis, seed=seed)[0][1:, 1:] == 3).float().mean().item()
+    assert abs(up - 0.25) < 4 * (0.25 * 0.75 / 63 ** 2) ** 0.5, f"seed {seed}: {up}"
 
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))

@@ -54,9 +54,12 @@ def _operands(kind, M, N, K, rng):
     return a, da, b, db
 
 
-CASES = [("tensorwise", 17, 48, 96), ("tensorwise", 1, 16, 16), ("rowwise", 33, 32, 160),
-         ("rowwise", 17, 17, 40), ("mx", 17, 33, 96), ("blockwise", 17, 128, 256),
-         ("int8", 33, 24, 96), ("int8", 5, 7, 40)]
+# K = 16 and 17 rows: sm90 fp8/int8 dots need K >= 32, so the kernels load 32 with zero lanes.
+CASES = [("tensorwise", 17, 48, 96), ("tensorwise", 1, 16, 16), ("tensorwise", 17, 16, 16),
+         ("rowwise", 33, 32, 160), ("rowwise", 17, 17, 40), ("rowwise", 17, 32, 16),
+         ("mx", 17, 33, 96), ("mx", 17, 32, 416), ("blockwise", 17, 128, 256),
+         ("blockwise", 3, 256, 384), ("int8", 33, 24, 96), ("int8", 5, 7, 40), ("int8", 17, 16, 16)]
+VARIANTS = ("tuned", "v1")
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -65,7 +68,9 @@ def test_scaled_mm_nt_MM_4(kind, M, N, K, out_dtype, seed):
     fast = fast_backend()
     rng = np.random.default_rng(seed)
     a, da, b, db = _operands(kind, M, N, K, rng)
-    for name, run in (("routed", fast.scaled_mm_nt), ("triton", scaled_mm_nt_triton)):
+    runs = [("routed", fast.scaled_mm_nt)] + [
+        (v, lambda *x, v=v: scaled_mm_nt_triton(*x, variant=v)) for v in VARIANTS]
+    for name, run in runs:
         out = run(a, da, b, db, out_dtype)
         assert out.shape == (M, N) and out.dtype == out_dtype
         ratio = mm4_ratio(a, da, b, db, out, out_dtype, P_ACC["fp32_accumulation"])
@@ -84,5 +89,25 @@ def test_scaled_mm_errors_name_what_would_work():
         fast.scaled_mm_nt(a, torch.ones(3, 1, device=DEVICE), a, one)
     with pytest.raises(TypeError, match="mix int8 and float8"):
         fast.scaled_mm_nt(a, one, torch.zeros(16, 32, dtype=torch.int8, device=DEVICE), one)
-    with pytest.raises(ValueError, match="multiple of 16"):
-        scaled_mm_nt_triton(a, torch.ones(16, 4, device=DEVICE), a, torch.ones(16, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="do not nest"):
+        a48 = torch.zeros(16, 48, device=DEVICE).to(torch.float8_e4m3fn)
+        scaled_mm_nt_triton(a48, torch.ones(16, 3, device=DEVICE), a48,
+                            torch.ones(16, 2, device=DEVICE))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("k_block", [8, 16, 48])
+def test_scaled_mm_nt_small_k_blocks_MM_4(k_block, variant, seed):
+    """Promotion intervals below the 32-wide dot (8, 16) or not a power of two (48): the dot
+    loads 32 or 64 columns, those past the k block as zeros."""
+    fast_backend()
+    rng = np.random.default_rng(seed)
+    M, N, K = 17, 24, 96
+    a = from_numpy(rng.standard_normal((M, K)).astype(np.float32)).to(torch.float8_e4m3fn)
+    b = from_numpy(rng.standard_normal((N, K)).astype(np.float32)).to(torch.float8_e4m3fn)
+    da = from_numpy(np.exp2(rng.integers(-4, 4, (M, K // k_block))).astype(np.float32))
+    db = from_numpy(np.exp2(rng.integers(-4, 4, (N, K // k_block))).astype(np.float32))
+    for out_dtype in (torch.float32, torch.bfloat16):
+        out = scaled_mm_nt_triton(a, da, b, db, out_dtype, variant=variant)
+        ratio = mm4_ratio(a, da, b, db, out, out_dtype, P_ACC["fp32_accumulation"])
+        assert ratio <= 1.0, f"k block {k_block} {variant} {out_dtype}: {ratio} (seed {seed})"
