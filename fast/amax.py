@@ -4,39 +4,32 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import kernel_input, pow2_at_most
+from .common import kernel_input
 from .encode import abs_bits, widen_to_fp32
 
 
 @triton.jit
 def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr,
-                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, R_ITERS: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                        TENSOR: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
                        IS_BF16: tl.constexpr):
-    """Region (R_ITERS * BLOCK_R, BLOCK_C) of row-major x (R, C), read as R_ITERS tiles.
-    Column and tensor maxima are kept in registers across the tiles and folded in with one
-    atomic per column / program; row maxima take one atomic per row and program. Buffers hold
-    int32 bits, zero-initialised; masked-out elements load as 0 and never win the max. NaN
-    bits win over inf (F8-1)."""
+    """Tile (BLOCK_R, BLOCK_C) of row-major x (R, C). Buffers hold int32 bits, zero-initialised;
+    masked-out elements load as 0 and never win the max. NaN bits win over inf (F8-1)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_ok = cols < C
-    col_max = tl.zeros((BLOCK_C,), dtype=tl.int32)
-    for i in range(R_ITERS):
-        rows = (tl.program_id(0) * R_ITERS + i) * BLOCK_R + tl.arange(0, BLOCK_R)
-        mask = (rows[:, None] < R) & col_ok[None, :]
-        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
-        bits = abs_bits(widen_to_fp32(x, IS_BF16))
-        if ROWS:
-            tl.atomic_max(row_ptr + rows, tl.max(bits, axis=1), mask=rows < R)
-        col_max = tl.maximum(col_max, tl.max(bits, axis=0))
+    mask = (rows[:, None] < R) & (cols[None, :] < C)
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
+    bits = abs_bits(widen_to_fp32(x, IS_BF16))
+    if ROWS:
+        tl.atomic_max(row_ptr + rows, tl.max(bits, axis=1), mask=rows < R)
     if COLS:
-        tl.atomic_max(col_ptr + cols, col_max, mask=col_ok)
+        tl.atomic_max(col_ptr + cols, tl.max(bits, axis=0), mask=cols < C)
     if TENSOR:
-        tl.atomic_max(tensor_ptr, tl.max(col_max, axis=0))
+        tl.atomic_max(tensor_ptr, tl.max(tl.max(bits, axis=1), axis=0))
 
 
 def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, cols: bool = False,
-                 block_r: int = 32, block_c: int = 256, rows_per_program: int = 256):
+                 block_r: int = 32, block_c: int = 128):
     """Launch the amax pass; returns (tensor_bits (1,), row_bits (R,), col_bits (C,)) int32,
     None for the ones not asked for."""
     R, C = x2d.shape
@@ -45,13 +38,9 @@ def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, co
     r = torch.zeros(R, dtype=torch.int32, device=dev) if rows else None
     c = torch.zeros(C, dtype=torch.int32, device=dev) if cols else None
     dummy = torch.empty(1, dtype=torch.int32, device=dev)
-    block_r = pow2_at_most(R, block_r)
-    block_c = pow2_at_most(C, block_c)
-    r_iters = max(1, min(rows_per_program // block_r, triton.cdiv(R, block_r)))
-    grid = (triton.cdiv(R, block_r * r_iters), triton.cdiv(C, block_c))
+    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
     _amax_tiles_kernel[grid](x_in, R, C, t if tensor else dummy, r if rows else dummy,
                              c if cols else dummy, BLOCK_R=block_r, BLOCK_C=block_c,
-                             R_ITERS=r_iters, TENSOR=tensor, ROWS=rows, COLS=cols,
-                             IS_BF16=is_bf16, num_warps=8)
+                             TENSOR=tensor, ROWS=rows, COLS=cols, IS_BF16=is_bf16)
     return t, r, c

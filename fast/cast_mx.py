@@ -95,11 +95,9 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
     n_groups = M // BLOCK_SIZE
     s_mask = (groups[:, None] < n_groups) & (cols[None, :] < C)
-    if TRANSPOSED:      # store transposed tiles: contiguous along M in data (C, M)
-        tl.store(data_ptr + cols[:, None].to(tl.int64) * M + rows[None, :], tl.trans(code),
-                 mask=tl.trans(mask))
-        tl.store(scale_ptr + cols[:, None] * n_groups + groups[None, :], tl.trans(byte),
-                 mask=tl.trans(s_mask))
+    if TRANSPOSED:
+        tl.store(data_ptr + cols[None, :].to(tl.int64) * M + rows[:, None], code, mask=mask)
+        tl.store(scale_ptr + cols[None, :] * n_groups + groups[:, None], byte, mask=s_mask)
     else:
         tl.store(data_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], code, mask=mask)
         tl.store(scale_ptr + groups[:, None] * C + cols[None, :], byte, mask=s_mask)
@@ -159,14 +157,12 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     else:
         data = torch.empty(x.shape, dtype=TORCH_FLOAT8[elem_fmt], device=dev)
         scale = torch.empty((M // block_size,) + tuple(x.shape[1:]), dtype=torch.uint8, device=dev)
-    # tiles of 128 rows x 64 columns: 128 B per row read (bf16) and per row of x.T written
-    groups = max(1, min(128 // block_size, M // block_size)) if block_size <= 128 else 1
+    groups = max(1, min(64 // block_size, M // block_size)) if block_size <= 64 else 1
     groups = 1 << (groups.bit_length() - 1)
     block_c = pow2_at_most(C, 64)
     grid = (triton.cdiv(M, groups * block_size), triton.cdiv(C, block_c))
     _mx_dim0_kernel[grid](kernel_input(x)[0], data.view(torch.uint8), scale, M, C, GROUPS=groups,
-                          BLOCK_SIZE=block_size, BLOCK_C=block_c, TRANSPOSED=transposed,
-                          num_warps=8, **params)
+                          BLOCK_SIZE=block_size, BLOCK_C=block_c, TRANSPOSED=transposed, **params)
     return data, scale
 
 

@@ -19,7 +19,7 @@ _FLOAT8 = tuple(TORCH_FLOAT8.values())
 _OUT_DTYPES = (torch.float32, torch.bfloat16)
 # Route int8 tensorwise/rowwise products to the Triton int8 GEMM instead of torch._int_mm.
 # Flip from benchmarks/kernel_tuning.py's numbers (H200: _int_mm 606 TFLOP/s on 8192^3).
-INT8_TRITON = os.environ.get("QTRAIN_FAST_INT8_TRITON", "0") == "1"
+INT8_TRITON = os.environ.get("QTRAIN_FAST_INT8_TRITON", "1") == "1"   # H200: 825 vs 590 TFLOP/s (8192^3), benchmarks/results
 # Autotune the Triton product over _CONFIGS on CUDA (0: always the first config of the table).
 AUTOTUNE = os.environ.get("QTRAIN_FAST_AUTOTUNE", "1") == "1"
 MIN_DOT_K = 32          # sm90 fp8 / int8 tensor-core dots need K >= 32 per tl.dot
