@@ -1,0 +1,87 @@
+"""Shared benchmark plumbing: the one long results CSV, environment facts, timing and table helpers."""
+import csv
+import datetime
+import os
+import statistics
+import time
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS_CSV = os.path.join(RESULTS_DIR, "results.csv")
+CSV_COLUMNS = ("op", "backend", "recipe", "shape", "metric", "value",
+               "gpu", "torch", "triton", "date")
+
+
+def environment():
+    """The facts every CSV row carries: device name, torch and Triton versions, UTC date."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"gpu": gpu, "torch": torch.__version__, "triton": triton_version,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def append_rows(rows, path=RESULTS_CSV):
+    """Append dict rows (op, backend, recipe, shape, metric, value) to the CSV, header if new."""
+    if not rows:
+        return path
+    env = environment()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new_file = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        if new_file:
+            writer.writeheader()
+        for row in rows:
+            missing = {"op", "backend", "recipe", "shape", "metric", "value"} - set(row)
+            if missing:
+                raise ValueError(f"benchmarks.common.append_rows: row {row} lacks {sorted(missing)}")
+            writer.writerow({**env, **row})
+    return path
+
+
+def read_rows(path=RESULTS_CSV):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def time_fn(fn, warmup=3, reps=20, device="cpu"):
+    """Per-call times in ms of `fn()`: CUDA events around each call on a GPU, perf_counter on CPU.
+
+    Returns {"median", "p20", "p80", "min", "times"}; the spread is p20..p80.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for s, e in zip(starts, ends):
+            s.record()
+            fn()
+            e.record()
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    q = statistics.quantiles(times, n=5) if len(times) >= 2 else times * 4
+    return {"median": statistics.median(times), "p20": q[0], "p80": q[-1], "min": min(times),
+            "times": times}
+
+
+def format_table(header, rows):
+    """Left-aligned first column, right-aligned others; rows are lists of already-formatted strings."""
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                              for i, (c, w) in enumerate(zip(r, widths)))
+    out = [fmt(header), "-" * len(fmt(header))]
+    out += [fmt(r) for r in rows]
+    return "\n".join(out)

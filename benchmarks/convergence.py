@@ -1,0 +1,163 @@
+"""Loss parity on real text (issue 9): a Llama-style model on the stdlib's source, bf16 vs every recipe.
+
+    python -m benchmarks.convergence --size medium            # GPU, ~76M params
+    python -m benchmarks.convergence --size tiny --device cpu # CPU, reference backend
+    python -m benchmarks.convergence --size tiny --outlier    # one channel scaled by --outlier-gain
+
+Writes <out-dir>/convergence_<size>[_outlier].csv (run, step, train_loss, val_loss) and .png,
+appends summary rows to the results CSV, and prints a table last: final train and validation loss,
+relative validation-loss difference to bf16, tokens/s, and whether the margin below is met.
+
+The outlier run multiplies channel 0 of every feed-forward input by a fixed gain. Tensorwise
+float8 then spends its one scale on that channel for the whole tensor; rowwise keeps one scale per
+row along K for the output product (the channel sits in every row) and one per channel for
+grad_weight; MX and blockwise confine it to one 32- or 128-element block.
+"""
+import argparse
+import csv
+import dataclasses
+import os
+import sys
+import time
+
+import torch
+
+from qtrain.demo import (RECIPES, RunSettings, parse_recipes, plot_curves, quantized_training_api,
+                         run_or_report)
+from qtrain.text_corpus import StdlibCorpus
+from qtrain.tiny_llama import TinyLlama, TinyLlamaConfig, num_parameters
+
+from . import common
+
+SIZES = {
+    # CPU (reference backend): the demo's model, trained longer.
+    "tiny": dict(model=TinyLlamaConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=256,
+                                       max_seq_len=64),
+                 batch_size=4, seq_len=64, steps=100, lr=3e-3, eval_points=5, eval_batches=4),
+    # GPU (fast backend): ~76M parameters, ~24M tokens (about two passes over the stdlib's source).
+    "medium": dict(model=TinyLlamaConfig(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, ffn_dim=2048,
+                                         max_seq_len=1024),
+                   batch_size=16, seq_len=1024, steps=1500, lr=1e-3, eval_points=10, eval_batches=16),
+}
+
+# Allowed |relative difference| of final validation loss to bf16. Medium: issue 9's targets.
+# Tiny: a 100-step CPU run sits on a steep part of the curve where a few hundredths of a nat of
+# noise are several times the medium target, so the margin is looser (3%) and stated as such.
+MARGINS = {
+    "medium": {"int8": 0.02, "default": 0.01},
+    "tiny": {"default": 0.03},
+}
+
+
+def margin_for(size, recipe):
+    table = MARGINS[size]
+    return table.get(recipe, table["default"])
+
+
+def write_curves(results, path):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "step", "train_loss", "val_loss"])
+        for r in results:
+            val = dict(r.val_points)
+            for step, loss in enumerate(r.train_losses, start=1):
+                w.writerow([r.name, step, f"{loss:.6f}", f"{val[step]:.6f}" if step in val else ""])
+    return path
+
+
+def summary(results, size, baseline):
+    """Rows of (result, rel diff or None, margin or None, ok)."""
+    base = results[0]
+    out = []
+    for r in results:
+        if r is base:
+            out.append((r, None, None, not r.diverged))
+            continue
+        rel = (r.val_loss - base.val_loss) / base.val_loss
+        margin = margin_for(size, r.name)
+        out.append((r, rel, margin, (not r.diverged) and abs(rel) <= margin))
+    return out
+
+
+def table(rows, baseline):
+    header = ["run", "train loss", "val loss", f"vs {baseline}", "margin", "tokens/s", "backend", "ok"]
+    lines = []
+    for r, rel, margin, ok in rows:
+        verdict = ("failed" if r.error else "diverged" if r.diverged
+                   else "-" if rel is None else f"{100 * rel:+.2f}%")
+        lines.append([r.name, f"{r.final_train_loss:.4f}", f"{r.val_loss:.4f}", verdict,
+                      "-" if margin is None else f"{100 * margin:.0f}%", f"{r.tokens_per_s:.0f}",
+                      r.backend, "yes" if ok else "NO"])
+    return common.format_table(header, lines)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.convergence", description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=sorted(SIZES), default=None, help="tiny on CPU, medium on GPU (default by device)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--recipes", default="all", help=f"'all', 'none' or a comma list of {','.join(RECIPES)}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--outlier", action="store_true", help="inject one large feed-forward input channel")
+    p.add_argument("--outlier-gain", type=float, default=30000.0,
+                   help="gain of the outlier channel (30000: tiny, 20 steps, CPU put tensorwise +1.4%% "
+                        "behind bf16 while rowwise and mxfp8 stayed within 0.2%%; 1000 showed nothing)")
+    p.add_argument("--out-dir", default=common.RESULTS_DIR)
+    p.add_argument("--csv", default=common.RESULTS_CSV, help="results CSV for the summary rows")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    size = args.size or ("medium" if device.startswith("cuda") else "tiny")
+    recipes = parse_recipes(args.recipes)
+    if recipes:
+        try:
+            quantized_training_api()
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            return 2
+    preset = dict(SIZES[size])
+    if args.steps:
+        preset["steps"] = args.steps
+    settings = RunSettings(device=device, compile=args.compile, precision=args.precision, seed=args.seed,
+                           outlier_gain=args.outlier_gain if args.outlier else 0.0, **preset)
+    cfg = settings.model
+    shape = (f"{size}:D{cfg.dim}/L{cfg.n_layers}/H{cfg.n_heads}/KV{cfg.n_kv_heads}/F{cfg.ffn_dim}"
+             f"/B{settings.batch_size}xT{settings.seq_len}/S{settings.steps}"
+             + (f"/outlier{args.outlier_gain:g}" if args.outlier else ""))
+    print(f"convergence {shape}: {num_parameters(TinyLlama(cfg)) / 1e6:.1f}M params, device {device}, "
+          f"baseline {settings.precision}")
+    corpus = StdlibCorpus()
+    started = time.perf_counter()
+    results = [run_or_report(settings.precision, None, settings, corpus)]
+    for recipe in recipes:
+        results.append(run_or_report(recipe, recipe, settings, corpus))
+    stem = f"convergence_{size}" + ("_outlier" if args.outlier else "")
+    os.makedirs(args.out_dir, exist_ok=True)
+    curves = write_curves(results, os.path.join(args.out_dir, stem + ".csv"))
+    png = plot_curves(results, os.path.join(args.out_dir, stem + ".png"), f"convergence {shape}")
+    rows = summary(results, size, settings.precision)
+    op = "convergence" + ("_outlier" if args.outlier else "")
+    csv_rows = []
+    for r, rel, _, _ in rows:
+        metrics = {"final_train_loss": r.final_train_loss, "val_loss": r.val_loss,
+                   "tokens_per_s": r.tokens_per_s, "diverged": float(r.diverged)}
+        if rel is not None:
+            metrics["val_loss_rel_diff_pct"] = 100 * rel
+        csv_rows += [dict(op=op, backend=r.backend, recipe=r.name, shape=shape, metric=k, value=f"{v:.6g}")
+                     for k, v in metrics.items()]
+    common.append_rows(csv_rows, args.csv)
+    print(f"\ncurves: {curves}\nplot: {png}\nsummary rows appended to {args.csv}")
+    print(f"total time: {time.perf_counter() - started:.1f} s")
+    print(table(rows, settings.precision))
+    if any(r.diverged for r in results):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
