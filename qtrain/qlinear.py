@@ -125,6 +125,9 @@ class _QuantizedLinearFn(torch.autograd.Function):
             if gw is None:
                 grad_w = g.t().to(ctx.w_dtype) @ x_saved[0].to(ctx.w_dtype)
             else:
+                if qgt is None and qg is not None and gi is not None and gi[0] == gw[0] \
+                        and gw[0].axis_free:
+                    qgt = qg.t()            # tensorwise g: one quantization serves both products
                 if qgt is None:
                     qgt = quantize_operand(g, gw[0], 0, backend,
                                            noise if gw[0].stochastic else None)

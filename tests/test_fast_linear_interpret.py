@@ -1,0 +1,62 @@
+"""Every recipe's quantized linear on the fast backend's Triton kernels under the CPU interpreter
+(the same integration the GPU runs: transposed operands, dual casts, routing), against the recipe
+applied by hand through qtrain.reference within MM-4 (spec/06, spec/07). Small shapes only.
+"""
+import dataclasses
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")     # before qtrain.fast is imported
+
+import pytest
+
+import qtrain
+from qtrain.backend import register_backend
+from linear_helpers import check_recipe_by_hand
+
+SEED = int(os.environ.get("QTRAIN_TEST_SEED", torch.seed() % 2 ** 31))
+NAME = "fast-interpret-linear"
+
+
+class _FastOnCpu:
+    """FastBackend on CPU tensors through the interpreter; products the CPU has no kernel for
+    (torch._scaled_mm / _int_mm refuse or are missing there) go to the Triton product kernel."""
+
+    def __init__(self):
+        from qtrain.fast.backend import FastBackend
+        self._fast = FastBackend(allow_interpreter=True)
+        self.name = NAME
+
+    def available(self):
+        return self._fast.runnable_on("cpu")
+
+    def __getattr__(self, attr):
+        return getattr(self._fast, attr)
+
+    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=False):
+        from qtrain.fast.scaled_mm import scaled_mm_nt_triton
+        return scaled_mm_nt_triton(a, a_dequant, b, b_dequant, out_dtype)
+
+
+register_backend(NAME, _FastOnCpu)
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="interpreter path for CPU-only machines (on a GPU, tests/test_gpu_fast_linear.py runs)")
+
+
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8", "int8", "blockwise"])
+def test_RC_fast_kernels_linear_matches_hand_quantization(recipe):
+    gen = torch.Generator().manual_seed(SEED)
+    m, k, n = 128, 128, 128
+    x = torch.randn(m, k, generator=gen).requires_grad_()
+    w = (torch.randn(n, k, generator=gen) / k ** 0.5).requires_grad_()
+    g = torch.randn(m, n, generator=gen)
+    config = dataclasses.replace(qtrain.recipe_config(recipe), backend=NAME)
+    out = qtrain.linear(x, w, config=config)
+    out.backward(g)
+    try:
+        check_recipe_by_hand(recipe, x, w, g, out, x.grad, w.grad)
+    except AssertionError as e:
+        raise AssertionError(f"{e} (QTRAIN_TEST_SEED={SEED})") from None
