@@ -1,9 +1,14 @@
 """Backend names the harness answers: the qtrain registry, its own extra entries, and import paths.
 
 Extra registry entries (registered once, on first use):
-  fast-interpret  the fast backend's Triton kernels under the CPU interpreter (TRITON_INTERPRET=1)
+  fast-interpret  the fast backend's Triton kernels under the CPU interpreter (TRITON_INTERPRET=1),
+                  with its grouped ops from qtrain.fast.grouped_mm (as qtrain/grouped_ops.py
+                  serves them for "fast")
   torch-cpu       an independent torch re-statement of the quantize ops (conformance/independent.py)
 A name "pkg.module:factory" imports the module and calls factory() (no registration needed).
+"reference" is judged through a harness adapter that adds the optional ops the ReferenceBackend
+does not define (dequantize_*, e8m0 helpers, float8_to_float64) over the backend's own
+torch <-> NumPy crossing; results name each op it served.
 """
 import importlib
 import inspect
@@ -12,9 +17,14 @@ import os
 _REGISTERED = False
 
 
+_GROUPED = ("scaled_grouped_mm", "quantize_float8_grouped_t")
+
+
 class _Interpreted:
     """The fast backend judged on CPU tensors: available() asks whether its kernels can run
-    under the interpreter (FastBackend.available() speaks for CUDA only); every op delegates."""
+    under the interpreter (FastBackend.available() speaks for CUDA only); every op delegates.
+    The grouped ops come from qtrain.fast.grouped_mm.GroupedOps when FastBackend lacks them,
+    exactly as qtrain/grouped_ops.py serves them for "fast"."""
 
     name = "fast-interpret"
 
@@ -24,8 +34,61 @@ class _Interpreted:
     def available(self):
         return self._inner.runnable_on("cpu")
 
+    def _grouped(self):
+        from qtrain.fast.grouped_mm import GroupedOps
+        return GroupedOps(self._inner)
+
+    def scaled_grouped_mm(self, *args, **kwargs):
+        impl = self._inner if hasattr(self._inner, "scaled_grouped_mm") else self._grouped()
+        return impl.scaled_grouped_mm(*args, **kwargs)
+
+    def quantize_float8_grouped_t(self, *args, **kwargs):
+        impl = self._inner if hasattr(self._inner, "quantize_float8_grouped_t") else self._grouped()
+        return impl.quantize_float8_grouped_t(*args, **kwargs)
+
     def __getattr__(self, attr):
         return getattr(self._inner, attr)
+
+
+_REFERENCE_OPTIONAL = ("dequantize_float8", "dequantize_mx", "dequantize_int8",
+                       "dequantize_blockwise", "float32_to_e8m0_rceil", "e8m0_to_float",
+                       "float8_to_float64")
+
+
+class _ReferenceAdapter:
+    """The registry's "reference" backend plus, for each optional op it does not define, that op
+    from qtrain.reference over qtrain/reference_backend.py's to_numpy / to_torch (the crossing
+    every ReferenceBackend op uses): those cases then judge the crossing instead of skipping.
+    `harness_served` lists the ops served here; the runner notes each use."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.name = getattr(inner, "name", "reference")
+        self.harness_served = tuple(op for op in _REFERENCE_OPTIONAL if not hasattr(inner, op))
+
+    def __getattr__(self, attr):
+        if attr in _REFERENCE_OPTIONAL and attr in self.harness_served:
+            return self._served(attr)
+        return getattr(self._inner, attr)
+
+    @staticmethod
+    def _served(op):
+        import ml_dtypes
+        import numpy as np
+        import torch
+        import qtrain.reference as ref
+        from qtrain.reference_backend import to_numpy, to_torch
+        out_np = {torch.float32: np.float32, torch.bfloat16: ml_dtypes.bfloat16}
+
+        def call(first, *args):
+            args = [to_numpy(a) if isinstance(a, torch.Tensor) else a for a in args]
+            kwargs = {}
+            if op.startswith("dequantize_"):
+                *args, out_dtype = args
+                kwargs["out_dtype"] = out_np.get(out_dtype, out_dtype)
+            out = getattr(ref, op)(to_numpy(first), *args, **kwargs)
+            return to_torch(np.asarray(out), first.device)
+        return call
 
 
 def _fast_interpret():
@@ -77,7 +140,29 @@ def resolve(name: str):
     ok, reason = backend.available() if hasattr(backend, "available") else (True, "no available()")
     if not ok:
         raise BackendUnavailable(f"backend {name!r} cannot serve: {reason}")
+    if name == "reference":
+        backend = _ReferenceAdapter(backend)
     return backend
+
+
+UNDER_TEST = "conformance-under-test"
+
+
+def registry_name(backend):
+    """The qtrain registry name under which qtrain.linear / grouped_mm reach `backend` (their
+    configs name backends, not objects): its own name when the registry answers it with this
+    object (or the object a harness adapter wraps), else UNDER_TEST, registered to it now."""
+    from qtrain.backend import get_backend, register_backend
+    name = getattr(backend, "name", None)
+    if isinstance(name, str) and name == name.strip().lower():
+        try:
+            found = get_backend(name)
+        except RuntimeError:
+            found = None
+        if found is not None and found in (backend, getattr(backend, "_inner", None)):
+            return name
+    register_backend(UNDER_TEST, lambda: backend)
+    return UNDER_TEST
 
 
 def known_names():

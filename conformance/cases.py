@@ -33,9 +33,20 @@ def _check(case, where, ops):
     expected = case["expected"]
     if not (expected in ("reference", "ml_dtypes") or isinstance(expected, dict)):
         raise CaseError(f"{where}: expected must be 'reference', 'ml_dtypes' or literal bits per output")
-    if "raises" in case and set(case["raises"]) != {"type", "match"}:
-        raise CaseError(f"{where}: raises needs exactly 'type' and 'match'")
-    if not any(k in case for k in ("input", "a")):
+    if "raises" in case:
+        if set(case["raises"]) != {"type", "match"}:
+            raise CaseError(f"{where}: raises needs exactly 'type' and 'match'")
+        match = case["raises"]["match"]
+        if not (isinstance(match, str) or (isinstance(match, list) and all(isinstance(m, str) for m in match))):
+            raise CaseError(f"{where}: raises.match must be a string or a list of strings")
+    if "known_failure" in case and not (isinstance(case["known_failure"], str) and case["known_failure"]):
+        raise CaseError(f"{where}: known_failure must be a non-empty reason")
+    required = getattr(ops[case["op"]], "required", ())
+    if required:
+        missing = [k for k in required if k not in case]
+        if missing:
+            raise CaseError(f"{where}: op {case['op']!r} needs field(s) {missing}")
+    elif not any(k in case for k in ("input", "a")):
         raise CaseError(f"{where}: needs 'input' (one operand) or 'a'/'b' (products)")
 
 

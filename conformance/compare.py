@@ -1,6 +1,6 @@
 """The one assert helper: compare bit for bit (NaN as is-NaN, FMT-2) or within the MM-4 bound."""
 from dataclasses import dataclass, asdict
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -52,18 +52,35 @@ def bitwise(output: str, subject: str, got: np.ndarray, expected: np.ndarray) ->
     return Check(output, subject, count == 0, count, int(got.size), first_bad=first)
 
 
-def bound(output: str, subject: str, got: np.ndarray, ref: np.ndarray, t64: np.ndarray,
-          s: np.ndarray, out_dtype: str, accumulation: str, k: int) -> Check:
-    """MM-4: |got - ref| <= 2 u_out |T64| + (1 + u_out)(g_K + 2^-22) S + eta_out + K 2^-148, with
-    T64 the exact fp64 sum and S = sum_k |t_k|. NaN and +-Inf positions must match (MM-6)."""
+@dataclass
+class Bound:
+    """The MM-4 terms of one compared output: T64 and S (fp64, the output's shape), K (int, or an
+    array when the contraction length varies per element, MM-5), u_out and u_acc by name, and
+    `extra`, an absolute slack added to the limit (bias add RC-10, stochastic rounding RC-8)."""
+    t64: Any
+    s: Any
+    out_dtype: str
+    accumulation: str
+    k: Any
+    extra: Any = 0.0
+
+    def limit(self):
+        rel, coef, floor = mm_bound_terms(self.out_dtype, self.accumulation, self.k)
+        with np.errstate(invalid="ignore"):
+            return (rel * np.abs(np.asarray(self.t64, dtype=np.float64))
+                    + coef * np.asarray(self.s, dtype=np.float64) + floor + self.extra)
+
+
+def bound(output: str, subject: str, got: np.ndarray, ref: np.ndarray, terms: Bound) -> Check:
+    """MM-4: |got - ref| <= 2 u_out |T64| + (1 + u_out)(g_K + 2^-22) S + eta_out + K 2^-148 (+ the
+    case's extra slack), with T64 the exact fp64 sum and S = sum_k |t_k|. NaN and +-Inf positions
+    must match (MM-6)."""
     got, ref = np.asarray(got), np.asarray(ref)
     problem = _shape_dtype_problem(output, subject, got, ref)
     if problem:
         return problem
     g, r = got.astype(np.float64), ref.astype(np.float64)
-    rel, coef, floor = mm_bound_terms(out_dtype, accumulation, k)
-    with np.errstate(invalid="ignore"):
-        limit = rel * np.abs(np.asarray(t64, dtype=np.float64)) + coef * np.asarray(s, dtype=np.float64) + floor
+    limit = np.broadcast_to(terms.limit(), r.shape)
     finite = np.isfinite(r)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.where(finite, np.abs(g - r), 0.0)
@@ -83,11 +100,13 @@ def bound(output: str, subject: str, got: np.ndarray, ref: np.ndarray, t64: np.n
     return Check(output, subject, count == 0, count, int(got.size), worst=worst_ratio, first_bad=first)
 
 
-def raised(subject: str, exc: Optional[BaseException], expect_type: str, fragment: str) -> Check:
-    """An invalid input must raise `expect_type` whose message contains `fragment`."""
+def raised(subject: str, exc: Optional[BaseException], expect_type: str, fragment) -> Check:
+    """An invalid input must raise `expect_type` whose message contains `fragment` (a string, or
+    a list of strings that must all appear: e.g. RC-11's layer name, shape and multiple)."""
     if exc is None:
         return Check("raises", subject, False, 1, 1, first_bad=f"no exception; expected {expect_type}")
     names = {cls.__name__ for cls in type(exc).__mro__}
-    ok = expect_type in names and fragment.lower() in str(exc).lower()
-    first = None if ok else f"raised {type(exc).__name__}: {exc}; expected {expect_type} containing {fragment!r}"
+    fragments = [fragment] if isinstance(fragment, str) else list(fragment)
+    ok = expect_type in names and all(f.lower() in str(exc).lower() for f in fragments)
+    first = None if ok else f"raised {type(exc).__name__}: {exc}; expected {expect_type} containing {fragments!r}"
     return Check("raises", subject, ok, 0 if ok else 1, 1, first_bad=first)

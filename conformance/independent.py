@@ -4,6 +4,9 @@ Written from the rules, not from qtrain.reference: frexp gives exact log2 floors
 float8 casts give rne (after an explicit clamp, FMT-3), float64 gives exact products. If it and the
 reference agree bit for bit on the quick set, neither is likely to share a misreading of spec/.
 Slow and simple on purpose; "torch-cpu" in the registry (registered by conformance/backends.py).
+It also takes the training API's extra arguments (`transposed=True`: quantize x.T;
+`use_fast_accum`: ignored, MM-3) and the grouped cast, so qtrain.linear and qtrain.grouped_mm
+run on it too.
 """
 import torch
 
@@ -85,7 +88,8 @@ class TorchCpuBackend:
         return True, "torch CPU restatement of spec/ (independent of qtrain.reference)"
 
     # ---- float8 (F8-*) ----------------------------------------------------------------------
-    def quantize_float8(self, x, fmt, axis, pow2_scale):
+    def quantize_float8(self, x, fmt, axis, pow2_scale, transposed=False):
+        x = x.t() if transposed else x
         _check_input(x, "quantize_float8")
         x32 = x.float()
         dims = tuple(range(x.dim())) if axis is None else (axis,)
@@ -124,7 +128,8 @@ class TorchCpuBackend:
                              f"{tuple(x.shape)} is not a multiple of block {block_size}")
         return x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
 
-    def quantize_mx(self, x, elem_fmt, block_size, axis, scale_mode):
+    def quantize_mx(self, x, elem_fmt, block_size, axis, scale_mode, transposed=False):
+        x = x.t() if transposed else x
         _check_input(x, "quantize_mx")
         if scale_mode not in ("floor", "rceil"):
             raise ValueError(f"torch-cpu quantize_mx: scale_mode {scale_mode!r}; use floor or rceil")
@@ -168,7 +173,8 @@ class TorchCpuBackend:
         return data.double()                                               # FMT-7: torch's decode
 
     # ---- int8 (I8-*) ------------------------------------------------------------------------
-    def quantize_int8(self, x, axis, noise):
+    def quantize_int8(self, x, axis, noise, transposed=False):
+        x = x.t() if transposed else x                   # noise already comes in x.T's layout
         _check_input(x, "quantize_int8")
         x32 = x.float()
         amax = _amax(x32, (axis,))                                         # I8-1
@@ -186,18 +192,40 @@ class TorchCpuBackend:
     def dequantize_int8(self, data, dequant_scale, out_dtype):
         return _round_out(data.double() * dequant_scale.double(), out_dtype)      # I8-8
 
+    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
+        """F8-7 along axis 0 within each group (RC-13), payload transposed into the padded layout
+        of qtrain/grouping.py: group g at columns [padded end of g-1, + its size), zeros around."""
+        rows, cols = x.shape
+        ends = offs.tolist()
+        pad = lambda size: -(-size // align) * align
+        width = max(align, -(-(rows + len(ends) * (align - 1)) // align) * align)
+        data_t = torch.zeros((cols, width), dtype=getattr(torch, fmt))
+        qs = torch.empty((len(ends), cols), dtype=torch.float32)
+        start = pstart = 0
+        for g, end in enumerate(ends):
+            part = x[start:end].float()
+            amax = _amax(part, (0,)) if end > start else torch.zeros((1, cols))   # empty: F8-6
+            data, q = _float8_scale_and_cast(part, amax, fmt, pow2_scale)
+            data_t[:, pstart:pstart + end - start] = data.t()
+            qs[g] = q[0]
+            pstart += pad(end - start)
+            start = end
+        return data_t, qs
+
     # ---- products (MM-*) --------------------------------------------------------------------
     @staticmethod
     def _expand(d, shape):
         br, bc = shape[0] // d.shape[0], shape[1] // d.shape[1]
         return d.double().repeat_interleave(br, 0).repeat_interleave(bc, 1)
 
-    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype):
+    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=False):
         aa = a.double() * self._expand(a_dequant, a.shape)
         bb = b.double() * self._expand(b_dequant, b.shape)
         return _round_out(aa @ bb.T, out_dtype)                                   # MM-2: one rounding
 
     def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype):
+        if b.dim() == 2:
+            return self._grouped_2d2d(a, a_dequant, b, b_dequant, offs, out_dtype)
         out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64)
         start = 0
         per_row = a_dequant.shape[0] == a.shape[0]
@@ -208,4 +236,25 @@ class TorchCpuBackend:
                 bb = b[g].double() * self._expand(b_dequant[g], b[g].shape)
                 out[start:end] = aa @ bb.T
             start = end
+        return _round_out(out, out_dtype)
+
+    def _grouped_2d2d(self, a, a_dequant, b, b_dequant, offs, out_dtype):
+        """MM-5 2d x 2d: out[g] sums the contraction columns of group g only; factors in block
+        form over the whole operand or per group (E, R, 1)."""
+        ends = offs.tolist()
+        starts = [0] + ends[:-1]
+
+        def full(p, d):
+            if d.dim() == 3:                                # per group: column t of g uses d[g]
+                f = torch.ones(p.shape, dtype=torch.float64)
+                for g, (s, e) in enumerate(zip(starts, ends)):
+                    f[:, s:e] = d[g].double()
+                return f
+            return self._expand(d.reshape(1, 1) if d.dim() == 0 else d, p.shape)
+
+        aa, bb = a.double() * full(a, a_dequant), b.double() * full(b, b_dequant)
+        out = torch.zeros(len(ends), a.shape[0], b.shape[0], dtype=torch.float64)
+        for g, (s, e) in enumerate(zip(starts, ends)):
+            if e > s:
+                out[g] = aa[:, s:e] @ bb[:, s:e].T
         return _round_out(out, out_dtype)

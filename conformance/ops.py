@@ -187,3 +187,31 @@ def decode_ml_dtypes(case, inputs):
 def decode_backend(case, inputs, backend, device):
     fn = _method(backend, "float8_to_float64")
     return {"out": to_numpy(fn(to_torch(inputs["x"], device))).astype(np.float64)}
+
+
+# ---- BW-5: a blockwise quantization against its transposed twin -------------------------------
+def _blockwise_pair(case, x, quantize):
+    """(x, block) and (x.T, block_t), the second brought back by transposing data and scale."""
+    fmt = case.get("format", "float8_e4m3fn")
+    data, qs = quantize(x, tuple(case["block"]), fmt)
+    data_t, qs_t = quantize(np.ascontiguousarray(x.T), tuple(case["block_t"]), fmt)
+    return {"data": data, "quant_scale": qs, "data_t": data_t.T, "quant_scale_t": qs_t.T}
+
+
+def blockwise_pair_inputs(case):
+    return {"x": _x(case)}
+
+
+def blockwise_pair_reference(case, inputs):
+    return _blockwise_pair(case, inputs["x"], _NumpyRef().quantize_blockwise)
+
+
+def blockwise_pair_backend(case, inputs, backend, device):
+    fn = _method(backend, "quantize_blockwise")
+    quantize = lambda x, block, fmt: [to_numpy(t) for t in fn(to_torch(x, device), block, fmt)]
+    return _blockwise_pair(case, inputs["x"], quantize)
+
+
+def blockwise_pair_property(case, out):
+    """BW-5 itself, judged on the reference: the transposed twin equals the direct quantization."""
+    return {"data_t": out["data"], "quant_scale_t": out["quant_scale"]}

@@ -49,12 +49,12 @@ def print_table(results, out=sys.stdout):
         for note in r.notes:
             print(f"note {r.case['name']}: {note}", file=out)
     counts = summary(results)
-    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
-          f"of {len(results)} cases", file=out)
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped, "
+          f"{counts['xfail']} known failures (xfail) of {len(results)} cases", file=out)
 
 
 def summary(results):
-    counts = {"pass": 0, "fail": 0, "skip": 0}
+    counts = {"pass": 0, "fail": 0, "skip": 0, "xfail": 0}
     for r in results:
         counts[r.status] += 1
     return counts
