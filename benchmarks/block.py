@@ -215,6 +215,8 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--reps", type=int, default=None, help="timed steps per variant (GPU 30, CPU 3)")
     p.add_argument("--no-torchao", action="store_true", help="skip the torchao comparison")
+    p.add_argument("--large-only", action="store_true",
+                   help="on CUDA, only the Llama3-8B-shaped block (not the small one)")
     p.add_argument("--csv", default=common.RESULTS_CSV, help="results CSV to append to")
     p.add_argument("--budget-s", type=float, default=300.0,
                    help="start no new variant after this many seconds (compilation dominates)")
@@ -226,7 +228,8 @@ def main(argv=None):
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
                           else args.device)
     if device.type == "cuda":
-        shapes = [SHAPES["small"]] if args.small else [SHAPES["llama3-8b"], SHAPES["small"]]
+        shapes = ([SHAPES["small"]] if args.small else
+                  [SHAPES["llama3-8b"]] if args.large_only else [SHAPES["llama3-8b"], SHAPES["small"]])
     elif not args.small:
         print("benchmarks.block: the Llama3-8B-shaped block needs CUDA (device is cpu). "
               "For a CPU smoke run use: python -m benchmarks.block --small --device cpu --compile eager",
@@ -244,7 +247,7 @@ def main(argv=None):
         except RuntimeError as e:
             print(e, file=sys.stderr)
             return 2
-    modes = ["compiled", "eager"] if args.compile == "both" else [args.compile]
+    modes = ["eager", "compiled"] if args.compile == "both" else [args.compile]   # eager is cheap: first
     deadline = time.monotonic() + args.budget_s
     reps = args.reps or (30 if device.type == "cuda" else 3)
     warmup = 5 if device.type == "cuda" else 1

@@ -23,8 +23,8 @@ step() {  # step NAME LIMIT_S CMD...
 }
 has() { case "$what" in *,$1,*) return 0;; esac; return 1; }
 if has checks; then
-  step pytest_gpu 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_fast_linear.py tests/test_fast_common.py
-  step conformance 200 python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json"
+  step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider tests/test_gpu_fast_linear.py tests/test_fast_common.py
+  step conformance ${CONF_LIMIT_S:-200} python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json"
 fi
 if has fastcheck; then
   step gpu_fast_check 240 python3 benchmarks/gpu_fast_check.py
@@ -33,9 +33,9 @@ if has tuning; then
   step kernel_tuning 270 python3 benchmarks/kernel_tuning.py
 fi
 if has block; then
-  step block ${BLOCK_LIMIT_S:-420} python3 -m benchmarks.block --recipes all --compile ${BLOCK_COMPILE:-both} --budget-s ${BLOCK_BUDGET_S:-360}
+  step block ${BLOCK_LIMIT_S:-420} python3 -m benchmarks.block --recipes all --compile ${BLOCK_COMPILE:-both} --budget-s ${BLOCK_BUDGET_S:-360} ${BLOCK_ARGS:-}
 fi
 if has moe; then
-  step moe_bench 150 python3 benchmarks/moe_bench.py
+  step moe_bench ${MOE_LIMIT_S:-150} python3 benchmarks/moe_bench.py
 fi
 echo; echo "=== summary"; printf '%s\n' "${summary[@]}"
