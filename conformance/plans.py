@@ -4,7 +4,7 @@ quantized by qtrain.reference, independently of qtrain/recipes.py.
 A case file's `products` (RC-1) names, per product, the tensor and the axis it is contracted
 along: {"output": [["x", 1], ["w", 1]], "grad_input": [["g", 1], ["w", 0]], "grad_weight":
 [["g", 0], ["x", 0]]}. Its `plans` give, per plan name, per product, either "hp" or
-{"a": side, "b": side, "accumulation": "fp32"|"fast"} with a side one of
+{"a": side, "b": side, "accumulation": "fp32"|"tensor_core"|"fast"} with a side one of
   {"quant": "float8", "format", "granularity": "tensorwise"|"axiswise", "pow2"}
   {"quant": "mx", "format", "block", "scale_mode"}
   {"quant": "int8", "stochastic": bool}

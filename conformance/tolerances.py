@@ -18,10 +18,14 @@ ETA_OUT = {
 U_ACC = {
     "fp32": 2.0 ** -23,      # fp32 accumulator (nearest or truncating); int32 for int8 is exact and meets it
     "fast": 2.0 ** -13,      # Hopper float8 fast accumulation (~14-bit truncating), only where RC-3 allows
+    "tensor_core": 2.0 ** -23,  # MM-7: fp32 across promotion intervals, plus TENSOR_CORE_P terms
+                                # at 2^-13 inside one interval (fp8 tensor cores, RC-3: P <= 128)
     "hp": 2.0 ** -23,        # RC-2: an hp product is torch matmul in the model dtype with fp32
                              # accumulation; outside MM-4, judged with MM-4's form on the unquantized
                              # operands (the scale-path term stays: it only loosens, by 2^-22 S)
 }
+TENSOR_CORE_P = 128          # RC-3: float8/mxfp8/blockwise products promote at least every 128 terms
+TENSOR_CORE_U = 2.0 ** -13   # MM-7: the in-unit accumulation of Hopper fp8 tensor cores (~14 bits)
 SCALE_PATH = 2.0 ** -22      # up to four fp32 roundings of the dequant factors per term (MM-3)
 UNDERFLOW_PER_TERM = 2.0 ** -148   # scale-path roundings below 2^-126 are absolute, two per term
 
@@ -46,7 +50,10 @@ def mm_bound_terms(out_dtype: str, accumulation: str, k):
         raise ValueError(f"qtrain.conformance.tolerances: unknown accumulation {accumulation!r}; "
                          f"known {sorted(U_ACC)}")
     u_out = U_OUT[out_dtype]
-    coef = (1.0 + u_out) * (g_k(U_ACC[accumulation], k) + SCALE_PATH)
+    g = g_k(U_ACC[accumulation], k)
+    if accumulation == "tensor_core":                                   # MM-7
+        g = g + g_k(TENSOR_CORE_U, np.minimum(np.asarray(k, dtype=np.float64), TENSOR_CORE_P))
+    coef = (1.0 + u_out) * (g + SCALE_PATH)
     return 2.0 * u_out, coef, ETA_OUT[out_dtype] + np.asarray(k, dtype=np.float64) * UNDERFLOW_PER_TERM
 
 

@@ -258,6 +258,30 @@ def _outer_vectors(da, db, M, N):
 _ROWWISE_FP32_OK = {}       # device type -> False once torch rejected it (logged once)
 
 
+_FNUZ = (torch.float8_e4m3fnuz, torch.float8_e5m2fnuz)
+_FNUZ_LOGGED = []
+
+
+def _fnuz_emulated(a, a_dequant, b, b_dequant, out_dtype):
+    """fnuz payloads (MI300X formats) on NVIDIA: no tensor core takes them (Triton: "fp8e4b8 not
+    supported in this architecture"), so the product runs in fp32 on the exactly upcast payloads
+    with the MM-1 factors applied per element (one scale-path rounding, MM-3), logged once."""
+    if not _FNUZ_LOGGED:
+        log.warning("qtrain.fast.scaled_mm: fnuz float8 payloads have no NVIDIA tensor-core path; "
+                    "computing the product in fp32 (correct, not fast)")
+        _FNUZ_LOGGED.append(True)
+    da, br_a, bc_a = _blocks(a_dequant, a.shape, "a_dequant")
+    db, br_b, bc_b = _blocks(b_dequant, b.shape, "b_dequant")
+    a32 = a.float() * da.repeat_interleave(br_a, 0).repeat_interleave(bc_a, 1)
+    b32 = b.float() * db.repeat_interleave(br_b, 0).repeat_interleave(bc_b, 1)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False          # fp32 accumulation, not tf32
+    try:
+        return (a32 @ b32.t()).to(out_dtype)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
 def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_accum=False):
     """Brief interface. Routing (all documented in fast/README.md):
     float8 tensorwise x tensorwise: torch._scaled_mm(a, b.t()) with scalar factors.
@@ -269,6 +293,8 @@ def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_a
     Otherwise, or when the torch kernel's rules fail (K % 16, N % 16, e5m2 x e5m2, fnuz on CUDA,
     _int_mm's M > 16, K % 8, N % 8): the Triton kernel."""
     _check(a, b, out_dtype)
+    if a.device.type == "cuda" and torch.version.hip is None and (a.dtype in _FNUZ or b.dtype in _FNUZ):
+        return _fnuz_emulated(a, a_dequant, b, b_dequant, out_dtype)
     (M, K), N = a.shape, b.shape[0]
     da, _, _ = _blocks(a_dequant, a.shape, "a_dequant")
     db, _, _ = _blocks(b_dequant, b.shape, "b_dequant")
