@@ -22,6 +22,18 @@ def eligibility_error(module, config):
     return None
 
 
+def swap_post_order(model, swap):
+    """Replace every module m of `model` (children first, the root last) by swap(m, fqn); return
+    the new root. The one traversal behind conversion and to_inference."""
+    def visit(module, fqn):
+        for name, child in list(module.named_children()):
+            new = visit(child, f"{fqn}.{name}" if fqn else name)
+            if new is not child:
+                setattr(module, name, new)
+        return swap(module, fqn)
+    return visit(model, "")
+
+
 def convert_to_quantized_training(model, config, module_filter_fn=None):
     """Swap every eligible nn.Linear of `model` (not already converted) for a QuantizedLinear
     sharing its Parameters; return the model (a new module when `model` itself is a Linear).
@@ -31,14 +43,6 @@ def convert_to_quantized_training(model, config, module_filter_fn=None):
     ineligible layer raises a ValueError naming the layer, its shape and the rule.
     """
     skipped = []
-
-    def visit(module, fqn):
-        for name, child in list(module.named_children()):
-            child_fqn = f"{fqn}.{name}" if fqn else name
-            new = visit(child, child_fqn)
-            if new is not child:
-                setattr(module, name, new)
-        return swap(module, fqn)
 
     def swap(module, fqn):
         if type(module) is not nn.Linear:      # subclasses (incl. converted) are left alone
@@ -57,7 +61,7 @@ def convert_to_quantized_training(model, config, module_filter_fn=None):
             return module
         return QuantizedLinear.from_float(module, config, fqn=fqn)
 
-    model = visit(model, "")
+    model = swap_post_order(model, swap)
     if skipped:
         log.info("qtrain: %d layer(s) kept in high precision (%s rule: multiples of %d): %s",
                  len(skipped), config.short_id, config.min_multiple, ", ".join(skipped))

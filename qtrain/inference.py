@@ -12,7 +12,7 @@ from torch import nn
 
 from .backend import resolve_backend_name
 from .config import recipe_config
-from .convert import eligibility_error
+from .convert import eligibility_error, swap_post_order
 from .qlinear import QuantizedLinear, _compute_dtype, _scaled_mm
 from .recipes import QOperand, QuantSpec, quantize_operand
 
@@ -76,12 +76,4 @@ def to_inference(model, recipe=None, module_filter_fn=None):
             return module
         return InferenceLinear(module.weight, module.bias, cfg, fqn)
 
-    def visit(module, fqn):
-        for name, child in list(module.named_children()):
-            child_fqn = f"{fqn}.{name}" if fqn else name
-            new = visit(child, child_fqn)
-            if new is not child:
-                setattr(module, name, new)
-        return swap(module, fqn)
-
-    return visit(model, "")
+    return swap_post_order(model, swap)
