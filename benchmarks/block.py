@@ -15,7 +15,9 @@ import time
 
 import torch
 
-from qtrain.demo import RECIPES, quantized_training_api
+from qtrain import convert_to_quantized_training, recipe_config
+from qtrain.backend import resolve_backend_name
+from qtrain.demo import RECIPES, parse_recipes
 from qtrain.tiny_llama import Block, TinyLlamaConfig
 
 from . import common
@@ -89,13 +91,12 @@ def measure(shape, base_block, mode, impl, recipe, device, reps, warmup):
     m = Measurement(shape.describe(), mode, impl, recipe, "torch")
     block = copy.deepcopy(base_block)
     if impl == "qtrain":
-        convert, recipe_config, get_backend = quantized_training_api()
         config = recipe_config(recipe)
-        m.backend = get_backend(getattr(config, "backend", None)).name
+        m.backend = resolve_backend_name(config.backend)
         if device.type == "cuda" and m.backend != "fast":
             m.skipped = f"qtrain backend is {m.backend!r}, not 'fast': the GPU timing would be meaningless"
             return m
-        convert(block, config)
+        convert_to_quantized_training(block, config)
     elif impl == "torchao":
         convert, reason = torchao_converter()
         m.backend = "torchao"
@@ -239,14 +240,7 @@ def main(argv=None):
         shapes = [SHAPES["tiny"]]
         print("benchmarks.block: CPU run on the 'tiny' block (reference backend; timings are not "
               "speed claims)")
-    from qtrain.demo import parse_recipes
     recipes = parse_recipes(args.recipes)
-    if recipes:
-        try:
-            quantized_training_api()
-        except RuntimeError as e:
-            print(e, file=sys.stderr)
-            return 2
     modes = ["eager", "compiled"] if args.compile == "both" else [args.compile]   # eager is cheap: first
     deadline = time.monotonic() + args.budget_s
     reps = args.reps or (30 if device.type == "cuda" else 3)

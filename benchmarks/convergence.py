@@ -22,8 +22,7 @@ import time
 
 import torch
 
-from qtrain.demo import (RECIPES, RunSettings, parse_recipes, plot_curves, quantized_training_api,
-                         run_or_report)
+from qtrain.demo import RECIPES, RunSettings, parse_recipes, plot_curves, run_or_report
 from qtrain.text_corpus import StdlibCorpus
 from qtrain.tiny_llama import TinyLlama, TinyLlamaConfig, num_parameters
 
@@ -114,12 +113,6 @@ def main(argv=None):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     size = args.size or ("medium" if device.startswith("cuda") else "tiny")
     recipes = parse_recipes(args.recipes)
-    if recipes:
-        try:
-            quantized_training_api()
-        except RuntimeError as e:
-            print(e, file=sys.stderr)
-            return 2
     preset = dict(SIZES[size])
     if args.steps:
         preset["steps"] = args.steps

@@ -15,8 +15,6 @@ import inspect
 import os
 
 _REGISTERED = False
-
-
 _GROUPED = ("scaled_grouped_mm", "quantize_float8_grouped_t")
 
 
@@ -34,19 +32,10 @@ class _Interpreted:
     def available(self):
         return self._inner.runnable_on("cpu")
 
-    def _grouped(self):
-        from qtrain.fast.grouped_mm import GroupedOps
-        return GroupedOps(self._inner)
-
-    def scaled_grouped_mm(self, *args, **kwargs):
-        impl = self._inner if hasattr(self._inner, "scaled_grouped_mm") else self._grouped()
-        return impl.scaled_grouped_mm(*args, **kwargs)
-
-    def quantize_float8_grouped_t(self, *args, **kwargs):
-        impl = self._inner if hasattr(self._inner, "quantize_float8_grouped_t") else self._grouped()
-        return impl.quantize_float8_grouped_t(*args, **kwargs)
-
     def __getattr__(self, attr):
+        if attr in _GROUPED and not hasattr(self._inner, attr):
+            from qtrain.fast.grouped_mm import GroupedOps
+            return getattr(GroupedOps(self._inner), attr)
         return getattr(self._inner, attr)
 
 
@@ -73,19 +62,17 @@ class _ReferenceAdapter:
 
     @staticmethod
     def _served(op):
-        import ml_dtypes
         import numpy as np
         import torch
         import qtrain.reference as ref
-        from qtrain.reference_backend import to_numpy, to_torch
-        out_np = {torch.float32: np.float32, torch.bfloat16: ml_dtypes.bfloat16}
+        from qtrain.reference_backend import _NP_OUT, to_numpy, to_torch
 
         def call(first, *args):
             args = [to_numpy(a) if isinstance(a, torch.Tensor) else a for a in args]
             kwargs = {}
             if op.startswith("dequantize_"):
                 *args, out_dtype = args
-                kwargs["out_dtype"] = out_np.get(out_dtype, out_dtype)
+                kwargs["out_dtype"] = _NP_OUT.get(out_dtype, out_dtype)
             out = getattr(ref, op)(to_numpy(first), *args, **kwargs)
             return to_torch(np.asarray(out), first.device)
         return call

@@ -80,9 +80,9 @@ def resolve_backend_name(name=None):
     requested = requested.strip().lower()
     if requested != "auto":
         if requested not in _FACTORIES and requested not in _LAZY_MODULES:
-            raise RuntimeError(
-                f"unknown qtrain backend {requested!r} (from {'config' if name else ENV_VAR});"
-                f" expected one of {list(CHOICES)}")
+            source = "config" if name is not None else ENV_VAR
+            raise RuntimeError(f"unknown qtrain backend {requested!r} (from {source});"
+                               f" expected one of {list(CHOICES)}")
         ok, reason = _status(requested)
         if not ok:
             raise RuntimeError(

@@ -22,6 +22,12 @@ def _check_bool(cls, field, value):
         raise ValueError(f"{cls}.{field} must be a bool, got {value!r}")
 
 
+def _check_block(cls, field, value, spec_value):
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16:
+        raise ValueError(f"{cls}.{field} must be a positive multiple of 16 "
+                         f"({spec_value}), got {value!r}")
+
+
 def _suffix(backend):
     return "" if backend is None else f"@{backend}"
 
@@ -95,10 +101,7 @@ class MXLinearConfig:
         if self.elem_format not in MX_ELEM_FORMATS:
             raise ValueError(f"MXLinearConfig.elem_format must be one of {MX_ELEM_FORMATS}, "
                              f"got {self.elem_format!r}")
-        if (not isinstance(self.block_size, int) or isinstance(self.block_size, bool)
-                or self.block_size <= 0 or self.block_size % 16):
-            raise ValueError(f"MXLinearConfig.block_size must be a positive multiple of 16 "
-                             f"(spec default 32), got {self.block_size!r}")
+        _check_block("MXLinearConfig", "block_size", self.block_size, "spec default 32")
         if self.scale_mode not in MX_SCALE_MODES:
             raise ValueError(f"MXLinearConfig.scale_mode must be one of {MX_SCALE_MODES}, "
                              f"got {self.scale_mode!r}")
@@ -181,10 +184,7 @@ class BlockwiseLinearConfig:
     backend: str = None
 
     def __post_init__(self):
-        if (not isinstance(self.block, int) or isinstance(self.block, bool)
-                or self.block <= 0 or self.block % 16):
-            raise ValueError(f"BlockwiseLinearConfig.block must be a positive multiple of 16 "
-                             f"(spec: 128), got {self.block!r}")
+        _check_block("BlockwiseLinearConfig", "block", self.block, "spec: 128")
         if self.fmt not in FLOAT8_FORMATS:
             raise ValueError(f"BlockwiseLinearConfig.fmt must be one of "
                              f"{sorted(FLOAT8_FORMATS)}, got {self.fmt!r}")

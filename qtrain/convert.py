@@ -22,6 +22,26 @@ def eligibility_error(module, config):
     return None
 
 
+def ineligible_layer(module, fqn, rule):
+    """The ValueError for a layer explicitly picked for a recipe whose rule it breaks."""
+    kind = "nn.Linear" if type(module) is nn.Linear else type(module).__name__
+    return ValueError(
+        f"layer {fqn or '<root>'!r} ({kind}, weight shape "
+        f"{tuple(module.weight.shape)} = (N, K), dtype {module.weight.dtype}) "
+        f"cannot be converted: {rule}; leave it out in module_filter_fn")
+
+
+def log_kept_in_high_precision(skipped, config):
+    """One log line listing the layers (fqn + weight shape) left unconverted by the rule."""
+    if skipped:
+        log.info("qtrain: %d layer(s) kept in high precision (%s rule: multiples of %d): %s",
+                 len(skipped), config.short_id, config.min_multiple, ", ".join(skipped))
+
+
+def kept_label(module, fqn):
+    return f"{fqn or '<root>'}{tuple(module.weight.shape)}"
+
+
 def swap_post_order(model, swap):
     """Replace every module m of `model` (children first, the root last) by swap(m, fqn); return
     the new root. The one traversal behind conversion and to_inference."""
@@ -52,17 +72,12 @@ def convert_to_quantized_training(model, config, module_filter_fn=None):
             if not module_filter_fn(module, fqn):
                 return module
             if rule is not None:
-                raise ValueError(
-                    f"layer {fqn or '<root>'!r} (nn.Linear, weight shape "
-                    f"{tuple(module.weight.shape)} = (N, K), dtype {module.weight.dtype}) "
-                    f"cannot be converted: {rule}; leave it out in module_filter_fn")
+                raise ineligible_layer(module, fqn, rule)
         elif rule is not None:
-            skipped.append(f"{fqn or '<root>'}{tuple(module.weight.shape)}")
+            skipped.append(kept_label(module, fqn))
             return module
         return QuantizedLinear.from_float(module, config, fqn=fqn)
 
     model = swap_post_order(model, swap)
-    if skipped:
-        log.info("qtrain: %d layer(s) kept in high precision (%s rule: multiples of %d): %s",
-                 len(skipped), config.short_id, config.min_multiple, ", ".join(skipped))
+    log_kept_in_high_precision(skipped, config)
     return model

@@ -20,10 +20,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import torch
 import torch.nn.functional as F
 
+from .backend import resolve_backend_name
+from .config import RECIPE_NAMES, recipe_config
+from .convert import convert_to_quantized_training
 from .text_corpus import VOCAB_SIZE, StdlibCorpus
 from .tiny_llama import TinyLlama, TinyLlamaConfig, num_parameters
 
-RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8", "int8", "blockwise")
+RECIPES = RECIPE_NAMES               # every recipe, in qtrain.config's order
 FINAL_WINDOW = 10                    # "final train loss" = mean of the last this many steps
 
 
@@ -94,21 +97,6 @@ class RunResult:
         return self.val_points[-1][1] if self.val_points else math.nan
 
 
-def quantized_training_api():
-    """(convert_to_quantized_training, recipe_config, get_backend) from qtrain, or a clear error."""
-    import qtrain
-    names = ("convert_to_quantized_training", "recipe_config")
-    try:
-        found = [getattr(qtrain, n) for n in names]
-        from .backend import get_backend
-    except (AttributeError, ImportError) as e:
-        raise RuntimeError(
-            f"qtrain.demo: the training API ({', '.join('qtrain.' + n for n in names)}, "
-            f"qtrain.backend.get_backend) is not available in this build ({e}). "
-            "Run with --recipes none for the high-precision baseline alone.") from e
-    return found[0], found[1], get_backend
-
-
 def skip_output_head(module, fqn):
     """Convert every linear but the language-model head (kept in high precision, as is usual)."""
     return fqn != "output"
@@ -123,10 +111,9 @@ def build_model(settings, recipe=None):
     model = model.to(settings.device)
     backend = "torch"
     if recipe is not None:
-        convert, recipe_config, get_backend = quantized_training_api()
         config = recipe_config(recipe)
-        convert(model, config, module_filter_fn=skip_output_head)
-        backend = get_backend(getattr(config, "backend", None)).name
+        convert_to_quantized_training(model, config, module_filter_fn=skip_output_head)
+        backend = resolve_backend_name(config.backend)
     return model, backend
 
 
@@ -317,12 +304,6 @@ def main(argv=None):
     args = parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     recipes = parse_recipes(args.recipes)
-    if recipes:
-        try:
-            quantized_training_api()
-        except RuntimeError as e:
-            print(e, file=sys.stderr)
-            return 2
     settings = default_settings(device, steps=args.steps, compile=args.compile,
                                 precision=args.precision, seed=args.seed)
     corpus = StdlibCorpus()

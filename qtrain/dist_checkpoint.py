@@ -90,7 +90,8 @@ def checkpoint_info(path):
     """The marker's content; raises IncompleteCheckpointError when `path` is not complete."""
     marker = os.path.join(path, MARKER)
     if not os.path.isfile(marker):
-        tmps = [p for p in os.listdir(os.path.dirname(os.path.abspath(path)) or ".")
+        parent = os.path.dirname(os.path.abspath(path))
+        tmps = [p for p in (os.listdir(parent) if os.path.isdir(parent) else [])
                 if p.startswith(os.path.basename(path) + ".tmp-")]
         hint = f"; unfinished writes found: {tmps}" if tmps else ""
         raise IncompleteCheckpointError(

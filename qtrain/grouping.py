@@ -27,11 +27,18 @@ def group_bounds(offs: torch.Tensor):
     return starts, ends - starts
 
 
+def _padded_layout(offs: torch.Tensor, align: int):
+    """(starts, sizes, padded starts, padded ends) int64 per group, each group padded up to a
+    multiple of `align`."""
+    starts, sizes = group_bounds(offs)
+    padded = (sizes + (align - 1)) // align * align
+    pends = torch.cumsum(padded, 0)
+    return starts, sizes, pends - padded, pends
+
+
 def padded_offsets(offs: torch.Tensor, align: int) -> torch.Tensor:
     """int32 end offsets of the groups once each is padded up to a multiple of `align`."""
-    _, sizes = group_bounds(offs)
-    padded = (sizes + (align - 1)) // align * align
-    return torch.cumsum(padded, 0).to(torch.int32)
+    return _padded_layout(offs, align)[3].to(torch.int32)
 
 
 def pad_index(offs: torch.Tensor, m: int, align: int) -> torch.Tensor:
@@ -40,12 +47,11 @@ def pad_index(offs: torch.Tensor, m: int, align: int) -> torch.Tensor:
     Padded row p lies in the group g whose padded range holds it; its source is
     start[g] + (p - padded_start[g]) when that is still inside group g, else padding."""
     n_groups = offs.shape[0]
-    starts, sizes = group_bounds(offs)
-    pends = padded_offsets(offs, align).to(torch.int64)
+    starts, sizes, pstarts, pends = _padded_layout(offs, align)
     p = torch.arange(padded_rows(m, n_groups, align), device=offs.device)
     g = torch.searchsorted(pends, p, right=True)
     gc = g.clamp(max=n_groups - 1)
-    local = p - (pends[gc] - (sizes[gc] + (align - 1)) // align * align)
+    local = p - pstarts[gc]
     valid = (g < n_groups) & (local < sizes[gc])
     return torch.where(valid, starts[gc] + local, torch.full_like(p, m))
 
@@ -54,9 +60,7 @@ def unpad_index(offs: torch.Tensor, m: int, align: int) -> torch.Tensor:
     """int64 (m,) padded row of every original row (the inverse of pad_index); rows past
     offs[-1] get padded_rows, the sentinel that gather_rows turns into a zero row."""
     n_groups = offs.shape[0]
-    starts, sizes = group_bounds(offs)
-    pends = padded_offsets(offs, align).to(torch.int64)
-    pstarts = pends - (sizes + (align - 1)) // align * align
+    starts, _, pstarts, _ = _padded_layout(offs, align)
     r = torch.arange(m, device=offs.device)
     g = torch.searchsorted(offs.to(torch.int64), r, right=True)
     gc = g.clamp(max=n_groups - 1)

@@ -12,7 +12,8 @@ from torch import nn
 
 from .backend import resolve_backend_name
 from .config import recipe_config
-from .convert import eligibility_error, swap_post_order
+from .convert import (eligibility_error, ineligible_layer, kept_label,
+                      log_kept_in_high_precision, swap_post_order)
 from .qlinear import QuantizedLinear, _compute_dtype, _scaled_mm
 from .recipes import QOperand, QuantSpec, quantize_operand
 
@@ -29,7 +30,6 @@ class InferenceLinear(nn.Module):
         self.backend = resolve_backend_name(config.backend)
         specs = config.plan().output or (_INT8, _INT8)
         self.x_spec, w_spec = specs
-        self.dtype = weight.dtype
         with torch.no_grad():
             q = quantize_operand(weight.detach(), w_spec, 1, self.backend)
         self.register_buffer("weight_payload", q.payload.contiguous())
@@ -59,21 +59,30 @@ def to_inference(model, recipe=None, module_filter_fn=None):
     config) is given, eligible plain nn.Linear layers too, for InferenceLinear; in place.
 
     Call it on a trained model in eval mode; the result has no weight gradients. `recipe`
-    overrides the configs of QuantizedLinear layers when given.
+    overrides the configs of QuantizedLinear layers when given (a QuantizedLinear whose shape
+    breaks its rule raises a ValueError; ineligible plain nn.Linear layers stay as they are,
+    listed in one log line, as in convert_to_quantized_training).
     """
     config = recipe_config(recipe) if isinstance(recipe, str) else recipe
+    skipped = []
 
     def swap(module, fqn):
         if isinstance(module, QuantizedLinear):
             cfg = config or module.config
         elif type(module) is nn.Linear and config is not None:
             if eligibility_error(module, config):
+                skipped.append(kept_label(module, fqn))
                 return module
             cfg = config
         else:
             return module
         if module_filter_fn is not None and not module_filter_fn(module, fqn):
             return module
+        rule = None if config is None else eligibility_error(module, config)
+        if rule is not None:                 # a QuantizedLinear overridden by `recipe`
+            raise ineligible_layer(module, fqn, rule)
         return InferenceLinear(module.weight, module.bias, cfg, fqn)
 
-    return swap_post_order(model, swap)
+    model = swap_post_order(model, swap)
+    log_kept_in_high_precision(skipped, config)
+    return model

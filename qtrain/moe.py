@@ -14,7 +14,7 @@ forward runs eager (a graph break); qtrain.grouped_mm itself compiles. Other cal
 products, 3d x 3d (bmm-like, no offs), and grouped products in other modules (routers,
 shared experts written as nn.Linear: convert those with qtrain.convert_to_quantized_training).
 """
-import functools
+import types
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -72,17 +72,21 @@ def convert_moe_to_quantized_training(model, config, filter_fn=None):
             continue
         _check_weights(fqn, module, config)
         module._qtrain_grouped_config = config
-        module.forward = _wrap_forward(module.forward, config)
+        _wrap_forward(module)
     return model
 
 
-def _wrap_forward(forward, config):
-    # torch.compile does not apply a TorchFunctionMode entered inside the compiled region (it
-    # would trace the plain torch._grouped_mm), so the experts' forward stays eager under
-    # torch.compile: one graph break around it; the rest of the model compiles.
-    @torch.compiler.disable
-    @functools.wraps(forward)
-    def quantized_forward(*args, **kwargs):
-        with _GroupedMMMode(config):
-            return forward(*args, **kwargs)
-    return quantized_forward
+# torch.compile does not apply a TorchFunctionMode entered inside the compiled region (it would
+# trace the plain torch._grouped_mm), so the experts' forward stays eager under torch.compile:
+# one graph break around it; the rest of the model compiles.
+@torch.compiler.disable
+def _quantized_forward(module, *args, **kwargs):
+    with _GroupedMMMode(module._qtrain_grouped_config):
+        return module._qtrain_inner_forward(*args, **kwargs)
+
+
+def _wrap_forward(module):
+    # Bound methods, not a closure: copy.deepcopy rebinds them to the copy, so a copied module
+    # runs its own weights (a closure would keep calling the original module's forward).
+    module._qtrain_inner_forward = module.forward
+    module.forward = types.MethodType(_quantized_forward, module)

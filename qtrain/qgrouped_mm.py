@@ -27,14 +27,11 @@ from . import grouped_ops, ops  # noqa: F401  (ops registers the qtrain:: quanti
 from .backend import resolve_backend_name
 from .config import Float8LinearConfig, MXLinearConfig
 from .grouping import pad_groups, padded_offsets
+from .qlinear import _mm_dtype
 from .recipes import QOperand, quantize_operand
 
 LAYER = "qtrain.grouped_mm"
 FLOAT8_ALIGN = 16         # torch._scaled_grouped_mm needs 16-token aligned groups (2d x 2d)
-
-
-def _mm_dtype(dtype):
-    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32   # MM-2 out dtypes
 
 
 def _quantize_3d(w, spec, along_k, backend):

@@ -149,7 +149,10 @@ def _check_enabled():
     return (not torch.compiler.is_compiling()) and os.environ.get(CHECK_FINITE_ENV) == "1"
 
 
-_FUNCTIONAL_SR_CALLS = [0]
+# Stochastic-rounding call index of the functional `linear` (a QuantizedLinear has its own).
+# A tensor, counted in place: torch.compile traces the increment instead of guarding on a
+# Python int (which recompiled on every call).
+_FUNCTIONAL_SR_CALLS = torch.zeros((), dtype=torch.int64)
 
 
 def quantized_linear(input, weight, bias, config, backend, fqn="", sr_call=None):
@@ -160,8 +163,8 @@ def quantized_linear(input, weight, bias, config, backend, fqn="", sr_call=None)
     plan = config.plan()
     seed = getattr(config, "seed", 0)
     if sr_call is None:
-        _FUNCTIONAL_SR_CALLS[0] += 1
-        sr_call = torch.tensor(_FUNCTIONAL_SR_CALLS[0], dtype=torch.int64)
+        _FUNCTIONAL_SR_CALLS.add_(1)
+        sr_call = _FUNCTIONAL_SR_CALLS.clone()
     lead = x.shape[:-1]
     with torch.autocast(x.device.type, enabled=False):
         out = _QuantizedLinearFn.apply(x.reshape(-1, x.shape[-1]), w, sr_call, plan, backend,
@@ -206,9 +209,14 @@ class QuantizedLinear(nn.Linear):
         return new
 
     def forward(self, input):
+        return self.forward_with(input, self.weight, self.bias)
+
+    def forward_with(self, input, weight, bias):
+        """This layer's quantized linear on the given weight and bias (tensor parallel passes
+        its local shards); advances the stochastic-rounding call index."""
         self.sr_calls.add_(1)
-        return quantized_linear(input, self.weight, self.bias, self.config, self.backend,
-                                self.fqn, self.sr_calls.clone())
+        return quantized_linear(input, weight, bias, self.config, self.backend, self.fqn,
+                                self.sr_calls.clone())
 
     def extra_repr(self):
         return f"{super().extra_repr()}, recipe={self.config.short_id}, backend={self.backend}"

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import backend as _backend
+from .grouping import padded_rows
 
 _NP_FLOAT8 = {name: getattr(ml_dtypes, name) for name in
               ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")}
@@ -40,6 +41,14 @@ def to_torch(a, device):
     else:
         t = torch.from_numpy(a)
     return t.to(device)
+
+
+def _np_out(op, out_dtype):
+    """The NumPy dtype of a product's out_dtype (MM-2: float32 or bfloat16 only)."""
+    if out_dtype not in _NP_OUT:
+        raise TypeError(f"qtrain.reference_backend.{op}: out_dtype must be float32 or bfloat16 "
+                        f"(MM-2), got {out_dtype}")
+    return _NP_OUT[out_dtype]
 
 
 def _t(x, transposed):
@@ -92,18 +101,13 @@ class ReferenceBackend:
 
     def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=False):
         # use_fast_accum is a permission (RC-3), not a requirement: the reference is exact.
-        if out_dtype not in _NP_OUT:
-            raise TypeError(f"scaled_mm_nt out_dtype must be float32 or bfloat16 (MM-2), "
-                            f"got {out_dtype}")
         out = _ref().scaled_mm_nt(to_numpy(a), to_numpy(a_dequant), to_numpy(b),
-                                  to_numpy(b_dequant), out_dtype=_NP_OUT[out_dtype])
+                                  to_numpy(b_dequant), out_dtype=_np_out("scaled_mm_nt", out_dtype))
         return to_torch(out, a.device)
 
-
-    # ---- grouped products (MM-5, RC-13): added for qtrain/grouped_ops.py (issue 6) ----------
+    # ---- grouped products (MM-5, RC-13), served to qtrain/grouped_ops.py ----------------------
     def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
         """F8-7 along axis 0 within each group, payload transposed into the padded layout."""
-        from .grouping import padded_rows
         ref = _ref()
         x_np, ends = to_numpy(x), to_numpy(offs).astype(np.int64)
         m, c = x_np.shape
@@ -122,13 +126,10 @@ class ReferenceBackend:
         return to_torch(data_t, x.device), to_torch(quant_scale, x.device)
 
     def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype):
-        if out_dtype not in _NP_OUT:
-            raise TypeError(f"scaled_grouped_mm out_dtype must be float32 or bfloat16 (MM-2), "
-                            f"got {out_dtype}")
         out = _ref().scaled_grouped_mm(to_numpy(a), to_numpy(a_dequant), to_numpy(b),
                                        to_numpy(b_dequant), to_numpy(offs),
-                                       out_dtype=_NP_OUT[out_dtype])
+                                       out_dtype=_np_out("scaled_grouped_mm", out_dtype))
         return to_torch(out, a.device)
-    # ---- end of the grouped addition ------------------------------------------------------
+
 
 _backend.register_backend("reference", ReferenceBackend)

@@ -29,11 +29,9 @@ from torch.distributed.tensor.parallel import ParallelStyle
 
 def _local_linear(module, x, weight, bias):
     """The layer's own math (quantized for a QuantizedLinear) on local tensors."""
-    from .qlinear import QuantizedLinear, quantized_linear
+    from .qlinear import QuantizedLinear
     if isinstance(module, QuantizedLinear):
-        module.sr_calls.add_(1)
-        return quantized_linear(x, weight, bias, module.config, module.backend, module.fqn,
-                                module.sr_calls.clone())
+        return module.forward_with(x, weight, bias)
     return F.linear(x, weight, bias)
 
 

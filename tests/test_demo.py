@@ -30,14 +30,6 @@ def test_demo_nonfinite_loss_exits_1(tmp_path, monkeypatch, capsys):
     assert "diverged" in capsys.readouterr().out
 
 
-def test_demo_without_training_api_says_so(monkeypatch, capsys):
-    def missing():
-        raise RuntimeError("qtrain.demo: the training API is not available in this build")
-    monkeypatch.setattr(demo, "quantized_training_api", missing)
-    assert demo.main(["--steps", "1", "--recipes", "rowwise", "--device", "cpu"]) == 2
-    assert "not available" in capsys.readouterr().err
-
-
 def test_parse_recipes():
     assert demo.parse_recipes("all") == list(demo.RECIPES)
     assert demo.parse_recipes("none") == []

@@ -63,3 +63,12 @@ def test_rejects_ineligible_experts():
     model = MoEBlock(dim=40, hidden=96)
     with pytest.raises(ValueError, match="experts.w1"):
         convert_moe_to_quantized_training(model, CONFIGS["rowwise"]())
+
+
+def test_deepcopy_of_converted_block_runs_its_own_experts(seed):
+    q = convert_moe_to_quantized_training(MoEBlock(), CONFIGS["rowwise"]())
+    c = copy.deepcopy(q)
+    with torch.no_grad():
+        c.experts.w2.zero_()                      # the copy's experts now output zeros
+    x = torch.randn(1, 24, 64)
+    assert torch.count_nonzero(c(x)) == 0 and torch.count_nonzero(q(x)) > 0
