@@ -18,6 +18,8 @@ Products (`scaled_grouped_mm`), all NT (MM-1):
   Blackwell-only (sm100) today. On CUDA the dequantized operands are bf16 when out is bf16
   (exact unless a value falls below bf16's 2^-133, i.e. an MX block amax under ~2^-117).
 """
+import logging
+
 import torch
 import triton
 import triton.language as tl
@@ -29,6 +31,7 @@ from .common import (TORCH_FLOAT8, check_device, check_format, check_input, floa
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
 LAYER = "qtrain.fast.grouped_mm"
+log = logging.getLogger("qtrain")
 PAD_2D3D = True          # pad 2d x 3d groups to 16 rows for torch._scaled_grouped_mm
 FLOAT8_ALIGN = 16
 
@@ -179,7 +182,25 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32)
                                            b_dequant.reshape(-1).float(), offs=offs,
                                            out_dtype=out_dtype)
             return _zero_outside(out, offs, False)
+    if a.dtype != torch.int8 and (_rowwise_2d3d(a, a_dequant, b, b_dequant) if is_3d
+                                  else _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups)):
+        _log_emulated_once(a, b, out_dtype)     # a float8 rowwise product that could not run
     return scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype)
+
+
+_EMULATED_LOGGED = set()
+
+
+def _log_emulated_once(a, b, out_dtype):
+    """No silent fallback: say once per (device, dtypes, out dtype) why torch._scaled_grouped_mm
+    was not used (it needs CUDA sm90+, float8_e4m3fn operands, bf16 out, K/N multiples of 16)."""
+    key = (a.device.type, a.dtype, b.dtype, out_dtype)
+    if key not in _EMULATED_LOGGED:
+        _EMULATED_LOGGED.add(key)
+        log.warning("qtrain.fast.grouped_mm: float8 rowwise grouped product on %s with %s x %s -> "
+                    "%s runs emulated (dequantize + torch._grouped_mm): torch._scaled_grouped_mm "
+                    "needs CUDA sm90+, float8_e4m3fn operands, bfloat16 output and K, N multiples "
+                    "of 16", a.device, a.dtype, b.dtype, out_dtype)
 
 
 def scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32):
