@@ -4,7 +4,9 @@ whose activation is quantized on every call, exactly as the training forward doe
 `output` product of the recipe table, spec/07-recipes.md), through the same backend.
 
 The forward matches the training-mode forward of the same recipe bit for bit on a given
-backend (same quantization, same scaled_mm_nt). Recipes whose output product is high
+backend (same quantization, same scaled_mm_nt) when the weight is quantized in the dtype the
+training forward computed in: `to_inference(..., dtype=torch.bfloat16)` for a model trained
+with fp32 master weights under bf16 autocast (the training forward casts w to bf16 first). Recipes whose output product is high
 precision (int8 with output=False) serve with int8 rowwise x and w.
 """
 import torch
@@ -54,14 +56,16 @@ class InferenceLinear(nn.Module):
                 f"recipe={self.config.short_id}, backend={self.backend}")
 
 
-def to_inference(model, recipe=None, module_filter_fn=None):
+def to_inference(model, recipe=None, module_filter_fn=None, dtype=None):
     """Swap QuantizedLinear layers (their own config) and, when `recipe` (a recipe name or a
     config) is given, eligible plain nn.Linear layers too, for InferenceLinear; in place.
 
     Call it on a trained model in eval mode; the result has no weight gradients. `recipe`
     overrides the configs of QuantizedLinear layers when given (a QuantizedLinear whose shape
     breaks its rule raises a ValueError; ineligible plain nn.Linear layers stay as they are,
-    listed in one log line, as in convert_to_quantized_training).
+    listed in one log line, as in convert_to_quantized_training). `dtype`: quantize each weight
+    after casting it to this dtype (the compute dtype of training, e.g. bf16 under autocast);
+    None keeps the weight's own dtype.
     """
     config = recipe_config(recipe) if isinstance(recipe, str) else recipe
     skipped = []
@@ -81,7 +85,8 @@ def to_inference(model, recipe=None, module_filter_fn=None):
         rule = None if config is None else eligibility_error(module, config)
         if rule is not None:                 # a QuantizedLinear overridden by `recipe`
             raise ineligible_layer(module, fqn, rule)
-        return InferenceLinear(module.weight, module.bias, cfg, fqn)
+        weight = module.weight if dtype is None else module.weight.to(dtype)
+        return InferenceLinear(weight, module.bias, cfg, fqn)
 
     model = swap_post_order(model, swap)
     log_kept_in_high_precision(skipped, config)

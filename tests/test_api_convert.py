@@ -140,6 +140,19 @@ def test_to_inference_matches_training_forward(recipe):
     assert isinstance(qtrain.to_inference(plain, recipe=recipe)[0], qtrain.InferenceLinear)
 
 
+def test_to_inference_dtype_matches_autocast_training_forward():
+    # fp32 master weights trained under bf16 autocast: the training forward quantizes w.to(bf16),
+    # so serving with dtype=torch.bfloat16 gives the same bits.
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64))
+    qtrain.convert_to_quantized_training(m, qtrain.recipe_config("rowwise"))
+    x = torch.randn(4, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = m(x)
+        got = qtrain.to_inference(copy.deepcopy(m).eval(), dtype=torch.bfloat16)(x)
+    assert torch.equal(got, want)
+
+
 # ---- QTRAIN_CHECK_FINITE -------------------------------------------------------------------
 def test_check_finite_names_layer_and_tensor(monkeypatch):
     m = qtrain.convert_to_quantized_training(_mlp(), qtrain.recipe_config("tensorwise"))
