@@ -15,14 +15,11 @@ import inspect
 import os
 
 _REGISTERED = False
-_GROUPED = ("scaled_grouped_mm", "quantize_float8_grouped_t")
 
 
 class _Interpreted:
     """The fast backend judged on CPU tensors: available() asks whether its kernels can run
-    under the interpreter (FastBackend.available() speaks for CUDA only); every op delegates.
-    The grouped ops come from qtrain.fast.grouped_mm.GroupedOps when FastBackend lacks them,
-    exactly as qtrain/grouped_ops.py serves them for "fast"."""
+    under the interpreter (FastBackend.available() speaks for CUDA only); every op delegates."""
 
     name = "fast-interpret"
 
@@ -33,9 +30,6 @@ class _Interpreted:
         return self._inner.runnable_on("cpu")
 
     def __getattr__(self, attr):
-        if attr in _GROUPED and not hasattr(self._inner, attr):
-            from qtrain.fast.grouped_mm import GroupedOps
-            return getattr(GroupedOps(self._inner), attr)
         return getattr(self._inner, attr)
 
 

@@ -107,3 +107,31 @@ class FastBackend:
         from .scaled_mm import scaled_mm_nt
         self._check(a)
         return scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=use_fast_accum)
+
+    # ---- dequantize (F8-8, MX-8, I8-8, BW-4): judged by conformance, not on the training path
+    def dequantize_float8(self, data, quant_scale, out_dtype=torch.float32):
+        from .dequantize import dequantize_float8
+        return dequantize_float8(data, quant_scale, out_dtype)
+
+    def dequantize_mx(self, data, scale_bits, block_size=32, axis=-1, out_dtype=torch.float32):
+        from .dequantize import dequantize_mx
+        return dequantize_mx(data, scale_bits, block_size, axis, out_dtype)
+
+    def dequantize_int8(self, data, dequant_scale, out_dtype=torch.float32):
+        from .dequantize import dequantize_int8
+        return dequantize_int8(data, dequant_scale, out_dtype)
+
+    def dequantize_blockwise(self, data, quant_scale, block=(1, 128), out_dtype=torch.float32):
+        from .dequantize import dequantize_blockwise
+        return dequantize_blockwise(data, quant_scale, block, out_dtype)
+
+    # ---- grouped products (MM-5, RC-13): fast/grouped_mm.py
+    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
+        from .grouped_mm import quantize_float8_grouped_t
+        self._check(x)
+        return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale)
+
+    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype):
+        from .grouped_mm import scaled_grouped_mm
+        self._check(a)
+        return scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype)

@@ -213,18 +213,3 @@ def scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype=torch
     else:                                  # A (M, T) row-major, B (T, N) column-major
         out = torch._grouped_mm(a_hp.contiguous(), b_hp.contiguous().t(), offs=offs)
     return _zero_outside(out, offs, b.dim() == 3).to(out_dtype)
-
-
-class GroupedOps:
-    """The grouped half of the backend interface for a FastBackend (see qtrain/grouped_ops.py)."""
-
-    def __init__(self, fast_backend):
-        self._fast = fast_backend
-
-    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
-        self._fast._check(x)
-        return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale)
-
-    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype):
-        self._fast._check(a)
-        return scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype)

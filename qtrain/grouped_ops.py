@@ -25,11 +25,6 @@ def grouped_impl(name):
     impl = _backend._instance(name)
     if hasattr(impl, "scaled_grouped_mm"):
         return impl
-    if getattr(impl, "name", None) == "fast":
-        # qtrain.fast.backend.FastBackend does not forward the grouped ops yet (two methods
-        # delegating to qtrain.fast.grouped_mm); until it does, serve them from that module.
-        from qtrain.fast import grouped_mm
-        return grouped_mm.GroupedOps(impl)
     raise NotImplementedError(
         f"qtrain.grouped_ops: backend {name!r} has no grouped products (scaled_grouped_mm); "
         f"use 'reference' or 'fast'")
