@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import block, common, convergence
-from benchmarks.gates import GATES
+from benchmarks.gates import GATES, GATES_BY_NAME
 
 ref = pytest.importorskip("qtrain.reference")
 
@@ -135,7 +135,64 @@ def test_gpu_gate_block(gate, block_results):
         assert gate.passes(value), f"{gate.name} ({m.recipe}): {value:.3f} vs gate {gate.gate} ({gate.why})"
 
 
+def _median_ms(fn):
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
 @needs_cuda
-@pytest.mark.parametrize("gate", [g for g in GATES if g.workload != "block"], ids=lambda g: g.name)
-def test_gpu_gate_other(gate):
-    pytest.skip(f"{gate.name}: the {gate.workload} benchmark is not built yet (issue 8)")
+@pytest.mark.parametrize("gate", [g for g in GATES if g.workload == "grouped_mm"], ids=lambda g: g.name)
+def test_gpu_gate_grouped_mm(gate):
+    """8 experts, 16384 tokens, 4096 -> 2048, fwd+bwd: bf16 torch._grouped_mm over qtrain."""
+    import dataclasses
+    import qtrain
+    e, m, k, n = 8, 16384, 4096, 2048
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(m, k, generator=gen, device="cuda").to(torch.bfloat16).requires_grad_()
+    w = (torch.randn(e, n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(m, n, generator=gen, device="cuda").to(torch.bfloat16)
+    offs = torch.arange(m // e, m + 1, m // e, device="cuda", dtype=torch.int32)
+    config = dataclasses.replace(qtrain.recipe_config(gate.recipe), backend="fast")
+
+    def step(fn):
+        def run():
+            x.grad = w.grad = None
+            fn().backward(g)
+        return run
+
+    bf16 = _median_ms(step(lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)))
+    quant = _median_ms(step(lambda: qtrain.grouped_mm(x, w, offs, config)))
+    assert gate.passes(bf16 / quant), f"{gate.name}: {bf16 / quant:.3f}x vs gate {gate.gate} ({gate.why})"
+
+
+# (name, call on the fast backend, bytes written per element of x besides the bf16 read)
+_CASTS = {
+    "float8_rowwise": (lambda fb, x: fb.quantize_float8(x, "float8_e4m3fn", -1, True), 1),
+    "float8_tensorwise": (lambda fb, x: fb.quantize_float8(x, "float8_e4m3fn", None, False), 1),
+    "float8_columnwise_t": (lambda fb, x: fb.quantize_float8(x, "float8_e4m3fn", -1, True,
+                                                             transposed=True), 1),
+    "float8_dual": (lambda fb, x: fb.quantize_float8_dual(x, "float8_e4m3fn", True), 2),
+    "mx_dim_last": (lambda fb, x: fb.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil"), 1),
+    "mx_dim0_t": (lambda fb, x: fb.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil",
+                                               transposed=True), 1),
+    "int8_rowwise": (lambda fb, x: fb.quantize_int8(x, -1), 1),
+    "blockwise_1x128": (lambda fb, x: fb.quantize_blockwise(x, (1, 128)), 1),
+}
+
+
+@needs_cuda
+@pytest.mark.parametrize("cast", sorted(_CASTS))
+def test_gpu_gate_cast_bandwidth(cast):
+    """Each fused cast kernel moves its minimal bytes (bf16 read once, 1-byte payloads written)
+    at >= the gate's fraction of the measured copy bandwidth (issue 8)."""
+    gate = GATES_BY_NAME["cast_bandwidth_fraction"]
+    from qtrain.fast.backend import FastBackend
+    fb = FastBackend()
+    x = torch.randn(8192, 8192, device="cuda").to(torch.bfloat16)
+    y = torch.empty_like(x)
+    copy_gbs = 2 * x.numel() * x.element_size() / _median_ms(lambda: y.copy_(x)) / 1e6
+    fn, written = _CASTS[cast]
+    cast_gbs = x.numel() * (x.element_size() + written) / _median_ms(lambda: fn(fb, x)) / 1e6
+    fraction = cast_gbs / copy_gbs
+    assert gate.passes(fraction), (f"{cast}: {cast_gbs:.0f} GB/s = {fraction:.2f} of copy "
+                                   f"({copy_gbs:.0f} GB/s) vs gate {gate.gate} ({gate.why})")
