@@ -53,7 +53,8 @@ def value_dtype(name: str):
 
 
 def to_bits(arr: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(arr).view(layout(arr.dtype).uint)
+    # ascontiguousarray makes a 0-d array (a loss) 1-d: keep the shape, so indices stay valid
+    return np.ascontiguousarray(arr).view(layout(arr.dtype).uint).reshape(np.shape(arr))
 
 
 def from_hex(words, dtype_name: str, shape=None, pad=None) -> np.ndarray:

@@ -31,8 +31,10 @@ def _check(case, where, ops):
     if not isinstance(case["quick"], bool):
         raise CaseError(f"{where}: quick must be true or false")
     expected = case["expected"]
-    if not (expected in ("reference", "ml_dtypes") or isinstance(expected, dict)):
-        raise CaseError(f"{where}: expected must be 'reference', 'ml_dtypes' or literal bits per output")
+    op = ops[case["op"]]
+    named = ("reference", "ml_dtypes") + tuple(getattr(op, "expected", ()))
+    if not (expected in named or isinstance(expected, dict)):
+        raise CaseError(f"{where}: expected must be one of {list(named)} or literal bits per output")
     if "raises" in case:
         if set(case["raises"]) != {"type", "match"}:
             raise CaseError(f"{where}: raises needs exactly 'type' and 'match'")
@@ -41,11 +43,16 @@ def _check(case, where, ops):
             raise CaseError(f"{where}: raises.match must be a string or a list of strings")
     if "known_failure" in case and not (isinstance(case["known_failure"], str) and case["known_failure"]):
         raise CaseError(f"{where}: known_failure must be a non-empty reason")
-    required = getattr(ops[case["op"]], "required", ())
+    required = getattr(op, "required", ())
     if required:
         missing = [k for k in required if k not in case]
         if missing:
             raise CaseError(f"{where}: op {case['op']!r} needs field(s) {missing}")
+        if getattr(op, "validate", None) is not None:
+            try:
+                op.validate(case)
+            except ValueError as e:
+                raise CaseError(f"{where}: {e}") from None
     elif not any(k in case for k in ("input", "a")):
         raise CaseError(f"{where}: needs 'input' (one operand) or 'a'/'b' (products)")
 

@@ -4,15 +4,15 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import bits, compare, grouped_linear, linear, ops, products
+from . import bits, compare, distributed, grouped_linear, linear, ops, products
 from .compare import Check
 
 
 @dataclass(frozen=True)
 class OpDef:
-    inputs: Callable                 # case -> inputs (NumPy)
-    reference: Callable              # case, inputs -> {output: array}
-    backend: Callable                # case, inputs, backend, device -> {output: array}
+    inputs: Optional[Callable]       # case -> inputs (NumPy)
+    reference: Optional[Callable]    # case, inputs -> {output: array}
+    backend: Optional[Callable]      # case, inputs, backend, device -> {output: array}
     independent: Optional[Callable] = None   # case, inputs -> {output: array} (expected "ml_dtypes")
     bounds: Optional[Callable] = None        # compare "bound": case, inputs -> {output: compare.Bound}
     prop: Optional[Callable] = None          # case, reference outputs -> {output: want}: a property
@@ -20,6 +20,11 @@ class OpDef:
     api: bool = False                # a rule of qtrain's API (qtrain.linear, recipe_config, convert):
                                      # raise cases are judged on the backend side only
     required: tuple = ()             # case fields the op needs besides cases.REQUIRED
+    run: Optional[Callable] = None   # case, backend, device, subject -> [Check]: an op judged as a
+                                     # whole, its expectation the backend's own single-process run
+                                     # (distributed); inputs / reference / backend are then unused
+    expected: tuple = ()             # `expected` values the op takes besides reference / ml_dtypes
+    validate: Optional[Callable] = None      # case -> None, raises ValueError on bad fields
 
 
 _Q = dict(inputs=ops.quantize_inputs, reference=ops.quantize_reference, backend=ops.quantize_backend)
@@ -47,6 +52,8 @@ OPS = {
                         required=_RECIPE + ("offs",)),
     "convert_linear": OpDef(linear.convert_inputs, linear.convert_reference, linear.convert_backend,
                             api=True, required=("recipe", "fqn", "filter", "eligible")),
+    "distributed": OpDef(None, None, None, run=distributed.run, expected=distributed.EXPECTED,
+                         validate=distributed.validate, required=distributed.REQUIRED),
 }
 
 
@@ -79,6 +86,8 @@ class CaseResult:
 
 
 def format_label(case):
+    if case["op"] == "distributed":
+        return f"{case['recipe']} {case['dtype']} x{case['ranks']}"
     if "recipe" in case:
         return case.get("plan", case["recipe"])
     if "operands" in case or "a" in case:
@@ -152,6 +161,12 @@ def run_case(case, backend=None, device="cpu", subject="backend"):
     try:
         if "raises" in case:
             _run_raises(case, backend, device, subject, result)
+        elif OPS[case["op"]].run is not None:
+            if backend is None:
+                result.notes.append("skipped: judges a backend against its own single-process "
+                                    "run; no backend given")
+            else:
+                result.checks += OPS[case["op"]].run(case, backend, device, subject)
         else:
             _run_values(case, backend, device, subject, result)
     except ops.OpMissing as e:

@@ -2,6 +2,10 @@
 RC-8, RC-10); every entry says why."""
 import numpy as np
 
+# Distributed cases (conformance/distributed.py) take their bounds from distributed_tests/
+# parity.py (TOLERANCES, product_bound, sum_order_bound: the table the distributed tests use,
+# with its reasons); restating them here would give two tables that can drift apart.
+
 # Payloads, scales and scale bytes are compared bit for bit: no tolerance exists for them.
 # The only freedom is NaN payload/sign bits (FMT-2): NaN is compared as "is NaN".
 

@@ -22,10 +22,11 @@ ALL = load_cases()
 QUICK = select(ALL, quick=True)
 # Judged on the NumPy reference alone: golden and ml_dtypes cases, properties the reference must
 # satisfy (BW-5), and raise cases of the numeric ops (an API rule's raise, e.g. RC-2, has no
-# reference side: it is judged on each backend below).
-SELF_CHECKED = [c for c in QUICK
-                if c["expected"] != "reference" or OPS[c["op"]].prop is not None
-                or ("raises" in c and not OPS[c["op"]].api)]
+# reference side: it is judged on each backend below). Distributed cases judge a backend against
+# its own single-process run: backends only.
+SELF_CHECKED = [c for c in QUICK if OPS[c["op"]].run is None and (
+                c["expected"] != "reference" or OPS[c["op"]].prop is not None
+                or ("raises" in c and not OPS[c["op"]].api))]
 # Judged on CPU: the torch adapter of the reference, the independent torch restatement, and the
 # fast backend's Triton kernels under the interpreter (TRITON_INTERPRET=1).
 BACKENDS = ("reference", "torch-cpu", "fast-interpret")
@@ -147,3 +148,51 @@ def test_known_failure_that_passes_fails():
     case = dict(next(c for c in QUICK if c["name"] == "linear_int8_fp32"), known_failure="demo")
     result = run_case(case, _backend("reference"), "cpu", "reference")
     assert result.status == "fail" and "remove its known_failure" in result.first_bad()
+
+
+_WRONG_POW2 = '''
+class WrongPow2:
+    """The reference, but every float8 quant_scale rounded down to a power of two (drops F8-2)."""
+    name = "wrong-pow2"
+
+    def __init__(self):
+        from qtrain.conformance.backends import resolve
+        self._inner = resolve("reference")
+
+    def quantize_float8(self, x, fmt, axis, pow2_scale, transposed=False):
+        return self._inner.quantize_float8(x, fmt, axis, True, transposed=transposed)
+
+    def __getattr__(self, attr):
+        return getattr(self._inner, attr)
+'''
+
+
+def test_distributed_case_catches_a_wrong_backend(tmp_path, monkeypatch):
+    """The distributed cases have teeth: under the float8 all-gather the weight is cast by
+    qtrain.fsdp with the global amax (F8-2), in one process by the backend; a backend with the
+    wrong tensorwise scale is caught in the ranks it is rebuilt in (by import path)."""
+    import sys
+    (tmp_path / "wrong_pow2_backend.py").write_text(_WRONG_POW2)
+    monkeypatch.syspath_prepend(str(tmp_path))       # spawned ranks inherit sys.path
+    spec = "wrong_pow2_backend:WrongPow2"
+    case = next(c for c in QUICK if c["name"] == "fsdp_float8_all_gather_tensorwise_fp32_2r")
+    result = run_case(case, resolve(spec), "cpu", subject=spec)
+    sys.modules.pop("wrong_pow2_backend", None)
+    assert result.status == "fail" and "rank0" in result.first_bad(), result.as_dict()
+
+
+def test_distributed_case_fields_are_validated(tmp_path):
+    """A distributed case that asks for a bound its scenario does not define (P-FSDP is bitwise
+    only), or names another claim, is refused when the files load."""
+    import json
+    from qtrain.conformance.cases import CaseError
+    base = dict(name="d", why="w", rules=["RC-4"], op="distributed", scenario="fsdp",
+                claim="P-FSDP", recipe="tensorwise", ranks=2, dtype="float32",
+                shape=[16, 32, 64, 32], expected="single_process", compare="bitwise", quick=False)
+    for bad, match in ((dict(within_bound=["grad"]), "defines bounds"),
+                       (dict(claim="P-COL"), "checks claim"), (dict(ranks=3), "ranks")):
+        (tmp_path / "d.json").write_text(json.dumps({"about": "", "cases": [{**base, **bad}]}))
+        with pytest.raises(CaseError, match=match):
+            load_cases(tmp_path)
+    (tmp_path / "d.json").write_text(json.dumps({"about": "", "cases": [base]}))
+    assert load_cases(tmp_path)[0]["scenario"] == "fsdp"
