@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One batched GPU session (device tool): install, check fast against the reference, time.
 # Usage on the GPU machine:  bash benchmarks/gpu_session.sh STEP[,STEP...]
-#   steps: checks (GPU tests, conformance, gpu_fast_check), tuning (kernel_tuning), block, moe
+#   steps: checks (GPU tests, conformance), fastcheck (gpu_fast_check), tuning (kernel_tuning),
+#          block, moe, moeprof (profiler table), gates (pytest-benchmark GPU gates), roofline,
+#          demo (GPU preset, short), convergence (medium model)
 # Logs and reports go to $OUT (or ./out). Each step has its own time limit so one stuck step
 # cannot eat the session; a short summary prints last.
 set -u
@@ -37,5 +39,20 @@ if has block; then
 fi
 if has moe; then
   step moe_bench ${MOE_LIMIT_S:-150} python3 benchmarks/moe_bench.py
+fi
+if has moeprof; then
+  step moe_profile ${MOEPROF_LIMIT_S:-120} python3 benchmarks/moe_profile.py
+fi
+if has gates; then
+  step gates ${GATES_LIMIT_S:-300} python3 -m pytest -q -p no:cacheprovider tests/test_benchmarks_cpu.py -k gpu_gate
+fi
+if has roofline; then
+  step roofline ${ROOFLINE_LIMIT_S:-200} python3 -m benchmarks.roofline
+fi
+if has demo; then
+  step demo ${DEMO_LIMIT_S:-240} python3 -m qtrain.demo --steps ${DEMO_STEPS:-200} --out "$OUT/demo_loss.png"
+fi
+if has convergence; then
+  step convergence ${CONV_LIMIT_S:-540} python3 -m benchmarks.convergence --size medium
 fi
 echo; echo "=== summary"; printf '%s\n' "${summary[@]}"

@@ -1,0 +1,53 @@
+"""Where the time of a quantized MoE grouped product goes (issue 6): torch.profiler over a few
+fwd+bwd steps of qtrain.grouped_mm on the fast backend, top kernels by GPU time, next to bf16.
+
+    python benchmarks/moe_profile.py [--recipe rowwise|mxfp8] [--steps 5]
+"""
+import argparse
+import dataclasses
+import sys
+
+import torch
+
+E, M, K, N = 8, 16384, 4096, 2048
+
+
+def _step(x, w, offs, g, fn):
+    x.grad = w.grad = None
+    fn(x, w, offs).backward(g)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="rowwise", choices=("rowwise", "mxfp8"))
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rows", type=int, default=15, help="kernels listed per table")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/moe_profile.py: needs CUDA (it profiles the fast backend's kernels)")
+        return 0
+    import qtrain
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(M, K, generator=gen, device="cuda").to(torch.bfloat16).requires_grad_()
+    w = (torch.randn(E, N, K, generator=gen, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(M, N, generator=gen, device="cuda").to(torch.bfloat16)
+    offs = torch.arange(M // E, M + 1, M // E, device="cuda", dtype=torch.int32)
+    config = dataclasses.replace(qtrain.recipe_config(args.recipe), backend="fast")
+    variants = {"bf16": lambda a, b, o: torch._grouped_mm(a, b.transpose(-2, -1), offs=o),
+                f"qtrain {args.recipe}": lambda a, b, o: qtrain.grouped_mm(a, b, o, config)}
+    for name, fn in variants.items():
+        for _ in range(3):                                   # warm-up: compile, autotune
+            _step(x, w, offs, g, fn)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+                                                torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(args.steps):
+                _step(x, w, offs, g, fn)
+            torch.cuda.synchronize()
+        print(f"\n=== {name}: {args.steps} fwd+bwd steps, E={E} M={M} K={K} N={N}")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
