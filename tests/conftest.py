@@ -21,3 +21,14 @@ def assert_bits_equal():
         a, e = actual.view(uint), expected.view(uint)
         assert np.array_equal(a, e), _first_mismatch_report(a, e, what)
     return check
+
+
+@pytest.fixture
+def seed():
+    """A fresh random seed for torch (STYLE: fresh inputs each run), printed so a failure can be
+    replayed."""
+    import torch
+    s = int(np.random.SeedSequence().entropy % 2 ** 31)
+    torch.manual_seed(s)
+    print(f"seed {s}")
+    return s

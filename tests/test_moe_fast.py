@@ -18,14 +18,6 @@ from linear_helpers import assert_mm4, to_np
 OFFS = {"uneven": [5, 5, 23, 37], "empty_ends": [0, 17, 24, 24], "single": [0, 0, 30, 30]}
 
 
-@pytest.fixture
-def seed():
-    s = int(np.random.SeedSequence().entropy % 2 ** 31)
-    torch.manual_seed(s)
-    print(f"seed {s}")
-    return s
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("grouping", sorted(OFFS))
 def test_grouped_cast_bitexact_F8_7(grouping, dtype, seed):

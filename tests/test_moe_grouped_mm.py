@@ -34,14 +34,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture
-def seed():
-    s = int(np.random.SeedSequence().entropy % 2 ** 31)
-    torch.manual_seed(s)
-    print(f"seed {s}")
-    return s
-
-
 def _offs(values):
     return torch.tensor(values, dtype=torch.int32)
 

@@ -23,14 +23,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture
-def seed():
-    s = int(np.random.SeedSequence().entropy % 2 ** 31)
-    torch.manual_seed(s)
-    print(f"seed {s}")
-    return s
-
-
 @pytest.mark.parametrize("recipe", sorted(CONFIGS))
 def test_moe_block_sqnr_and_grads(recipe, seed):
     model = MoEBlock()
