@@ -14,7 +14,6 @@ Which parity holds where (the numbered claims the tests check; see README.md her
            split axis (tensorwise amax per shard, rowwise groups along K): within the
            quantization bound QBOUND below, not bitwise (different scaling groups).
 """
-import math
 
 import torch
 

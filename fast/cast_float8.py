@@ -7,7 +7,7 @@ import triton.language as tl
 from .amax import amax_bits_2d
 from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
                      flat_2d, kernel_input, normalize_axis, pow2_at_most, rowwise_tile, use_soft_cast)
-from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
+from .encode import abs_bits, encode_float8, float8_quant_scale, row_amax_bits, widen_to_fp32
 
 LAYER = "qtrain.fast.cast_float8"
 
@@ -33,12 +33,7 @@ def _float8_rowwise_kernel(x_ptr, data_ptr, qs_ptr, R, K,
         code = encode_float8(x * qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
         tl.store(data_ptr + base + cols[None, :], code, mask=mask)
         return
-    amax = tl.zeros((BLOCK_R,), dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        mask = row_ok[:, None] & (cols[None, :] < K)
-        x = widen_to_fp32(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), IS_BF16)
-        amax = tl.maximum(amax, tl.max(abs_bits(x), axis=1))
+    amax = row_amax_bits(x_ptr, base, row_ok, K, BLOCK_R, BLOCK_K, IS_BF16)
     qs = float8_quant_scale(amax, MAX, POW2)
     tl.store(qs_ptr + rows, qs, mask=row_ok)
     for k0 in range(0, K, BLOCK_K):

@@ -9,7 +9,7 @@ from qtrain.formats import EPS_AMAX, INT8_MAX
 from .amax import amax_bits_2d
 from .common import (cast_tile, check_device, flat_2d, check_input, fp32, kernel_input, normalize_axis,
                      rowwise_tile)
-from .encode import abs_bits, is_finite_bits, widen_to_fp32
+from .encode import abs_bits, is_finite_bits, row_amax_bits, widen_to_fp32
 
 LAYER = "qtrain.fast.cast_int8"
 NOISE_NONE, NOISE_TENSOR, NOISE_SEED = 0, 1, 2
@@ -91,12 +91,7 @@ def _int8_rowwise_kernel(x_ptr, data_ptr, ds_ptr, noise_ptr, seed, R, K,
         tl.store(data_ptr + offs, _int8_round(x, inv[:, None], finite[:, None], u, NOISE != 0),
                  mask=mask)
         return
-    amax = tl.zeros((BLOCK_R,), dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        mask = row_ok[:, None] & (cols[None, :] < K)
-        x = widen_to_fp32(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), IS_BF16)
-        amax = tl.maximum(amax, tl.max(abs_bits(x), axis=1))
+    amax = row_amax_bits(x_ptr, base, row_ok, K, BLOCK_R, BLOCK_K, IS_BF16)
     ds, inv, finite = _int8_scales(amax, EPS32)
     tl.store(ds_ptr + rows, ds, mask=row_ok)
     for k0 in range(0, K, BLOCK_K):

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qtrain.formats import E8M0_NAN, MX_ELEM_FORMATS, MX_SCALE_MODES, float8_format
+from qtrain.formats import MX_ELEM_FORMATS, MX_SCALE_MODES, float8_format
 from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params, fp32,
                      kernel_input, normalize_axis, pow2_at_most, use_soft_cast)
 from .encode import abs_bits, encode_float8, is_finite_bits, widen_to_fp32

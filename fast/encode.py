@@ -32,6 +32,20 @@ def abs_bits(x):
 
 
 @triton.jit
+def row_amax_bits(x_ptr, base, row_ok, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                  IS_BF16: tl.constexpr):
+    """Per-row max of |x| bits over rows `base` (int64 row offsets) of a row-major x with K
+    columns, read BLOCK_K at a time (F8-1 / I8-1 amax; NaN bits sort above inf)."""
+    amax = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < K)
+        x = widen_to_fp32(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), IS_BF16)
+        amax = tl.maximum(amax, tl.max(abs_bits(x), axis=1))
+    return amax
+
+
+@triton.jit
 def is_finite_bits(amax_bits):
     """amax bits below +inf: the group is finite (F8-5, MX-2, I8-6 test this)."""
     return amax_bits < 0x7F800000
