@@ -15,28 +15,38 @@ import traceback
 import numpy as np
 import torch
 
-T0 = time.time()
-BUDGET_S = float(os.environ.get("QTRAIN_GPU_CHECK_BUDGET_S", "210"))   # checks stop past this
-ROWS = []            # one dict per result
+class RunLog:
+    """Result rows of one GPU script: `record` prints a row and keeps it; `guarded` runs one
+    check or timing and turns an exception (or the time budget running out) into a FAIL/SKIP
+    row instead of a crash. Shared with benchmarks/kernel_tuning.py."""
+
+    def __init__(self, budget_s, value_key="value", traceback_limit=3):
+        self.t0 = time.time()
+        self.budget_s = budget_s
+        self.value_key = value_key
+        self.traceback_limit = traceback_limit
+        self.rows = []
+
+    def record(self, op, recipe, shape, metric, value, status="ok"):
+        self.rows.append({"op": op, "backend": "fast", "recipe": recipe, "shape": str(shape),
+                          "metric": metric, self.value_key: value, "status": status})
+        print(f"[{time.time() - self.t0:6.1f}s] {op:28s} {recipe:34s} {str(shape):22s} "
+              f"{metric:16s} {value} {'' if status == 'ok' else status}", flush=True)
+
+    def guarded(self, op, recipe, shape, fn):
+        if time.time() - self.t0 > self.budget_s:
+            self.record(op, recipe, shape, "skipped", "", "SKIP: time budget")
+            return
+        try:
+            fn()
+        except Exception as e:   # noqa: BLE001 (report, not crash)
+            self.record(op, recipe, shape, "error", "", f"FAIL: {type(e).__name__}: {str(e)[:300]}")
+            if self.traceback_limit:
+                traceback.print_exc(limit=self.traceback_limit)
 
 
-def record(op, recipe, shape, metric, value, status="ok"):
-    ROWS.append(dict(op=op, backend="fast", recipe=recipe, shape=str(shape), metric=metric,
-                     value=value, status=status))
-    print(f"[{time.time() - T0:6.1f}s] {op:28s} {recipe:26s} {str(shape):22s} {metric:14s} "
-          f"{value} {status if status != 'ok' else ''}", flush=True)
-
-
-def guarded(op, recipe, shape, fn):
-    """Run one check; a failure or exception becomes a FAIL row, never a crash."""
-    if time.time() - T0 > BUDGET_S:
-        record(op, recipe, shape, "skipped", "", "SKIP: time budget")
-        return
-    try:
-        fn()
-    except Exception as e:   # noqa: BLE001 (report, not crash)
-        record(op, recipe, shape, "error", "", f"FAIL: {type(e).__name__}: {str(e)[:300]}")
-        traceback.print_exc(limit=3)
+LOG = RunLog(float(os.environ.get("QTRAIN_GPU_CHECK_BUDGET_S", "210")))   # checks stop past this
+T0, ROWS, record, guarded = LOG.t0, LOG.rows, LOG.record, LOG.guarded
 
 
 def to_np(t):

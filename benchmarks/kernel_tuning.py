@@ -17,32 +17,16 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_fast_check as G  # noqa: E402  (edge inputs, bit compare, MM-4 ratio, operands)
 
-BUDGET_S = float(os.environ.get("QTRAIN_TUNING_BUDGET_S", "220"))
-T0 = time.time()
-ROWS = []
+# the tuning CSV keeps its "median" column (benchmarks/roofline.py reads either)
+LOG = G.RunLog(float(os.environ.get("QTRAIN_TUNING_BUDGET_S", "220")), value_key="median",
+               traceback_limit=0)
+T0, ROWS, record, guarded = LOG.t0, LOG.rows, LOG.record, LOG.guarded
 # today's H200 numbers of the previous kernels (benchmarks/results, gpu_fast_check.log),
 # GB/s on minimal bytes (read x once, write payload + scales) and TFLOP/s on 8192^3
 OLD = {"float8 tensorwise": 2059, "float8 rowwise": 1985, "float8 columnwise": 1411,
        "float8 dual row+col.T": 1436, "mx dim-1 floor": 3691, "mx dim0 transposed": 1544,
        "int8 rowwise rne": 1929, "int8 rowwise stochastic": 774, "int8 columnwise rne": 1097,
        "blockwise 1x128": 3239, "blockwise 128x128": 3160}
-
-
-def record(op, recipe, shape, metric, value, status="ok"):
-    ROWS.append(dict(op=op, backend="fast", recipe=recipe, shape=str(shape), metric=metric,
-                     median=value, status=status))
-    print(f"[{time.time() - T0:6.1f}s] {op:26s} {recipe:34s} {str(shape):20s} {metric:16s} "
-          f"{value} {'' if status == 'ok' else status}", flush=True)
-
-
-def guarded(op, recipe, shape, fn):
-    if time.time() - T0 > BUDGET_S:
-        record(op, recipe, shape, "skipped", "", "SKIP: time budget")
-        return
-    try:
-        fn()
-    except Exception as e:   # noqa: BLE001 (report, not crash)
-        record(op, recipe, shape, "error", "", f"FAIL: {type(e).__name__}: {str(e)[:240]}")
 
 
 def bench(fn):
@@ -248,7 +232,7 @@ def time_products():
                 ods = (torch.bfloat16, torch.float32) if kind == "rowwise" else (torch.bfloat16,)
                 for name, fn in runs:
                     for od in ods:
-                        if time.time() - T0 > BUDGET_S:
+                        if time.time() - T0 > LOG.budget_s:
                             return
                         ms = bench(lambda: fn(*ops, od))
                         tf = flop / ms / 1e9
