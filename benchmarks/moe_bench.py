@@ -72,17 +72,36 @@ def check_fast_vs_reference(fast):
     record("grouped_cast_f8_cols", "fast", "rowwise", shape, "bitexact", same)
     for name, config in (("rowwise", qtrain.Float8LinearConfig(recipe="rowwise")),
                          ("mxfp8-rceil", qtrain.MXLinearConfig(scale_mode="rceil"))):
-        for pad in (True, False) if name == "rowwise" else (True,):
-            fg.PAD_2D3D = pad
-            try:
-                fast_res = _run(fast, x, w, offs, g, config.plan())
-            finally:
-                fg.PAD_2D3D = True
-            ref_res = _run("reference", x.cpu(), w.cpu(), offs.cpu(), g.cpu(), config.plan())
-            for what, a, b in zip(("out", "grad_input", "grad_weight"), fast_res, ref_res):
-                rel = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-                record("grouped_mm_vs_ref", "fast", f"{name}{'' if pad else ' nopad'}", shape,
-                       f"{what} maxrel", f"{rel:.2e} {'ok' if rel < 2 ** -6 else 'FAIL'}")
+        fast_res = _run(fast, x, w, offs, g, config.plan())
+        ref_res = _run("reference", x.cpu(), w.cpu(), offs.cpu(), g.cpu(), config.plan())
+        for what, a, b in zip(("out", "grad_input", "grad_weight"), fast_res, ref_res):
+            rel = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+            record("grouped_mm_vs_ref", "fast", name, shape, f"{what} maxrel",
+                   f"{rel:.2e} {'ok' if rel < 2 ** -6 else 'FAIL'}")
+
+
+def tune_group_casts():
+    """Tile sizes of the per-group column casts (fast/grouped_mm.py GROUP_BLOCK_R/_C) on the
+    MoE shape: microseconds and GB/s of the bytes the kernel must move (two reads of the bf16
+    input, one write of the float8 payload)."""
+    from qtrain.fast import grouped_mm as fg
+    E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16)
+    offs = torch.arange(M // E, M + 1, M // E, device="cuda", dtype=torch.int32)
+    default = (fg.GROUP_BLOCK_R, fg.GROUP_BLOCK_C)
+    jobs = {"tokens x (M, K)": (lambda: fg.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True), x),
+            "experts w (E, N, K)": (lambda: fg.quantize_float8_experts_t(w, "float8_e4m3fn", True), w)}
+    try:
+        for br, bc in ((32, 64), (64, 64), (128, 64), (64, 128), (32, 128), (128, 32)):
+            fg.GROUP_BLOCK_R, fg.GROUP_BLOCK_C = br, bc
+            for label, (fn, src) in jobs.items():
+                t = time_fn(fn, warmup=2, reps=10, device="cuda")["median"]
+                gbs = 5 * src.numel() / (t * 1e-3) / 1e9
+                record("group_cast_tile", "fast", "rowwise", f"{label} BR{br} BC{bc}", "us_GBps",
+                       f"{t * 1e3:.0f} us {gbs:.0f} GB/s")
+    finally:
+        fg.GROUP_BLOCK_R, fg.GROUP_BLOCK_C = default
 
 
 def bench(fast):
@@ -105,19 +124,29 @@ def bench(fast):
             fn().backward(g)
         return run
 
-    cases = {"bf16 torch._grouped_mm": (
-        "torch", "bf16", step(lambda: torch._grouped_mm(xr, w.transpose(-2, -1), offs=offs)))}
+    bf16 = lambda: torch._grouped_mm(xr, w.transpose(-2, -1), offs=offs)
+    cases = {"bf16 torch._grouped_mm": ("torch", "bf16", step(bf16))}
+    variants = {}
     for name, config in (("float8 rowwise", qtrain.Float8LinearConfig(recipe="rowwise")),
                          ("mxfp8 emulated", qtrain.MXLinearConfig(scale_mode="rceil"))):
         plan = config.plan()
-        cases[f"qtrain {name}"] = ("qtrain-fast", config.short_id, step(
+        variants[f"qtrain {name}"] = ("qtrain-fast", config.short_id, (
             lambda plan=plan: _QuantizedGroupedMMFn.apply(xr, w, offs, plan, fast)))
     try:
         from torchao.prototype.moe_training import _to_fp8_rowwise_then_scaled_grouped_mm as ao
-        cases["torchao fp8 rowwise"] = ("torchao", "rowwise", step(
-            lambda: ao(xr, w.transpose(-2, -1), offs=offs, out_dtype=torch.bfloat16)))
+        # groups here are 2048 tokens (multiples of 16): torchao's padding is not needed, and
+        # its default (pad_token_groups_for_grouped_mm=True) raises in 0.18
+        variants["torchao fp8 rowwise"] = ("torchao", "rowwise", lambda: ao(
+            xr, w.transpose(-2, -1), offs=offs, out_dtype=torch.bfloat16,
+            pad_token_groups_for_grouped_mm=False))
     except Exception as e:    # noqa: BLE001
         print(f"torchao grouped mm not timed: {type(e).__name__}: {e}")
+    cases.update({k: (b, r, step(f)) for k, (b, r, f) in variants.items()})
+    if os.environ.get("MOE_COMPILE", "1") == "1":
+        cases["bf16 compiled"] = ("torch-compiled", "bf16", step(torch.compile(bf16)))
+        for k, (b, r, f) in variants.items():
+            if "mxfp8" not in k:
+                cases[f"{k} compiled"] = (f"{b}-compiled", r, step(torch.compile(f)))
     table, base = [], None
     for label, (backend, recipe, fn) in cases.items():
         try:
@@ -140,6 +169,7 @@ def main():
     t0 = time.time()
     fast = _setup_backends()
     guarded("check", lambda: check_fast_vs_reference(fast))
+    guarded("tune", tune_group_casts)
     table = []
     guarded("bench", lambda: table.extend(bench(fast)))
     append_rows(ROWS)

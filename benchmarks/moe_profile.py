@@ -6,6 +6,7 @@ fwd+bwd steps of qtrain.grouped_mm on the fast backend, top kernels by GPU time,
 import argparse
 import dataclasses
 import sys
+import time
 
 import torch
 
@@ -44,8 +45,17 @@ def main(argv=None):
             for _ in range(args.steps):
                 _step(x, w, offs, g, fn)
             torch.cuda.synchronize()
-        print(f"\n=== {name}: {args.steps} fwd+bwd steps, E={E} M={M} K={K} N={N}")
+        t0 = time.perf_counter()                              # CPU-bound or GPU-bound?
+        for _ in range(10):
+            _step(x, w, offs, g, fn)
+        t_enqueue = time.perf_counter() - t0
+        torch.cuda.synchronize()
+        t_wall = time.perf_counter() - t0
+        print(f"\n=== {name}: no profiler, per step: host enqueue {t_enqueue * 100:.3f} ms, "
+              f"wall {t_wall * 100:.3f} ms (enqueue close to wall: the host is the bottleneck)")
+        print(f"=== {name}: {args.steps} fwd+bwd steps, E={E} M={M} K={K} N={N}")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return 0
 
 

@@ -212,6 +212,13 @@ class TorchCpuBackend:
             start = end
         return data_t, qs
 
+    def quantize_float8_experts_t(self, w, fmt, pow2_scale):
+        """w (E, N, K): amax over N for each (expert, k) (F8-7 within each expert), payload
+        written as (E, K, N) = every w[e].T quantized rowwise."""
+        amax = _amax(w.float(), (1,))                                      # (E, 1, K)
+        data, qs = _float8_scale_and_cast(w.float(), amax, fmt, pow2_scale)
+        return data.transpose(1, 2).contiguous(), qs.reshape(w.shape[0], w.shape[2])
+
     # ---- products (MM-*) --------------------------------------------------------------------
     @staticmethod
     def _expand(d, shape):
@@ -223,7 +230,7 @@ class TorchCpuBackend:
         bb = b.double() * self._expand(b_dequant, b.shape)
         return _round_out(aa @ bb.T, out_dtype)                                   # MM-2: one rounding
 
-    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype):
+    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1):
         if b.dim() == 2:
             return self._grouped_2d2d(a, a_dequant, b, b_dequant, offs, out_dtype)
         out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64)

@@ -4,7 +4,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import bits, compare, distributed, grouped_linear, linear, ops, products
+from . import bits, compare, distributed, grouped_casts, grouped_linear, linear, ops, products
 from .compare import Check
 
 
@@ -40,6 +40,9 @@ OPS = {
     "quantize_blockwise_pair": OpDef(ops.blockwise_pair_inputs, ops.blockwise_pair_reference,
                                      ops.blockwise_pair_backend, prop=ops.blockwise_pair_property,
                                      required=("block", "block_t", "input")),
+    **{name: OpDef(grouped_casts.inputs, grouped_casts.reference, grouped_casts.backend,
+                   required=("format", "input") + (("offs", "align") if "grouped" in name else ()))
+       for name in ("quantize_float8_grouped_t", "quantize_float8_experts_t")},
     "scaled_mm_nt": OpDef(products.mm_inputs, products.mm_reference, products.mm_backend,
                           bounds=products.mm_bounds),
     "scaled_grouped_mm": OpDef(products.grouped_inputs, products.grouped_reference,

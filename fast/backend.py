@@ -131,7 +131,12 @@ class FastBackend:
         self._check(x)
         return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale)
 
-    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype):
+    def quantize_float8_experts_t(self, w, fmt, pow2_scale):
+        from .grouped_mm import quantize_float8_experts_t
+        self._check(w)
+        return quantize_float8_experts_t(w, fmt, pow2_scale)
+
+    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1):
         from .grouped_mm import scaled_grouped_mm
         self._check(a)
-        return scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype)
+        return scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype, group_align)

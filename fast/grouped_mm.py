@@ -1,15 +1,19 @@
-"""Grouped products for MoE layers, spec/06 MM-5 and spec/07 RC-13: the per-group float8 cast
-for grad_weight (Triton) and the grouped product routing.
+"""Grouped products for MoE layers, spec/06 MM-5 and spec/07 RC-13: the per-group float8
+column casts (token groups for grad_weight, experts of a weight for grad_input; Triton) and
+the grouped product routing.
 
 Products (`scaled_grouped_mm`), all NT (MM-1):
 - float8 with per-row / per-group factors, bf16 out, on sm90+: torch._scaled_grouped_mm.
   Its layout facts: 2d x 3d takes A (M, K) row-major and B (E, K, N) column-major, which is
   `b.transpose(-2, -1)` of our row-major (E, N, K) payload (no copy); fp32 scales A (M,) and
   B (E, N); 2d x 2d takes A (M, T) row-major, B (T, N) column-major (= our (N, T) payload
-  transposed) and scales (E*M,), (E*N,); offs int32 cumulative ends; out bf16 only. Group
-  starts must be 16-row aligned (16-byte TMA addresses): 2d x 2d operands arrive padded (the
-  grad_weight cast writes the padded layout); 2d x 3d rows are padded here by a device-side
-  gather when PAD_2D3D (no host sync), and the padding rows are dropped from the result.
+  transposed) and scales (E*M,), (E*N,); offs int32 cumulative ends; out bf16 only. Only the
+  2d x 2d form needs aligned groups (each group's first column on a 16-byte TMA address, so
+  a multiple of 16 fp8 columns): the grouped layer's grad_weight cast writes that padded
+  layout and says so (group_align=16); any other caller's operands are padded here by a
+  device-side gather (no host sync). 2d x 3d groups (along M) may start anywhere: checked
+  against the reference on the H200 with groups of 37, 0, 153 and 100 rows. Regions the
+  kernel leaves unwritten (rows past offs[-1], empty groups) are zeroed by one small launch.
 - anything else (MX factors, fp32 out, CPU/interpreter, older GPUs): EMULATED. The payloads
   are dequantized exactly (float8 code times a power-of-two factor is exact in fp32; with
   non-power-of-two factors this is MM-3's one fp32 rounding of the factor product) and run
@@ -25,34 +29,44 @@ import triton
 import triton.language as tl
 
 from qtrain.grouping import (gather_rows, group_bounds, pad_index, padded_offsets, padded_rows,
-                             rows_in_groups, unpad_index)
+                             rows_in_groups)
 from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
                      kernel_input, pow2_at_most, use_soft_cast)
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
 LAYER = "qtrain.fast.grouped_mm"
 log = logging.getLogger("qtrain")
-PAD_2D3D = True          # pad 2d x 3d groups to 16 rows for torch._scaled_grouped_mm
 FLOAT8_ALIGN = 16
 
 
 @triton.jit
-def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, C, MP,
-                                ALIGN: tl.constexpr, BLOCK_R: tl.constexpr,
-                                BLOCK_C: tl.constexpr, POW2: tl.constexpr,
-                                MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
-                                FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
+def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, C, GROUP_ROWS,
+                                G_STRIDE, C_STRIDE, FROM_OFFS: tl.constexpr,
+                                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                                POW2: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
+                                BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                                 EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
-    """Program (g, column tile): rows [start, end) of group g of row-major x (M, C).
+    """Program (g, column tile): rows [start, end) of group g of row-major x (M, C); the groups
+    come from offs and the padded starts from pends (FROM_OFFS), or are GROUP_ROWS rows each
+    with no padding (the experts of a weight (E, N, K) seen as (E*N, K)).
     Loop 1: column amax over the group's rows only (integer max of |x| bits, NaN on top, F8-1);
     qs = F8-2/F8-3/F8-5 per column. Loop 2: data = rne(clamp(x * qs)) (F8-4), stored
-    transposed at data_t[c, pstart + (r - start)] (C, MP); padding columns stay zero."""
+    transposed at data_t[g * G_STRIDE + c * C_STRIDE + pstart + (r - start)]: (C, Mp) for token
+    groups (G_STRIDE 0, C_STRIDE Mp, padding columns written as zeros), (E, C, GROUP_ROWS) for experts."""
     g = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
-    end = tl.load(offs_ptr + g)
-    start = tl.load(offs_ptr + g - 1, mask=g > 0, other=0)
-    pstart = tl.load(pends_ptr + g - 1, mask=g > 0, other=0)
+    if FROM_OFFS:
+        end = tl.load(offs_ptr + g)
+        start = tl.load(offs_ptr + g - 1, mask=g > 0, other=0)
+        pstart = tl.load(pends_ptr + g - 1, mask=g > 0, other=0)
+        pend = tl.load(pends_ptr + g)
+        pend = tl.where(g == tl.num_programs(0) - 1, C_STRIDE, pend)   # last: up to Mp
+    else:
+        start = g * GROUP_ROWS
+        end = start + GROUP_ROWS
+        pstart = 0
+        pend = GROUP_ROWS
     amax = tl.zeros((BLOCK_C,), dtype=tl.int32)
     for r0 in range(start, end, BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)
@@ -61,14 +75,34 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
         amax = tl.maximum(amax, tl.max(abs_bits(widen_to_fp32(x, IS_BF16)), axis=0))
     qs = float8_quant_scale(amax, MAX, POW2)          # amax 0 (empty group): F8-6 scale
     tl.store(qs_ptr + g * C + cols, qs, mask=col_ok)
-    for r0 in range(start, end, BLOCK_R):
+    # loop 2 also writes the zero padding after the group (up to the next padded start; the
+    # last group up to Mp), so the output needs no memset
+    base = g.to(tl.int64) * G_STRIDE + pstart
+    for r0 in range(start, start + (pend - pstart), BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)
         mask = (rows < end)[:, None] & col_ok[None, :]
         x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
         code = encode_float8(widen_to_fp32(x, IS_BF16) * qs[None, :], MAX, MBITS, BIAS, FNUZ,
                              TL_DTYPE, EXACT_SOFT_CAST)
-        dst = cols[None, :].to(tl.int64) * MP + (pstart + rows - start)[:, None]
-        tl.store(data_t_ptr + dst, code, mask=mask)
+        dst = base + cols[None, :].to(tl.int64) * C_STRIDE + (rows - start)[:, None]
+        keep = ((rows - start) < (pend - pstart))[:, None] & col_ok[None, :]
+        tl.store(data_t_ptr + dst, code, mask=keep)
+
+
+GROUP_BLOCK_R, GROUP_BLOCK_C = 64, 64       # tile of the per-group column cast
+
+
+def _launch_group_cols_t(x, offs, pends, data_t, qs, n_groups, group_rows, g_stride, c_stride,
+                         fmt, pow2_scale):
+    c = x.shape[-1]
+    block_c = pow2_at_most(c, GROUP_BLOCK_C)
+    x_in, is_bf16 = kernel_input(x)
+    _float8_group_cols_t_kernel[(n_groups, triton.cdiv(c, block_c))](
+        x_in, offs, pends, data_t.view(torch.uint8), qs, c, group_rows, g_stride, c_stride,
+        FROM_OFFS=offs is not None, BLOCK_R=GROUP_BLOCK_R, BLOCK_C=block_c, POW2=pow2_scale,
+        **float8_params(fmt),
+        EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
+        IS_BF16=is_bf16)
 
 
 def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False):
@@ -84,18 +118,29 @@ def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False):
     mp = padded_rows(m, n_groups, align)
     offs = offs.contiguous()
     pends = padded_offsets(offs, align)
-    data_t = torch.zeros((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device)
     qs = torch.empty((n_groups, c), dtype=torch.float32, device=x.device)
     if n_groups == 0:
-        return data_t, qs
-    block_c = pow2_at_most(c, 64)
-    x_in, is_bf16 = kernel_input(x)
-    _float8_group_cols_t_kernel[(n_groups, triton.cdiv(c, block_c))](
-        x_in, offs, pends, data_t.view(torch.uint8), qs, c, mp, ALIGN=align, BLOCK_R=32,
-        BLOCK_C=block_c, POW2=pow2_scale, **float8_params(fmt),
-        EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
-        IS_BF16=is_bf16)
+        return torch.zeros((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device), qs
+    data_t = torch.empty((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device)
+    _launch_group_cols_t(x, offs, pends, data_t, qs, n_groups, 0, 0, mp, fmt, pow2_scale)
     return data_t, qs
+
+
+def quantize_float8_experts_t(w, fmt, pow2_scale=False):
+    """Backend interface (qtrain/grouped_ops.py): w (E, N, K) along N within each expert ->
+    (data (E, K, N) row-major, quant_scale fp32 (E, K)), i.e. every w[e].T quantized rowwise,
+    written straight from w (no transpose copy). One launch."""
+    check_format(fmt, LAYER)
+    check_input(w, LAYER)
+    check_device(_float8_group_cols_t_kernel, w, LAYER)
+    if w.dim() != 3:
+        raise ValueError(f"{LAYER}: expert weights must be (E, N, K), got {tuple(w.shape)}")
+    e, n, k = w.shape
+    data = torch.empty((e, k, n), dtype=TORCH_FLOAT8[fmt], device=w.device)
+    qs = torch.empty((e, k), dtype=torch.float32, device=w.device)
+    _launch_group_cols_t(w.reshape(e * n, k), None, None, data, qs, e, n, k * n, n, fmt,
+                         pow2_scale)
+    return data, qs
 
 
 # ---- products ------------------------------------------------------------------------------
@@ -147,9 +192,55 @@ def _torch_scaled_ok(a, b, out_dtype):
     return all(d % 16 == 0 for d in dims)          # K, N (and 2d x 2d's M) multiples of 16
 
 
+@triton.jit
+def _zero_rows_past_end_kernel(out_ptr, offs_ptr, n_groups, M, N, BLOCK_R: tl.constexpr,
+                               BLOCK_N: tl.constexpr):
+    """Rows r >= offs[-1] of out (M, N) set to +0; programs over earlier rows return at once."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    end = tl.load(offs_ptr + n_groups - 1, mask=n_groups > 0, other=0)
+    if tl.program_id(0) * BLOCK_R + BLOCK_R <= end:
+        return
+    keep = (rows >= end) & (rows < M)
+    for n0 in range(0, N, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        mask = keep[:, None] & (cols < N)[None, :]
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :],
+                 tl.zeros((BLOCK_R, BLOCK_N), dtype=out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _zero_empty_groups_kernel(out_ptr, offs_ptr, SIZE, BLOCK: tl.constexpr):
+    """out (E, R, C) contiguous: group g's slab set to +0 when group g is empty (offs[g] equals
+    the previous end); programs of non-empty groups return at once."""
+    g = tl.program_id(0)
+    end = tl.load(offs_ptr + g)
+    start = tl.load(offs_ptr + g - 1, mask=g > 0, other=0)
+    if end > start:
+        return
+    for i0 in range(tl.program_id(1) * BLOCK, SIZE, tl.num_programs(1) * BLOCK):
+        idx = i0 + tl.arange(0, BLOCK)
+        tl.store(out_ptr + g.to(tl.int64) * SIZE + idx,
+                 tl.zeros((BLOCK,), dtype=out_ptr.dtype.element_ty), mask=idx < SIZE)
+
+
 def _zero_outside(out, offs, is_3d):
     """MM-5: rows past offs[-1] are +0 (2d x 3d); empty groups give zeros (2d x 2d). The torch
-    kernels leave those regions unwritten."""
+    kernels leave those regions unwritten; one launch, no host sync, touching only them."""
+    if out.numel() == 0 or out.device.type != "cuda" or not out.is_contiguous():
+        return _zero_outside_torch(out, offs, is_3d)
+    if is_3d:
+        m, n = out.shape
+        _zero_rows_past_end_kernel[(triton.cdiv(m, 32),)](out, offs, offs.shape[0], m, n,
+                                                          BLOCK_R=32, BLOCK_N=128)
+    elif offs.shape[0]:
+        size = out[0].numel()
+        _zero_empty_groups_kernel[(offs.shape[0], min(64, triton.cdiv(size, 4096)))](
+            out, offs, size, BLOCK=4096)
+    return out
+
+
+def _zero_outside_torch(out, offs, is_3d):
+    """_zero_outside as whole-tensor torch.where (CPU, the interpreter, strided outputs)."""
     zero = torch.zeros((), dtype=out.dtype, device=out.device)
     if is_3d:
         return torch.where(rows_in_groups(offs, out.shape[0])[:, None], out, zero)
@@ -157,27 +248,33 @@ def _zero_outside(out, offs, is_3d):
     return torch.where((sizes > 0)[:, None, None], out, zero)
 
 
-def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32):
-    """Backend interface (qtrain/grouped_ops.py): MM-5, routed as the module docstring says."""
+def _pad_2d2d(a, a_dequant, b, b_dequant, offs, align):
+    """2d x 2d operands grouped along the contraction with groups that may start anywhere:
+    copy them into the padded layout (every group a multiple of `align` columns, zeros
+    between), where torch._scaled_grouped_mm's 16-byte TMA rule holds. Per-group factors are
+    unchanged; zero columns add nothing (MM-5)."""
+    idx = pad_index(offs, a.shape[1], align)
+    pad = lambda t: gather_rows(t.t().view(torch.uint8), idx).view(t.dtype).t()
+    return pad(a).contiguous(), a_dequant, pad(b).contiguous(), b_dequant, padded_offsets(offs, align)
+
+
+def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32, group_align=1):
+    """Backend interface (qtrain/grouped_ops.py): MM-5, routed as the module docstring says.
+    group_align: the caller's promise that every group of a 2d x 2d product starts at a
+    multiple of it (the grouped layer's padded layout); otherwise the operands are padded here."""
     is_3d = b.dim() == 3
     n_groups = offs.shape[0]
-    if _torch_scaled_ok(a, b, out_dtype):
+    if _torch_scaled_ok(a, b, out_dtype) and n_groups:
         if is_3d and _rowwise_2d3d(a, a_dequant, b, b_dequant):
-            sa, sb = a_dequant.reshape(-1).float(), b_dequant.reshape(n_groups, -1).float()
-            if PAD_2D3D:
-                m = a.shape[0]
-                idx = pad_index(offs, m, FLOAT8_ALIGN)
-                ap = gather_rows(a.view(torch.uint8), idx).view(a.dtype)
-                sap = gather_rows(sa, idx)
-                outp = torch._scaled_grouped_mm(ap, b.transpose(-2, -1), sap, sb,
-                                                offs=padded_offsets(offs, FLOAT8_ALIGN),
-                                                out_dtype=out_dtype)
-                return gather_rows(outp, unpad_index(offs, m, FLOAT8_ALIGN))
-            out = torch._scaled_grouped_mm(a, b.transpose(-2, -1), sa, sb, offs=offs,
+            # 2d x 3d: groups along M need no alignment (only K, N multiples of 16)
+            out = torch._scaled_grouped_mm(a, b.transpose(-2, -1), a_dequant.reshape(-1).float(),
+                                           b_dequant.reshape(n_groups, -1).float(), offs=offs,
                                            out_dtype=out_dtype)
             return _zero_outside(out, offs, True)
         if not is_3d and _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups):
-            # operands come padded (every group a multiple of 16 tokens)
+            if group_align % FLOAT8_ALIGN:
+                a, a_dequant, b, b_dequant, offs = _pad_2d2d(a, a_dequant, b, b_dequant, offs,
+                                                             FLOAT8_ALIGN)
             out = torch._scaled_grouped_mm(a, b.t(), a_dequant.reshape(-1).float(),
                                            b_dequant.reshape(-1).float(), offs=offs,
                                            out_dtype=out_dtype)

@@ -2,16 +2,20 @@
 qtrain/ops.py: the concrete backend name travels as a string and fake kernels give exact
 shapes, so torch.compile traces the grouped layer with opaque calls and no graph breaks.
 
-Backend interface (two methods, same names and signatures in every backend):
+Backend interface (three methods, same names and signatures in every backend):
 - quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale) -> (data_t, quant_scale):
   x (M, C) quantized along axis 0 WITHIN each token group (F8-7 applied to every slice
   x[offs[g-1]:offs[g]] on its own; an empty group has amax 0, F8-6). data_t is (C, Mp), the
   transposed payload in the padded layout of qtrain.grouping (group g at columns
   [padded_offs[g-1], padded_offs[g]), zeros elsewhere), Mp = padded_rows(M, E, align);
   quant_scale is fp32 (E, C).
-- scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype) -> out: MM-5 exactly as
-  qtrain.reference.scaled_grouped_mm (2d x 3d, or 2d x 2d grouped along the contraction, with
-  per-group (E, R, 1) or block-form factors).
+- quantize_float8_experts_t(w, fmt, pow2_scale) -> (data, quant_scale): expert weights
+  w (E, N, K) quantized along N within each expert, i.e. w[e].T (K, N) rowwise (F8-7) for
+  every e: data (E, K, N) row-major, quant_scale fp32 (E, K). (grad_input's B operand.)
+- scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1) -> out: MM-5
+  exactly as qtrain.reference.scaled_grouped_mm (2d x 3d, or 2d x 2d grouped along the
+  contraction, with per-group (E, R, 1) or block-form factors). group_align is a layout
+  promise only (every 2d x 2d group starts at a multiple of it); it never changes the result.
 """
 import torch
 
@@ -44,15 +48,29 @@ def _(x, offs, align, fmt, pow2_scale, backend):
             x.new_empty((n_groups, c), dtype=torch.float32))
 
 
+@torch.library.custom_op("qtrain::quantize_float8_experts_t", mutates_args=())
+def quantize_float8_experts_t(w: torch.Tensor, fmt: str, pow2_scale: bool,
+                              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return grouped_impl(backend).quantize_float8_experts_t(w, fmt, pow2_scale)
+
+
+@quantize_float8_experts_t.register_fake
+def _(w, fmt, pow2_scale, backend):
+    e, n, k = w.shape
+    return (w.new_empty((e, k, n), dtype=FLOAT8_DTYPES[fmt]),
+            w.new_empty((e, k), dtype=torch.float32))
+
+
 @torch.library.custom_op("qtrain::scaled_grouped_mm", mutates_args=())
 def scaled_grouped_mm(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
                       b_dequant: torch.Tensor, offs: torch.Tensor, out_dtype: torch.dtype,
-                      backend: str) -> torch.Tensor:
-    return grouped_impl(backend).scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype)
+                      backend: str, group_align: int = 1) -> torch.Tensor:
+    return grouped_impl(backend).scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype,
+                                                   group_align)
 
 
 @scaled_grouped_mm.register_fake
-def _(a, a_dequant, b, b_dequant, offs, out_dtype, backend):
+def _(a, a_dequant, b, b_dequant, offs, out_dtype, backend, group_align=1):
     if b.dim() == 3:                                   # 2d x 3d: (M, N)
         return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
     return a.new_empty((offs.shape[0], a.shape[0], b.shape[0]), dtype=out_dtype)   # (E, M, N)

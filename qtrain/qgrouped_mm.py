@@ -38,6 +38,10 @@ def _quantize_3d(w, spec, along_k, backend):
     """w (E, N, K) per expert, along K (output) or along N (grad_input, as B = w[g].T (K, N)).
     Returns (payload (E, R, C), fp32 factors (E, R, C / block)) in NT form."""
     e, n, k = w.shape
+    if not along_k and spec.kind == "float8" and not spec.tensorwise:
+        # one pass over w writes every w[g].T quantized (no transpose copy of w first)
+        data, qs = grouped_ops.quantize_float8_experts_t(w, spec.fmt, spec.pow2_scale, backend)
+        return data, torch.reciprocal(qs).unsqueeze(-1)
     src = w if along_k else w.transpose(1, 2).contiguous()
     q = quantize_operand(src.reshape(-1, src.shape[-1]), spec, 1, backend)
     rows, cols = src.shape[1], src.shape[2]
@@ -118,7 +122,9 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
                 a, da, pends = _grad_weight_operand(g, offs, gw[0], backend)
                 b, db, _ = x_saved
                 da, db = QOperand(a, da).dequant_fp32(), QOperand(b, db).dequant_fp32()
-                grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype, backend)
+                align = FLOAT8_ALIGN if gw[0].kind == "float8" else gw[0].block_size
+                grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype, backend,
+                                                       align)
             grad_w = grad_w.to(w.dtype)
         return grad_x, grad_w, None, None, None
 

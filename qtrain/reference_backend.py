@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from . import backend as _backend
-from .grouping import padded_rows
 
 _NP_FLOAT8 = {name: getattr(ml_dtypes, name) for name in
               ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")}
@@ -108,24 +107,17 @@ class ReferenceBackend:
     # ---- grouped products (MM-5, RC-13), served to qtrain/grouped_ops.py ----------------------
     def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
         """F8-7 along axis 0 within each group, payload transposed into the padded layout."""
-        ref = _ref()
-        x_np, ends = to_numpy(x), to_numpy(offs).astype(np.int64)
-        m, c = x_np.shape
-        data_t = np.zeros((c, padded_rows(m, len(ends), align)), dtype=_NP_FLOAT8[fmt])
-        # an empty group has amax 0: the F8-6 scale
-        quant_scale = np.empty((len(ends), c), dtype=np.float32)
-        quant_scale[:] = ref.float8_quant_scale(np.float32(0), fmt, pow2_scale)
-        start = pstart = 0
-        for g, end in enumerate(ends.tolist()):
-            if end > start:
-                data, qs = ref.quantize_float8(x_np[start:end], fmt, axis=0, pow2_scale=pow2_scale)
-                data_t[:, pstart:pstart + end - start] = data.T
-                quant_scale[g] = qs[0]
-            pstart += -(-(end - start) // align) * align
-            start = end
-        return to_torch(data_t, x.device), to_torch(quant_scale, x.device)
+        data_t, qs = _ref().quantize_float8_grouped_t(to_numpy(x), to_numpy(offs), align, fmt,
+                                                      pow2_scale)
+        return to_torch(data_t, x.device), to_torch(qs, x.device)
 
-    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype):
+    def quantize_float8_experts_t(self, w, fmt, pow2_scale):
+        """w (E, N, K): every w[e].T quantized rowwise (F8-7 along N within expert e)."""
+        data, qs = _ref().quantize_float8_experts_t(to_numpy(w), fmt, pow2_scale)
+        return to_torch(data, w.device), to_torch(qs, w.device)
+
+    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1):
+        # group_align is a layout promise for kernels; the reference reads any layout
         out = _ref().scaled_grouped_mm(to_numpy(a), to_numpy(a_dequant), to_numpy(b),
                                        to_numpy(b_dequant), to_numpy(offs),
                                        out_dtype=_np_out("scaled_grouped_mm", out_dtype))

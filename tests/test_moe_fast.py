@@ -32,6 +32,32 @@ def test_grouped_cast_bitexact_F8_7(grouping, dtype, seed):
                            b.view(torch.uint8) if b.element_size() == 1 else b), what
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_experts_cast_bitexact_F8_7(dtype, seed):
+    """grad_input's B: every w[e].T rowwise, written by one launch straight from w (E, N, K)."""
+    fast_backend()
+    w = (torch.randn(3, 40, 24) * 3).to(dtype).to(DEVICE)
+    w[1] = 0.0                                              # an all-zero expert: F8-6 scale
+    w[2, 5, 7] = float("nan")
+    got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
+    want = ReferenceBackend().quantize_float8_experts_t(w.cpu(), "float8_e4m3fn", False)
+    assert got[0].shape == (3, 24, 40) and got[1].shape == (3, 24)
+    assert torch.equal(got[0].cpu().view(torch.uint8), want[0].view(torch.uint8))
+    assert torch.equal(got[1].cpu().view(torch.int32), want[1].view(torch.int32))   # NaN bits too
+    assert got[1][2, 7].isnan()
+
+
+def test_experts_cast_is_rowwise_of_each_transpose(seed):
+    """The reference's meaning: expert e's payload is quantize_float8(w[e].T, axis=-1)."""
+    ref = ReferenceBackend()
+    w = torch.randn(2, 16, 32)
+    data, qs = ref.quantize_float8_experts_t(w, "float8_e5m2", True)
+    for e in range(2):
+        d, q = ref.quantize_float8(w[e].t().contiguous(), "float8_e5m2", -1, True)
+        assert torch.equal(data[e].view(torch.uint8), d.view(torch.uint8))
+        assert torch.equal(qs[e], q.reshape(-1))
+
+
 def test_emulated_products_within_MM_4(seed):
     fast_backend()
     offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32)

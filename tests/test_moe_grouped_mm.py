@@ -168,3 +168,13 @@ def test_errors_name_the_layer():
         grouped_mm(torch.randn(8, 40), torch.randn(2, 32, 40), _offs([4, 8]), config)
     with pytest.raises(NotImplementedError, match="rowwise"):
         grouped_mm(x, w, _offs([4, 8]), qtrain.Float8LinearConfig(recipe="tensorwise"))
+
+
+def test_padded_width_agrees_with_reference_RC_13():
+    """The torch layer's static padded length is the reference's (one layout, two codes)."""
+    from qtrain.grouping import padded_rows
+    from qtrain.reference.grouped import padded_width
+    for m in (0, 1, 15, 16, 17, 300, 4097):
+        for e in (1, 3, 8):
+            for align in (1, 16, 32, 128):
+                assert padded_rows(m, e, align) == padded_width(m, e, align)

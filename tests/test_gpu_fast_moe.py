@@ -1,0 +1,124 @@
+"""The grouped (MoE) products on the fast backend (CUDA) against the reference backend: the
+float8 column casts bit for bit, torch._scaled_grouped_mm's routes (2d x 3d with groups that
+start anywhere, 2d x 2d with unaligned groups padded inside) within MM-4, the regions it leaves
+unwritten set to zero (MM-5), and the whole grouped layer's output and gradients.
+
+Needs a CUDA GPU with float8 tensor cores: skipped elsewhere, with the reason shown (the CPU
+checks of the same kernels under the Triton interpreter are tests/test_moe_fast.py).
+"""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import qtrain
+from qtrain.fast import grouped_mm as fast_grouped
+from qtrain.reference_backend import ReferenceBackend
+
+from linear_helpers import assert_mm4, to_np
+
+SEED = int(os.environ.get("QTRAIN_TEST_SEED", torch.seed() % 2 ** 31))
+
+
+def _fast_ok():
+    if not torch.cuda.is_available():
+        return False, "no CUDA device: the fast backend runs on GPUs"
+    return qtrain.get_backend("fast").available()
+
+
+_OK, _WHY = _fast_ok()
+pytestmark = pytest.mark.skipif(not _OK, reason=_WHY or "fast backend unavailable")
+OFFS = [37, 37, 190, 290]          # uneven, one empty group, not 16-aligned, 10 tail rows
+M, E, K, N = 300, 4, 256, 128
+
+
+def _gen():
+    return torch.Generator(device="cuda").manual_seed(SEED)
+
+
+def _bits(t):
+    return t.cpu().view(torch.uint8 if t.element_size() == 1 else torch.int32)
+
+
+def test_casts_bitexact_F8_7():
+    gen = _gen()
+    x = (torch.randn(M, K, generator=gen, device="cuda") * 4).to(torch.bfloat16)
+    w = torch.randn(E, N, K, generator=gen, device="cuda").to(torch.bfloat16)
+    offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
+    ref = ReferenceBackend()
+    got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
+    want = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
+    for a, b in zip(got, want):
+        assert torch.equal(_bits(a), _bits(b))
+    got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
+    want = ref.quantize_float8_experts_t(w.cpu(), "float8_e4m3fn", False)
+    for a, b in zip(got, want):
+        assert torch.equal(_bits(a), _bits(b))
+
+
+@pytest.mark.parametrize("form", ["2d3d", "2d2d"])
+def test_scaled_grouped_mm_routes_MM_4_MM_5(form):
+    """torch._scaled_grouped_mm with groups as given (2d x 3d) or padded inside (2d x 2d,
+    group_align=1): each group within MM-4; rows past the end and empty groups exactly 0."""
+    gen = _gen()
+    fb = qtrain.get_backend("fast")
+    offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
+    x = torch.randn(M, K, generator=gen, device="cuda").to(torch.bfloat16)
+    if form == "2d3d":
+        w = torch.randn(E, N, K, generator=gen, device="cuda").to(torch.bfloat16)
+        a, qa = fb.quantize_float8(x, "float8_e4m3fn", -1, True)
+        b, qb = fb.quantize_float8(w.reshape(-1, K), "float8_e4m3fn", -1, True)
+        da, db = 1 / qa, (1 / qb).reshape(E, N, 1)
+        b = b.reshape(E, N, K)
+    else:                                    # x.T (K, M) @ g (M, N) per token group
+        g = torch.randn(M, N, generator=gen, device="cuda").to(torch.bfloat16)
+        ref = ReferenceBackend()
+        qa = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), 1, "float8_e4m3fn", True)
+        qb = ref.quantize_float8_grouped_t(g.cpu(), offs.cpu(), 1, "float8_e4m3fn", True)
+        a, da = qa[0].cuda(), (1 / qa[1]).unsqueeze(-1).cuda()
+        b, db = qb[0].cuda(), (1 / qb[1]).unsqueeze(-1).cuda()
+    out = fb.scaled_grouped_mm(a, da, b, db, offs, torch.bfloat16)
+    assert not out.isnan().any()
+    a64 = to_np(a.float()).astype(np.float64)
+    b64 = to_np(b.float()).astype(np.float64)
+    start = 0
+    for gi, end in enumerate(OFFS):
+        if form == "2d3d":
+            if end > start:
+                assert_mm4(f"group {gi}", out[start:end],
+                           a64[start:end] * to_np(da[start:end]).astype(np.float64),
+                           b64[gi] * to_np(db[gi]).astype(np.float64), torch.bfloat16, 128)
+        elif end > start:
+            assert_mm4(f"group {gi}", out[gi],
+                       a64[:, start:end] * to_np(da[gi]).astype(np.float64),
+                       b64[:, start:end] * to_np(db[gi]).astype(np.float64), torch.bfloat16, 128)
+        else:
+            assert not out[gi].any(), f"empty group {gi} must be zeros (MM-5)"
+        start = end
+    if form == "2d3d":
+        assert not out[OFFS[-1]:].any(), "rows past offs[-1] must be zeros (MM-5)"
+
+
+@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
+def test_layer_matches_reference(recipe):
+    gen = _gen()
+    config = dataclasses.replace(qtrain.recipe_config(recipe), backend="fast")
+    ref_config = dataclasses.replace(config, backend="reference")
+    offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
+    x = torch.randn(M, K, generator=gen, device="cuda").to(torch.bfloat16)
+    w = (torch.randn(E, N, K, generator=gen, device="cuda") * 0.05).to(torch.bfloat16)
+    g = torch.randn(M, N, generator=gen, device="cuda").to(torch.bfloat16)
+    results = []
+    for cfg, dev in ((config, "cuda"), (ref_config, "cpu")):
+        xr = x.to(dev).clone().requires_grad_()
+        wr = w.to(dev).clone().requires_grad_()
+        y = qtrain.grouped_mm(xr, wr, offs.to(dev), cfg)
+        y.backward(g.to(dev))
+        results.append([t.detach().float().cpu() for t in (y, xr.grad, wr.grad)])
+    for what, a, b in zip(("output", "grad_input", "grad_weight"), *results):
+        # same payloads and scales; products differ by accumulation order and one bf16 rounding
+        rel = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+        assert rel < 2 ** -6, f"{recipe} {what}: max relative difference {rel:.2e}"
+    assert not results[0][0][OFFS[-1]:].any()
