@@ -142,6 +142,18 @@ def bench(fast):
     except Exception as e:    # noqa: BLE001
         print(f"torchao grouped mm not timed: {type(e).__name__}: {e}")
     cases.update({k: (b, r, step(f)) for k, (b, r, f) in variants.items()})
+    from qtrain import _dispatch
+
+    def via_dispatcher(fn):        # the same calls through torch.library's dispatcher
+        def run():
+            _dispatch.DIRECT = False
+            try:
+                fn()
+            finally:
+                _dispatch.DIRECT = True
+        return run
+    b, r, f = variants["qtrain float8 rowwise"]
+    cases["qtrain float8 rowwise, custom-op dispatch"] = (b + "-dispatcher", r, via_dispatcher(step(f)))
     if os.environ.get("MOE_COMPILE", "1") == "1":
         cases["bf16 compiled"] = ("torch-compiled", "bf16", step(torch.compile(bf16)))
         for k, (b, r, f) in variants.items():

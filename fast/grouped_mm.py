@@ -188,8 +188,9 @@ def _torch_scaled_ok(a, b, out_dtype):
         return False
     if not a.dtype == b.dtype == torch.float8_e4m3fn:
         return False
-    dims = (a.shape[-1], b.shape[-2]) + ((a.shape[0],) if b.dim() == 2 else ())
-    return all(d % 16 == 0 for d in dims)          # K, N (and 2d x 2d's M) multiples of 16
+    # 2d x 3d: K and N multiples of 16; 2d x 2d: M and N (its contraction is padded if needed)
+    dims = (a.shape[-1], b.shape[-2]) if b.dim() == 3 else (a.shape[0], b.shape[0])
+    return all(d % 16 == 0 for d in dims)
 
 
 @triton.jit
@@ -248,14 +249,15 @@ def _zero_outside_torch(out, offs, is_3d):
     return torch.where((sizes > 0)[:, None, None], out, zero)
 
 
-def _pad_2d2d(a, a_dequant, b, b_dequant, offs, align):
-    """2d x 2d operands grouped along the contraction with groups that may start anywhere:
-    copy them into the padded layout (every group a multiple of `align` columns, zeros
-    between), where torch._scaled_grouped_mm's 16-byte TMA rule holds. Per-group factors are
-    unchanged; zero columns add nothing (MM-5)."""
+def _pad_columns(a, b, offs, align):
+    """2d x 2d operands (M, T), (N, T) grouped along the contraction T with groups that may
+    start anywhere: copies in the padded layout (every group a multiple of `align` columns,
+    zeros between), where the torch kernels' 16-byte TMA rule holds, and the padded offsets.
+    Zero columns add nothing (MM-5); per-group factors are unchanged."""
     idx = pad_index(offs, a.shape[1], align)
-    pad = lambda t: gather_rows(t.t().view(torch.uint8), idx).view(t.dtype).t()
-    return pad(a).contiguous(), a_dequant, pad(b).contiguous(), b_dequant, padded_offsets(offs, align)
+    raw = torch.uint8 if a.element_size() == 1 else a.dtype
+    pad = lambda t: gather_rows(t.t().view(raw), idx).view(t.dtype).t().contiguous()
+    return pad(a), pad(b), padded_offsets(offs, align)
 
 
 def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32, group_align=1):
@@ -273,8 +275,7 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
             return _zero_outside(out, offs, True)
         if not is_3d and _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups):
             if group_align % FLOAT8_ALIGN:
-                a, a_dequant, b, b_dequant, offs = _pad_2d2d(a, a_dequant, b, b_dequant, offs,
-                                                             FLOAT8_ALIGN)
+                a, b, offs = _pad_columns(a, b, offs, FLOAT8_ALIGN)
             out = torch._scaled_grouped_mm(a, b.t(), a_dequant.reshape(-1).float(),
                                            b_dequant.reshape(-1).float(), offs=offs,
                                            out_dtype=out_dtype)
@@ -282,7 +283,7 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
     if a.dtype != torch.int8 and (_rowwise_2d3d(a, a_dequant, b, b_dequant) if is_3d
                                   else _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups)):
         _log_emulated_once(a, b, out_dtype)     # a float8 rowwise product that could not run
-    return scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype)
+    return scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype, group_align)
 
 
 _EMULATED_LOGGED = set()
@@ -300,13 +301,18 @@ def _log_emulated_once(a, b, out_dtype):
                     "of 16", a.device, a.dtype, b.dtype, out_dtype)
 
 
-def scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32):
-    """Dequantize exactly, then torch._grouped_mm (fp32 accumulation, one rounding)."""
+def scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
+                               group_align=1):
+    """Dequantize exactly, then torch._grouped_mm (fp32 accumulation, one rounding). On CUDA
+    a 2d x 2d product's groups are padded to 16 columns first (its 16-byte TMA rule) unless
+    the caller promised that alignment."""
     dtype = torch.float32 if a.device.type == "cpu" or out_dtype == torch.float32 else out_dtype
     a_hp = _dequant(a, a_dequant, offs, dtype)
     b_hp = _dequant(b, b_dequant, offs, dtype)
     if b.dim() == 3:                       # B (E, K, N) column-major, as torch wants
         out = torch._grouped_mm(a_hp.contiguous(), b_hp.contiguous().transpose(-2, -1), offs=offs)
     else:                                  # A (M, T) row-major, B (T, N) column-major
+        if a.device.type == "cuda" and group_align % FLOAT8_ALIGN:
+            a_hp, b_hp, offs = _pad_columns(a_hp, b_hp, offs, FLOAT8_ALIGN)
         out = torch._grouped_mm(a_hp.contiguous(), b_hp.contiguous().t(), offs=offs)
     return _zero_outside(out, offs, b.dim() == 3).to(out_dtype)

@@ -20,6 +20,7 @@ Backend interface (three methods, same names and signatures in every backend):
 import torch
 
 from . import backend as _backend
+from ._dispatch import custom_op
 from .grouping import padded_rows
 from .ops import FLOAT8_DTYPES
 
@@ -34,7 +35,7 @@ def grouped_impl(name):
         f"use 'reference' or 'fast'")
 
 
-@torch.library.custom_op("qtrain::quantize_float8_grouped_t", mutates_args=())
+@custom_op("qtrain::quantize_float8_grouped_t")
 def quantize_float8_grouped_t(x: torch.Tensor, offs: torch.Tensor, align: int, fmt: str,
                               pow2_scale: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     return grouped_impl(backend).quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale)
@@ -48,7 +49,7 @@ def _(x, offs, align, fmt, pow2_scale, backend):
             x.new_empty((n_groups, c), dtype=torch.float32))
 
 
-@torch.library.custom_op("qtrain::quantize_float8_experts_t", mutates_args=())
+@custom_op("qtrain::quantize_float8_experts_t")
 def quantize_float8_experts_t(w: torch.Tensor, fmt: str, pow2_scale: bool,
                               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     return grouped_impl(backend).quantize_float8_experts_t(w, fmt, pow2_scale)
@@ -61,7 +62,7 @@ def _(w, fmt, pow2_scale, backend):
             w.new_empty((e, k), dtype=torch.float32))
 
 
-@torch.library.custom_op("qtrain::scaled_grouped_mm", mutates_args=())
+@custom_op("qtrain::scaled_grouped_mm")
 def scaled_grouped_mm(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
                       b_dequant: torch.Tensor, offs: torch.Tensor, out_dtype: torch.dtype,
                       backend: str, group_align: int = 1) -> torch.Tensor:

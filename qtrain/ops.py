@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 
 from . import backend as _backend
+from ._dispatch import custom_op
 
 FLOAT8_DTYPES = {name: getattr(torch, name) for name in
                  ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")}
@@ -25,7 +26,7 @@ def _keepdims_shape(shape, axis):
 
 
 # ---- quantize_float8 (F8-*) ----------------------------------------------------------------
-@torch.library.custom_op("qtrain::quantize_float8", mutates_args=())
+@custom_op("qtrain::quantize_float8")
 def quantize_float8(x: torch.Tensor, fmt: str, axis: Optional[int], pow2_scale: bool,
                     backend: str, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """transposed=True: the quantization of x.T (2-D x), written directly in that layout."""
@@ -45,7 +46,7 @@ def _(x, fmt, axis, pow2_scale, backend, transposed=False):
 
 
 # ---- quantize_float8_dual: both axiswise quantizations of a 2-D x from one read (F8-7) -------
-@torch.library.custom_op("qtrain::quantize_float8_dual", mutates_args=())
+@custom_op("qtrain::quantize_float8_dual")
 def quantize_float8_dual(x: torch.Tensor, fmt: str, pow2_scale: bool, backend: str
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(data, quant_scale) of x along axis -1 and (data_t, quant_scale_t) of x.T along its last
@@ -68,7 +69,7 @@ def _(x, fmt, pow2_scale, backend):
 
 
 # ---- quantize_mx (MX-*) --------------------------------------------------------------------
-@torch.library.custom_op("qtrain::quantize_mx", mutates_args=())
+@custom_op("qtrain::quantize_mx")
 def quantize_mx(x: torch.Tensor, elem_fmt: str, block_size: int, axis: int, scale_mode: str,
                 backend: str, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """transposed=True: the quantization of x.T (2-D x), written directly in that layout."""
@@ -86,7 +87,7 @@ def _(x, elem_fmt, block_size, axis, scale_mode, backend, transposed=False):
 
 
 # ---- quantize_int8 (I8-*) ------------------------------------------------------------------
-@torch.library.custom_op("qtrain::quantize_int8", mutates_args=())
+@custom_op("qtrain::quantize_int8")
 def quantize_int8(x: torch.Tensor, axis: int, noise: Optional[torch.Tensor],
                   backend: str, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """transposed=True: the quantization of x.T (2-D x; noise given in x.T's layout too)."""
@@ -101,7 +102,7 @@ def _(x, axis, noise, backend, transposed=False):
 
 
 # ---- quantize_blockwise (BW-*) -------------------------------------------------------------
-@torch.library.custom_op("qtrain::quantize_blockwise", mutates_args=())
+@custom_op("qtrain::quantize_blockwise")
 def quantize_blockwise(x: torch.Tensor, block: List[int], fmt: str,
                        backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _impl(backend).quantize_blockwise(x, tuple(block), fmt)
@@ -115,7 +116,7 @@ def _(x, block, fmt, backend):
 
 
 # ---- scaled_mm_nt (MM-1, MM-2) -------------------------------------------------------------
-@torch.library.custom_op("qtrain::scaled_mm_nt", mutates_args=())
+@custom_op("qtrain::scaled_mm_nt")
 def scaled_mm_nt(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
                  b_dequant: torch.Tensor, out_dtype: torch.dtype, backend: str,
                  use_fast_accum: bool = False) -> torch.Tensor:
@@ -131,7 +132,7 @@ def _(a, a_dequant, b, b_dequant, out_dtype, backend, use_fast_accum=False):
 
 
 # ---- stochastic-rounding noise (I8-5: the noise is an input, drawn here) --------------------
-@torch.library.custom_op("qtrain::uniform_noise", mutates_args=())
+@custom_op("qtrain::uniform_noise")
 def uniform_noise(like: torch.Tensor, seed: int, call: torch.Tensor) -> torch.Tensor:
     """U[0,1) fp32 noise shaped like `like`, from a Generator seeded by (seed, call index)."""
     gen = torch.Generator(device=like.device)
