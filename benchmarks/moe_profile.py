@@ -56,7 +56,35 @@ def main(argv=None):
         print(f"=== {name}: {args.steps} fwd+bwd steps, E={E} M={M} K={K} N={N}")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    host_costs()
     return 0
+
+
+def host_costs(n=200):
+    """Host time of one launch, per kind of call (tiny tensors: the GPU work is negligible)."""
+    from qtrain import ops
+    from qtrain.fast import grouped_mm as fg
+    t = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(64, 64, device="cuda", dtype=torch.bfloat16)
+    offs = torch.tensor([64], device="cuda", dtype=torch.int32)
+    calls = {
+        "aten torch.reciprocal": lambda: torch.reciprocal(t),
+        "Triton launch (zero_rows kernel)": lambda: fg._zero_rows_past_end_kernel[(2,)](
+            out, offs, 1, 64, 64, BLOCK_R=32, BLOCK_N=128),
+        "fast rowwise cast, direct": lambda: ops.quantize_float8._fn(t, "float8_e4m3fn", -1, False, "fast"),
+        "fast rowwise cast, custom op": lambda: ops.quantize_float8._op(t, "float8_e4m3fn", -1, False, "fast"),
+    }
+    print("\nhost time per call (us), tiny tensors")
+    for name, fn in calls.items():
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        host = (time.perf_counter() - t0) / n * 1e6
+        torch.cuda.synchronize()
+        print(f"  {name:36s} {host:8.1f}")
 
 
 if __name__ == "__main__":
