@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import kernel_input
+from .common import cdiv, kernel_input
 from .encode import abs_bits, widen_to_fp32
 
 
@@ -38,7 +38,7 @@ def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, co
     r = torch.zeros(R, dtype=torch.int32, device=dev) if rows else None
     c = torch.zeros(C, dtype=torch.int32, device=dev) if cols else None
     dummy = torch.empty(1, dtype=torch.int32, device=dev)
-    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+    grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
     _amax_tiles_kernel[grid](x_in, R, C, t if tensor else dummy, r if rows else dummy,
                              c if cols else dummy, BLOCK_R=block_r, BLOCK_C=block_c,

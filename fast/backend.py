@@ -21,6 +21,7 @@ class FastBackend:
 
     def __init__(self, allow_interpreter: bool = False):
         self.allow_interpreter = allow_interpreter
+        self._runnable = {}
 
     def available(self):
         try:
@@ -50,9 +51,14 @@ class FastBackend:
         return False, f"{LAYER}: device {device} not supported (CUDA, or CPU with the interpreter)"
 
     def _check(self, x):
-        ok, reason = self.runnable_on(x.device)
-        if not ok:
-            raise RuntimeError(reason)
+        # cached per device: the answer cannot change within a process, and the check runs on
+        # every call (host time counts in launch-bound layers)
+        key = x.device
+        known = self._runnable.get(key)
+        if known is None:
+            known = self._runnable[key] = self.runnable_on(key)
+        if not known[0]:
+            raise RuntimeError(known[1])
 
     def quantize_float8(self, x, fmt, axis=None, pow2_scale=False, transposed=False):
         """transposed=True: quantize x.T (2-D), its layout written directly from x."""

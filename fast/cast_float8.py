@@ -5,8 +5,9 @@ import triton
 import triton.language as tl
 
 from .amax import amax_bits_2d
-from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
-                     flat_2d, kernel_input, normalize_axis, pow2_at_most, rowwise_tile, use_soft_cast)
+from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input, flat_2d,
+                     float8_params, kernel_input, normalize_axis, pow2_at_most, rowwise_tile,
+                     use_soft_cast)
 from .encode import abs_bits, encode_float8, float8_quant_scale, row_amax_bits, widen_to_fp32
 
 LAYER = "qtrain.fast.cast_float8"
@@ -102,7 +103,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False):
     qs = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=dev)
     row_data = torch.empty((R, C), dtype=dtype, device=dev) if dual else data
     row_qs = torch.empty(R, dtype=torch.float32, device=dev) if dual else qs
-    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+    grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
     _float8_tiles_kernel[grid](
         x_in, R, C, t_bits if tensorwise else c_bits, qs, data.view(torch.uint8),
@@ -131,7 +132,7 @@ def quantize_float8_rowwise(x, fmt, pow2_scale=False):
     qs = torch.empty(x.shape[:-1] + (1,), dtype=torch.float32, device=x.device)
     block_r, block_k, warps = rowwise_tile(R, K, _float8_rowwise_kernel)
     x_in, is_bf16 = kernel_input(x)
-    _float8_rowwise_kernel[(triton.cdiv(R, block_r),)](
+    _float8_rowwise_kernel[(cdiv(R, block_r),)](
         x_in, data.view(torch.uint8), qs, R, K, BLOCK_R=block_r, BLOCK_K=block_k, POW2=pow2_scale,
         **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_rowwise_kernel, fmt, x.device),
         IS_BF16=is_bf16, num_warps=warps)

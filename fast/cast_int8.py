@@ -7,8 +7,8 @@ import triton.language as tl
 
 from qtrain.formats import EPS_AMAX, INT8_MAX
 from .amax import amax_bits_2d
-from .common import (cast_tile, check_device, flat_2d, check_input, fp32, kernel_input, normalize_axis,
-                     rowwise_tile)
+from .common import (cast_tile, cdiv, check_device, check_input, flat_2d, fp32, kernel_input,
+                     normalize_axis, rowwise_tile)
 from .encode import abs_bits, is_finite_bits, row_amax_bits, widen_to_fp32
 
 LAYER = "qtrain.fast.cast_int8"
@@ -163,7 +163,7 @@ def quantize_int8(x, axis, noise=None, seed=None):
         ds = torch.empty(x.shape[:-1] + (1,), dtype=torch.float32, device=x.device)
         block_r, block_k, warps = rowwise_tile(R, K, _int8_rowwise_kernel)
         block_k = max(block_k, 4)                 # rand4x groups of 4 columns
-        _int8_rowwise_kernel[(triton.cdiv(R, block_r),)](
+        _int8_rowwise_kernel[(cdiv(R, block_r),)](
             x_in, data, ds, noise_t, seed_v, R, K, BLOCK_R=block_r, BLOCK_K=block_k,
             num_warps=warps, **launch)
         return data, ds
@@ -177,7 +177,7 @@ def quantize_int8(x, axis, noise=None, seed=None):
     ds = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=x.device)
     block_r, block_c, warps = cast_tile(R, C, False)
     block_c = max(block_c, 4)                     # rand4x groups of 4 columns
-    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+    grid = (cdiv(R, block_r), cdiv(C, block_c))
     _int8_tiles_kernel[grid](kernel_input(x2d)[0], data, ds, t_bits if tensorwise else c_bits,
                              noise_t, seed_v, R, C, BLOCK_R=block_r, BLOCK_C=block_c,
                              TENSORWISE=tensorwise, num_warps=warps, **launch)

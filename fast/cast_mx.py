@@ -6,8 +6,8 @@ import triton
 import triton.language as tl
 
 from qtrain.formats import MX_ELEM_FORMATS, MX_SCALE_MODES, float8_format
-from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params, fp32,
-                     kernel_input, normalize_axis, pow2_at_most, use_soft_cast)
+from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input, float8_params,
+                     fp32, kernel_input, next_pow2, normalize_axis, pow2_at_most, use_soft_cast)
 from .encode import abs_bits, encode_float8, is_finite_bits, widen_to_fp32
 
 LAYER = "qtrain.fast.cast_mx"
@@ -132,8 +132,8 @@ def quantize_mx_dim_last(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode=
     data = torch.empty(x.shape, dtype=TORCH_FLOAT8[elem_fmt], device=x.device)
     scale = torch.empty(x.shape[:-1] + (x.shape[-1] // block_size,), dtype=torch.uint8,
                         device=x.device)
-    block_b = max(1, min(4096 // block_size, triton.next_power_of_2(n_blocks)))
-    _mx_dim_last_kernel[(triton.cdiv(n_blocks, block_b),)](
+    block_b = max(1, min(4096 // block_size, next_pow2(n_blocks)))
+    _mx_dim_last_kernel[(cdiv(n_blocks, block_b),)](
         kernel_input(x)[0], data.view(torch.uint8), scale, n_blocks, BLOCK_B=block_b, BLOCK_SIZE=block_size,
         **params)
     return data, scale
@@ -160,7 +160,7 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     groups = max(1, min(64 // block_size, M // block_size)) if block_size <= 64 else 1
     groups = 1 << (groups.bit_length() - 1)
     block_c = pow2_at_most(C, 64)
-    grid = (triton.cdiv(M, groups * block_size), triton.cdiv(C, block_c))
+    grid = (cdiv(M, groups * block_size), cdiv(C, block_c))
     _mx_dim0_kernel[grid](kernel_input(x)[0], data.view(torch.uint8), scale, M, C, GROUPS=groups,
                           BLOCK_SIZE=block_size, BLOCK_C=block_c, TRANSPOSED=transposed, **params)
     return data, scale

@@ -1,8 +1,8 @@
 """Shared launch-side helpers of qtrain.fast: format records as Triton/torch dtypes, input checks."""
+import functools
 import struct
 
 import torch
-import triton
 import triton.language as tl
 
 from qtrain.formats import FLOAT8_FORMATS, float8_format
@@ -95,14 +95,25 @@ def normalize_axis(axis: int, ndim: int, layer: str, shape) -> int:
     return axis % ndim
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch grids (plain Python: triton.cdiv costs microseconds per call)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1), as triton.next_power_of_2 without its call cost."""
+    return 1 << (int(n) - 1).bit_length() if n > 1 else 1
+
+
 def pow2_at_most(n: int, cap: int) -> int:
     """Largest tile width: next power of two of n, at most cap (tile dims must be powers of 2)."""
-    return min(triton.next_power_of_2(max(int(n), 1)), cap)
+    return min(next_pow2(max(int(n), 1)), cap)
 
 
 ROW_IN_REGISTERS = 16384    # rowwise casts hold rows up to this length in registers (one read)
 
 
+@functools.lru_cache(maxsize=4096)
 def rowwise_tile(R: int, K: int, kernel) -> tuple:
     """(BLOCK_R, BLOCK_K, num_warps) of the rowwise cast kernels. Rows up to ROW_IN_REGISTERS
     long are held whole (BLOCK_K >= K: one read of x); longer rows loop over K twice. About
@@ -110,15 +121,16 @@ def rowwise_tile(R: int, K: int, kernel) -> tuple:
     small tiles (its cost grows with the tile, not the program count)."""
     if is_interpreted(kernel):       # rows past 128 take the two-loop path (tested too)
         block_k = pow2_at_most(K, 128)
-        return max(1, min(512 // block_k, triton.next_power_of_2(R))), block_k, 4
-    block_k = triton.next_power_of_2(K)
+        return max(1, min(512 // block_k, next_pow2(R))), block_k, 4
+    block_k = next_pow2(K)
     if block_k > ROW_IN_REGISTERS:
         block_k = 4096
-    block_r = max(1, min(8192 // block_k, triton.next_power_of_2(R)))
+    block_r = max(1, min(8192 // block_k, next_pow2(R)))
     warps = max(4, min(16, block_r * block_k // 1024))
     return block_r, block_k, warps
 
 
+@functools.lru_cache(maxsize=4096)
 def cast_tile(R: int, C: int, transposed: bool) -> tuple:
     """(BLOCK_R, BLOCK_C, num_warps) of the tile cast kernels (column scales, dual, transposed):
     a transposed tile is stored through tl.trans, so both the 64 bf16 columns read (128 B per

@@ -22,6 +22,7 @@ Products (`scaled_grouped_mm`), all NT (MM-1):
   Blackwell-only (sm100) today. On CUDA the dequantized operands are bf16 when out is bf16
   (exact unless a value falls below bf16's 2^-133, i.e. an MX block amax under ~2^-117).
 """
+import functools
 import logging
 
 import torch
@@ -30,7 +31,7 @@ import triton.language as tl
 
 from qtrain.grouping import (gather_rows, group_bounds, pad_index, padded_offsets, padded_rows,
                              rows_in_groups)
-from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
+from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input, float8_params,
                      kernel_input, pow2_at_most, use_soft_cast)
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
@@ -97,7 +98,7 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, n_groups, group_rows, g_str
     c = x.shape[-1]
     block_c = pow2_at_most(c, GROUP_BLOCK_C)
     x_in, is_bf16 = kernel_input(x)
-    _float8_group_cols_t_kernel[(n_groups, triton.cdiv(c, block_c))](
+    _float8_group_cols_t_kernel[(n_groups, cdiv(c, block_c))](
         x_in, offs, pends, data_t.view(torch.uint8), qs, c, group_rows, g_stride, c_stride,
         FROM_OFFS=offs is not None, BLOCK_R=GROUP_BLOCK_R, BLOCK_C=block_c, POW2=pow2_scale,
         **float8_params(fmt),
@@ -181,10 +182,15 @@ def _rowwise_2d2d(a, da, b, db, n_groups):
             and db.dim() == 3 and db.shape == (n_groups, b.shape[0], 1))
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(device):
+    return torch.cuda.get_device_capability(device)
+
+
 def _torch_scaled_ok(a, b, out_dtype):
     if a.device.type != "cuda" or out_dtype != torch.bfloat16 or not hasattr(torch, "_scaled_grouped_mm"):
         return False
-    if torch.cuda.get_device_capability(a.device) < (9, 0):
+    if _capability(a.device) < (9, 0):
         return False
     if not a.dtype == b.dtype == torch.float8_e4m3fn:
         return False
@@ -231,11 +237,11 @@ def _zero_outside(out, offs, is_3d):
         return _zero_outside_torch(out, offs, is_3d)
     if is_3d:
         m, n = out.shape
-        _zero_rows_past_end_kernel[(triton.cdiv(m, 32),)](out, offs, offs.shape[0], m, n,
+        _zero_rows_past_end_kernel[(cdiv(m, 32),)](out, offs, offs.shape[0], m, n,
                                                           BLOCK_R=32, BLOCK_N=128)
     elif offs.shape[0]:
         size = out[0].numel()
-        _zero_empty_groups_kernel[(offs.shape[0], min(64, triton.cdiv(size, 4096)))](
+        _zero_empty_groups_kernel[(offs.shape[0], min(64, cdiv(size, 4096)))](
             out, offs, size, BLOCK=4096)
     return out
 

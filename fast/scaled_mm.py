@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TORCH_FLOAT8, is_interpreted
+from .common import TORCH_FLOAT8, cdiv, is_interpreted, next_pow2
 
 LAYER = "qtrain.fast.scaled_mm"
 log = logging.getLogger("qtrain")
@@ -121,8 +121,8 @@ _KEY = ["M", "N", "K", "STEP_K", "PROMOTE", "EVEN_K", "IS_INT"]
 def _prune(configs, named_args, **kwargs):
     """Drop tiles taller or wider than the (power-of-two rounded) problem: a 17-row product
     compiles and runs one 64-row config instead of timing five."""
-    m = triton.next_power_of_2(named_args["M"])
-    n = triton.next_power_of_2(named_args["N"])
+    m = next_pow2(named_args["M"])
+    n = next_pow2(named_args["N"])
     fit = [c for c in configs if c.kwargs["BLOCK_M"] <= max(m, 64) and c.kwargs["BLOCK_N"] <= max(n, 128)]
     return fit or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
@@ -167,7 +167,7 @@ def _check(a, b, out_dtype):
 
 
 def _pow2_at_least(n, floor):
-    return max(floor, triton.next_power_of_2(int(n)))
+    return max(floor, next_pow2(int(n)))
 
 
 _FELL_BACK = set()
@@ -236,7 +236,7 @@ def _launch(a, b, da, db, out, br_a, bc_a, br_b, bc_b, sk, config):
     if config is None and AUTOTUNE and tuned_ok:
         # EVEN_K must hold for every config of the class (SPLIT 1 or 4)
         even = sub == step and all(K % (step * c.kwargs["SPLIT"]) == 0 for c in _CONFIGS[cls])
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        grid = lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
         _TUNED[cls][grid](*args, EVEN_K=even, **flags)
         return
     if config is None:
@@ -244,7 +244,7 @@ def _launch(a, b, da, db, out, br_a, bc_a, br_b, bc_b, sk, config):
         config = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
     meta = dict(config, SUB_K=sub)
     even = sub == step and K % (step * meta["SPLIT"]) == 0
-    grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+    grid = (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
     _scaled_mm_nt_kernel[grid](*args, EVEN_K=even, **flags, **meta)
 
 
@@ -390,10 +390,10 @@ def _launch_v1(a, b, da, db, out, br_a, bc_a, br_b, bc_b, sk):
         block_k = min(64, _pow2_at_least(K, MIN_DOT_K))
     else:
         block_k = min(_pow2_at_least(sk & -sk, MIN_DOT_K), 128)
-    block_m = 64 if M > 32 else max(16, triton.next_power_of_2(M))
-    block_n = 64 if N > 32 else max(16, triton.next_power_of_2(N))
+    block_m = 64 if M > 32 else max(16, next_pow2(M))
+    block_n = 64 if N > 32 else max(16, next_pow2(N))
     is_int = a.dtype == torch.int8
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    grid = (cdiv(M, block_m), cdiv(N, block_n))
     _block_scaled_mm_nt_kernel[grid](
         a, b, da, db, out, M, N, K, br_a, da.shape[1], bc_a, br_b, db.shape[1], bc_b, sk,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IS_INT=is_int,
