@@ -33,14 +33,15 @@ def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, co
     """Launch the amax pass; returns (tensor_bits (1,), row_bits (R,), col_bits (C,)) int32,
     None for the ones not asked for."""
     R, C = x2d.shape
-    dev = x2d.device
-    t = torch.zeros(1, dtype=torch.int32, device=dev) if tensor else None
-    r = torch.zeros(R, dtype=torch.int32, device=dev) if rows else None
-    c = torch.zeros(C, dtype=torch.int32, device=dev) if cols else None
-    dummy = torch.empty(1, dtype=torch.int32, device=dev)
+    # one zeroed buffer holds every requested amax (one allocation and one fill per call:
+    # host time counts in launch-bound layers); the kernel ignores the pointers not asked for
+    sizes = (1 if tensor else 0, R if rows else 0, C if cols else 0)
+    buf = torch.zeros(max(1, sum(sizes)), dtype=torch.int32, device=x2d.device)
+    t, r, c = (buf[start:start + n] if n else None
+               for start, n in zip((0, sizes[0], sizes[0] + sizes[1]), sizes))
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
-    _amax_tiles_kernel[grid](x_in, R, C, t if tensor else dummy, r if rows else dummy,
-                             c if cols else dummy, BLOCK_R=block_r, BLOCK_C=block_c,
+    _amax_tiles_kernel[grid](x_in, R, C, buf if t is None else t, buf if r is None else r,
+                             buf if c is None else c, BLOCK_R=block_r, BLOCK_C=block_c,
                              TENSOR=tensor, ROWS=rows, COLS=cols, IS_BF16=is_bf16)
     return t, r, c

@@ -5,7 +5,8 @@ call with an exact fake kernel. In eager mode the dispatcher round trip buys not
 host time on every call, which small and launch-bound layers (MoE experts) feel: measured on
 the H200 host, see benchmarks/NOTES.md. So `custom_op` below registers the op as usual and
 returns a callable that runs the Python implementation directly when the call is eager
-(not under torch.compile / export tracing) and every tensor argument is a plain torch.Tensor.
+(not under torch.compile / export tracing) and every tensor argument is a plain torch.Tensor
+(or nn.Parameter).
 Anything else (FakeTensor, FunctionalTensor, a tensor subclass that intercepts the op such as
 qtrain.fsdp's gathered float8 weight) goes through the registered op. Same code, same bits.
 
@@ -19,8 +20,11 @@ import torch
 DIRECT = os.environ.get("QTRAIN_EAGER_DISPATCH", "direct") != "op"
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def _plain(values):
-    return all(type(v) is torch.Tensor for v in values if isinstance(v, torch.Tensor))
+    return all(type(v) in _PLAIN for v in values if isinstance(v, torch.Tensor))
 
 
 class EagerDirectOp:
