@@ -10,6 +10,7 @@ What autograd keeps for backward (RC-*), derived from the plan, not special-case
   axis-free way (tensorwise, blockwise 128x128); otherwise the weight itself (no extra memory,
   it is a Parameter) re-quantized along N in the backward.
 """
+import functools
 import os
 
 import torch
@@ -155,23 +156,57 @@ def _check_enabled():
 _FUNCTIONAL_SR_CALLS = torch.zeros((), dtype=torch.int64)
 
 
+@functools.lru_cache(maxsize=None)
+def _cached_plan(config):
+    return config.plan()
+
+
+def plan_of(config):
+    """config.plan(), built once per (frozen, hashable) config in eager mode: the recipe table
+    does not change, and building it on every call is host time in launch-bound layers.
+    (Under torch.compile it is traced once anyway, so the cache is bypassed there.)"""
+    if torch.compiler.is_compiling():
+        return config.plan()
+    return _cached_plan(config)
+
+
+def uses_stochastic_rounding(plan):
+    return any(s is not None and any(spec.stochastic for spec in s)
+               for s in (plan.output, plan.grad_input, plan.grad_weight))
+
+
+# The call index passed when the plan has no stochastic rounding (never read then).
+_NO_SR_CALL = torch.zeros((), dtype=torch.int64)
+
+
 def quantized_linear(input, weight, bias, config, backend, fqn="", sr_call=None):
-    """The shared body of `linear` and `QuantizedLinear.forward` (backend already resolved)."""
+    """The shared body of `linear` and `QuantizedLinear.forward` (backend already resolved).
+    sr_call: the stochastic-rounding call index (I8-5), or None for the functional counter."""
     dtype = _compute_dtype(input)
     x = input if input.dtype == dtype else input.to(dtype)
     w = weight if weight.dtype == dtype else weight.to(dtype)
-    plan = config.plan()
+    plan = plan_of(config)
     seed = getattr(config, "seed", 0)
     if sr_call is None:
-        _FUNCTIONAL_SR_CALLS.add_(1)
-        sr_call = _FUNCTIONAL_SR_CALLS.clone()
+        if uses_stochastic_rounding(plan):
+            _FUNCTIONAL_SR_CALLS.add_(1)
+            sr_call = _FUNCTIONAL_SR_CALLS.clone()
+        else:
+            sr_call = _NO_SR_CALL
     lead = x.shape[:-1]
-    with torch.autocast(x.device.type, enabled=False):
-        out = _QuantizedLinearFn.apply(x.reshape(-1, x.shape[-1]), w, sr_call, plan, backend,
-                                       fqn, _check_enabled(), seed)
-        out = out.reshape(*lead, w.shape[0])
-        if bias is not None:
-            out = out + bias.to(dtype)                   # RC: bias in high precision
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed)
+    return _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed)
+
+
+def _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed):
+    out = _QuantizedLinearFn.apply(x.reshape(-1, x.shape[-1]), w, sr_call, plan, backend, fqn,
+                                   _check_enabled(), seed)
+    out = out.reshape(*lead, w.shape[0])
+    if bias is not None:
+        out = out + bias.to(dtype)                   # RC: bias in high precision
     return out
 
 
@@ -214,9 +249,11 @@ class QuantizedLinear(nn.Linear):
     def forward_with(self, input, weight, bias):
         """This layer's quantized linear on the given weight and bias (tensor parallel passes
         its local shards); advances the stochastic-rounding call index."""
-        self.sr_calls.add_(1)
-        return quantized_linear(input, weight, bias, self.config, self.backend, self.fqn,
-                                self.sr_calls.clone())
+        sr_call = _NO_SR_CALL
+        if uses_stochastic_rounding(plan_of(self.config)):
+            self.sr_calls.add_(1)
+            sr_call = self.sr_calls.clone()
+        return quantized_linear(input, weight, bias, self.config, self.backend, self.fqn, sr_call)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, recipe={self.config.short_id}, backend={self.backend}"
