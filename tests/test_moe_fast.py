@@ -97,3 +97,17 @@ def test_fast_layer_matches_reference(recipe, seed):
     for got, want, what in zip(results["fast-interpreter"], results["reference"],
                                ("output", "grad_input", "grad_weight")):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=what)
+
+
+def test_zeroing_kernels_touch_only_unwritten_regions_MM_5():
+    """The two launches that replace torch.where on CUDA (rows past offs[-1]; empty groups),
+    run under the interpreter: they zero exactly those regions and nothing else."""
+    fast_backend()
+    out = torch.full((40, 24), 7.0, dtype=torch.bfloat16)
+    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32)
+    fast_grouped._zero_rows_past_end_kernel[(2,)](out, offs, 4, 40, 24, BLOCK_R=32, BLOCK_N=16)
+    assert not out[37:].any() and bool((out[:37] == 7).all())
+    slabs = torch.full((4, 6, 10), 3.0)
+    fast_grouped._zero_empty_groups_kernel[(4, 2)](slabs, offs, 60, BLOCK=16)
+    assert not slabs[1].any()
+    assert bool((slabs[[0, 2, 3]] == 3).all())
