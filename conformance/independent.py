@@ -192,7 +192,7 @@ class TorchCpuBackend:
     def dequantize_int8(self, data, dequant_scale, out_dtype):
         return _round_out(data.double() * dequant_scale.double(), out_dtype)      # I8-8
 
-    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
+    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None):
         """F8-7 along axis 0 within each group (RC-13), payload transposed into the padded layout
         of qtrain/grouping.py: group g at columns [padded end of g-1, + its size), zeros around."""
         rows, cols = x.shape

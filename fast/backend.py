@@ -132,10 +132,10 @@ class FastBackend:
         return dequantize_blockwise(data, quant_scale, block, out_dtype)
 
     # ---- grouped products (MM-5, RC-13): fast/grouped_mm.py
-    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
+    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None):
         from .grouped_mm import quantize_float8_grouped_t
         self._check(x)
-        return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale)
+        return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale, padded_offs)
 
     def quantize_float8_experts_t(self, w, fmt, pow2_scale):
         from .grouped_mm import quantize_float8_experts_t

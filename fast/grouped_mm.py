@@ -106,7 +106,7 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, n_groups, group_rows, g_str
         IS_BF16=is_bf16)
 
 
-def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False):
+def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs=None):
     """Backend interface (qtrain/grouped_ops.py): x (M, C) along axis 0 within each group ->
     (data_t (C, Mp) in the padded layout, quant_scale fp32 (E, C)). One launch, no host sync."""
     check_format(fmt, LAYER)
@@ -118,7 +118,7 @@ def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False):
     (m, c), n_groups = x.shape, offs.shape[0]
     mp = padded_rows(m, n_groups, align)
     offs = offs.contiguous()
-    pends = padded_offsets(offs, align)
+    pends = padded_offsets(offs, align) if padded_offs is None else padded_offs
     qs = torch.empty((n_groups, c), dtype=torch.float32, device=x.device)
     if n_groups == 0:
         return torch.zeros((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device), qs
@@ -255,6 +255,10 @@ def _zero_outside_torch(out, offs, is_3d):
     return torch.where((sizes > 0)[:, None, None], out, zero)
 
 
+def _fp32(t):
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def _pad_columns(a, b, offs, align):
     """2d x 2d operands (M, T), (N, T) grouped along the contraction T with groups that may
     start anywhere: copies in the padded layout (every group a multiple of `align` columns,
@@ -275,15 +279,15 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
     if _torch_scaled_ok(a, b, out_dtype) and n_groups:
         if is_3d and _rowwise_2d3d(a, a_dequant, b, b_dequant):
             # 2d x 3d: groups along M need no alignment (only K, N multiples of 16)
-            out = torch._scaled_grouped_mm(a, b.transpose(-2, -1), a_dequant.reshape(-1).float(),
-                                           b_dequant.reshape(n_groups, -1).float(), offs=offs,
+            out = torch._scaled_grouped_mm(a, b.transpose(-2, -1), _fp32(a_dequant.reshape(-1)),
+                                           _fp32(b_dequant.reshape(n_groups, -1)), offs=offs,
                                            out_dtype=out_dtype)
             return _zero_outside(out, offs, True)
         if not is_3d and _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups):
             if group_align % FLOAT8_ALIGN:
                 a, b, offs = _pad_columns(a, b, offs, FLOAT8_ALIGN)
-            out = torch._scaled_grouped_mm(a, b.t(), a_dequant.reshape(-1).float(),
-                                           b_dequant.reshape(-1).float(), offs=offs,
+            out = torch._scaled_grouped_mm(a, b.t(), _fp32(a_dequant.reshape(-1)),
+                                           _fp32(b_dequant.reshape(-1)), offs=offs,
                                            out_dtype=out_dtype)
             return _zero_outside(out, offs, False)
     if a.dtype != torch.int8 and (_rowwise_2d3d(a, a_dequant, b, b_dequant) if is_3d

@@ -3,12 +3,14 @@ qtrain/ops.py: the concrete backend name travels as a string and fake kernels gi
 shapes, so torch.compile traces the grouped layer with opaque calls and no graph breaks.
 
 Backend interface (three methods, same names and signatures in every backend):
-- quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale) -> (data_t, quant_scale):
+- quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale, padded_offs=None)
+  -> (data_t, quant_scale):
   x (M, C) quantized along axis 0 WITHIN each token group (F8-7 applied to every slice
   x[offs[g-1]:offs[g]] on its own; an empty group has amax 0, F8-6). data_t is (C, Mp), the
   transposed payload in the padded layout of qtrain.grouping (group g at columns
   [padded_offs[g-1], padded_offs[g]), zeros elsewhere), Mp = padded_rows(M, E, align);
-  quant_scale is fp32 (E, C).
+  quant_scale is fp32 (E, C). padded_offs, when given, is padded_offsets(offs, align) already
+  computed by the caller (a backend may use it instead of computing it again).
 - quantize_float8_experts_t(w, fmt, pow2_scale) -> (data, quant_scale): expert weights
   w (E, N, K) quantized along N within each expert, i.e. w[e].T (K, N) rowwise (F8-7) for
   every e: data (E, K, N) row-major, quant_scale fp32 (E, K). (grad_input's B operand.)
@@ -17,6 +19,8 @@ Backend interface (three methods, same names and signatures in every backend):
   contraction, with per-group (E, R, 1) or block-form factors). group_align is a layout
   promise only (every 2d x 2d group starts at a multiple of it); it never changes the result.
 """
+from typing import Optional
+
 import torch
 
 from . import backend as _backend
@@ -37,12 +41,15 @@ def grouped_impl(name):
 
 @custom_op("qtrain::quantize_float8_grouped_t")
 def quantize_float8_grouped_t(x: torch.Tensor, offs: torch.Tensor, align: int, fmt: str,
-                              pow2_scale: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return grouped_impl(backend).quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale)
+                              pow2_scale: bool, backend: str,
+                              padded_offs: Optional[torch.Tensor] = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    return grouped_impl(backend).quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale,
+                                                           padded_offs)
 
 
 @quantize_float8_grouped_t.register_fake
-def _(x, offs, align, fmt, pow2_scale, backend):
+def _(x, offs, align, fmt, pow2_scale, backend, padded_offs=None):
     m, c = x.shape
     n_groups = offs.shape[0]
     return (x.new_empty((c, padded_rows(m, n_groups, align)), dtype=FLOAT8_DTYPES[fmt]),

@@ -48,13 +48,16 @@ def _quantize_3d(w, spec, along_k, backend):
     return q.payload.reshape(e, rows, cols), q.dequant_fp32().reshape(e, rows, -1)
 
 
-def _grad_weight_operand(t, offs, spec, backend):
+def _grad_weight_operand(t, offs, spec, backend, pends=None):
     """t (M, C) (g or x) quantized along tokens within each group, in NT form for the 2d x 2d
-    product over the padded token layout: (payload (C, Mp), factors, padded offs)."""
+    product over the padded token layout: (payload (C, Mp), factors, padded offs). `pends`:
+    the padded offsets when already known (x's, reused for g: same groups, same layout)."""
     if spec.kind == "float8":
+        if pends is None:
+            pends = padded_offsets(offs, FLOAT8_ALIGN)
         data_t, qs = grouped_ops.quantize_float8_grouped_t(t, offs, FLOAT8_ALIGN, spec.fmt,
-                                                           spec.pow2_scale, backend)
-        return data_t, torch.reciprocal(qs).unsqueeze(-1), padded_offsets(offs, FLOAT8_ALIGN)
+                                                           spec.pow2_scale, backend, pends)
+        return data_t, torch.reciprocal(qs).unsqueeze(-1), pends
     tp, pends = pad_groups(t, offs, spec.block_size)          # blocks never straddle groups
     q = quantize_operand(tp, spec, 0, backend)                # MX along tokens: (C, Mp) view
     return q.payload, q.dequant, pends                        # e8m0 bytes while saved
@@ -119,8 +122,9 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
             if gw is None:
                 grad_w = _grad_weight_hp(g, x_saved[0], offs)
             else:
-                a, da, pends = _grad_weight_operand(g, offs, gw[0], backend)
-                b, db, _ = x_saved
+                b, db, x_pends = x_saved
+                a, da, pends = _grad_weight_operand(g, offs, gw[0], backend,
+                                                    x_pends if gw[0] == gw[1] else None)
                 da, db = QOperand(a, da).dequant_fp32(), QOperand(b, db).dequant_fp32()
                 align = FLOAT8_ALIGN if gw[0].kind == "float8" else gw[0].block_size
                 grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype, backend,

@@ -105,7 +105,7 @@ class ReferenceBackend:
         return to_torch(out, a.device)
 
     # ---- grouped products (MM-5, RC-13), served to qtrain/grouped_ops.py ----------------------
-    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale):
+    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None):
         """F8-7 along axis 0 within each group, payload transposed into the padded layout."""
         data_t, qs = _ref().quantize_float8_grouped_t(to_numpy(x), to_numpy(offs), align, fmt,
                                                       pow2_scale)
