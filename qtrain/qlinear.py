@@ -175,10 +175,6 @@ def uses_stochastic_rounding(plan):
                for s in (plan.output, plan.grad_input, plan.grad_weight))
 
 
-# The call index passed when the plan has no stochastic rounding (never read then).
-_NO_SR_CALL = torch.zeros((), dtype=torch.int64)
-
-
 def quantized_linear(input, weight, bias, config, backend, fqn="", sr_call=None):
     """The shared body of `linear` and `QuantizedLinear.forward` (backend already resolved).
     sr_call: the stochastic-rounding call index (I8-5), or None for the functional counter."""
@@ -188,11 +184,10 @@ def quantized_linear(input, weight, bias, config, backend, fqn="", sr_call=None)
     plan = plan_of(config)
     seed = getattr(config, "seed", 0)
     if sr_call is None:
+        sr_call = _FUNCTIONAL_SR_CALLS          # never read without stochastic rounding
         if uses_stochastic_rounding(plan):
             _FUNCTIONAL_SR_CALLS.add_(1)
             sr_call = _FUNCTIONAL_SR_CALLS.clone()
-        else:
-            sr_call = _NO_SR_CALL
     lead = x.shape[:-1]
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
@@ -249,7 +244,7 @@ class QuantizedLinear(nn.Linear):
     def forward_with(self, input, weight, bias):
         """This layer's quantized linear on the given weight and bias (tensor parallel passes
         its local shards); advances the stochastic-rounding call index."""
-        sr_call = _NO_SR_CALL
+        sr_call = self.sr_calls                 # never read without stochastic rounding
         if uses_stochastic_rounding(plan_of(self.config)):
             self.sr_calls.add_(1)
             sr_call = self.sr_calls.clone()
