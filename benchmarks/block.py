@@ -23,6 +23,7 @@ from qtrain.tiny_llama import Block, TinyLlamaConfig
 from . import common
 
 TORCHAO_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+COMPILE_MODE = None      # torch.compile mode of the "compiled" variants (--compile-mode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,7 @@ def measure(shape, base_block, mode, impl, recipe, device, reps, warmup):
             m.skipped = reason
             return m
         convert(block, recipe)
-    run = torch.compile(block) if mode == "compiled" else block
+    run = torch.compile(block, mode=COMPILE_MODE) if mode == "compiled" else block
     torch.manual_seed(1)
     x = torch.randn(shape.batch, shape.seq, shape.cfg.dim, device=device, dtype=torch.bfloat16,
                     requires_grad=True)
@@ -212,6 +213,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.block", description=__doc__.splitlines()[0])
     p.add_argument("--recipes", default="all", help=f"'all', 'none' or a comma list of {','.join(RECIPES)}")
     p.add_argument("--compile", choices=("eager", "compiled", "both"), default="both")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode of the compiled variants, e.g. reduce-overhead (CUDA "
+                        "graphs; set QTRAIN_FAST_AUTOTUNE=0 with it)")
     p.add_argument("--small", action="store_true", help="only the small block (tiny on a CPU)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--reps", type=int, default=None, help="timed steps per variant (GPU 30, CPU 3)")
@@ -241,6 +245,8 @@ def main(argv=None):
         print("benchmarks.block: CPU run on the 'tiny' block (reference backend; timings are not "
               "speed claims)")
     recipes = parse_recipes(args.recipes)
+    global COMPILE_MODE
+    COMPILE_MODE = args.compile_mode
     modes = ["eager", "compiled"] if args.compile == "both" else [args.compile]   # eager is cheap: first
     deadline = time.monotonic() + args.budget_s
     reps = args.reps or (30 if device.type == "cuda" else 3)

@@ -15,7 +15,6 @@ grad_weight; MX and blockwise confine it to one 32- or 128-element block.
 """
 import argparse
 import csv
-import dataclasses
 import os
 import sys
 import time
@@ -96,7 +95,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--recipes", default="all", help=f"'all', 'none' or a comma list of {','.join(RECIPES)}")
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile every run's model (MODE: a torch.compile mode)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--outlier", action="store_true", help="inject one large feed-forward input channel")

@@ -155,10 +155,13 @@ def bench(fast):
     b, r, f = variants["qtrain float8 rowwise"]
     cases["qtrain float8 rowwise, custom-op dispatch"] = (b + "-dispatcher", r, via_dispatcher(step(f)))
     if os.environ.get("MOE_COMPILE", "1") == "1":
-        cases["bf16 compiled"] = ("torch-compiled", "bf16", step(torch.compile(bf16)))
+        # MOE_COMPILE_MODE: a torch.compile mode (reduce-overhead: CUDA graphs, for the
+        # host-bound grouped layer; set QTRAIN_FAST_AUTOTUNE=0 with it)
+        mode = os.environ.get("MOE_COMPILE_MODE") or None
+        cases["bf16 compiled"] = ("torch-compiled", "bf16", step(torch.compile(bf16, mode=mode)))
         for k, (b, r, f) in variants.items():
             if "mxfp8" not in k:
-                cases[f"{k} compiled"] = (f"{b}-compiled", r, step(torch.compile(f)))
+                cases[f"{k} compiled"] = (f"{b}-compiled", r, step(torch.compile(f, mode=mode)))
     table, base = [], None
     for label, (backend, recipe, fn) in cases.items():
         try:

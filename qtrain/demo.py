@@ -45,7 +45,7 @@ class RunSettings:
     grad_clip: float = 1.0
     eval_points: int = 4             # validation passes during a run (the last one at the end)
     eval_batches: int = 4
-    compile: bool = False
+    compile: object = False          # False, True (default mode) or a torch.compile mode name
     outlier_gain: float = 0.0        # > 0: scale channel 0 of every feed-forward input (issue 9)
 
     def __post_init__(self):
@@ -172,7 +172,7 @@ def train_one(name, recipe, settings, corpus, progress=None):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=settings.lr, betas=(0.9, 0.95))
-    step_fn = torch.compile(model) if settings.compile else model
+    step_fn = torch.compile(model, mode=compile_mode(settings.compile)) if settings.compile else model
     batches = corpus.train_batches(settings.batch_size, settings.seq_len, seed=settings.seed)
     val_batches = corpus.val_batches(settings.batch_size, settings.seq_len, settings.eval_batches)
     eval_at = {max(1, round(settings.steps * (i + 1) / settings.eval_points))
@@ -205,6 +205,12 @@ def train_one(name, recipe, settings, corpus, progress=None):
     status = "DIVERGED (non-finite loss)" if diverged else f"val loss {val_points[-1][1]:.4f}"
     progress.done(f"{name:<20} {len(losses):>4} steps  {status}  {tok_s:9.0f} tok/s  [{backend}]")
     return RunResult(name, backend, losses, val_points, tok_s, diverged)
+
+
+def compile_mode(value):
+    """torch.compile's mode for a --compile value: True / "default" -> None (its default),
+    else the mode name ("reduce-overhead": CUDA graphs, for host-bound small models)."""
+    return None if value in (True, "default") else value
 
 
 def run_or_report(name, recipe, settings, corpus):
@@ -292,7 +298,9 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=None, help="training steps per run (preset default)")
     p.add_argument("--recipes", default="all", help=f"'all', 'none' or a comma list of {','.join(RECIPES)}")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model of every run")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the model of every run; MODE: a torch.compile mode "
+                        "(e.g. reduce-overhead: CUDA graphs; set QTRAIN_FAST_AUTOTUNE=0 with it)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                    help="high-precision baseline and model compute dtype (bf16 = autocast)")
     p.add_argument("--seed", type=int, default=0)
@@ -312,7 +320,8 @@ def main(argv=None):
                   f"ffn={settings.model.ffn_dim} ({num_parameters(TinyLlama(settings.model)) / 1e6:.2f}M params)")
     print(f"qtrain demo: {model_desc}, batch {settings.batch_size}x{settings.seq_len} bytes, "
           f"{settings.steps} steps, device {device}, baseline {settings.precision}"
-          f"{', torch.compile' if settings.compile else ''}")
+          f"{', torch.compile' if settings.compile else ''}"
+          f"{'' if compile_mode(settings.compile) is None else ' ' + str(settings.compile)}")
     print(f"corpus: {corpus}")
     started = time.perf_counter()
     results = [run_or_report(settings.precision, None, settings, corpus)]

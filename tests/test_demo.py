@@ -97,3 +97,11 @@ def test_demo_recipe_that_raises_is_reported_and_exits_1(tmp_path, monkeypatch, 
     assert rc == 1
     assert any(line.startswith("int8") and "failed" in line for line in captured.out.splitlines())
     assert "backend exploded" in captured.err
+
+
+def test_compile_flag_takes_an_optional_mode():
+    from qtrain.demo import compile_mode, parse_args
+    assert parse_args([]).compile is False
+    assert parse_args(["--compile"]).compile is True and compile_mode(True) is None
+    assert parse_args(["--compile", "reduce-overhead"]).compile == "reduce-overhead"
+    assert compile_mode("reduce-overhead") == "reduce-overhead"
