@@ -52,8 +52,9 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
     with no padding (the experts of a weight (E, N, K) seen as (E*N, K)).
     Loop 1: column amax over the group's rows only (integer max of |x| bits, NaN on top, F8-1);
     qs = F8-2/F8-3/F8-5 per column. Loop 2: data = rne(clamp(x * qs)) (F8-4), stored
-    transposed at data_t[g * G_STRIDE + c * C_STRIDE + pstart + (r - start)]: (C, Mp) for token
-    groups (G_STRIDE 0, C_STRIDE Mp, padding columns written as zeros), (E, C, GROUP_ROWS) for experts."""
+    transposed at data_t[g * G_STRIDE + c * C_STRIDE + pstart + (r - start)]: (C, Mp) for
+    token groups (G_STRIDE 0, C_STRIDE Mp, padding columns written as zeros), (E, C,
+    GROUP_ROWS) for experts."""
     g = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
@@ -238,7 +239,7 @@ def _zero_outside(out, offs, is_3d):
     if is_3d:
         m, n = out.shape
         _zero_rows_past_end_kernel[(cdiv(m, 32),)](out, offs, offs.shape[0], m, n,
-                                                          BLOCK_R=32, BLOCK_N=128)
+                                                   BLOCK_R=32, BLOCK_N=128)
     elif offs.shape[0]:
         size = out[0].numel()
         _zero_empty_groups_kernel[(offs.shape[0], min(64, cdiv(size, 4096)))](
