@@ -25,7 +25,7 @@ step() {  # step NAME LIMIT_S CMD...
 }
 has() { case "$what" in *,$1,*) return 0;; esac; return 1; }
 if has checks; then
-  step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu_fast_linear.py tests/test_gpu_fast_moe.py tests/test_fast_common.py}
+  step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu_fast_linear.py tests/test_gpu_fast_moe.py tests/test_gpu_cuda_graphs.py tests/test_fast_common.py}
   step conformance ${CONF_LIMIT_S:-200} python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json"
 fi
 if has fastcheck; then

@@ -1,0 +1,91 @@
+"""CUDA graph capture of the quantized layers on the fast backend. A captured forward+backward
+replays to the same bits as the eager step. This is the way around host time for small,
+launch-bound layers (benchmarks/NOTES.md). Autotuning is switched off (it benchmarks kernels,
+which a capture forbids).
+
+Needs a CUDA GPU with float8 tensor cores: skipped elsewhere, with the reason shown.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+import qtrain
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available()
+                                or not qtrain.get_backend("fast").available()[0],
+                                reason="needs CUDA with float8 tensor cores (fast backend)")
+CAPTURABLE = ["tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8", "int8", "blockwise"]
+
+
+@pytest.fixture(autouse=True)
+def _no_autotune(monkeypatch):
+    from qtrain.fast import scaled_mm
+    monkeypatch.setattr(scaled_mm, "AUTOTUNE", False)
+
+
+def _graphed_vs_eager(step, inputs, params):
+    """Run `step` eagerly, then capture it once and replay; return (eager, replayed) results
+    as lists of tensors: the step's outputs followed by the gradients of `params`."""
+    def run():
+        for p in params:
+            p.grad = None
+        outs = step(*inputs)
+        return [o.detach().clone() for o in outs] + [p.grad.detach().clone() for p in params]
+
+    eager = run()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):                 # warm-up: compile kernels, fill caches
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    for p in params:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step(*inputs)
+    graph.replay()
+    torch.cuda.synchronize()
+    return eager, [o.detach().clone() for o in static] + [p.grad.detach().clone() for p in params]
+
+
+def _assert_same(eager, replayed):
+    for i, (a, b) in enumerate(zip(eager, replayed)):
+        assert torch.equal(a.view(torch.int16) if a.dtype == torch.bfloat16 else a,
+                           b.view(torch.int16) if b.dtype == torch.bfloat16 else b), f"tensor {i}"
+
+
+@pytest.mark.parametrize("recipe", CAPTURABLE)
+def test_linear_step_replays_bit_identical(recipe):
+    config = dataclasses.replace(qtrain.recipe_config(recipe), backend="fast")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(256, 512, generator=gen, device="cuda").to(torch.bfloat16).requires_grad_()
+    w = torch.nn.Parameter((torch.randn(384, 512, generator=gen, device="cuda") / 23).to(torch.bfloat16))
+    g = torch.randn(256, 384, generator=gen, device="cuda").to(torch.bfloat16)
+
+    def step(x, g):
+        y = qtrain.linear(x, w, config=config)
+        y.backward(g)
+        return (y,)
+
+    eager, replayed = _graphed_vs_eager(step, (x, g), [w, x])
+    _assert_same(eager, replayed)
+
+
+@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
+def test_grouped_step_replays_bit_identical(recipe):
+    config = dataclasses.replace(qtrain.recipe_config(recipe), backend="fast")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    offs = torch.tensor([37, 37, 190, 300], dtype=torch.int32, device="cuda")
+    x = torch.randn(300, 256, generator=gen, device="cuda").to(torch.bfloat16).requires_grad_()
+    w = torch.nn.Parameter((torch.randn(4, 128, 256, generator=gen, device="cuda") / 16).to(torch.bfloat16))
+    g = torch.randn(300, 128, generator=gen, device="cuda").to(torch.bfloat16)
+
+    def step(x, g):
+        y = qtrain.grouped_mm(x, w, offs, config)
+        y.backward(g)
+        return (y,)
+
+    eager, replayed = _graphed_vs_eager(step, (x, g), [w, x])
+    _assert_same(eager, replayed)
