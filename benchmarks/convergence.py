@@ -3,6 +3,7 @@
     python -m benchmarks.convergence --size medium            # GPU, ~76M params
     python -m benchmarks.convergence --size tiny --device cpu # CPU, reference backend
     python -m benchmarks.convergence --size tiny --outlier    # one channel scaled by --outlier-gain
+    python -m benchmarks.convergence --seeds 0,1,2            # every run per seed, mean and spread
 
 Writes <out-dir>/convergence_<size>[_outlier].csv (run, step, train_loss, val_loss) and .png,
 appends summary rows to the results CSV, and prints a table last: final train and validation loss,
@@ -99,6 +100,9 @@ def parse_args(argv):
                    help="torch.compile every run's model (MODE: a torch.compile mode)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="comma list of seeds (overrides --seed): every run once per seed, then a "
+                        "table of the mean and spread of each recipe's difference to bf16")
     p.add_argument("--outlier", action="store_true", help="inject one large feed-forward input channel")
     p.add_argument("--outlier-gain", type=float, default=30000.0,
                    help="gain of the outlier channel (30000: tiny, 20 steps, CPU put tensorwise +1.4%% "
@@ -118,17 +122,34 @@ def main(argv=None):
     preset = dict(SIZES[size])
     if args.steps:
         preset["steps"] = args.steps
-    settings = RunSettings(device=device, compile=args.compile, precision=args.precision, seed=args.seed,
-                           outlier_gain=args.outlier_gain if args.outlier else 0.0, **preset)
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
+    corpus = StdlibCorpus()
+    started = time.perf_counter()
+    per_seed, status = {}, 0
+    for seed in seeds:
+        settings = RunSettings(device=device, compile=args.compile, precision=args.precision,
+                               seed=seed, outlier_gain=args.outlier_gain if args.outlier else 0.0,
+                               **preset)
+        rows, seed_status = run_seed(args, size, settings, recipes, corpus, started,
+                                     suffix=f"_seed{seed}" if len(seeds) > 1 else "")
+        per_seed[seed] = rows
+        status = max(status, seed_status)
+    if len(seeds) > 1:
+        print(seeds_table(per_seed, size, args.precision))
+    return status
+
+
+def run_seed(args, size, settings, recipes, corpus, started, suffix=""):
+    """bf16 and every recipe from one seed: curves, PNG, CSV rows and the table.
+    Returns (summary rows, exit status)."""
     cfg = settings.model
     shape = (f"{size}:D{cfg.dim}/L{cfg.n_layers}/H{cfg.n_heads}/KV{cfg.n_kv_heads}/F{cfg.ffn_dim}"
              f"/B{settings.batch_size}xT{settings.seq_len}/S{settings.steps}"
-             + (f"/outlier{args.outlier_gain:g}" if args.outlier else ""))
-    print(f"convergence {shape}: {num_parameters(TinyLlama(cfg)) / 1e6:.1f}M params, device {device}, "
-          f"baseline {settings.precision}")
-    corpus = StdlibCorpus()
-    started = time.perf_counter()
-    stem = f"convergence_{size}" + ("_outlier" if args.outlier else "")
+             + (f"/outlier{args.outlier_gain:g}" if args.outlier else "")
+             + (f"/seed{settings.seed}" if suffix else ""))
+    print(f"convergence {shape}: {num_parameters(TinyLlama(cfg)) / 1e6:.1f}M params, "
+          f"device {settings.device}, baseline {settings.precision}")
+    stem = f"convergence_{size}" + ("_outlier" if args.outlier else "") + suffix
     os.makedirs(args.out_dir, exist_ok=True)
     results, skipped = [], []
     for name, recipe in [(settings.precision, None)] + [(r, r) for r in recipes]:
@@ -157,9 +178,36 @@ def main(argv=None):
     print(table(rows, settings.precision))
     if skipped:
         print(f"NOT RUN (time budget of {args.budget_s:.0f} s spent): {', '.join(skipped)}")
-    if any(r.diverged for r in results):
-        return 1
-    return 0
+    return rows, 1 if any(r.diverged for r in results) else 0
+
+
+def seeds_table(per_seed, size, baseline):
+    """Per recipe: the difference to the baseline for each seed, their mean and range; ok when
+    the mean is within the margin and no seed diverged."""
+    names = []
+    for rows in per_seed.values():
+        names += [r.name for r, rel, _, _ in rows if rel is not None and r.name not in names]
+    header = ["run"] + [f"seed {s}" for s in per_seed] + ["mean", "min..max", "margin", "ok"]
+    lines = []
+    for name in names:
+        rels, diverged = [], False
+        for rows in per_seed.values():
+            hit = next((row for row in rows if row[0].name == name), None)
+            if hit is None:
+                rels.append(None)
+                continue
+            diverged |= hit[0].diverged
+            rels.append(None if hit[0].diverged else hit[1])
+        done = [v for v in rels if v is not None]
+        mean = sum(done) / len(done) if done else float("nan")
+        margin = margin_for(size, name)
+        ok = bool(done) and not diverged and abs(mean) <= margin
+        lines.append([name] + ["-" if v is None else f"{100 * v:+.2f}%" for v in rels]
+                     + [f"{100 * mean:+.2f}%",
+                        f"{100 * min(done):+.2f}..{100 * max(done):+.2f}%" if done else "-",
+                        f"{100 * margin:.0f}%", "yes" if ok else "NO"])
+    return (f"\nvalidation loss vs {baseline}, per seed:\n"
+            + common.format_table(header, lines))
 
 
 if __name__ == "__main__":

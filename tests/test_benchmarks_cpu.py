@@ -196,3 +196,25 @@ def test_gpu_gate_cast_bandwidth(cast):
     fraction = cast_gbs / copy_gbs
     assert gate.passes(fraction), (f"{cast}: {cast_gbs:.0f} GB/s = {fraction:.2f} of copy "
                                    f"({copy_gbs:.0f} GB/s) vs gate {gate.gate} ({gate.why})")
+
+
+def test_convergence_seeds_table_judges_the_mean():
+    """--seeds: a recipe passes on the mean difference over seeds; a diverged seed fails it; a
+    seed that did not run shows '-' and does not count."""
+    from benchmarks.convergence import seeds_table, summary
+    from qtrain.demo import RunResult
+
+    def run(name, val, diverged=False):
+        return RunResult(name, "reference", [1.0], [(1, val)], 1.0, diverged)
+
+    per_seed = {
+        1: summary([run("bf16", 2.0), run("rowwise", 2.04), run("int8", 2.0, diverged=True)],
+                   "tiny", "bf16"),
+        2: summary([run("bf16", 2.0), run("rowwise", 1.98)], "tiny", "bf16"),
+    }
+    text = seeds_table(per_seed, "tiny", "bf16")
+    rowwise = next(line for line in text.splitlines() if line.startswith("rowwise"))
+    int8 = next(line for line in text.splitlines() if line.startswith("int8"))
+    assert "+2.00%" in rowwise and "-1.00%" in rowwise and "+0.50%" in rowwise
+    assert rowwise.rstrip().endswith("yes")              # mean +0.5% within the tiny 3% margin
+    assert int8.rstrip().endswith("NO") and " - " in int8 + " "
