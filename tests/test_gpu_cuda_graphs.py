@@ -1,7 +1,8 @@
 """CUDA graph capture of the quantized layers on the fast backend. A captured forward+backward
 replays to the same bits as the eager step. This is the way around host time for small,
 launch-bound layers (benchmarks/NOTES.md). Autotuning is switched off (it benchmarks kernels,
-which a capture forbids).
+which a capture forbids). Not capturable: int8 with stochastic_grad_output=True, whose noise
+generator is seeded from the call index read on the host (qtrain/ops.py uniform_noise).
 
 Needs a CUDA GPU with float8 tensor cores: skipped elsewhere, with the reason shown.
 """
