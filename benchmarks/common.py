@@ -85,3 +85,30 @@ def format_table(header, rows):
     out = [fmt(header), "-" * len(fmt(header))]
     out += [fmt(r) for r in rows]
     return "\n".join(out)
+
+
+def fast_operand_pair(kind, x, w, tensorwise_b_fmt="float8_e4m3fn"):
+    """(a, a_dequant, b, b_dequant) of x (M, K) and w (N, K) quantized by the qtrain.fast casts
+    in NT form, for each MM-1 block pattern: "tensorwise" (b in `tensorwise_b_fmt`), "rowwise"
+    (pow2 scales), "mx" (1x32 rceil), "blockwise" (1x128 x 128x128), anything else int8 rowwise.
+    Shared by the GPU check scripts and the CPU (interpreter) product tests."""
+    from qtrain.fast import cast_blockwise, cast_float8, cast_int8, cast_mx
+    if kind == "tensorwise":
+        a, sa = cast_float8.quantize_float8(x, "float8_e4m3fn")
+        b, sb = cast_float8.quantize_float8(w, tensorwise_b_fmt)
+        return a, (1 / sa).reshape(1, 1), b, (1 / sb).reshape(1, 1)
+    if kind == "rowwise":
+        a, sa = cast_float8.quantize_float8(x, "float8_e4m3fn", -1, True)
+        b, sb = cast_float8.quantize_float8(w, "float8_e4m3fn", -1, True)
+        return a, 1 / sa, b, 1 / sb
+    if kind == "mx":
+        a, sa = cast_mx.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil")
+        b, sb = cast_mx.quantize_mx(w, "float8_e4m3fn", 32, -1, "rceil")
+        return a, torch.exp2(sa.float() - 127), b, torch.exp2(sb.float() - 127)
+    if kind == "blockwise":
+        a, sa = cast_blockwise.quantize_blockwise(x, (1, 128))
+        b, sb = cast_blockwise.quantize_blockwise(w, (128, 128))
+        return a, 1 / sa, b, 1 / sb
+    a, da = cast_int8.quantize_int8(x, -1)
+    b, db = cast_int8.quantize_int8(w, -1)
+    return a, da, b, db

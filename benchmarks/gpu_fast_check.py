@@ -15,6 +15,10 @@ import traceback
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import fast_operand_pair  # noqa: E402
+
+
 class RunLog:
     """Result rows of one GPU script: `record` prints a row and keeps it; `guarded` runs one
     check or timing and turns an exception (or the time budget running out) into a FAIL/SKIP
@@ -43,6 +47,30 @@ class RunLog:
             self.record(op, recipe, shape, "error", "", f"FAIL: {type(e).__name__}: {str(e)[:300]}")
             if self.traceback_limit:
                 traceback.print_exc(limit=self.traceback_limit)
+
+    def record_product_rate(self, label, od, shape, ms, bf16_tflops):
+        """One product timing as TFLOP/s of the (M, N, K) shape and its ratio to bf16 mm."""
+        M, N, K = shape
+        tf = 2 * M * N * K / ms / 1e9
+        self.record("scaled_mm_nt", f"{label} {str(od)[6:]}", shape, "TFLOP/s (xbf16)",
+                    f"{tf:.0f} ({tf / bf16_tflops:.2f}x)")
+
+    def write_out_csv(self, name):
+        """$OUT/<name>: every row with GPU, torch and Triton versions and the date (nothing
+        when OUT is unset or no row was recorded)."""
+        out_dir = os.environ.get("OUT")
+        if not out_dir or not self.rows:
+            return
+        import triton
+        facts = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                     triton=triton.__version__, date=datetime.date.today().isoformat())
+        path = os.path.join(out_dir, name)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(self.rows[0]) + list(facts))
+            w.writeheader()
+            for r in self.rows:
+                w.writerow(dict(r, **facts))
+        print(f"wrote {path}")
 
 
 LOG = RunLog(float(os.environ.get("QTRAIN_GPU_CHECK_BUDGET_S", "210")))   # checks stop past this
@@ -189,29 +217,10 @@ def check_casts():
 
 
 def product_operands(kind, M, N, K, seed=0):
-    from qtrain.fast import cast_blockwise, cast_float8, cast_int8, cast_mx
     g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g)
-    if kind == "tensorwise":
-        a, sa = cast_float8.quantize_float8(x, "float8_e4m3fn")
-        b, sb = cast_float8.quantize_float8(w, "float8_e4m3fn")
-        return a, (1 / sa).reshape(1, 1), b, (1 / sb).reshape(1, 1)
-    if kind == "rowwise":
-        a, sa = cast_float8.quantize_float8(x, "float8_e4m3fn", -1, True)
-        b, sb = cast_float8.quantize_float8(w, "float8_e4m3fn", -1, True)
-        return a, 1 / sa, b, 1 / sb
-    if kind == "mx":
-        a, sa = cast_mx.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil")
-        b, sb = cast_mx.quantize_mx(w, "float8_e4m3fn", 32, -1, "rceil")
-        return a, torch.exp2(sa.float() - 127), b, torch.exp2(sb.float() - 127)
-    if kind == "blockwise":
-        a, sa = cast_blockwise.quantize_blockwise(x, (1, 128))
-        b, sb = cast_blockwise.quantize_blockwise(w, (128, 128))
-        return a, 1 / sa, b, 1 / sb
-    a, da = cast_int8.quantize_int8(x, -1)
-    b, db = cast_int8.quantize_int8(w, -1)
-    return a, da, b, db
+    return fast_operand_pair(kind, x, w)
 
 
 def mm4_ratio(a, da, b, db, out, out_dtype, p_acc):
@@ -301,10 +310,8 @@ def time_products():
                 runs.append(("triton", lambda od: scaled_mm_nt_triton(*ops, od)))
             for name, fn in runs:
                 for od in (torch.bfloat16, torch.float32):
-                    ms = bench(lambda: fn(od))
-                    tf = flop / ms / 1e9
-                    record("scaled_mm_nt", f"{kind} {name} {str(od)[6:]}", (M, N, K),
-                           "TFLOP/s (xbf16)", f"{tf:.0f} ({tf / bf16_tf:.2f}x)")
+                    LOG.record_product_rate(f"{kind} {name}", od, (M, N, K),
+                                            bench(lambda: fn(od)), bf16_tf)
         guarded("scaled_mm_nt time", kind, (M, N, K), one)
 
 
@@ -320,16 +327,7 @@ def main():
     record("FastBackend.available", "", "", "ok", ok, "ok" if ok else f"FAIL: {reason}")
     for section in (time_casts, time_products, check_products, check_casts):   # cheap first
         guarded(section.__name__, "", "", section)
-    date = datetime.date.today().isoformat()
-    out_dir = os.environ.get("OUT")
-    if out_dir:
-        path = os.path.join(out_dir, "gpu_fast_check.csv")
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(ROWS[0]) + ["gpu", "torch", "triton", "date"])
-            w.writeheader()
-            for r in ROWS:
-                w.writerow(dict(r, gpu=gpu, torch=torch.__version__, triton=triton.__version__, date=date))
-        print(f"wrote {path}")
+    LOG.write_out_csv("gpu_fast_check.csv")
     print("\n=== summary (failures and timings) ===")
     for r in ROWS:
         if r["status"] != "ok" or r["metric"] not in ("mismatches", "MM4 ratio p23/p13"):

@@ -5,8 +5,6 @@ and x bf16 mm). Short table last; CSV to $OUT/kernel_tuning.csv. Target: < 4 min
 
     python benchmarks/kernel_tuning.py
 """
-import csv
-import datetime
 import os
 import sys
 import time
@@ -234,10 +232,8 @@ def time_products():
                     for od in ods:
                         if time.time() - T0 > LOG.budget_s:
                             return
-                        ms = bench(lambda: fn(*ops, od))
-                        tf = flop / ms / 1e9
-                        record("scaled_mm_nt", f"{kind} {name} {str(od)[6:]}", (M, N, K),
-                               "TFLOP/s (xbf16)", f"{tf:.0f} ({tf / bf16_tf:.2f}x)")
+                        LOG.record_product_rate(f"{kind} {name}", od, (M, N, K),
+                                                bench(lambda: fn(*ops, od)), bf16_tf)
             guarded("scaled_mm_nt", kind, (M, N, K), one)
 
 
@@ -250,17 +246,7 @@ def main():
     print(f"kernel_tuning on {gpu}, torch {torch.__version__}, triton {triton.__version__}")
     for section in (check_casts, time_casts, check_products, time_products):
         guarded(section.__name__, "", "", section)
-    date = datetime.date.today().isoformat()
-    out_dir = os.environ.get("OUT")
-    if out_dir:
-        path = os.path.join(out_dir, "kernel_tuning.csv")
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(ROWS[0]) + ["gpu", "torch", "triton", "date"])
-            w.writeheader()
-            for r in ROWS:
-                w.writerow(dict(r, gpu=gpu, torch=torch.__version__, triton=triton.__version__,
-                                date=date))
-        print(f"wrote {path}")
+    LOG.write_out_csv("kernel_tuning.csv")
     print("\n=== summary ===")
     for r in ROWS:
         if r["status"] != "ok" or r["op"].startswith(("cast", "scaled_mm", "torch")):

@@ -80,15 +80,25 @@ def check_fast_vs_reference(fast):
                    f"{rel:.2e} {'ok' if rel < 2 ** -6 else 'FAIL'}")
 
 
+def moe_inputs(seed=0):
+    """The timed MoE problem on the GPU: x (M, K), w (E, N, K) (std 0.02), g (M, N), all bf16,
+    and offs (E groups of M / E tokens). Shared by moe_bench, moe_profile and the grouped-mm
+    gate (tests/test_benchmarks_cpu.py)."""
+    E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(M, K, generator=gen, device="cuda").to(torch.bfloat16)
+    w = (torch.randn(E, N, K, generator=gen, device="cuda") * 0.02).to(torch.bfloat16)
+    g = torch.randn(M, N, generator=gen, device="cuda").to(torch.bfloat16)
+    offs = torch.arange(M // E, M + 1, M // E, device="cuda", dtype=torch.int32)
+    return x, w, g, offs
+
+
 def tune_group_casts():
     """Tile sizes of the per-group column casts (fast/grouped_mm.py GROUP_BLOCK_R/_C) on the
     MoE shape: microseconds and GB/s of the bytes the kernel must move (two reads of the bf16
     input, one write of the float8 payload)."""
     from qtrain.fast import grouped_mm as fg
-    E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
-    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16)
-    offs = torch.arange(M // E, M + 1, M // E, device="cuda", dtype=torch.int32)
+    x, w, _, offs = moe_inputs()
     default = (fg.GROUP_BLOCK_R, fg.GROUP_BLOCK_C)
     jobs = {"tokens x (M, K)": (lambda: fg.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True), x),
             "experts w (E, N, K)": (lambda: fg.quantize_float8_experts_t(w, "float8_e4m3fn", True), w)}
@@ -109,12 +119,9 @@ def bench(fast):
     E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
     shape = f"E{E} M{M} K{K} N{N}"
     flops = 3 * 2 * M * K * N
-    torch.manual_seed(0)
-    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-    w = (torch.randn(E, N, K, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
-    offs = torch.arange(M // E, M + 1, M // E, device="cuda", dtype=torch.int32)
-    g = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
-    xr = x.clone().requires_grad_()
+    xr, w, g, offs = moe_inputs()
+    xr.requires_grad_()
+    w.requires_grad_()
     from qtrain.qgrouped_mm import _QuantizedGroupedMMFn
 
     def step(fn):

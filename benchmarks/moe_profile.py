@@ -5,12 +5,16 @@ fwd+bwd steps of qtrain.grouped_mm on the fast backend, top kernels by GPU time,
 """
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
 import torch
 
-E, M, K, N = 8, 16384, 4096, 2048
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.moe_bench import SHAPE, moe_inputs  # noqa: E402
+
+E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
 
 
 def _step(x, w, offs, g, fn):
@@ -28,11 +32,9 @@ def main(argv=None):
         print("benchmarks/moe_profile.py: needs CUDA (it profiles the fast backend's kernels)")
         return 0
     import qtrain
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(M, K, generator=gen, device="cuda").to(torch.bfloat16).requires_grad_()
-    w = (torch.randn(E, N, K, generator=gen, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
-    g = torch.randn(M, N, generator=gen, device="cuda").to(torch.bfloat16)
-    offs = torch.arange(M // E, M + 1, M // E, device="cuda", dtype=torch.int32)
+    x, w, g, offs = moe_inputs()
+    x.requires_grad_()
+    w.requires_grad_()
     config = dataclasses.replace(qtrain.recipe_config(args.recipe), backend="fast")
     variants = {"bf16": lambda a, b, o: torch._grouped_mm(a, b.transpose(-2, -1), offs=o),
                 f"qtrain {args.recipe}": lambda a, b, o: qtrain.grouped_mm(a, b, o, config)}

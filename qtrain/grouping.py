@@ -56,18 +56,6 @@ def pad_index(offs: torch.Tensor, m: int, align: int) -> torch.Tensor:
     return torch.where(valid, starts[gc] + local, torch.full_like(p, m))
 
 
-def unpad_index(offs: torch.Tensor, m: int, align: int) -> torch.Tensor:
-    """int64 (m,) padded row of every original row (the inverse of pad_index); rows past
-    offs[-1] get padded_rows, the sentinel that gather_rows turns into a zero row."""
-    n_groups = offs.shape[0]
-    starts, _, pstarts, _ = _padded_layout(offs, align)
-    r = torch.arange(m, device=offs.device)
-    g = torch.searchsorted(offs.to(torch.int64), r, right=True)
-    gc = g.clamp(max=n_groups - 1)
-    return torch.where(g < n_groups, pstarts[gc] + (r - starts[gc]),
-                       torch.full_like(r, padded_rows(m, n_groups, align)))
-
-
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x[index] with index == x.shape[0] giving a zero row (the padding sentinel)."""
     zero = x.new_zeros((1,) + tuple(x.shape[1:]))

@@ -146,12 +146,10 @@ def test_gpu_gate_grouped_mm(gate):
     """8 experts, 16384 tokens, 4096 -> 2048, fwd+bwd: bf16 torch._grouped_mm over qtrain."""
     import dataclasses
     import qtrain
-    e, m, k, n = 8, 16384, 4096, 2048
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(m, k, generator=gen, device="cuda").to(torch.bfloat16).requires_grad_()
-    w = (torch.randn(e, n, k, generator=gen, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
-    g = torch.randn(m, n, generator=gen, device="cuda").to(torch.bfloat16)
-    offs = torch.arange(m // e, m + 1, m // e, device="cuda", dtype=torch.int32)
+    from benchmarks.moe_bench import moe_inputs
+    x, w, g, offs = moe_inputs()
+    x.requires_grad_()
+    w.requires_grad_()
     config = dataclasses.replace(qtrain.recipe_config(gate.recipe), backend="fast")
 
     def step(fn):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from test_fast_common import DEVICE, fast_backend, from_numpy, reference, seed, to_numpy  # noqa: F401
+from benchmarks.common import fast_operand_pair
 from qtrain.fast.scaled_mm import scaled_mm_nt_triton
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -30,28 +31,9 @@ def mm4_ratio(a, da, b, db, out, out_dtype, p_acc):
 
 
 def _operands(kind, M, N, K, rng):
-    from qtrain.fast import cast_blockwise, cast_float8, cast_int8, cast_mx
     x = from_numpy((rng.standard_normal((M, K)) * 4).astype(np.float32))
     w = from_numpy(rng.standard_normal((N, K)).astype(np.float32))
-    if kind == "tensorwise":
-        a, sa = cast_float8.quantize_float8(x, "float8_e4m3fn")
-        b, sb = cast_float8.quantize_float8(w, "float8_e5m2")
-        return a, (1 / sa).reshape(1, 1), b, (1 / sb).reshape(1, 1)
-    if kind == "rowwise":
-        a, sa = cast_float8.quantize_float8(x, "float8_e4m3fn", -1, True)
-        b, sb = cast_float8.quantize_float8(w, "float8_e4m3fn", -1, True)
-        return a, 1 / sa, b, 1 / sb
-    if kind == "mx":
-        a, sa = cast_mx.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil")
-        b, sb = cast_mx.quantize_mx(w, "float8_e4m3fn", 32, -1, "rceil")
-        return a, torch.exp2(sa.float() - 127), b, torch.exp2(sb.float() - 127)
-    if kind == "blockwise":
-        a, sa = cast_blockwise.quantize_blockwise(x, (1, 128))
-        b, sb = cast_blockwise.quantize_blockwise(w, (128, 128))
-        return a, 1 / sa, b, 1 / sb
-    a, da = cast_int8.quantize_int8(x, -1)
-    b, db = cast_int8.quantize_int8(w, -1)
-    return a, da, b, db
+    return fast_operand_pair(kind, x, w, tensorwise_b_fmt="float8_e5m2")
 
 
 # K = 16 and 17 rows: sm90 fp8/int8 dots need K >= 32, so the kernels load 32 with zero lanes.
