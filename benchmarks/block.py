@@ -2,6 +2,7 @@
 
     python -m benchmarks.block --recipes all --compile both            # Llama3-8B block + small one
     python -m benchmarks.block --small --device cpu --compile eager    # CPU smoke run (reference)
+    python -m benchmarks.block --recipes tensorwise,blockwise --keep-weight-variants   # RC-14 both ways
 
 Times are medians of many steps taken with CUDA events, spread p20..p80; speedups are bf16 time /
 variant time in the same run. Rows go to benchmarks/results/results.csv; a table prints last.
@@ -87,12 +88,23 @@ def _step_fn(block, x, grad_out, params):
     return step
 
 
+KEEP_WEIGHT = "+keepw"       # recipe suffix: the same recipe with keep_quantized_weight (RC-14)
+KEEP_WEIGHT_RECIPES = ("tensorwise", "blockwise")
+
+
+def qtrain_config(recipe):
+    """recipe_config of a benchmark recipe name: a recipe, or a recipe + KEEP_WEIGHT."""
+    if recipe.endswith(KEEP_WEIGHT):
+        return recipe_config(recipe[:-len(KEEP_WEIGHT)], keep_quantized_weight=True)
+    return recipe_config(recipe)
+
+
 def measure(shape, base_block, mode, impl, recipe, device, reps, warmup):
     """Build the variant from `base_block` (deep copy), time fwd+bwd, record peak memory."""
     m = Measurement(shape.describe(), mode, impl, recipe, "torch")
     block = copy.deepcopy(base_block)
     if impl == "qtrain":
-        config = recipe_config(recipe)
+        config = qtrain_config(recipe)
         m.backend = resolve_backend_name(config.backend)
         if device.type == "cuda" and m.backend != "fast":
             m.skipped = f"qtrain backend is {m.backend!r}, not 'fast': the GPU timing would be meaningless"
@@ -133,22 +145,25 @@ def measure(shape, base_block, mode, impl, recipe, device, reps, warmup):
     return m
 
 
-def variants(recipes, with_torchao):
+def variants(recipes, with_torchao, keep_weight_variants=False):
     yield "bf16", "bf16"
     for r in recipes:
         yield "qtrain", r
+        if keep_weight_variants and r in KEEP_WEIGHT_RECIPES:
+            yield "qtrain", r + KEEP_WEIGHT
         if with_torchao:
             yield "torchao", r
 
 
-def run_shape(shape, recipes, modes, device, reps, warmup, with_torchao=True, log=print, deadline=None):
+def run_shape(shape, recipes, modes, device, reps, warmup, with_torchao=True, log=print, deadline=None,
+              keep_weight_variants=False):
     """Measure every variant of `shape`; variants not started before `deadline` (monotonic s) are
     listed as skipped so a table still prints inside the caller's time limit."""
     torch.manual_seed(0)
     base = Block(shape.cfg).to(device=device, dtype=torch.bfloat16)
     results = []
     for mode in modes:
-        for impl, recipe in variants(recipes, with_torchao):
+        for impl, recipe in variants(recipes, with_torchao, keep_weight_variants):
             if impl == "torchao" and recipe not in TORCHAO_RECIPES:
                 log(f"  skip torchao {recipe}: this benchmark compares torchao's float8 recipes only "
                     f"({', '.join(TORCHAO_RECIPES)})")
@@ -225,6 +240,10 @@ def parse_args(argv):
     p.add_argument("--csv", default=common.RESULTS_CSV, help="results CSV to append to")
     p.add_argument("--budget-s", type=float, default=300.0,
                    help="start no new variant after this many seconds (compilation dominates)")
+    p.add_argument("--keep-weight-variants", action="store_true",
+                   help=f"also time {', '.join(KEEP_WEIGHT_RECIPES)} with keep_quantized_weight "
+                        f"(recipe{KEEP_WEIGHT}, RC-14): one cast of w less per step against one "
+                        f"byte per weight element kept for backward")
     return p.parse_args(argv)
 
 
@@ -254,7 +273,7 @@ def main(argv=None):
     results = []
     for shape in shapes:
         results += run_shape(shape, recipes, modes, device, reps, warmup, not args.no_torchao,
-                             deadline=deadline)
+                             deadline=deadline, keep_weight_variants=args.keep_weight_variants)
     path = common.append_rows(csv_rows(results), args.csv)
     skipped = [m for m in results if m.skipped]
     if skipped:

@@ -39,6 +39,7 @@ class Float8LinearConfig:
     recipe: str = "tensorwise"
     e4m3_format: str = "float8_e4m3fn"   # float8_e4m3fnuz on hardware that wants fnuz
     e5m2_format: str = "float8_e5m2"     # tensorwise grad_output only
+    keep_quantized_weight: bool = False  # tensorwise only: RC-14
     backend: str = None
 
     def __post_init__(self):
@@ -51,6 +52,11 @@ class Float8LinearConfig:
                 choices = [n for n, f in FLOAT8_FORMATS.items() if f.ebits == ebits]
                 raise ValueError(f"Float8LinearConfig.{field} must be one of {choices}, "
                                  f"got {name!r}")
+        _check_bool("Float8LinearConfig", "keep_quantized_weight", self.keep_quantized_weight)
+        if self.keep_quantized_weight and self.recipe != "tensorwise":
+            raise ValueError(f"Float8LinearConfig.keep_quantized_weight applies to the "
+                             f"tensorwise recipe only (RC-14: {self.recipe} quantizes w along "
+                             f"a different axis for grad_input), got recipe {self.recipe!r}")
         _check_backend("Float8LinearConfig", self.backend)
 
     @classmethod
@@ -72,14 +78,16 @@ class Float8LinearConfig:
     @property
     def short_id(self):
         fnuz = "-fnuz" if self.e4m3_format.endswith("fnuz") else ""
-        return f"{self.recipe}{fnuz}{_suffix(self.backend)}"
+        keep = "-keepw" if self.keep_quantized_weight else ""
+        return f"{self.recipe}{fnuz}{keep}{_suffix(self.backend)}"
 
     def plan(self):
         e4m3, p2 = self.e4m3_format, self.pow2_scale
         if self.recipe == "tensorwise":
             xw = QuantSpec("float8", e4m3, tensorwise=True)
             g = QuantSpec("float8", self.e5m2_format, tensorwise=True)
-            return RecipePlan((xw, xw), (g, xw), (g, xw), fast_accum_output=True)   # RC-3
+            return RecipePlan((xw, xw), (g, xw), (g, xw), fast_accum_output=True,   # RC-3
+                              keep_quantized_weight=self.keep_quantized_weight)
         row = QuantSpec("float8", e4m3, pow2_scale=p2)
         if self.recipe == "rowwise":
             return RecipePlan((row, row), (row, row), (row, row), fast_accum_output=True)
@@ -177,10 +185,12 @@ class Int8LinearConfig:
 
 @dataclass(frozen=True)
 class BlockwiseLinearConfig:
-    """DeepSeek-style blockwise float8 (BW-*): x 1 x block along K, w block x block (quantized
-    once, reused transposed), g 1 x block; grad_weight operands block x 1 along M."""
+    """DeepSeek-style blockwise float8 (BW-*): x 1 x block along K, w block x block (axis
+    free: re-quantized in backward, or kept from the forward with keep_quantized_weight,
+    RC-14), g 1 x block; grad_weight operands block x 1 along M."""
     block: int = 128
     fmt: str = "float8_e4m3fn"
+    keep_quantized_weight: bool = False
     backend: str = None
 
     def __post_init__(self):
@@ -188,6 +198,7 @@ class BlockwiseLinearConfig:
         if self.fmt not in FLOAT8_FORMATS:
             raise ValueError(f"BlockwiseLinearConfig.fmt must be one of "
                              f"{sorted(FLOAT8_FORMATS)}, got {self.fmt!r}")
+        _check_bool("BlockwiseLinearConfig", "keep_quantized_weight", self.keep_quantized_weight)
         _check_backend("BlockwiseLinearConfig", self.backend)
 
     @property
@@ -197,13 +208,15 @@ class BlockwiseLinearConfig:
     @property
     def short_id(self):
         b = "" if self.block == 128 else f"-b{self.block}"
-        return f"blockwise{b}{_suffix(self.backend)}"
+        keep = "-keepw" if self.keep_quantized_weight else ""
+        return f"blockwise{b}{keep}{_suffix(self.backend)}"
 
     def plan(self):
         b = self.block
         act = QuantSpec("blockwise", self.fmt, block=(1, b))
         wgt = QuantSpec("blockwise", self.fmt, block=(b, b))
-        return RecipePlan((act, wgt), (act, wgt), (act, act))
+        return RecipePlan((act, wgt), (act, wgt), (act, act),
+                          keep_quantized_weight=self.keep_quantized_weight)
 
 
 def recipe_config(name, **kwargs):

@@ -180,8 +180,12 @@ class Float8GatheredWeight(torch.Tensor):
         me = args[0] if args and isinstance(args[0], cls) else None
         if func is torch.ops.qtrain.quantize_float8.default and me is not None:
             x, fmt, axis, pow2_scale = args[:4]
+            transposed = args[5] if len(args) > 5 else kwargs.get("transposed", False)
             if axis is None and fmt == me._fmt and not pow2_scale:
-                return me._data, me._quant_scale      # same bits as quantizing the full weight
+                # same bits as quantizing the full weight (or, for grad_input, its transpose:
+                # a tensorwise scale is axis free, RC-14)
+                data = me._data.t().contiguous() if transposed else me._data
+                return data, me._quant_scale
         if me is not None and func in (aten.detach.default, aten.alias.default):
             return me._rewrap(me._data)
         if me is not None and func in (aten.as_strided.default, aten.view.default):

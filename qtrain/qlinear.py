@@ -6,9 +6,10 @@ What autograd keeps for backward (RC-*), derived from the plan, not special-case
 - x: the high-precision x when grad_weight runs in high precision; the forward's quantized x,
   reused transposed, when its quantization is axis free (tensorwise); otherwise x quantized
   along M for grad_weight, computed in the forward (1 byte/elem instead of 2 or 4).
-- w: the forward's quantized w, reused transposed, when grad_input quantizes w the same
-  axis-free way (tensorwise, blockwise 128x128); otherwise the weight itself (no extra memory,
-  it is a Parameter) re-quantized along N in the backward.
+- w: the weight itself (no extra memory: it is a Parameter, and under FSDP2 the unsharded
+  weight that the backward all-gathers again), re-quantized along N in the backward (RC-14).
+  With `keep_quantized_weight` (tensorwise, square blocks) the forward's quantized w instead,
+  reused transposed: one cast less per step for 1 byte per weight element kept.
 """
 import functools
 import os
@@ -79,7 +80,8 @@ class _QuantizedLinearFn(torch.autograd.Function):
             if qx_m is None:
                 qx_m = quantize_operand(x, gw[1], 0, backend)
             ctx.x_mode, x_saved = "q", qx_m.tensors()
-        if qw is not None and gi is not None and gi[1] == plan.output[1] and gi[1].axis_free:
+        if (plan.keep_quantized_weight and qw is not None and gi is not None
+                and gi[1] == plan.output[1] and gi[1].axis_free):
             ctx.w_mode, w_saved = "reuse", qw.tensors()
         else:
             ctx.w_mode, w_saved = "hp", (weight,)

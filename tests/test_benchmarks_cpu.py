@@ -75,12 +75,14 @@ def test_block_refuses_big_shape_on_cpu(capsys):
 
 def test_block_cpu_smoke(tmp_path, capsys):
     path = tmp_path / "r.csv"
-    rc = block.main(["--small", "--device", "cpu", "--compile", "eager", "--recipes", "rowwise",
-                     "--reps", "2", "--no-torchao", "--csv", str(path)])
+    rc = block.main(["--small", "--device", "cpu", "--compile", "eager", "--recipes",
+                     "rowwise,tensorwise", "--keep-weight-variants", "--reps", "2", "--no-torchao",
+                     "--csv", str(path)])
     out = capsys.readouterr().out
     assert rc == 0, out
     rows = common.read_rows(str(path))
-    assert {r["recipe"] for r in rows} == {"bf16", "rowwise"}, out
+    # RC-14 variants only for the axis-free recipes
+    assert {r["recipe"] for r in rows} == {"bf16", "rowwise", "tensorwise", "tensorwise+keepw"}, out
     assert out.strip().splitlines()[-1].startswith("tiny")  # the table prints last
 
 

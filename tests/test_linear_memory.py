@@ -1,5 +1,7 @@
 """RC-*: what autograd keeps for backward, in bytes, per recipe (the table in qtrain/qlinear.py
-and spec/07-recipes.md). Parameters are not counted: they are alive anyway."""
+and spec/07-recipes.md). Parameters are not counted: they are alive anyway. RC-14: by default
+no recipe keeps anything for w beyond the Parameter; keep_quantized_weight keeps the axis-free
+quantized w (tensorwise, blockwise) and gives the same bits."""
 import pytest
 import torch
 
@@ -10,18 +12,19 @@ SR_CALL = 8                                  # the int64 stochastic-rounding cal
 
 # recipe -> (bytes kept for x, bytes kept for w beyond the Parameter), for fp32 x and w.
 EXPECTED = {
-    "tensorwise": (M * K + 4, N * K + 4),                      # fp8 x, fp8 w + scalar scales
+    "tensorwise": (M * K + 4, 0),                              # fp8 x + its scalar scale
     "rowwise": (M * K + 4 * K, 0),                             # fp8 x along M + (1,K) scale
     "rowwise_with_gw_hp": (4 * M * K, 0),                      # the hp x itself
     "mxfp8": (M * K + (M // 32) * K, 0),                       # fp8 x + e8m0 byte / 32 elems
     "int8": (M * K + 4 * K, 0),                                # int8 x along M + fp32 scales
-    "blockwise": (M * K + 4 * K * (M // 128),                  # fp8 x 128x1 blocks
-                  N * K + 4 * (N // 128) * (K // 128)),        # fp8 w 128x128, reused
+    "blockwise": (M * K + 4 * K * (M // 128), 0),              # fp8 x 128x1 blocks
 }
+# RC-14 keep_quantized_weight=True: the forward's quantized w on top (payload + scales)
+KEPT_W = {"tensorwise": N * K + 4, "blockwise": N * K + 4 * (N // 128) * (K // 128)}
 
 
-def _saved_bytes(recipe, dtype=torch.float32):
-    q = qtrain.QuantizedLinear(K, N, bias=False, config=qtrain.recipe_config(recipe),
+def _saved_bytes(recipe, dtype=torch.float32, **options):
+    q = qtrain.QuantizedLinear(K, N, bias=False, config=qtrain.recipe_config(recipe, **options),
                                dtype=dtype)
     x = torch.randn(M, K, dtype=dtype, requires_grad=True)
     kept = []
@@ -41,6 +44,37 @@ def _saved_bytes(recipe, dtype=torch.float32):
 def test_RC_saved_for_backward_bytes(recipe):
     x_bytes, w_bytes = EXPECTED[recipe]
     assert _saved_bytes(recipe) == x_bytes + w_bytes + SR_CALL
+
+
+@pytest.mark.parametrize("recipe", sorted(KEPT_W))
+def test_RC_14_keep_quantized_weight_bytes(recipe):
+    x_bytes, w_bytes = EXPECTED[recipe]
+    kept = _saved_bytes(recipe, keep_quantized_weight=True)
+    assert kept == x_bytes + w_bytes + KEPT_W[recipe] + SR_CALL
+
+
+@pytest.mark.parametrize("recipe", sorted(KEPT_W))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_RC_14_keep_and_requantize_give_the_same_bits(recipe, dtype):
+    gen = torch.Generator().manual_seed(14)
+    x0 = torch.randn(M, K, generator=gen).to(dtype)
+    w0 = (torch.randn(N, K, generator=gen) * K ** -0.5).to(dtype)
+    g = torch.randn(M, N, generator=gen).to(dtype)
+    got = []
+    for keep in (False, True):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        out = qtrain.linear(x, w, config=qtrain.recipe_config(recipe, keep_quantized_weight=keep))
+        out.backward(g)
+        got.append((out.detach(), x.grad, w.grad))
+    for a, b in zip(*got):
+        assert torch.equal(a.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                           b.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+
+
+@pytest.mark.parametrize("recipe", ["rowwise", "rowwise_with_gw_hp"])
+def test_RC_14_keep_quantized_weight_raises_where_w_is_not_axis_free(recipe):
+    with pytest.raises(ValueError, match="keep_quantized_weight.*tensorwise"):
+        qtrain.recipe_config(recipe, keep_quantized_weight=True)
 
 
 def test_RC_quantized_x_halves_bf16_activation_memory():
