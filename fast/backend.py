@@ -62,14 +62,14 @@ class FastBackend:
 
     def quantize_float8(self, x, fmt, axis=None, pow2_scale=False, transposed=False):
         """transposed=True: quantize x.T (2-D), its layout written directly from x."""
-        from .cast_float8 import quantize_float8, quantize_float8_columnwise
+        from .cast_float8 import (quantize_float8, quantize_float8_columnwise,
+                                  quantize_float8_tensorwise)
         self._check(x)
         if not transposed:
             return quantize_float8(x, fmt, axis, pow2_scale)
         _need_2d(x)
-        if axis is None:         # one scale: transpose the 1-byte payload (one copy)
-            data, quant_scale = quantize_float8(x, fmt, None, pow2_scale)
-            return data.t().contiguous(), quant_scale
+        if axis is None:         # one scale: the cast pass writes x.T (no copy)
+            return quantize_float8_tensorwise(x, fmt, pow2_scale, transposed=True)
         if axis in (-1, 1):      # along the last axis of x.T = axis 0 of x
             return quantize_float8_columnwise(x, fmt, pow2_scale, transposed=True)
         return quantize_float8(x.t().contiguous(), fmt, axis, pow2_scale)
@@ -96,10 +96,13 @@ class FastBackend:
         if not transposed:
             return quantize_int8(x, axis, noise, seed)
         _need_2d(x)
-        # noise comes in x.T's layout; the int8 columnwise kernel has no transposed store yet, so
-        # quantize along the matching axis of x and transpose the 1-byte payload (one copy).
-        axis_x = None if axis is None else (0 if axis in (-1, 1) else 1)
+        # noise comes in x.T's layout: back to x's (no copy when it is a transposed view, as
+        # the recipe passes it)
         noise_x = None if noise is None else noise.t().contiguous()
+        if axis in (-1, 1) and seed is None:   # along axis 0 of x, written as x.T (no copy)
+            return quantize_int8(x, 0, noise_x, None, transposed=True)
+        # otherwise quantize along the matching axis of x and transpose the 1-byte payload
+        axis_x = None if axis is None else (0 if axis in (-1, 1) else 1)
         data, scale = quantize_int8(x, axis_x, noise_x, seed)
         return data.t().contiguous(), scale.t().contiguous() if scale.dim() == 2 else scale
 

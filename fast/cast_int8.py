@@ -107,8 +107,11 @@ def _int8_rowwise_kernel(x_ptr, data_ptr, ds_ptr, noise_ptr, seed, R, K,
 @triton.jit
 def _int8_tiles_kernel(x_ptr, data_ptr, ds_ptr, amax_ptr, noise_ptr, seed, R, C,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, TENSORWISE: tl.constexpr,
-                       NOISE: tl.constexpr, EPS32: tl.constexpr, IS_BF16: tl.constexpr):
-    """Cast pass over a tile of row-major x (R, C); amax known per column or (TENSORWISE) once."""
+                       TRANSPOSED: tl.constexpr, NOISE: tl.constexpr, EPS32: tl.constexpr,
+                       IS_BF16: tl.constexpr):
+    """Cast pass over a tile of row-major x (R, C); amax known per column or (TENSORWISE) once.
+    TRANSPOSED: data written (C, R) row-major (given noise is read in x's layout either way;
+    seeded noise is not combined with TRANSPOSED)."""
     pid_r = tl.program_id(0)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -127,7 +130,10 @@ def _int8_tiles_kernel(x_ptr, data_ptr, ds_ptr, amax_ptr, noise_ptr, seed, R, C,
         if pid_r == 0:
             tl.store(ds_ptr + cols, ds, mask=col_ok)
         q = _int8_round(x, inv[None, :], finite[None, :], u, NOISE != 0)
-    tl.store(data_ptr + offs, q, mask=mask)
+    if TRANSPOSED:
+        tl.store(data_ptr + cols[None, :].to(tl.int64) * R + rows[:, None], q, mask=mask)
+    else:
+        tl.store(data_ptr + offs, q, mask=mask)
 
 
 def _noise_args(x, noise, seed):
@@ -142,14 +148,20 @@ def _noise_args(x, noise, seed):
     return x, 0, NOISE_NONE
 
 
-def quantize_int8(x, axis, noise=None, seed=None):
+def quantize_int8(x, axis, noise=None, seed=None, transposed=False):
     """(data int8 like x, dequant_scale fp32 keepdims along axis; shape () for axis None).
     noise: fp32 tensor in [0, 1) like x (I8-5, bit-checkable); or seed: int for in-kernel
-    stochastic noise; neither: rne (I8-4)."""
+    stochastic noise; neither: rne (I8-4).
+    transposed=True (2-D x, axis 0, no seed): quantize x along axis 0 and write the payload as
+    x.T row-major (C, R) with dequant_scale (C, 1): the NT operand of a product contracted
+    over x's rows, with no copy. noise, if given, is like x either way."""
     check_input(x, LAYER)
     check_device(_int8_rowwise_kernel, x, LAYER)
     if noise is not None and seed is not None:
         raise ValueError(f"{LAYER}: pass noise or seed, not both")
+    if transposed and (x.dim() != 2 or axis not in (0, -2) or seed is not None):
+        raise ValueError(f"{LAYER}: transposed int8 cast needs 2-D x, axis 0 and no seed; got "
+                         f"shape {tuple(x.shape)}, axis {axis}, seed {seed}")
     noise_t, seed_v, mode = _noise_args(x, noise, seed)
     x_in, is_bf16 = kernel_input(x)
     eps32 = fp32(EPS_AMAX)
@@ -178,9 +190,14 @@ def quantize_int8(x, axis, noise=None, seed=None):
     block_r, block_c, warps = cast_tile(R, C, False)
     block_c = max(block_c, 4)                     # rand4x groups of 4 columns
     grid = (cdiv(R, block_r), cdiv(C, block_c))
+    if transposed:
+        data = torch.empty((C, R), dtype=torch.int8, device=x.device)
     _int8_tiles_kernel[grid](kernel_input(x2d)[0], data, ds, t_bits if tensorwise else c_bits,
                              noise_t, seed_v, R, C, BLOCK_R=block_r, BLOCK_C=block_c,
-                             TENSORWISE=tensorwise, num_warps=warps, **launch)
+                             TENSORWISE=tensorwise, TRANSPOSED=transposed, num_warps=warps,
+                             **launch)
+    if transposed:
+        return data, ds.view(C, 1)
     return data, ds.reshape(()) if tensorwise else ds.view((1,) + tuple(x.shape[1:]))
 
 

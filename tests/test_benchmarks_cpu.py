@@ -1,5 +1,7 @@
 """Benchmarks on a CPU (issue 8): reference-path timings, smoke runs, and the GPU gates (skipped here)."""
 import csv
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -218,3 +220,36 @@ def test_convergence_seeds_table_judges_the_mean():
     assert "+2.00%" in rowwise and "-1.00%" in rowwise and "+0.50%" in rowwise
     assert rowwise.rstrip().endswith("yes")              # mean +0.5% within the tiny 3% margin
     assert int8.rstrip().endswith("NO") and " - " in int8 + " "
+
+
+# Host work per fwd+bwd on the fast backend (benchmarks/host_overhead.py), counted on the CPU:
+# launches the host must issue on a GPU. Budgets are the counts of 2026-11-30; a change that adds
+# host work to a hot path fails here, on CPU CI, before anyone times it on a GPU.
+HOST_BUDGET = {   # (workload, recipe) -> (aten ops that launch a kernel, Triton launches)
+    ("linear", "rowwise"): (11, 7),
+    ("linear", "tensorwise"): (18, 8),
+    ("linear", "int8"): (17, 9),
+    ("grouped", "rowwise"): (18, 9),
+}
+
+
+def test_host_overhead_counts_within_budget(tmp_path):
+    import subprocess
+    path = tmp_path / "host.csv"
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.host_overhead", "--steps", "2",
+                           "--csv", str(path)], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    got = {}
+    for r in common.read_rows(str(path)):
+        got[(r["op"].split()[-1], r["recipe"], r["metric"])] = float(r["value"])
+    for (workload, recipe), (kernels, launches) in HOST_BUDGET.items():
+        k = got[(workload, recipe, "aten_kernel_ops")]
+        n = got[(workload, recipe, "triton_launches")]
+        assert k <= kernels and n <= launches, (
+            f"{workload} {recipe}: {k:.0f} kernel-launching aten ops (budget {kernels}), "
+            f"{n:.0f} Triton launches (budget {launches}) per fwd+bwd")
+        assert k + n > got[(workload, "bf16", "gpu_launches")], "counting is broken"

@@ -49,6 +49,22 @@ def test_float8_dual_rowwise_and_transposed_columnwise(shape, seed):
         assert_same(to_numpy(qs_t), np.ascontiguousarray(col_qs.T), f"col quant_scale.T {fmt}", seed)
 
 
+@pytest.mark.parametrize("shape", [(17, 32), (6, 96), (33, 16), (1, 130)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_float8_tensorwise_transposed_is_tensorwise_of_x_t(shape, dtype, seed):
+    """RC-14's re-quantized w for grad_input: the cast pass writes x.T itself (no copy)."""
+    fast = fast_backend()
+    x = _input(shape, dtype, seed)
+    for fmt in FORMATS:
+        for pow2 in (False, True):
+            data, qs = fast.quantize_float8(from_numpy(x), fmt, None, pow2, transposed=True)
+            ref_data, ref_qs = reference.quantize_float8(np.ascontiguousarray(x.T), fmt, None, pow2)
+            what = f"{fmt} pow2={pow2} {dtype} {shape} transposed"
+            assert tuple(data.shape) == shape[::-1] and data.is_contiguous(), what
+            assert_same(to_numpy(qs), ref_qs, "quant_scale " + what, seed)
+            assert_same(to_numpy(data), ref_data, "data " + what, seed)
+
+
 def _mx_input(shape, dtype, seed):
     x = edge_rows(shape, np.float32, seed)
     x[6 % shape[0], :] = np.float32(2.0 ** -133)              # MX-7: bf16 subnormal block
@@ -96,6 +112,25 @@ def test_int8_rne_and_given_noise_I8_1_to_7(shape, dtype, axis, seed):
         data, ds = fast.quantize_int8(from_numpy(x), axis, None if u is None else from_numpy(u))
         ref_data, ref_ds = reference.quantize_int8(x, axis, u)
         what = f"axis={axis} noise={u is not None} {dtype} {shape}"
+        assert_same(to_numpy(ds), ref_ds, "dequant_scale " + what, seed)
+        assert_same(to_numpy(data), ref_data, "data " + what, seed)
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("shape", [(17, 32), (6, 96), (33, 16), (1, 130)])
+def test_int8_transposed_is_rowwise_of_x_t(shape, dtype, seed):
+    """The NT operand x.T quantized along its last axis, written by the column cast itself; given
+    noise comes in x.T's layout (the recipe's grad_weight and grad_input operands)."""
+    fast = fast_backend()
+    x = _input(shape, dtype, seed)
+    xt = np.ascontiguousarray(x.T)
+    noise_t = np.random.default_rng(seed).random(xt.shape, dtype=np.float32)
+    for u in (None, noise_t):
+        data, ds = fast.quantize_int8(from_numpy(x), -1, None if u is None else from_numpy(u),
+                                      transposed=True)
+        ref_data, ref_ds = reference.quantize_int8(xt, -1, u)
+        what = f"transposed noise={u is not None} {dtype} {shape}"
+        assert tuple(data.shape) == xt.shape and data.is_contiguous(), what
         assert_same(to_numpy(ds), ref_ds, "dequant_scale " + what, seed)
         assert_same(to_numpy(data), ref_data, "data " + what, seed)
 
