@@ -146,11 +146,16 @@ def quantize_float8_experts_t(w, fmt, pow2_scale=False):
 
 
 # ---- products ------------------------------------------------------------------------------
-def _expand(d, shape):
-    """MM-1 factors (R/br, C/bc) (or 0-d) broadcast to (R, C) fp32."""
-    d = d.reshape(1, 1) if d.dim() == 0 else d
-    return d.float().repeat_interleave(shape[0] // d.shape[0], 0).repeat_interleave(
-        shape[1] // d.shape[1], 1)
+def _times_block_factors(p, d):
+    """fp32 p (any rank) times MM-1 block factors d (same rank, each dim dividing p's, or 0-d),
+    every element by the factor of its block: broadcast over a split view, nothing expanded."""
+    if d.dim() == 0:
+        return p * d.float()
+    split, dims = [], []
+    for n, nd in zip(p.shape, d.shape):
+        split += [nd, n // nd]
+        dims += [nd, 1]
+    return (p.reshape(split) * d.float().reshape(dims)).reshape(p.shape)
 
 
 def _per_group_2d2d(d, shape, offs):
@@ -162,14 +167,10 @@ def _per_group_2d2d(d, shape, offs):
 
 def _dequant(p, d, offs, dtype):
     """Exact values of payload p with factors d, in `dtype` (see the module docstring)."""
-    if p.dim() == 3:                                   # (E, N, K) with (E, N/br, K/bc)
-        full = d.float().repeat_interleave(p.shape[1] // d.shape[1], 1).repeat_interleave(
-            p.shape[2] // d.shape[2], 2)
-    elif d.dim() == 3:
-        full = _per_group_2d2d(d, p.shape, offs)
-    else:
-        full = _expand(d, p.shape)
-    return (p.float() * full).to(dtype)
+    if p.dim() == 2 and d.dim() == 3:
+        return (p.float() * _per_group_2d2d(d, p.shape, offs)).to(dtype)
+    # (E, N, K) with (E, N/br, K/bc), or 2-D with (R/br, C/bc)
+    return _times_block_factors(p.float(), d).to(dtype)
 
 
 def _rowwise_2d3d(a, da, b, db):

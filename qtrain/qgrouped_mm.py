@@ -19,14 +19,16 @@ start at each group's first token (groups zero-padded up to the block, qtrain/gr
 Group sizes are free (empty groups, any length); padding is built on the device (no host
 sync) and never changes a result. Supported: Float8LinearConfig(recipe="rowwise") and
 MXLinearConfig (grad_weight_hp included). Kept for backward: x quantized along tokens for
-grad_weight (1 byte per element plus scales; hp x with grad_weight_hp), w itself, offs.
+grad_weight (1 byte per element plus scales; hp x with grad_weight_hp), w itself, offs, and
+the padded token layout that g reuses (padded offsets; for MX also the pad index, 8 bytes per
+padded token).
 """
 import torch
 
 from . import grouped_ops, ops  # noqa: F401  (ops registers the qtrain:: quantize ops)
 from .backend import resolve_backend_name
 from .config import Float8LinearConfig, MXLinearConfig
-from .grouping import pad_groups, padded_offsets
+from .grouping import pad_groups, pad_layout, padded_offsets
 from .qlinear import _mm_dtype
 from .recipes import QOperand, quantize_operand
 
@@ -48,19 +50,23 @@ def _quantize_3d(w, spec, along_k, backend):
     return q.payload.reshape(e, rows, cols), q.dequant_fp32().reshape(e, rows, -1)
 
 
-def _grad_weight_operand(t, offs, spec, backend, pends=None):
+def _grad_weight_operand(t, offs, spec, backend, layout=None):
     """t (M, C) (g or x) quantized along tokens within each group, in NT form for the 2d x 2d
-    product over the padded token layout: (payload (C, Mp), factors, padded offs). `pends`:
-    the padded offsets when already known (x's, reused for g: same groups, same layout)."""
+    product over the padded token layout: (payload (C, Mp), factors, layout), layout =
+    (padded offs,) for float8 and (padded offs, pad index) for MX. `layout`: when already
+    known (x's, reused for g: same groups, same layout)."""
     if spec.kind == "float8":
-        if pends is None:
-            pends = padded_offsets(offs, FLOAT8_ALIGN)
+        pends = padded_offsets(offs, FLOAT8_ALIGN) if layout is None else layout[0]
         data_t, qs = grouped_ops.quantize_float8_grouped_t(t, offs, FLOAT8_ALIGN, spec.fmt,
                                                            spec.pow2_scale, backend, pends)
-        return data_t, torch.reciprocal(qs).unsqueeze(-1), pends
-    tp, pends = pad_groups(t, offs, spec.block_size)          # blocks never straddle groups
+        return data_t, torch.reciprocal(qs).unsqueeze(-1), (pends,)
+    if layout is None:
+        index, pends = pad_layout(offs, t.shape[0], spec.block_size)
+    else:
+        pends, index = layout
+    tp, _ = pad_groups(t, offs, spec.block_size, (index, pends))   # blocks never straddle groups
     q = quantize_operand(tp, spec, 0, backend)                # MX along tokens: (C, Mp) view
-    return q.payload, q.dequant, pends                        # e8m0 bytes while saved
+    return q.payload, q.dequant, (pends, index)               # e8m0 bytes while saved
 
 
 def _check(x, w, offs, config):
@@ -97,7 +103,8 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
         elif gw is None:
             x_saved = (x,)
         else:
-            x_saved = _grad_weight_operand(x, offs, gw[1], backend)
+            payload, dequant, layout = _grad_weight_operand(x, offs, gw[1], backend)
+            x_saved = (payload, dequant, *layout)
         ctx.n_x = len(x_saved)
         ctx.save_for_backward(*x_saved, w, offs)
         ctx.plan, ctx.backend, ctx.x_dtype = plan, backend, x.dtype
@@ -122,9 +129,10 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
             if gw is None:
                 grad_w = _grad_weight_hp(g, x_saved[0], offs)
             else:
-                b, db, x_pends = x_saved
-                a, da, pends = _grad_weight_operand(g, offs, gw[0], backend,
-                                                    x_pends if gw[0] == gw[1] else None)
+                b, db, x_layout = x_saved[0], x_saved[1], x_saved[2:]
+                a, da, layout = _grad_weight_operand(g, offs, gw[0], backend,
+                                                     x_layout if gw[0] == gw[1] else None)
+                pends = layout[0]
                 da, db = QOperand(a, da).dequant_fp32(), QOperand(b, db).dequant_fp32()
                 align = FLOAT8_ALIGN if gw[0].kind == "float8" else gw[0].block_size
                 grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype, backend,
@@ -136,8 +144,9 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
 def _grad_weight_hp(g, x, offs):
     """grad_weight_hp (RC-7): g[rows_g].T @ x[rows_g] per group in the model dtype, over the
     padded layout (16-byte aligned group starts); empty groups give zeros."""
-    gp, pends = pad_groups(g, offs, 8)
-    xp, _ = pad_groups(x, offs, 8)
+    layout = pad_layout(offs, g.shape[0], 8)                  # same groups: one layout
+    gp, pends = pad_groups(g, offs, 8, layout)
+    xp, _ = pad_groups(x, offs, 8, layout)
     out = torch._grouped_mm(gp.t().contiguous(), xp, offs=pends)
     sizes = torch.diff(pends, prepend=pends.new_zeros(1))
     return torch.where((sizes > 0)[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))

@@ -65,12 +65,30 @@ class QOperand:
         return self.payload, self.dequant
 
 
-def e8m0_to_fp32(scale_bits):
+def e8m0_to_fp32_bits(scale_bits):
     """2^(b-127) built from bits (exact, 2^-127 is an fp32 subnormal); 0xFF -> NaN (MX-8)."""
     b = scale_bits.to(torch.int32)
     bits = torch.where(b == 0, torch.full_like(b, 0x00400000), b << 23)
     bits = torch.where(b == 255, torch.full_like(b, 0x7FC00000), bits)
     return bits.view(torch.float32)
+
+
+_E8M0_TABLES = {}        # device -> fp32 (256,): e8m0_to_fp32_bits of every byte
+
+
+def e8m0_to_fp32(scale_bits):
+    """e8m0_to_fp32_bits, in eager mode as a lookup in the 256-entry table of that function
+    (same bits; two kernels per call instead of seven, which launch-bound layers feel). Under
+    torch.compile, CUDA-graph capture or a tensor subclass: the formula itself."""
+    dev = scale_bits.device
+    if (type(scale_bits) is not torch.Tensor or torch.compiler.is_compiling()
+            or (dev.type == "cuda" and torch.cuda.is_current_stream_capturing())):
+        return e8m0_to_fp32_bits(scale_bits)
+    table = _E8M0_TABLES.get(dev)
+    if table is None:
+        table = _E8M0_TABLES[dev] = e8m0_to_fp32_bits(
+            torch.arange(256, dtype=torch.int32, device=dev).to(torch.uint8))
+    return table[scale_bits.to(torch.int32)]
 
 
 def _pad_contraction(t, axis, multiple):

@@ -229,7 +229,9 @@ HOST_BUDGET = {   # (workload, recipe) -> (aten ops that launch a kernel, Triton
     ("linear", "rowwise"): (11, 7),
     ("linear", "tensorwise"): (18, 8),
     ("linear", "int8"): (17, 9),
+    ("linear", "mxfp8"): (20, 9),
     ("grouped", "rowwise"): (18, 9),
+    ("grouped", "mxfp8"): (62, 9),
 }
 
 

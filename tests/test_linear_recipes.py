@@ -112,3 +112,15 @@ def test_autocast_runs_in_autocast_dtype():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert x.grad.dtype == torch.float32 and q.weight.grad.dtype == torch.float32
+
+
+def test_MX_8_e8m0_scale_table_is_the_formula_for_every_byte():
+    """The eager lookup table (qtrain/recipes.py) gives the formula's bits for all 256 codes:
+    2^(b-127) with 0x00 -> 2^-127 (fp32 subnormal) and 0xFF -> NaN, in any shape."""
+    from qtrain.recipes import e8m0_to_fp32, e8m0_to_fp32_bits
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).reshape(16, 16).t()
+    got, want = e8m0_to_fp32(codes), e8m0_to_fp32_bits(codes)
+    assert got.shape == (16, 16) and got.dtype == torch.float32
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert want[0, 0].view(torch.int32) == 0x00400000 and torch.isnan(want[15, 15])
+    assert float(want[0, 8]) == 2.0 ** (128 - 127)        # code 0x80 at [0, 8] of the transpose
