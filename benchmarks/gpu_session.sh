@@ -2,8 +2,10 @@
 # One batched GPU session (device tool): install, check fast against the reference, time.
 # Usage on the GPU machine:  bash benchmarks/gpu_session.sh STEP[,STEP...]
 #   steps: checks (GPU tests, conformance), fastcheck (gpu_fast_check), tuning (kernel_tuning),
-#          block, moe, moeprof (profiler table), gates (pytest-benchmark GPU gates), roofline,
-#          demo (GPU preset, short), convergence (medium model)
+#          block, keepw (RC-14: tensorwise/blockwise with and without the kept weight, time and
+#          peak memory), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
+#          (profiler table), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
+#          short), convergence (medium model; CONV_ARGS adds arguments)
 # Logs and reports go to $OUT (or ./out). Each step has its own time limit so one stuck step
 # cannot eat the session; a short summary prints last.
 set -u
@@ -25,7 +27,7 @@ step() {  # step NAME LIMIT_S CMD...
 }
 has() { case "$what" in *,$1,*) return 0;; esac; return 1; }
 if has checks; then
-  step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu_fast_linear.py tests/test_gpu_fast_moe.py tests/test_gpu_cuda_graphs.py tests/test_fast_common.py}
+  step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu_fast_linear.py tests/test_gpu_fast_moe.py tests/test_gpu_cuda_graphs.py tests/test_fast_common.py tests/test_fast_casts.py tests/test_fast_scaled_mm.py}
   step conformance ${CONF_LIMIT_S:-200} python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json"
 fi
 if has fastcheck; then
@@ -36,6 +38,13 @@ if has tuning; then
 fi
 if has block; then
   step block ${BLOCK_LIMIT_S:-420} python3 -m benchmarks.block --recipes all --compile ${BLOCK_COMPILE:-both} --budget-s ${BLOCK_BUDGET_S:-360} ${BLOCK_ARGS:-}
+fi
+if has keepw; then
+  step block_keepw ${KEEPW_LIMIT_S:-300} python3 -m benchmarks.block --recipes tensorwise,blockwise --keep-weight-variants --large-only --no-torchao --compile ${KEEPW_COMPILE:-both} --budget-s ${KEEPW_BUDGET_S:-240}
+fi
+if has graphs; then
+  step moe_graphs ${GRAPHS_MOE_LIMIT_S:-180} env QTRAIN_FAST_AUTOTUNE=0 MOE_COMPILE_MODE=reduce-overhead python3 benchmarks/moe_bench.py
+  step block_graphs ${GRAPHS_BLOCK_LIMIT_S:-200} env QTRAIN_FAST_AUTOTUNE=0 python3 -m benchmarks.block --recipes rowwise,tensorwise --compile compiled --compile-mode reduce-overhead --large-only --no-torchao --budget-s 150
 fi
 if has moe; then
   step moe_bench ${MOE_LIMIT_S:-150} python3 benchmarks/moe_bench.py
@@ -53,6 +62,6 @@ if has demo; then
   step demo ${DEMO_LIMIT_S:-240} python3 -m qtrain.demo --steps ${DEMO_STEPS:-200} --out "$OUT/demo_loss.png"
 fi
 if has convergence; then
-  step convergence ${CONV_LIMIT_S:-540} python3 -m benchmarks.convergence --size medium
+  step convergence ${CONV_LIMIT_S:-540} python3 -m benchmarks.convergence --size medium ${CONV_ARGS:-}
 fi
 echo; echo "=== summary"; printf '%s\n' "${summary[@]}"

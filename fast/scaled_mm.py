@@ -298,6 +298,10 @@ def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_a
     (M, K), N = a.shape, b.shape[0]
     da, _, _ = _blocks(a_dequant, a.shape, "a_dequant")
     db, _, _ = _blocks(b_dequant, b.shape, "b_dequant")
+    if (da.numel() == 1 and db.numel() == 1 and a.dtype != torch.int8
+            and _scaled_mm_ok(a, b, N, K)):              # tensorwise: scalar factors as they are
+        return torch._scaled_mm(a, b.t(), scale_a=da.reshape(()), scale_b=db.reshape(()),
+                                out_dtype=out_dtype, use_fast_accum=use_fast_accum)
     vectors = _outer_vectors(da, db, M, N)
     if vectors is not None and a.dtype == torch.int8:
         if INT8_TRITON and a.device.type == "cuda":
@@ -306,9 +310,6 @@ def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_a
             acc = torch._int_mm(a, b.t())
             return (acc.to(torch.float32) * vectors[0] * vectors[1]).to(out_dtype)
     if vectors is not None and a.dtype != torch.int8 and _scaled_mm_ok(a, b, N, K):
-        if da.numel() == 1 and db.numel() == 1:
-            return torch._scaled_mm(a, b.t(), scale_a=da.reshape(()), scale_b=db.reshape(()),
-                                    out_dtype=out_dtype, use_fast_accum=use_fast_accum)
         sa, sb = vectors
         if out_dtype == torch.bfloat16 or _ROWWISE_FP32_OK.get(a.device.type, True):
             try:
