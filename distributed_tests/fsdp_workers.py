@@ -91,3 +91,37 @@ def _cpu(obj):
 def fsdp_many(ctx, configs):
     """Several fsdp_run configurations in one launch (process start-up dominates on CI)."""
     return [fsdp_run(ctx, **cfg) for cfg in configs]
+
+
+def fsdp_saved_bytes(ctx, configs):
+    """Bytes that autograd holds for backward once the forward is done, per rank, under FSDP2
+    (every Linear its own unit, resharded after forward). A saved tensor counts by the live
+    size of its storage at that moment: the unsharded parameters FSDP2 freed count 0 (it
+    gathers them again for the backward), a copy made from them counts in full. Each config:
+    dict(recipe=..., keep_quantized_weight=bool)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import qtrain
+    from qtrain.fsdp import fully_shard_model
+    out = []
+    for cfg in configs:
+        d0, d1, d2 = models.widths(cfg["recipe"])
+        model = models.tiny_mlp(None, torch.float32, dims=(d0, d1, d2), bias=False)
+        config = qtrain.recipe_config(cfg["recipe"],
+                                      keep_quantized_weight=cfg["keep_quantized_weight"])
+        qtrain.convert_to_quantized_training(model, config)
+        model = model.to(ctx.device)
+        fully_shard_model(model, init_device_mesh(ctx.device_type, (ctx.world_size,)))
+        x = torch.randn(128, d0, generator=torch.Generator().manual_seed(1)).to(ctx.device)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t), t)[1],
+                                                      lambda t: t):
+            loss = models.loss_fn(model(x), torch.zeros(128, d2, device=ctx.device))
+        storages = {}
+        for t in saved:
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()        # freed unsharded params: 0 bytes
+        held = sum(storages.values())
+        loss.backward()                                # the backward still runs (and re-gathers)
+        out.append({"held_bytes": held, "loss": loss.detach().cpu()})
+    return out

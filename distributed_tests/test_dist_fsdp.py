@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from distributed_tests import models, parity
-from distributed_tests.fsdp_workers import fsdp_many
+from distributed_tests.fsdp_workers import fsdp_many, fsdp_saved_bytes
 from distributed_tests.launch import run_workers
 
 RECIPES = ["tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8", "int8", "blockwise", None]
@@ -115,3 +115,28 @@ def test_fsdp_data_parallel_4_ranks_within_bound_P_DP(dp_runs, recipe):
     for n, ts in terms.items():
         parity.assert_within(f"P-DP grad {n}", got["grads"][0][n], sum(ts),
                              parity.sum_order_bound(ts))
+
+
+def test_fsdp_requantized_weight_holds_no_unsharded_copy_RC_14():
+    """RC-14 under FSDP2: by default nothing derived from the unsharded weight survives the
+    forward (FSDP2 frees the gathered weight and gathers it again for the backward); with
+    keep_quantized_weight the float8 copy of every layer's FULL weight (not 1/world of it)
+    stays on every rank until the backward. Same loss either way."""
+    configs = [dict(recipe=r, keep_quantized_weight=k)
+               for r in ("tensorwise", "blockwise") for k in (False, True)]
+    results = run_workers(fsdp_saved_bytes, 2, configs, timeout_s=150)
+    for rank in (0, 1):
+        res = results[rank]
+        for i in (0, 2):
+            recipe = configs[i]["recipe"]
+            d0, d1, d2 = models.widths(recipe)
+            if recipe == "tensorwise":          # payload + the scalar fp32 scale, per layer
+                kept = (d1 * d0 + 4) + (d2 * d1 + 4)
+            else:                               # payload + one fp32 scale per 128x128 block
+                kept = (d1 * d0 + 4 * (d1 // 128) * (d0 // 128)) + \
+                       (d2 * d1 + 4 * (d2 // 128) * (d1 // 128))
+            default, keep = res[i]["held_bytes"], res[i + 1]["held_bytes"]
+            assert keep - default == kept, (
+                f"rank {rank} {recipe}: keeping the weight held {keep - default} more bytes, "
+                f"expected the full unsharded float8 weights, {kept}")
+            parity.assert_bitwise(f"rank {rank} {recipe} loss", res[i]["loss"], res[i + 1]["loss"])
