@@ -13,6 +13,8 @@ routed as on an sm90 GPU. The numbers are therefore:
 - aten ops per step (TorchDispatchMode count: every op that reaches the dispatcher),
 - Triton launches per step,
 - of those, the ops that launch a device kernel on a GPU (not views, not allocations),
+- host syncs (aten._local_scalar_dense: .item(), int(t), bool(t) on a device tensor), which
+  stall the host on a GPU and break CUDA-graph capture,
 - GPU launches per step: those ops plus the Triton launches (on the H200 host a bare Triton
   launch measured 22 us and a small aten op 14 us, benchmarks/moe_profile.py host_costs),
 - host microseconds per step on THIS machine's CPU (kernels not run, payloads garbage; the
@@ -42,7 +44,15 @@ NO_KERNEL = {"view", "_unsafe_view", "detach", "t", "transpose", "expand", "slic
              "unsqueeze", "squeeze", "alias", "as_strided", "permute", "empty", "empty_strided",
              "empty_like", "split", "split_with_sizes", "unbind", "lift_fresh", "_reshape_alias"}
 NAME = "fast-host-count"
-LINEAR_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8", "int8", "blockwise")
+LINEAR_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8", "int8", "blockwise",
+                  "int8+sr")
+VARIANTS = {"int8+sr": ("int8", dict(stochastic_grad_output=True))}   # name -> (recipe, fields)
+
+
+def config_of(name, backend):
+    import qtrain
+    recipe, fields = VARIANTS.get(name, (name, {}))
+    return qtrain.recipe_config(recipe, backend=backend, **fields)
 GROUPED_RECIPES = ("rowwise", "mxfp8")
 
 
@@ -135,6 +145,7 @@ class Row:
     recipe: str
     aten_ops: int
     kernel_ops: int
+    syncs: int
     launches: int
     host_us: float
     top_ops: str
@@ -158,7 +169,8 @@ def measure(step, steps):
         times.append((time.perf_counter() - t0) * 1e6)
     top = ", ".join(f"{k} {v}" for k, v in mode.ops.most_common(6))
     kernel_ops = sum(n for op, n in mode.ops.items() if op not in NO_KERNEL)
-    return sum(mode.ops.values()), kernel_ops, launches, statistics.median(times), top
+    syncs = mode.ops["_local_scalar_dense"]
+    return sum(mode.ops.values()), kernel_ops, syncs, launches, statistics.median(times), top
 
 
 def linear_step(recipe, backend, M, K, N):
@@ -171,7 +183,7 @@ def linear_step(recipe, backend, M, K, N):
         fwd = lambda: torch.nn.functional.linear(x, w)   # noqa: E731
     else:
         layer = qtrain.QuantizedLinear(K, N, bias=False, dtype=torch.bfloat16,
-                                       config=qtrain.recipe_config(recipe, backend=backend))
+                                       config=config_of(recipe, backend))
         layer.weight = torch.nn.Parameter(w.detach())
         fwd = lambda: layer(x)                               # noqa: E731
 
@@ -190,7 +202,7 @@ def grouped_step(recipe, backend, E, M, K, N):
     if recipe == "bf16":
         fwd = lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)   # noqa: E731
     else:
-        config = qtrain.recipe_config(recipe, backend=backend)
+        config = config_of(recipe, backend)
         fwd = lambda: qtrain.grouped_mm(x, w, offs, config)                   # noqa: E731
 
     def step():
@@ -218,6 +230,7 @@ def csv_rows(rows):
         base = dict(op=f"host_fwd_bwd {r.workload.split()[0]}", backend=NAME, recipe=r.recipe,
                     shape=r.workload)
         for metric, value in (("aten_ops", r.aten_ops), ("aten_kernel_ops", r.kernel_ops),
+                              ("host_syncs", r.syncs),
                               ("triton_launches", r.launches), ("gpu_launches", r.gpu_launches),
                               ("host_us_this_cpu", r.host_us)):
             out.append(dict(base, metric=metric, value=f"{value:.6g}"))
@@ -234,10 +247,10 @@ def main(argv=None):
     rows = run(args.steps)
     if args.csv:
         print(f"appended {len(csv_rows(rows))} rows to {common.append_rows(csv_rows(rows), args.csv)}")
-    header = ["workload", "recipe", "aten ops", "of them kernels", "Triton launches",
-              "GPU launches", "host us (this CPU)"]
-    table = [[r.workload, r.recipe, r.aten_ops, r.kernel_ops, r.launches, r.gpu_launches,
-              f"{r.host_us:.0f}"] for r in rows]
+    header = ["workload", "recipe", "aten ops", "of them kernels", "host syncs",
+              "Triton launches", "GPU launches", "host us (this CPU)"]
+    table = [[r.workload, r.recipe, r.aten_ops, r.kernel_ops, r.syncs, r.launches,
+              r.gpu_launches, f"{r.host_us:.0f}"] for r in rows]
     if args.top:
         for r in rows:
             print(f"{r.workload} {r.recipe}: {r.top_ops}")

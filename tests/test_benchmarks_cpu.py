@@ -227,7 +227,7 @@ def test_convergence_seeds_table_judges_the_mean():
 # host work to a hot path fails here, on CPU CI, before anyone times it on a GPU.
 HOST_BUDGET = {   # (workload, recipe) -> (aten ops that launch a kernel, Triton launches)
     ("linear", "rowwise"): (11, 7),
-    ("linear", "tensorwise"): (18, 8),
+    ("linear", "tensorwise"): (12, 8),
     ("linear", "int8"): (17, 9),
     ("linear", "mxfp8"): (20, 9),
     ("grouped", "rowwise"): (18, 9),
@@ -255,3 +255,8 @@ def test_host_overhead_counts_within_budget(tmp_path):
             f"{workload} {recipe}: {k:.0f} kernel-launching aten ops (budget {kernels}), "
             f"{n:.0f} Triton launches (budget {launches}) per fwd+bwd")
         assert k + n > got[(workload, "bf16", "gpu_launches")], "counting is broken"
+    # no host sync anywhere (CUDA-graph capture, MoE padding on the device: issue 6), except the
+    # one documented for int8 stochastic rounding (the call index seeds a torch Generator)
+    syncs = {(w, r): v for (w, r, m), v in got.items() if m == "host_syncs"}
+    assert syncs.pop(("linear", "int8+sr")) == 1
+    assert all(v == 0 for v in syncs.values()), {k: v for k, v in syncs.items() if v}
