@@ -94,7 +94,7 @@ def install_host_only_replay():
     from qtrain.backend import register_backend
     from qtrain.fast import grouped_mm as fg
     from qtrain.fast import scaled_mm as fs
-    from qtrain.fast.backend import FastBackend
+    from qtrain.fast.backend import InterpretedFastBackend
 
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("benchmarks.host_overhead: counts host work on a CPU-only machine "
@@ -114,18 +114,7 @@ def install_host_only_replay():
                 and all(d % 16 == 0 for d in dims))
     fg._torch_scaled_ok = torch_scaled_ok
 
-    class _HostOnly:
-        def __init__(self):
-            self._fast = FastBackend(allow_interpreter=True)
-            self.name = NAME
-
-        def available(self):
-            return self._fast.runnable_on("cpu")
-
-        def __getattr__(self, attr):
-            return getattr(self._fast, attr)
-
-    register_backend(NAME, _HostOnly)
+    register_backend(NAME, lambda: InterpretedFastBackend(NAME))
     return NAME
 
 

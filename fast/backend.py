@@ -149,3 +149,19 @@ class FastBackend:
         from .grouped_mm import scaled_grouped_mm
         self._check(a)
         return scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype, group_align)
+
+
+class InterpretedFastBackend:
+    """FastBackend on CPU tensors through the Triton interpreter (TRITON_INTERPRET=1 set before
+    qtrain.fast is imported), under a name of its own so that it can be registered beside
+    "fast": the CI tests and the host-work count (benchmarks/host_overhead.py) use it."""
+
+    def __init__(self, name="fast-interpret"):
+        self._fast = FastBackend(allow_interpreter=True)
+        self.name = name
+
+    def available(self):
+        return self._fast.runnable_on("cpu")
+
+    def __getattr__(self, attr):
+        return getattr(self._fast, attr)

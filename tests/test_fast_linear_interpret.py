@@ -14,26 +14,19 @@ import pytest
 
 import qtrain
 from qtrain.backend import register_backend
+from qtrain.fast.backend import InterpretedFastBackend
 from linear_helpers import check_recipe_by_hand
 
 SEED = int(os.environ.get("QTRAIN_TEST_SEED", torch.seed() % 2 ** 31))
 NAME = "fast-interpret-linear"
 
 
-class _FastOnCpu:
+class _FastOnCpu(InterpretedFastBackend):
     """FastBackend on CPU tensors through the interpreter; products the CPU has no kernel for
     (torch._scaled_mm / _int_mm refuse or are missing there) go to the Triton product kernel."""
 
     def __init__(self):
-        from qtrain.fast.backend import FastBackend
-        self._fast = FastBackend(allow_interpreter=True)
-        self.name = NAME
-
-    def available(self):
-        return self._fast.runnable_on("cpu")
-
-    def __getattr__(self, attr):
-        return getattr(self._fast, attr)
+        super().__init__(NAME)
 
     def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=False):
         from qtrain.fast.scaled_mm import scaled_mm_nt_triton
