@@ -4,6 +4,7 @@ dequant factors with the MM-1 block rule. Float8 tensorwise/rowwise go to torch.
 int8 tensorwise/rowwise to torch._int_mm (or the Triton int8 GEMM when INT8_TRITON is set),
 everything else (MX, blockwise, shapes or formats those reject) to the Triton kernel below,
 which promotes partial sums to fp32 at every scale block. See fast/README.md."""
+import functools
 import logging
 import os
 
@@ -282,6 +283,76 @@ def _fnuz_emulated(a, a_dequant, b, b_dequant, out_dtype):
         torch.backends.cuda.matmul.allow_tf32 = prev
 
 
+# ---- blockwise (1x128 activations, 128x128 weights) on cuBLAS through torch -------------------
+# torch.nn.functional.scaled_mm takes DeepSeek-style block scales on sm90 with cuBLASLt >= 12.9
+# (BlockWise1x128 x BlockWise128x128 and BlockWise1x128 x BlockWise1x128), so the blockwise
+# recipe's three products need not run on the Triton kernel. Its rules on the scale layouts
+# (torch's ScaledBlas checks): for mat_a (M, K) with 1x128 blocks the scale is (M, K/128) stored
+# M-major, strides (1, M); for mat_b (K, N) with 1x128 blocks along K, (N, K/128) with strides
+# (1, N); with 128x128 blocks, (round_up(K/128, 4), N/128) with strides (1, round_up(K/128, 4)).
+# The scales are the decoding (dequant) factors, as in MM-1. Switch off with
+# QTRAIN_FAST_BLOCKWISE_CUBLAS=0; a torch that refuses it is logged once and the Triton kernel
+# runs instead.
+BLOCKWISE_CUBLAS = os.environ.get("QTRAIN_FAST_BLOCKWISE_CUBLAS", "1") == "1"
+_CUBLAS_BLOCKWISE_REFUSED = {}      # (device type, out dtype, case) -> reason
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_major(device):
+    return torch.cuda.get_device_capability(device)[0]
+
+
+def _round_up(n, m):
+    return -(-n // m) * m
+
+
+def blockwise_scale_layouts(da, br_a, db, br_b, M, N, K):
+    """(scale_a, scale_b, case) laid out as torch.nn.functional.scaled_mm wants them for the NT
+    product of a (M, K) and b (N, K) with 128-wide contraction blocks; case "1x128_128x128"
+    (b in 128x128 blocks) or "1x128_1x128". None when the blocks are not one of those."""
+    if br_a != 1 or br_b not in (1, 128) or K % 128:
+        return None
+    kb = K // 128
+    scale_a = da.t().contiguous().t()                   # (M, K/128), strides (1, M)
+    if br_b == 1:
+        return scale_a, db.t().contiguous().t(), "1x128_1x128"
+    kb4 = _round_up(kb, 4)
+    if kb4 == kb:
+        return scale_a, db.t(), "1x128_128x128"          # (K/128, N/128), strides (1, K/128)
+    padded = db.new_zeros((db.shape[0], kb4))
+    padded[:, :kb] = db
+    return scale_a, padded.t(), "1x128_128x128"         # rows past K/128 are never read
+
+
+def _cublas_blockwise(a, da, br_a, b, db, br_b, out_dtype):
+    """The product on cuBLAS, or None where it cannot run (then the Triton kernel does)."""
+    F = torch.nn.functional
+    (M, K), N = a.shape, b.shape[0]
+    if (not BLOCKWISE_CUBLAS or a.device.type != "cuda" or torch.version.hip is not None
+            or not hasattr(F, "scaled_mm") or not hasattr(F, "ScalingType")
+            or a.dtype != torch.float8_e4m3fn or b.dtype != torch.float8_e4m3fn
+            or M % 4 or N % 16 or K % 128 or _sm_major(a.device) != 9):
+        return None
+    layouts = blockwise_scale_layouts(da, br_a, db, br_b, M, N, K)
+    if layouts is None:
+        return None
+    scale_a, scale_b, case = layouts
+    key = (a.device.type, out_dtype, case)
+    if key in _CUBLAS_BLOCKWISE_REFUSED:
+        return None
+    recipe_b = F.ScalingType.BlockWise128x128 if br_b == 128 else F.ScalingType.BlockWise1x128
+    try:
+        return F.scaled_mm(a, b.t(), scale_a, F.ScalingType.BlockWise1x128, scale_b, recipe_b,
+                           output_dtype=out_dtype)
+    except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0][:200]
+        _CUBLAS_BLOCKWISE_REFUSED[key] = reason
+        log.warning("%s: torch %s refuses the blockwise %s product with %s out (%s); using the "
+                    "Triton block-scaled kernel", LAYER, torch.__version__, case,
+                    str(out_dtype)[6:], reason)
+        return None
+
+
 def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_accum=False):
     """Brief interface. Routing (all documented in fast/README.md):
     float8 tensorwise x tensorwise: torch._scaled_mm(a, b.t()) with scalar factors.
@@ -290,14 +361,16 @@ def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_a
       out * dA * dB in fp32.
     int8 tensorwise/rowwise: torch._int_mm then fp32 scaling by dA (M,1) and dB (1,N), or the
       Triton int8 GEMM with the scaling fused when INT8_TRITON is set.
+    float8 e4m3fn blockwise (a 1x128, b 1x128 or 128x128) on sm90: torch.nn.functional.scaled_mm
+      on cuBLAS (see blockwise_scale_layouts; M % 4, N % 16).
     Otherwise, or when the torch kernel's rules fail (K % 16, N % 16, e5m2 x e5m2, fnuz on CUDA,
     _int_mm's M > 16, K % 8, N % 8): the Triton kernel."""
     _check(a, b, out_dtype)
     if a.device.type == "cuda" and torch.version.hip is None and (a.dtype in _FNUZ or b.dtype in _FNUZ):
         return _fnuz_emulated(a, a_dequant, b, b_dequant, out_dtype)
     (M, K), N = a.shape, b.shape[0]
-    da, _, _ = _blocks(a_dequant, a.shape, "a_dequant")
-    db, _, _ = _blocks(b_dequant, b.shape, "b_dequant")
+    da, br_a, bc_a = _blocks(a_dequant, a.shape, "a_dequant")
+    db, br_b, bc_b = _blocks(b_dequant, b.shape, "b_dequant")
     if (da.numel() == 1 and db.numel() == 1 and a.dtype != torch.int8
             and _scaled_mm_ok(a, b, N, K)):              # tensorwise: scalar factors as they are
         return torch._scaled_mm(a, b.t(), scale_a=da.reshape(()), scale_b=db.reshape(()),
@@ -326,6 +399,10 @@ def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_a
         out = torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.float32,
                                use_fast_accum=use_fast_accum)
         return out.mul_(sa).mul_(sb)
+    if bc_a == bc_b == 128 and a.dtype != torch.int8:
+        out = _cublas_blockwise(a, da, br_a, b, db, br_b, out_dtype)
+        if out is not None:
+            return out
     return scaled_mm_nt_triton(a, a_dequant, b, b_dequant, out_dtype)
 
 
