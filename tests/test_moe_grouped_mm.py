@@ -176,3 +176,19 @@ def test_padded_width_agrees_with_reference_RC_13():
         for e in (1, 3, 8):
             for align in (1, 16, 32, 128):
                 assert padded_rows(m, e, align) == padded_width(m, e, align)
+
+
+@pytest.mark.parametrize("align", [1, 8, 16, 32, 12])
+def test_padded_offsets_match_the_padded_layout_RC_13(align):
+    """The short power-of-two path of padded_offsets equals the general layout: every group
+    (empty ones too) padded up to a multiple of align, ends cumulated, int32."""
+    from qtrain.grouping import _padded_layout, padded_offsets
+    gen = torch.Generator().manual_seed(align)
+    for n_groups in (1, 3, 8):
+        sizes = torch.tensor([0, 1, 15, 16, 17, 33, 100])[
+            torch.randint(0, 7, (n_groups,), generator=gen)]
+        offs = torch.cumsum(sizes, 0).to(torch.int32)
+        got = padded_offsets(offs, align)
+        want = _padded_layout(offs, align)[3].to(torch.int32)
+        assert got.dtype == torch.int32 and torch.equal(got, want), (align, sizes.tolist())
+        assert not (torch.diff(got, prepend=got.new_zeros(1)) % align).any()
