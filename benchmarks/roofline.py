@@ -11,7 +11,9 @@ at the bf16 rate. A recipe runs its products at the rate measured for the produc
 routes it to, plus its casts (which tensor is quantized along which axis: spec/07 RC-4..RC-9, as
 qtrain/qlinear.py issues them), each costing its minimal bytes (read bf16 once, write 1-byte
 payloads; scales not counted) over that cast kernel's measured minimal-bytes bandwidth, plus the
-transpose copies the fast path makes. Rates come from the H200 CSVs in benchmarks/results/; a
+transpose copies the fast path makes and the backward's second cast of an axis-free weight
+(RC-14's default). The blockwise products are timed at the Triton kernel's measured rate until
+the cuBLAS blockwise route (fast/scaled_mm.py, 2026-11-30) has been measured. Rates come from the H200 CSVs in benchmarks/results/; a
 missing row falls back to a stated default with a warning. Speedup = bf16 time / recipe time.
 """
 import argparse
@@ -162,17 +164,19 @@ class RecipeWork:
     gemms: tuple            # GEMM_ROWS key of (output, grad_input, grad_weight)
     casts: tuple
     copies: tuple = ()
+    recasts: tuple = ()     # the same quantization again in backward (RC-14: axis-free w)
 
 
 F8, DUAL = "float8 tensorwise", "float8 dual row+col.T"
 ROW_COL = (("x", "K", "M"), ("w", "K", "N"), ("g", "N", "M"))   # tensor, row axis, column axis
 WORK = {
-    # RC-4: one tensorwise payload per tensor serves both its products; NT needs 3 fp8 transposes
+    # RC-4: one tensorwise payload per tensor serves both its products; NT needs fp8 transposes
+    # of x and g; w is cast again in backward, written transposed (RC-14 default)
     "tensorwise": RecipeWork(("float8_tensorwise",) * 3, (
         Cast("x", ("K", "M"), F8, True), Cast("w", ("K", "N"), F8, True),
         Cast("g", ("N", "M"), F8, True)),
-        (Copy("x", 2, "x.T for grad_weight"), Copy("w", 2, "w.T for grad_input"),
-         Copy("g", 2, "g.T for grad_weight"))),
+        (Copy("x", 2, "x.T for grad_weight"), Copy("g", 2, "g.T for grad_weight")),
+        (Cast("w", ("N",), F8, True),)),
     # RC-5: x and g through the dual cast (one read, two payloads), w along K then along N
     "rowwise": RecipeWork(("float8_rowwise",) * 3, (
         Cast("x", ("K", "M"), DUAL), Cast("w", ("K",), "float8 rowwise"),
@@ -189,14 +193,16 @@ WORK = {
     "int8": RecipeWork(("int8",) * 3, tuple(
         Cast(t, (a,), "int8 rowwise rne" if a == row else "int8 columnwise rne")
         for t, row, col in ROW_COL for a in (row, col))),
-    # RC-9: w 128x128 once (reused transposed: an fp8 transpose); x and g along M are cast
-    # 1x128 from a bf16 transpose copy (qtrain/recipes.py quantize_operand)
+    # RC-9: w 128x128, cast again in backward (RC-14 default) and read transposed (an fp8
+    # transpose); x and g along M are cast 1x128 from a bf16 transpose copy
+    # (qtrain/recipes.py quantize_operand)
     "blockwise": RecipeWork(("blockwise",) * 3, (
         Cast("x", ("K",), "blockwise 1x128"), Cast("x", ("M",), "blockwise 1x128"),
         Cast("w", ("K", "N"), "blockwise 128x128", True),
         Cast("g", ("N",), "blockwise 1x128"), Cast("g", ("M",), "blockwise 1x128")),
         (Copy("w", 2, "fp8 w.T for grad_input"), Copy("x", 4, "bf16 x.T before the along-M cast"),
-         Copy("g", 4, "bf16 g.T before the along-M cast"))),
+         Copy("g", 4, "bf16 g.T before the along-M cast")),
+        (Cast("w", ("N",), "blockwise 128x128", True),)),
 }
 
 
@@ -240,7 +246,7 @@ def predict(recipe, M, K, N, rates):
     gemm = sum(gemm_ms(M, K, N, tflops, [2 if k == "bf16" else 1 for k in work.gemms],
                        rates.copy_gbs))
     cast = sum(c.min_bytes(numel(c.tensor, M, K, N)) / (rates.cast_gbs[c.kernel] * 1e6)
-               for c in work.casts)
+               for c in work.casts + work.recasts)
     copy = sum(c.bytes_per_elem * numel(c.tensor, M, K, N) / (rates.copy_gbs * 1e6)
                for c in work.copies)
     return Prediction(recipe, bf16_ms(M, K, N, rates), gemm, cast, copy)

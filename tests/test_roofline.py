@@ -66,6 +66,14 @@ def test_cast_bytes_match_spec07_table(recipe):
         assert c.min_bytes(n) == 2 * n + c.payloads * n
 
 
+def test_axis_free_weight_is_cast_again_in_backward_RC_14():
+    """RC-14's default: the recipes whose w is axis free cast it a second time in backward (the
+    same quantization, so not a new payload in the RC tables above); the others never do."""
+    for recipe, work in roofline.WORK.items():
+        again = {(c.tensor, c.axis_free) for c in work.recasts}
+        assert again == ({("w", True)} if recipe in ("tensorwise", "blockwise") else set()), recipe
+
+
 def test_products_follow_spec07():
     """RC-6: rowwise_with_gw_hp's grad_weight runs in bf16; every other product is quantized."""
     for recipe, work in roofline.WORK.items():
