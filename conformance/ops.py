@@ -215,3 +215,37 @@ def blockwise_pair_backend(case, inputs, backend, device):
 def blockwise_pair_property(case, out):
     """BW-5 itself, judged on the reference: the transposed twin equals the direct quantization."""
     return {"data_t": out["data"], "quant_scale_t": out["quant_scale"]}
+
+
+# ---- I8-10: the stochastic-rounding noise generator -------------------------------------------
+def noise_inputs(case):
+    return {}
+
+
+def noise_reference(case, inputs):
+    return {"noise": _ref().uniform_noise(tuple(case["shape"]), case["seed"], case["call"])}
+
+
+def noise_python(case, inputs):
+    """Independent path: I8-10 in plain Python integers (no NumPy wrapping, no torch)."""
+    low32 = 0xFFFFFFFF
+
+    def mix32(x):
+        x ^= x >> 16
+        x = (x * 0x21F0AAAD) & low32
+        x ^= x >> 15
+        x = (x * 0x735A2D97) & low32
+        return x ^ (x >> 15)
+
+    key = mix32(mix32(case["call"] & low32) ^ (case["seed"] & low32))
+    n = int(np.prod(case["shape"], dtype=np.int64))
+    values = [(mix32((i + key) & low32) >> 8) * 2.0 ** -24 for i in range(n)]
+    return {"noise": np.asarray(values, dtype=np.float32).reshape(case["shape"])}
+
+
+def noise_backend(case, inputs, backend, device):
+    import torch
+    fn = _method(backend, "uniform_noise")
+    like = torch.empty(case["shape"], dtype=torch.bfloat16, device=device)
+    call = torch.tensor(case["call"], dtype=torch.int64, device=device)
+    return {"noise": to_numpy(fn(like, case["seed"], call))}

@@ -43,6 +43,8 @@ OPS = {
     **{name: OpDef(grouped_casts.inputs, grouped_casts.reference, grouped_casts.backend,
                    required=("format", "input") + (("offs", "align") if "grouped" in name else ()))
        for name in ("quantize_float8_grouped_t", "quantize_float8_experts_t")},
+    "uniform_noise": OpDef(ops.noise_inputs, ops.noise_reference, ops.noise_backend,
+                           ops.noise_python, required=("seed", "call")),
     "scaled_mm_nt": OpDef(products.mm_inputs, products.mm_reference, products.mm_backend,
                           bounds=products.mm_bounds),
     "scaled_grouped_mm": OpDef(products.grouped_inputs, products.grouped_reference,

@@ -106,6 +106,14 @@ class FastBackend:
         data, scale = quantize_int8(x, axis_x, noise_x, seed)
         return data.t().contiguous(), scale.t().contiguous() if scale.dim() == 2 else scale
 
+    def uniform_noise(self, like, seed, call):
+        """I8-10 stochastic-rounding noise, one Triton pass, the call index read on the device."""
+        from .noise import uniform_noise
+        self._check(like)
+        # the functional qtrain.linear counts calls on the CPU: a host-to-device copy, not a
+        # sync (a QuantizedLinear's counter is a buffer on its own device)
+        return uniform_noise(like, seed, call.to(like.device))
+
     def quantize_blockwise(self, x, block=(1, 128), fmt="float8_e4m3fn"):
         from .cast_blockwise import quantize_blockwise
         self._check(x)

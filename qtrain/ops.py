@@ -131,15 +131,19 @@ def _(a, a_dequant, b, b_dequant, out_dtype, backend, use_fast_accum=False):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
-# ---- stochastic-rounding noise (I8-5: the noise is an input, drawn here) --------------------
+# ---- stochastic-rounding noise (I8-5: the noise is an input, drawn here by I8-10) ------------
 @custom_op("qtrain::uniform_noise")
-def uniform_noise(like: torch.Tensor, seed: int, call: torch.Tensor) -> torch.Tensor:
-    """U[0,1) fp32 noise shaped like `like`, from a Generator seeded by (seed, call index)."""
-    gen = torch.Generator(device=like.device)
-    gen.manual_seed((seed * 1_000_003 + int(call.item())) % (2 ** 63))
-    return torch.rand(like.shape, generator=gen, device=like.device, dtype=torch.float32)
+def uniform_noise(like: torch.Tensor, seed: int, call: torch.Tensor, backend: str) -> torch.Tensor:
+    """I8-10 noise in [0, 1), fp32, shaped like `like`, from (seed, call index); the call index
+    stays on the device (no host sync). Every backend gives the same bits; one without its own
+    generator uses qtrain/noise.py."""
+    impl = _impl(backend)
+    if hasattr(impl, "uniform_noise"):
+        return impl.uniform_noise(like, seed, call)
+    from .noise import uniform_noise as torch_uniform_noise
+    return torch_uniform_noise(like.shape, seed, call.to(like.device))
 
 
 @uniform_noise.register_fake
-def _(like, seed, call):
+def _(like, seed, call, backend):
     return like.new_empty(like.shape, dtype=torch.float32)

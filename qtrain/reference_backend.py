@@ -94,6 +94,11 @@ class ReferenceBackend:
                                                    noise=noise_np)
         return to_torch(data, x.device), to_torch(dequant_scale, x.device)
 
+    def uniform_noise(self, like, seed, call):
+        """I8-10 noise (NumPy); the call index is read on the host, which the CPU reference
+        can afford."""
+        return to_torch(_ref().uniform_noise(tuple(like.shape), seed, int(call)), like.device)
+
     def quantize_blockwise(self, x, block, fmt):
         data, quant_scale = _ref().quantize_blockwise(to_numpy(x), block=tuple(block), fmt=fmt)
         return to_torch(data, x.device), to_torch(quant_scale, x.device)

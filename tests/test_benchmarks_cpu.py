@@ -255,8 +255,8 @@ def test_host_overhead_counts_within_budget(tmp_path):
             f"{workload} {recipe}: {k:.0f} kernel-launching aten ops (budget {kernels}), "
             f"{n:.0f} Triton launches (budget {launches}) per fwd+bwd")
         assert k + n > got[(workload, "bf16", "gpu_launches")], "counting is broken"
-    # no host sync anywhere (CUDA-graph capture, MoE padding on the device: issue 6), except the
-    # one documented for int8 stochastic rounding (the call index seeds a torch Generator)
+    # no host sync anywhere (CUDA-graph capture, MoE padding on the device: issue 6), int8
+    # stochastic rounding included (I8-10 noise from the call index on the device)
     syncs = {(w, r): v for (w, r, m), v in got.items() if m == "host_syncs"}
-    assert syncs.pop(("linear", "int8+sr")) == 1
+    assert ("linear", "int8+sr") in syncs
     assert all(v == 0 for v in syncs.values()), {k: v for k, v in syncs.items() if v}

@@ -184,3 +184,17 @@ def test_errors_name_what_would_work():
         fast.quantize_float8(torch.zeros(2, 3, 4, device=DEVICE), "float8_e4m3fn", 1)
     with pytest.raises(ValueError, match="noise shape"):
         fast.quantize_int8(x, -1, noise=torch.zeros(3, device=DEVICE))
+
+
+@pytest.mark.parametrize("shape", [(1,), (17, 33), (3, 1025)])
+def test_uniform_noise_I8_10_bitexact(shape, seed):
+    """The Triton noise pass (call index read on the device) and qtrain's torch-ops generator
+    give the reference's bits."""
+    from qtrain.noise import uniform_noise as torch_noise
+    fast = fast_backend()
+    like = torch.empty(shape, device=DEVICE)
+    for s, c in ((seed, 0), (seed, 2 ** 33 + 5), (2 ** 40 + seed, 7)):
+        call = torch.tensor(c, dtype=torch.int64, device=DEVICE)
+        want = reference.uniform_noise(shape, s, c)
+        assert_same(to_numpy(fast.uniform_noise(like, s, call)), want, f"fast {s} {c}", seed)
+        assert_same(to_numpy(torch_noise(shape, s, call)), want, f"torch {s} {c}", seed)

@@ -1,8 +1,10 @@
 """CUDA graph capture of the quantized layers on the fast backend. A captured forward+backward
 replays to the same bits as the eager step. This is the way around host time for small,
 launch-bound layers (benchmarks/NOTES.md). Autotuning is switched off (it benchmarks kernels,
-which a capture forbids). Not capturable: int8 with stochastic_grad_output=True, whose noise
-generator is seeded from the call index read on the host (qtrain/ops.py uniform_noise).
+which a capture forbids). int8 with stochastic_grad_output=True is captured too: its noise
+(spec I8-10) hashes the layer's call index on the device, the counter's increment is part of
+the graph, so each replay draws the next call's noise, and a replay from the same counter value
+gives the eager step's bits.
 
 Needs a CUDA GPU with float8 tensor cores: skipped elsewhere, with the reason shown.
 """
@@ -90,3 +92,22 @@ def test_grouped_step_replays_bit_identical(recipe):
 
     eager, replayed = _graphed_vs_eager(step, (x, g), [w, x])
     _assert_same(eager, replayed)
+
+
+def test_int8_stochastic_step_replays_with_the_same_call_index():
+    config = qtrain.Int8LinearConfig(stochastic_grad_output=True, seed=3, backend="fast")
+    layer = qtrain.QuantizedLinear(512, 384, bias=False, dtype=torch.bfloat16, device="cuda",
+                                   config=config)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(256, 512, generator=gen, device="cuda").to(torch.bfloat16).requires_grad_()
+    g = torch.randn(256, 384, generator=gen, device="cuda").to(torch.bfloat16)
+
+    def step(x, g):
+        layer.sr_calls.fill_(0)                  # every run draws the noise of call 1
+        y = layer(x)
+        y.backward(g)
+        return (y,)
+
+    eager, replayed = _graphed_vs_eager(step, (x, g), [layer.weight, x])
+    _assert_same(eager, replayed)
+    assert int(layer.sr_calls) == 1

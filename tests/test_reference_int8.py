@@ -141,3 +141,33 @@ def test_I8_property_scale_non_decreasing_in_amax(amax):
     amax = np.sort(np.array(amax, dtype=np.float32))
     _, ds = R.quantize_int8(amax[:, None], -1)
     assert np.all(np.diff(ds[:, 0].astype(np.float64)) >= 0)
+
+
+def test_I8_10_noise_is_uniform_and_depends_on_every_input():
+    """The I8-10 generator: values in [0, 1) on a 2^-24 grid, flat histogram, a fresh draw
+    for every call and seed, the same draw for the same (seed, call)."""
+    from qtrain.reference import uniform_noise
+    u = uniform_noise((400, 500), 7, 3)
+    assert u.dtype == np.float32 and u.min() >= 0 and u.max() < 1
+    assert np.all(u * np.float32(2 ** 24) == np.floor(u * np.float32(2 ** 24)))
+    counts = np.histogram(u, bins=20, range=(0, 1))[0]
+    expected = u.size / 20
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 60, f"chi-square {chi2:.1f} over 19 degrees of freedom"       # p ~ 1e-6
+    assert abs(float(u.mean()) - 0.5) < 0.005
+    assert np.array_equal(u, uniform_noise((400, 500), 7, 3))
+    for other in (uniform_noise((400, 500), 7, 4), uniform_noise((400, 500), 8, 3)):
+        assert np.mean(u == other) < 0.001
+
+
+def test_I8_10_stochastic_rounding_is_unbiased_with_this_noise():
+    """I8-5 with I8-10 noise: the mean of the dequantized values over many calls approaches x
+    (the point of stochastic rounding), rne's bias does not go away."""
+    from qtrain.reference import dequantize_int8, quantize_int8, uniform_noise
+    x = np.full((1, 64), 0.3, dtype=np.float32)
+    x[0, 0] = 1.0                                            # amax 1: v * inv = 38.1
+    mean = np.mean([dequantize_int8(*quantize_int8(x, -1, uniform_noise(x.shape, 0, c)))
+                    for c in range(2000)], axis=0)
+    rne = dequantize_int8(*quantize_int8(x, -1))
+    assert abs(float(mean[0, 1:].mean()) - 0.3) < 2e-4
+    assert abs(float(rne[0, 1]) - 0.3) > 7e-4

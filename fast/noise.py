@@ -1,0 +1,48 @@
+"""The stochastic-rounding noise generator (spec/04-int8.md, I8-10) as one Triton pass: each
+program hashes BLOCK element indices with the key of (seed, call index), the call index read
+from device memory (no host sync). Bit-identical to qtrain.reference.noise.uniform_noise.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .common import cdiv, check_device
+
+LAYER = "qtrain.fast.noise"
+BLOCK = 1024
+
+
+@triton.jit
+def _mix32(x):
+    """I8-10 mix on uint32 (products wrap modulo 2^32)."""
+    x = x ^ (x >> 16)
+    x = x * 0x21F0AAAD
+    x = x ^ (x >> 15)
+    x = x * 0x735A2D97
+    return x ^ (x >> 15)
+
+
+@triton.jit
+def _uniform_noise_kernel(out_ptr, n, seed_lo, call_ptr, BLOCK: tl.constexpr):
+    """out[i] = (mix32(i + key) >> 8) * 2^-24, key = mix32(mix32(call) ^ seed), all uint32."""
+    call = (tl.load(call_ptr) & 0xFFFFFFFF).to(tl.uint32)
+    key = _mix32(_mix32(call) ^ seed_lo.to(tl.uint32))
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    i = (offs & 0xFFFFFFFF).to(tl.uint32)
+    h = _mix32(i + key)
+    tl.store(out_ptr + offs, (h >> 8).to(tl.float32) * (2.0 ** -24), mask=offs < n)
+
+
+def uniform_noise(like, seed, call):
+    """I8-10 noise shaped like `like` (float32, on like's device); call: int64 0-d tensor on the
+    same device."""
+    check_device(_uniform_noise_kernel, like, LAYER)
+    if call.device != like.device or call.numel() != 1:
+        raise ValueError(f"{LAYER}: call index must be one element on {like.device}, got shape "
+                         f"{tuple(call.shape)} on {call.device}")
+    out = torch.empty(like.shape, dtype=torch.float32, device=like.device)
+    n = out.numel()
+    if n:
+        _uniform_noise_kernel[(cdiv(n, BLOCK),)](out, n, int(seed) % 2 ** 32,
+                                                 call.reshape(()).to(torch.int64), BLOCK=BLOCK)
+    return out
