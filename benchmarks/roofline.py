@@ -194,14 +194,14 @@ WORK = {
         Cast(t, (a,), "int8 rowwise rne" if a == row else "int8 columnwise rne")
         for t, row, col in ROW_COL for a in (row, col))),
     # RC-9: w 128x128, cast again in backward (RC-14 default) and read transposed (an fp8
-    # transpose); x and g along M are cast 1x128 from a bf16 transpose copy
-    # (qtrain/recipes.py quantize_operand)
+    # transpose); x and g along M in (128, 1) column blocks written transposed from one read
+    # (fast/cast_blockwise.py quantize_blockwise_t; timed at the 128x128 tile kernel's rate, its
+    # closest measured kernel, until its own row exists)
     "blockwise": RecipeWork(("blockwise",) * 3, (
-        Cast("x", ("K",), "blockwise 1x128"), Cast("x", ("M",), "blockwise 1x128"),
+        Cast("x", ("K",), "blockwise 1x128"), Cast("x", ("M",), "blockwise 128x128"),
         Cast("w", ("K", "N"), "blockwise 128x128", True),
-        Cast("g", ("N",), "blockwise 1x128"), Cast("g", ("M",), "blockwise 1x128")),
-        (Copy("w", 2, "fp8 w.T for grad_input"), Copy("x", 4, "bf16 x.T before the along-M cast"),
-         Copy("g", 4, "bf16 g.T before the along-M cast")),
+        Cast("g", ("N",), "blockwise 1x128"), Cast("g", ("M",), "blockwise 128x128")),
+        (Copy("w", 2, "fp8 w.T for grad_input"),),
         (Cast("w", ("N",), "blockwise 128x128", True),)),
 }
 

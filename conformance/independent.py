@@ -114,7 +114,8 @@ class TorchCpuBackend:
                              f"by block {tuple(block)}")
         return x.reshape(rows // b0, b0, cols // b1, b1)
 
-    def quantize_blockwise(self, x, block, fmt):
+    def quantize_blockwise(self, x, block, fmt, transposed=False):
+        x = x.t() if transposed else x
         _check_input(x, "quantize_blockwise")
         t = self._tiles(x.float(), block)
         data, qs = _float8_scale_and_cast(t, _amax(t, (1, 3)), fmt, False)

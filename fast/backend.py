@@ -114,9 +114,12 @@ class FastBackend:
         # sync (a QuantizedLinear's counter is a buffer on its own device)
         return uniform_noise(like, seed, call.to(like.device))
 
-    def quantize_blockwise(self, x, block=(1, 128), fmt="float8_e4m3fn"):
-        from .cast_blockwise import quantize_blockwise
+    def quantize_blockwise(self, x, block=(1, 128), fmt="float8_e4m3fn", transposed=False):
+        """transposed=True: quantize x.T, (1, b) blocks written from x in one pass."""
+        from .cast_blockwise import quantize_blockwise, quantize_blockwise_t
         self._check(x)
+        if transposed:
+            return quantize_blockwise_t(x, block, fmt)
         return quantize_blockwise(x, block, fmt)
 
     def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype=torch.float32,

@@ -33,6 +33,56 @@ def _float8_square_blocks_kernel(x_ptr, data_ptr, qs_ptr, K,
                                             EXACT_SOFT_CAST))
 
 
+@triton.jit
+def _float8_column_blocks_t_kernel(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constexpr,
+                                   BLOCK_C: tl.constexpr, MAX: tl.constexpr,
+                                   MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
+                                   TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
+                                   IS_BF16: tl.constexpr):
+    """(B0, 1) blocks of row-major x (R, C), i.e. the (1, B0) blocks of x.T: a program holds B0
+    rows x BLOCK_C columns, one block per column: amax (F8-1), quant_scale (F8-2, F8-5), cast
+    (F8-4). data is written as x.T, (C, R) row-major; quant_scale (C, R / B0). One read of x,
+    no transpose copy of it. R is a multiple of B0 (BW-1)."""
+    pid_r = tl.program_id(0)
+    rows = pid_r * B0 + tl.arange(0, B0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    mask = col_ok[None, :] & (rows[:, None] < R)
+    x = widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :],
+                              mask=mask, other=0), IS_BF16)
+    qs = float8_quant_scale(tl.max(abs_bits(x), axis=0), MAX, False)     # BW-2: no pow2
+    tl.store(qs_ptr + cols.to(tl.int64) * tl.num_programs(0) + pid_r, qs, mask=col_ok)
+    code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+    tl.store(data_ptr + cols[None, :].to(tl.int64) * R + rows[:, None], code, mask=mask)
+
+
+def quantize_blockwise_t(x, block=(1, 128), fmt="float8_e4m3fn"):
+    """The blockwise quantization of x.T with `block` in x.T's orientation, written from x
+    directly: (data (C, R), quant_scale (C / b0, R / b1)). (1, b) blocks of x.T (the recipe's
+    along-M operands for grad_weight) take one kernel; other blocks quantize a copy of x.T."""
+    check_input(x, LAYER)
+    check_format(fmt, LAYER)
+    check_device(_float8_column_blocks_t_kernel, x, LAYER)
+    b0, b1 = (int(b) for b in block)
+    if x.dim() != 2:
+        raise ValueError(f"{LAYER}: transposed blockwise cast needs 2-D x, got {tuple(x.shape)}")
+    if b0 != 1 or b1 & (b1 - 1):
+        return quantize_blockwise(x.t().contiguous(), block, fmt)
+    R, C = x.shape
+    if R % b1:                                                              # BW-1
+        raise ValueError(f"{LAYER}: x.T of shape {(C, R)} must be divisible by the block "
+                         f"{(b0, b1)}; pad x's rows to a multiple of {b1}")
+    data = torch.empty((C, R), dtype=TORCH_FLOAT8[fmt], device=x.device)
+    qs = torch.empty((C, R // b1), dtype=torch.float32, device=x.device)
+    block_c = 32
+    x_in, is_bf16 = kernel_input(x)
+    _float8_column_blocks_t_kernel[(R // b1, -(-C // block_c))](
+        x_in, data.view(torch.uint8), qs, R, C, B0=b1, BLOCK_C=block_c, **float8_params(fmt),
+        EXACT_SOFT_CAST=use_soft_cast(_float8_column_blocks_t_kernel, fmt, x.device),
+        IS_BF16=is_bf16, num_warps=4)
+    return data, qs
+
+
 def quantize_blockwise(x, block=(1, 128), fmt="float8_e4m3fn"):
     """(data like x, quant_scale fp32 (M / b0, K / b1)). (1, b1) blocks are the rowwise cast of
     x viewed (M * K / b1, b1); (b0, b1) blocks with b0 > 1 take one tile per block."""

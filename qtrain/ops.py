@@ -103,15 +103,19 @@ def _(x, axis, noise, backend, transposed=False):
 
 # ---- quantize_blockwise (BW-*) -------------------------------------------------------------
 @custom_op("qtrain::quantize_blockwise")
-def quantize_blockwise(x: torch.Tensor, block: List[int], fmt: str,
-                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_blockwise(x: torch.Tensor, block: List[int], fmt: str, backend: str,
+                       transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """transposed=True: the quantization of x.T (2-D x) with `block` in x.T's orientation,
+    written in that layout (a backend may write it straight from x; fast does for (1, b))."""
+    if transposed:
+        return _impl(backend).quantize_blockwise(x, tuple(block), fmt, transposed=True)
     return _impl(backend).quantize_blockwise(x, tuple(block), fmt)
 
 
 @quantize_blockwise.register_fake
-def _(x, block, fmt, backend):
-    rows, cols = x.shape
-    return (x.new_empty(x.shape, dtype=FLOAT8_DTYPES[fmt]),                # BW-3
+def _(x, block, fmt, backend, transposed=False):
+    rows, cols = _shape(x, transposed)
+    return (x.new_empty((rows, cols), dtype=FLOAT8_DTYPES[fmt]),          # BW-3
             x.new_empty((rows // block[0], cols // block[1]), dtype=torch.float32))
 
 

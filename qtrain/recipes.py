@@ -124,10 +124,10 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None):
             noise = noise.t()
         data, dequant = ops.quantize_int8(t, -1, noise, backend, transposed=transpose)
     elif spec.kind == "blockwise":
-        # The backend quantizes along the last axis; bring the contraction axis there first
-        # (a square block is axis free: quantizing t and reading it transposed is the same).
-        src = t.t().contiguous() if (transpose and not spec.axis_free) else t
-        data, quant_scale = ops.quantize_blockwise(src, list(spec.block), spec.fmt, backend)
+        # Along axis 0 the backend quantizes t.T (written from t); a square block is axis free,
+        # so t quantized as it is and read transposed is the same (BW-5).
+        data, quant_scale = ops.quantize_blockwise(t, list(spec.block), spec.fmt, backend,
+                                                   transposed=transpose and not spec.axis_free)
         dequant = torch.reciprocal(quant_scale)
         if transpose and spec.axis_free:
             return QOperand(data, dequant).t()

@@ -99,8 +99,9 @@ class ReferenceBackend:
         can afford."""
         return to_torch(_ref().uniform_noise(tuple(like.shape), seed, int(call)), like.device)
 
-    def quantize_blockwise(self, x, block, fmt):
-        data, quant_scale = _ref().quantize_blockwise(to_numpy(x), block=tuple(block), fmt=fmt)
+    def quantize_blockwise(self, x, block, fmt, transposed=False):
+        data, quant_scale = _ref().quantize_blockwise(to_numpy(_t(x, transposed)),
+                                                      block=tuple(block), fmt=fmt)
         return to_torch(data, x.device), to_torch(quant_scale, x.device)
 
     def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=False):

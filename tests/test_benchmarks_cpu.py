@@ -230,6 +230,7 @@ HOST_BUDGET = {   # (workload, recipe) -> (aten ops that launch a kernel, Triton
     ("linear", "tensorwise"): (12, 8),
     ("linear", "int8"): (17, 9),
     ("linear", "mxfp8"): (20, 9),
+    ("linear", "blockwise"): (11, 6),
     ("grouped", "rowwise"): (14, 9),
     ("grouped", "mxfp8"): (62, 9),
 }

@@ -198,3 +198,18 @@ def test_uniform_noise_I8_10_bitexact(shape, seed):
         want = reference.uniform_noise(shape, s, c)
         assert_same(to_numpy(fast.uniform_noise(like, s, call)), want, f"fast {s} {c}", seed)
         assert_same(to_numpy(torch_noise(shape, s, call)), want, f"torch {s} {c}", seed)
+
+
+@pytest.mark.parametrize("shape", [(128, 33), (256, 96), (384, 5)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_blockwise_transposed_is_blockwise_of_x_t_BW_5(shape, dtype, seed):
+    """The along-M operands of the blockwise grad_weight: (1, 128) blocks of x.T, written from
+    x in one pass (no bf16 transpose copy), the reference's bits for x.T."""
+    fast = fast_backend()
+    x = _input(shape, dtype, seed)
+    for fmt in ("float8_e4m3fn", "float8_e5m2"):
+        data, qs = fast.quantize_blockwise(from_numpy(x), (1, 128), fmt, transposed=True)
+        ref_data, ref_qs = reference.quantize_blockwise(np.ascontiguousarray(x.T), (1, 128), fmt)
+        assert tuple(data.shape) == shape[::-1] and data.is_contiguous()
+        assert_same(to_numpy(qs), ref_qs, f"quant_scale {fmt} {dtype} {shape}", seed)
+        assert_same(to_numpy(data), ref_data, f"data {fmt} {dtype} {shape}", seed)
