@@ -261,7 +261,9 @@ def bench(fn):
 
 def time_casts():
     from qtrain.fast import cast_blockwise, cast_float8, cast_int8, cast_mx
+    from qtrain.fast import noise as fast_noise
     M, K = 8192, 8192
+    call = torch.tensor(7, dtype=torch.int64, device="cuda")
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     y = torch.empty_like(x)
     ms = bench(lambda: y.copy_(x))
@@ -282,6 +284,11 @@ def time_casts():
         ("int8 columnwise rne", lambda: cast_int8.quantize_int8(x, 0), 3 * n + 4 * K),
         ("blockwise 1x128", lambda: cast_blockwise.quantize_blockwise(x, (1, 128)), 3 * n + n // 32),
         ("blockwise 128x128", lambda: cast_blockwise.quantize_blockwise(x, (128, 128)), 3 * n),
+        # x.T written by the cast itself (2026-11-30): RC-14's w, and the along-M operands
+        ("float8 tensorwise.T", lambda: cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True), 3 * n),
+        ("int8 columnwise.T rne", lambda: cast_int8.quantize_int8(x, 0, transposed=True), 3 * n + 4 * K),
+        ("blockwise 128x1.T", lambda: cast_blockwise.quantize_blockwise_t(x, (1, 128)), 3 * n + n // 32),
+        ("uniform_noise I8-10", lambda: fast_noise.uniform_noise(x, 1, call), 4 * n),
     ]
     for name, fn, nbytes in cases:
         def one():
