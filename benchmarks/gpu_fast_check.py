@@ -287,6 +287,7 @@ def time_casts():
         # x.T written by the cast itself (2026-11-30): RC-14's w, and the along-M operands
         ("float8 tensorwise.T", lambda: cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True), 3 * n),
         ("int8 columnwise.T rne", lambda: cast_int8.quantize_int8(x, 0, transposed=True), 3 * n + 4 * K),
+        ("int8 dual row+col.T", lambda: cast_int8.quantize_int8_dual(x), 4 * n + scale_b + 4 * K),
         ("blockwise 128x1.T", lambda: cast_blockwise.quantize_blockwise_t(x, (1, 128)), 3 * n + n // 32),
         ("uniform_noise I8-10", lambda: fast_noise.uniform_noise(x, 1, call), 4 * n),
     ]

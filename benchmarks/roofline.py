@@ -189,10 +189,12 @@ WORK = {
     "mxfp8": RecipeWork(("mx",) * 3, tuple(
         Cast(t, (a,), "mx dim-1 floor" if a == row else "mx dim0 transposed")
         for t, row, col in ROW_COL for a in (row, col))),
-    # RC-8: int8 rowwise along each contraction axis
-    "int8": RecipeWork(("int8",) * 3, tuple(
-        Cast(t, (a,), "int8 rowwise rne" if a == row else "int8 columnwise rne")
-        for t, row, col in ROW_COL for a in (row, col))),
+    # RC-8: int8 rowwise along each contraction axis; x and g through the int8 dual cast (one
+    # amax pass, one cast pass writing both; timed at the float8 dual kernel's rate, the same
+    # structure, until its own row is measured), w along K then along N
+    "int8": RecipeWork(("int8",) * 3, (
+        Cast("x", ("K", "M"), DUAL), Cast("w", ("K",), "int8 rowwise rne"),
+        Cast("w", ("N",), "int8 columnwise rne"), Cast("g", ("N", "M"), DUAL))),
     # RC-9: w 128x128, cast again in backward (RC-14 default) and read transposed (an fp8
     # transpose); x and g along M in (128, 1) column blocks written transposed from one read
     # (fast/cast_blockwise.py quantize_blockwise_t; timed at the 128x128 tile kernel's rate, its

@@ -114,6 +114,11 @@ class FastBackend:
         # sync (a QuantizedLinear's counter is a buffer on its own device)
         return uniform_noise(like, seed, call.to(like.device))
 
+    def quantize_int8_dual(self, x, noise=None):
+        from .cast_int8 import quantize_int8_dual
+        self._check(x)
+        return quantize_int8_dual(x, noise)
+
     def quantize_blockwise(self, x, block=(1, 128), fmt="float8_e4m3fn", transposed=False):
         """transposed=True: quantize x.T, (1, b) blocks written from x in one pass."""
         from .cast_blockwise import quantize_blockwise, quantize_blockwise_t

@@ -106,12 +106,14 @@ def _int8_rowwise_kernel(x_ptr, data_ptr, ds_ptr, noise_ptr, seed, R, K,
 
 @triton.jit
 def _int8_tiles_kernel(x_ptr, data_ptr, ds_ptr, amax_ptr, noise_ptr, seed, R, C,
+                       row_amax_ptr, row_ds_ptr, row_data_ptr,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, TENSORWISE: tl.constexpr,
-                       TRANSPOSED: tl.constexpr, NOISE: tl.constexpr, EPS32: tl.constexpr,
-                       IS_BF16: tl.constexpr):
+                       TRANSPOSED: tl.constexpr, DUAL: tl.constexpr, NOISE: tl.constexpr,
+                       EPS32: tl.constexpr, IS_BF16: tl.constexpr):
     """Cast pass over a tile of row-major x (R, C); amax known per column or (TENSORWISE) once.
     TRANSPOSED: data written (C, R) row-major (given noise is read in x's layout either way;
-    seeded noise is not combined with TRANSPOSED)."""
+    seeded noise is not combined with TRANSPOSED). DUAL adds the row-scaled copy (row amax
+    known, row_amax_ptr[r]) written (R, C): one read of x feeds both, the same noise too."""
     pid_r = tl.program_id(0)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -134,6 +136,14 @@ def _int8_tiles_kernel(x_ptr, data_ptr, ds_ptr, amax_ptr, noise_ptr, seed, R, C,
         tl.store(data_ptr + cols[None, :].to(tl.int64) * R + rows[:, None], q, mask=mask)
     else:
         tl.store(data_ptr + offs, q, mask=mask)
+    if DUAL:
+        row_ok = rows < R
+        row_ds, row_inv, row_finite = _int8_scales(
+            tl.load(row_amax_ptr + rows, mask=row_ok, other=0), EPS32)
+        if tl.program_id(1) == 0:
+            tl.store(row_ds_ptr + rows, row_ds, mask=row_ok)
+        tl.store(row_data_ptr + offs, _int8_round(x, row_inv[:, None], row_finite[:, None], u,
+                                                  NOISE != 0), mask=mask)
 
 
 def _noise_args(x, noise, seed):
@@ -193,12 +203,39 @@ def quantize_int8(x, axis, noise=None, seed=None, transposed=False):
     if transposed:
         data = torch.empty((C, R), dtype=torch.int8, device=x.device)
     _int8_tiles_kernel[grid](kernel_input(x2d)[0], data, ds, t_bits if tensorwise else c_bits,
-                             noise_t, seed_v, R, C, BLOCK_R=block_r, BLOCK_C=block_c,
-                             TENSORWISE=tensorwise, TRANSPOSED=transposed, num_warps=warps,
-                             **launch)
+                             noise_t, seed_v, R, C, ds, ds, data,
+                             BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise,
+                             TRANSPOSED=transposed, DUAL=False, num_warps=warps, **launch)
     if transposed:
         return data, ds.view(C, 1)
     return data, ds.reshape(()) if tensorwise else ds.view((1,) + tuple(x.shape[1:]))
+
+
+def quantize_int8_dual(x, noise=None):
+    """Both int8 axiswise quantizations of 2-D x (M, K) from one amax pass and one cast pass:
+    (data (M, K), dequant_scale (M, 1)) along the last axis and (data_t (K, M), dequant_scale_t
+    (K, 1)) = x along axis 0 written as x.T, what the int8 recipe needs of x and of g.
+    noise (I8-5): like x, used by both. Bit-identical to the two separate casts."""
+    check_input(x, LAYER)
+    check_device(_int8_rowwise_kernel, x, LAYER)
+    if x.dim() != 2:
+        raise ValueError(f"{LAYER}: dual cast needs 2-D x (M, K), got shape {tuple(x.shape)}")
+    noise_t, seed_v, mode = _noise_args(x, noise, None)
+    R, C = x.shape
+    _, r_bits, c_bits = amax_bits_2d(x, rows=True, cols=True)
+    data = torch.empty((R, C), dtype=torch.int8, device=x.device)
+    data_t = torch.empty((C, R), dtype=torch.int8, device=x.device)
+    ds = torch.empty(R, dtype=torch.float32, device=x.device)
+    ds_t = torch.empty(C, dtype=torch.float32, device=x.device)
+    block_r, block_c, warps = cast_tile(R, C, False)
+    block_c = max(block_c, 4)
+    x_in, is_bf16 = kernel_input(x)
+    _int8_tiles_kernel[(cdiv(R, block_r), cdiv(C, block_c))](
+        x_in, data_t, ds_t, c_bits, noise_t, seed_v, R, C, r_bits, ds, data,
+        BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=False, TRANSPOSED=True, DUAL=True,
+        num_warps=warps, NOISE=mode, EPS32=fp32(EPS_AMAX), IS_BF16=is_bf16,
+        enable_fp_fusion=False)
+    return data, ds.view(R, 1), data_t, ds_t.view(C, 1)
 
 
 # symmetric range used (FMT-1): -128 is never produced

@@ -101,6 +101,29 @@ def _(x, axis, noise, backend, transposed=False):
             x.new_empty(_keepdims_shape(shape, axis), dtype=torch.float32))
 
 
+# ---- quantize_int8_dual: both int8 axiswise quantizations of a 2-D x from one read (I8-*) -----
+@custom_op("qtrain::quantize_int8_dual")
+def quantize_int8_dual(x: torch.Tensor, noise: Optional[torch.Tensor], backend: str
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(data, dequant_scale) of x along axis -1 and (data_t, dequant_scale_t) of x.T along its
+    last axis, noise (like x) shared: what the int8 recipe needs of x and of g. Bit-identical
+    to the two separate quantizations; a backend may fuse them (fast does)."""
+    impl = _impl(backend)
+    if hasattr(impl, "quantize_int8_dual"):
+        return impl.quantize_int8_dual(x, noise)
+    data, ds = impl.quantize_int8(x, -1, noise)
+    data_t, ds_t = impl.quantize_int8(x, -1, None if noise is None else noise.t(),
+                                      transposed=True)
+    return data, ds, data_t, ds_t
+
+
+@quantize_int8_dual.register_fake
+def _(x, noise, backend):
+    m, k = x.shape
+    return (x.new_empty((m, k), dtype=torch.int8), x.new_empty((m, 1), dtype=torch.float32),
+            x.new_empty((k, m), dtype=torch.int8), x.new_empty((k, 1), dtype=torch.float32))
+
+
 # ---- quantize_blockwise (BW-*) -------------------------------------------------------------
 @custom_op("qtrain::quantize_blockwise")
 def quantize_blockwise(x: torch.Tensor, block: List[int], fmt: str, backend: str,

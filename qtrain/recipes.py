@@ -138,9 +138,12 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None):
 
 def quantize_operand_both_axes(t, spec, backend):
     """(t quantized along axis 1, t quantized along axis 0) both in NT form, for a tensor that
-    feeds one product along each axis with the same spec (rowwise x and g). Float8 axiswise
-    goes through the dual op, which a fast backend serves from one read of t."""
+    feeds one product along each axis with the same spec (rowwise x and g). Float8 axiswise and
+    int8 rne go through the dual ops, which a fast backend serves from one read of t."""
     if spec.kind == "float8" and not spec.tensorwise:
         data, qs, data_t, qs_t = ops.quantize_float8_dual(t, spec.fmt, spec.pow2_scale, backend)
         return (QOperand(data, torch.reciprocal(qs)), QOperand(data_t, torch.reciprocal(qs_t)))
+    if spec.kind == "int8" and not spec.stochastic:
+        data, ds, data_t, ds_t = ops.quantize_int8_dual(t, None, backend)
+        return QOperand(data, ds), QOperand(data_t, ds_t)
     return quantize_operand(t, spec, 1, backend), quantize_operand(t, spec, 0, backend)

@@ -213,3 +213,24 @@ def test_blockwise_transposed_is_blockwise_of_x_t_BW_5(shape, dtype, seed):
         assert tuple(data.shape) == shape[::-1] and data.is_contiguous()
         assert_same(to_numpy(qs), ref_qs, f"quant_scale {fmt} {dtype} {shape}", seed)
         assert_same(to_numpy(data), ref_data, f"data {fmt} {dtype} {shape}", seed)
+
+
+@pytest.mark.parametrize("shape", [(17, 32), (6, 96), (33, 16), (1, 130)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int8_dual_is_rowwise_and_transposed_columnwise(shape, dtype, seed):
+    """One amax pass and one cast pass give both int8 operands of x (or g): x along its last
+    axis and x.T along its last axis, each the reference's bits; given noise serves both."""
+    fast = fast_backend()
+    x = _input(shape, dtype, seed)
+    noise = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    for u in (None, noise):
+        data, ds, data_t, ds_t = fast.quantize_int8_dual(
+            from_numpy(x), None if u is None else from_numpy(u))
+        row_data, row_ds = reference.quantize_int8(x, -1, u)
+        col_data, col_ds = reference.quantize_int8(np.ascontiguousarray(x.T), -1,
+                                                   None if u is None else np.ascontiguousarray(u.T))
+        what = f"noise={u is not None} {dtype} {shape}"
+        assert_same(to_numpy(data), row_data, "row data " + what, seed)
+        assert_same(to_numpy(ds), row_ds, "row dequant_scale " + what, seed)
+        assert_same(to_numpy(data_t), col_data, "col data.T " + what, seed)
+        assert_same(to_numpy(ds_t), col_ds, "col dequant_scale.T " + what, seed)
