@@ -36,21 +36,24 @@ def _axis(case):
 
 
 # ---- quantize ops: the case's params map onto the reference and backend signatures ----------
-def _quant_float8(case, x, lib):
-    return lib.quantize_float8(x, case["format"], _axis(case), bool(case.get("pow2", False)))
+# kw: {"transposed": True} on the backend side of a case with "transposed": quantize x.T,
+# which the backend writes from x; the reference side gets x.T itself (and no kw).
+def _quant_float8(case, x, lib, **kw):
+    return lib.quantize_float8(x, case["format"], _axis(case), bool(case.get("pow2", False)), **kw)
 
 
-def _quant_mx(case, x, lib):
+def _quant_mx(case, x, lib, **kw):
     args = (x, case["format"], int(case.get("block", 32)), case.get("axis", -1), case["scale_mode"])
-    return lib.quantize_mx(*args)
+    return lib.quantize_mx(*args, **kw)
 
 
-def _quant_int8(case, x, lib, noise=None):
-    return lib.quantize_int8(x, case["axis"], noise)
+def _quant_int8(case, x, lib, noise=None, **kw):
+    return lib.quantize_int8(x, case["axis"], noise, **kw)
 
 
-def _quant_blockwise(case, x, lib):
-    return lib.quantize_blockwise(x, tuple(case["block"]), case.get("format", "float8_e4m3fn"))
+def _quant_blockwise(case, x, lib, **kw):
+    return lib.quantize_blockwise(x, tuple(case["block"]), case.get("format", "float8_e4m3fn"),
+                                  **kw)
 
 
 QUANTIZE = {
@@ -79,18 +82,23 @@ class _NumpyRef:
 
 
 def _noise(case):
+    """Noise in the layout of the tensor quantized: x's, or x.T's for a transposed case."""
     spec = case.get("noise")
-    return None if spec is None else make_input(spec, case["shape"], "float32")
+    shape = case["shape"][::-1] if case.get("transposed") else case["shape"]
+    return None if spec is None else make_input(spec, shape, "float32")
 
 
 def quantize_inputs(case):
+    if case.get("transposed") and len(case["shape"]) != 2:
+        raise ValueError(f"case {case['name']!r}: transposed needs a 2-D shape")
     return {"x": _x(case), "noise": _noise(case)}
 
 
 def quantize_reference(case, inputs):
     call, names = QUANTIZE[case["op"]]
     extra = {"noise": inputs["noise"]} if case["op"] == "quantize_int8" else {}
-    out = call(case, inputs["x"], _NumpyRef(), **extra)
+    x = np.ascontiguousarray(inputs["x"].T) if case.get("transposed") else inputs["x"]
+    out = call(case, x, _NumpyRef(), **extra)
     return dict(zip(names, out))
 
 
@@ -100,7 +108,7 @@ class _TorchSide:
 
     def __getattr__(self, name):
         fn = _method(self.backend, name)
-        return lambda x, *args: fn(to_torch(x, self.device), *args)
+        return lambda x, *args, **kw: fn(to_torch(x, self.device), *args, **kw)
 
 
 def quantize_backend(case, inputs, backend, device):
@@ -110,6 +118,8 @@ def quantize_backend(case, inputs, backend, device):
     if case["op"] == "quantize_int8":
         noise = inputs["noise"]
         extra["noise"] = None if noise is None else to_torch(noise, device)
+    if case.get("transposed"):
+        extra["transposed"] = True
     out = call(case, inputs["x"], side, **extra)
     return {name: to_numpy(t) for name, t in zip(names, out)}
 
