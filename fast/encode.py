@@ -1,5 +1,5 @@
-"""Triton device functions shared by the cast kernels: amax bits, float8 scales (F8-2, F8-3, F8-5)
-and the final fp32 -> float8 encoding (FMT-2, FMT-3, FMT-4).
+"""Triton device functions shared by the cast kernels: amax bits, float8 scales (F8-2, F8-3, F8-5),
+the final fp32 -> float8 encoding (FMT-2, FMT-3, FMT-4) and the exact decoding (FMT-1).
 
 The encoding has two paths chosen by the constexpr SOFT (EXACT_SOFT_CAST in the kernels):
 - SOFT=False: the hardware conversion `.to(tl.float8e4nv)` etc. (GPU path; sm89+ rounds rne).
@@ -125,3 +125,30 @@ def encode_float8(y, MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
     else:
         code = y.to(TL_DTYPE).to(tl.uint8, bitcast=True)
     return code
+
+
+@triton.jit
+def decode_float8(code, MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr):
+    """Exact fp32 value of float8 codes (loaded as uint8), FMT-1: normal codes by moving the
+    exponent and mantissa fields into fp32 bits, subnormals as m * 2^(1-BIAS-MBITS), then the
+    specials: fnuz NaN 0x80; e4m3fn NaN S.1111.111; e5m2 Inf S.11111.00 and NaN S.11111.xx.
+    Integer arithmetic, so the interpreter (whose fp8 -> fp32 upcast misreads NaN and Inf)
+    and the GPU compute the same thing."""
+    c = code.to(tl.int32) & 0xFF
+    sign = c >> 7
+    e = (c >> MBITS) & ((1 << (7 - MBITS)) - 1)
+    m = c & ((1 << MBITS) - 1)
+    normal = ((sign << 31) | ((e - BIAS + 127) << 23) | (m << (23 - MBITS))).to(
+        tl.float32, bitcast=True)
+    quantum = tl.full((), (128 - BIAS - MBITS) << 23, tl.int32).to(tl.float32, bitcast=True)
+    sub = m.to(tl.float32) * quantum                 # 2^(1-BIAS-MBITS) built from bits: exact
+    v = tl.where(e == 0, tl.where(sign == 1, -sub, sub), normal)
+    if FNUZ:
+        v = tl.where(c == 0x80, float("nan"), v)
+    elif MBITS == 3:
+        v = tl.where((c & 0x7F) == 0x7F, float("nan"), v)
+    else:
+        emax = (1 << (7 - MBITS)) - 1
+        v = tl.where((e == emax) & (m == 0), tl.where(sign == 1, float("-inf"), float("inf")), v)
+        v = tl.where((e == emax) & (m != 0), float("nan"), v)
+    return v

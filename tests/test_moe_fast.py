@@ -111,3 +111,24 @@ def test_zeroing_kernels_touch_only_unwritten_regions_MM_5():
     fast_grouped._zero_empty_groups_kernel[(4, 2)](slabs, offs, 60, BLOCK=16)
     assert not slabs[1].any()
     assert bool((slabs[[0, 2, 3]] == 3).all())
+
+
+@pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"])
+@pytest.mark.parametrize("shape,block", [((40, 96), (1, 32)), ((3, 16, 64), (1, 1, 32)),
+                                         ((33, 256), (1, 128)), ((17, 40), (1, 40))])
+def test_emulated_dequant_kernel_is_exact_FMT_1(fmt, shape, block, seed):
+    """The emulated grouped product's one-pass dequantization: every float8 code (NaN and Inf
+    included) decoded exactly, times its block factor in fp32, the same bits as torch's
+    p.float() * factors."""
+    fast_backend()
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 256, shape, generator=gen, dtype=torch.int32).to(torch.uint8)
+    p = codes.view(getattr(torch, fmt)).to(DEVICE)
+    dshape = tuple(n // b for n, b in zip(shape, block))
+    d = torch.randn(dshape, generator=gen).to(DEVICE) * 3
+    d.view(-1)[0] = 2.0 ** -20                                     # a power-of-two (MX) factor
+    got = fast_grouped._dequant_blocks(p, d, torch.float32)
+    want = fast_grouped._times_block_factors(p.float(), d)
+    assert got is not None and got.shape == want.shape
+    same = (got.view(torch.int32) == want.view(torch.int32)) | (got.isnan() & want.isnan())
+    assert bool(same.all()), f"{fmt} {shape}: {int((~same).sum())} differ (seed {seed})"
