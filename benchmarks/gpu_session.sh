@@ -3,7 +3,7 @@
 # Usage on the GPU machine:  bash benchmarks/gpu_session.sh STEP[,STEP...]
 #   steps: checks (GPU tests, conformance), fastcheck (gpu_fast_check), tuning (kernel_tuning),
 #          block, keepw (RC-14: tensorwise/blockwise with and without the kept weight, time and
-#          peak memory), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
+#          peak memory; mxfp8 too, for its bf16-GEMM products), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
 #          (profiler table), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
 # Logs and reports go to $OUT (or ./out). Each step has its own time limit so one stuck step
@@ -40,7 +40,7 @@ if has block; then
   step block ${BLOCK_LIMIT_S:-420} python3 -m benchmarks.block --recipes all --compile ${BLOCK_COMPILE:-both} --budget-s ${BLOCK_BUDGET_S:-360} ${BLOCK_ARGS:-}
 fi
 if has keepw; then
-  step block_keepw ${KEEPW_LIMIT_S:-300} python3 -m benchmarks.block --recipes tensorwise,blockwise --keep-weight-variants --large-only --no-torchao --compile ${KEEPW_COMPILE:-both} --budget-s ${KEEPW_BUDGET_S:-240}
+  step block_keepw ${KEEPW_LIMIT_S:-300} python3 -m benchmarks.block --recipes ${KEEPW_RECIPES:-tensorwise,blockwise,mxfp8} --keep-weight-variants --large-only --no-torchao --compile ${KEEPW_COMPILE:-both} --budget-s ${KEEPW_BUDGET_S:-240}
 fi
 if has graphs; then
   step moe_graphs ${GRAPHS_MOE_LIMIT_S:-180} env QTRAIN_FAST_AUTOTUNE=0 MOE_COMPILE_MODE=reduce-overhead python3 benchmarks/moe_bench.py

@@ -53,7 +53,10 @@ GEMM_ROWS = {  # key: (op, variant, default TFLOP/s)
     "int8": ("scaled_mm_nt", "int8 triton tuned bfloat16", 900.0),     # NOTES: Triton default
     "blockwise": ("scaled_mm_nt", "blockwise triton tuned bfloat16", 700.0),
     "mx": ("scaled_mm_nt", "mx triton tuned bfloat16", 700.0),
+    # MX on CUDA with bf16 out: a bf16 GEMM of the dequantized operands (fast/scaled_mm.py)
+    "mx_bf16": ("torch mm", "bf16", 700.0),
 }
+BF16_OPERANDS = ("bf16", "mx_bf16")            # products whose operands are read as 2 bytes
 # Cast kernel -> CSV op names holding its minimal-bytes GB/s. Of the v1 ("bf16 in", the "old"
 # value) and v2 ("new") kernels the faster was kept (commit defb938, NOTES), so the max is used.
 CAST_ROWS = {
@@ -185,10 +188,14 @@ WORK = {
     "rowwise_with_gw_hp": RecipeWork(("float8_rowwise", "float8_rowwise", "bf16"), (
         Cast("x", ("K",), "float8 rowwise"), Cast("w", ("K",), "float8 rowwise"),
         Cast("w", ("N",), F8, True), Cast("g", ("N",), "float8 rowwise"))),
-    # RC-7: every operand MX along its contraction axis, dim-1 kernel along rows, dim0.T otherwise
-    "mxfp8": RecipeWork(("mx",) * 3, tuple(
+    # RC-7: every operand MX along its contraction axis, dim-1 kernel along rows, dim0.T
+    # otherwise; each product a bf16 GEMM of its two operands dequantized in one pass (1 byte
+    # read, 2 written per element: a copy-like pass, fast/block_dequant.py)
+    "mxfp8": RecipeWork(("mx_bf16",) * 3, tuple(
         Cast(t, (a,), "mx dim-1 floor" if a == row else "mx dim0 transposed")
-        for t, row, col in ROW_COL for a in (row, col))),
+        for t, row, col in ROW_COL for a in (row, col)),
+        tuple(Copy(t, 3, f"{t} along {a} dequantized to bf16")
+              for t, row, col in ROW_COL for a in (row, col))),
     # RC-8: int8 rowwise along each contraction axis; x and g through the int8 dual cast (one
     # amax pass, one cast pass writing both; timed at the float8 dual kernel's rate, the same
     # structure, until its own row is measured), w along K then along N
@@ -245,7 +252,7 @@ class Prediction:
 def predict(recipe, M, K, N, rates):
     work = WORK[recipe]
     tflops = [rates.gemm_tflops[k] for k in work.gemms]
-    gemm = sum(gemm_ms(M, K, N, tflops, [2 if k == "bf16" else 1 for k in work.gemms],
+    gemm = sum(gemm_ms(M, K, N, tflops, [2 if k in BF16_OPERANDS else 1 for k in work.gemms],
                        rates.copy_gbs))
     cast = sum(c.min_bytes(numel(c.tensor, M, K, N)) / (rates.cast_gbs[c.kernel] * 1e6)
                for c in work.casts + work.recasts)

@@ -127,11 +127,14 @@ class FastBackend:
             return quantize_blockwise_t(x, block, fmt)
         return quantize_blockwise(x, block, fmt)
 
+    takes_pow2_factors = True          # qtrain/ops.py scaled_mm_nt's hint
+
     def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype=torch.float32,
-                     use_fast_accum=False):
+                     use_fast_accum=False, pow2_factors=False):
         from .scaled_mm import scaled_mm_nt
         self._check(a)
-        return scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=use_fast_accum)
+        return scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=use_fast_accum,
+                            pow2_factors=pow2_factors)
 
     # ---- dequantize (F8-8, MX-8, I8-8, BW-4): judged by conformance, not on the training path
     def dequantize_float8(self, data, quant_scale, out_dtype=torch.float32):

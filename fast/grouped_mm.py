@@ -17,7 +17,7 @@ Products (`scaled_grouped_mm`), all NT (MM-1):
 - anything else (MX factors, fp32 out, CPU/interpreter, older GPUs): EMULATED. The payloads
   are dequantized exactly (float8 code times a power-of-two factor is exact in fp32; with
   non-power-of-two factors this is MM-3's one fp32 rounding of the factor product), by one
-  Triton pass per operand (`_dequant_blocks_kernel`: exact decode, fp32 product, one rounding
+  Triton pass per operand (fast/block_dequant.py: exact decode, fp32 product, one rounding
   to the operand dtype), and run through torch._grouped_mm with fp32 accumulation. For mxfp8 this is the only path here:
   real MX grouped kernels (torch._scaled_grouped_mm with e8m0 block scales) are
   Blackwell-only (sm100) today. On CUDA the dequantized operands are bf16 when out is bf16
@@ -34,7 +34,8 @@ from qtrain.grouping import (gather_rows, group_bounds, pad_index, padded_offset
                              rows_in_groups)
 from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input, float8_params,
                      is_interpreted, kernel_input, pow2_at_most, use_soft_cast)
-from .encode import abs_bits, decode_float8, encode_float8, float8_quant_scale, widen_to_fp32
+from .block_dequant import dequant_blocks
+from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
 LAYER = "qtrain.fast.grouped_mm"
 log = logging.getLogger("qtrain")
@@ -166,51 +167,12 @@ def _per_group_2d2d(d, shape, offs):
     return d[:, :, 0].float().t().index_select(1, g)
 
 
-@triton.jit
-def _dequant_blocks_kernel(p_ptr, d_ptr, out_ptr, R, C, BR, BC, DC,
-                           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, MBITS: tl.constexpr,
-                           BIAS: tl.constexpr, FNUZ: tl.constexpr):
-    """out[r, c] = out_dtype(fp32(p[r, c]) * d[r // BR, c // BC]) for float8 codes p (R, C)
-    and fp32 block factors d (R / BR, DC) with DC = C / BC: one exact decode (FMT-1), one fp32
-    product (MM-3), one rounding to out's dtype. One read of the 1-byte payload, one write."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (rows[:, None] < R) & (cols[None, :] < C)
-    offs = rows[:, None].to(tl.int64) * C + cols[None, :]
-    v = decode_float8(tl.load(p_ptr + offs, mask=mask, other=0), MBITS, BIAS, FNUZ)
-    d = tl.load(d_ptr + (rows // BR)[:, None].to(tl.int64) * DC + (cols // BC)[None, :],
-                mask=mask, other=1.0)
-    tl.store(out_ptr + offs, (v * d).to(out_ptr.dtype.element_ty), mask=mask)
-
-
-_FORMAT_OF = {v: k for k, v in TORCH_FLOAT8.items()}
-
-
-def _dequant_blocks(p, d, dtype):
-    """_times_block_factors of a float8 payload in one Triton pass (CUDA, or the interpreter);
-    None where it does not apply (then the torch ops run)."""
-    if p.dtype not in _FORMAT_OF or d.dim() != p.dim() or not p.is_contiguous():
-        return None
-    if not (p.device.type == "cuda" or is_interpreted(_dequant_blocks_kernel)) or p.numel() == 0:
-        return None
-    p2 = p.reshape(-1, p.shape[-1])                       # (E, N, K) -> (E * N, K)
-    d2 = d.to(torch.float32).reshape(-1, d.shape[-1]).contiguous()
-    R, C = p2.shape
-    out = torch.empty(p.shape, dtype=dtype, device=p.device)
-    params = float8_params(_FORMAT_OF[p.dtype])
-    _dequant_blocks_kernel[(cdiv(R, 32), cdiv(C, 128))](
-        p2.view(torch.uint8), d2, out, R, C, R // d2.shape[0], C // d2.shape[1], d2.shape[1],
-        BLOCK_R=32, BLOCK_C=128, MBITS=params["MBITS"], BIAS=params["BIAS"],
-        FNUZ=params["FNUZ"])
-    return out
-
-
 def _dequant(p, d, offs, dtype):
     """Exact values of payload p with factors d, in `dtype` (see the module docstring)."""
     if p.dim() == 2 and d.dim() == 3:
         return (p.float() * _per_group_2d2d(d, p.shape, offs)).to(dtype)
     # (E, N, K) with (E, N/br, K/bc), or 2-D with (R/br, C/bc)
-    out = _dequant_blocks(p, d, dtype)
+    out = dequant_blocks(p, d, dtype)
     return out if out is not None else _times_block_factors(p.float(), d).to(dtype)
 
 

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .block_dequant import dequant_blocks
 from .common import TORCH_FLOAT8, cdiv, is_interpreted, next_pow2
 
 LAYER = "qtrain.fast.scaled_mm"
@@ -353,7 +354,36 @@ def _cublas_blockwise(a, da, br_a, b, db, br_b, out_dtype):
         return None
 
 
-def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_accum=False):
+# ---- MX (and other fine block) products on GPUs without MX tensor cores ---------------------
+# Hopper has no block-scaled fp8 MMA, and the Triton block-scaled kernel, which must promote
+# every 32 terms, measured 200 TFLOP/s on the H200 (NOTES). With power-of-two factors (the
+# caller's pow2_factors promise: MX's e8m0) a float8 code times its factor is exact in bf16
+# (down to bf16's 2^-133), so a bf16 GEMM of the dequantized operands runs at the bf16 rate
+# (~700) with fp32 accumulation: the same MM-4 terms, a tighter bound than MM-7. Arbitrary
+# factors would round twice, so without the promise the Triton kernel runs.
+# QTRAIN_FAST_MX_PRODUCT=triton keeps the Triton kernel always.
+MX_PRODUCT = os.environ.get("QTRAIN_FAST_MX_PRODUCT", "bf16")
+
+
+def _fine_blocks_via_bf16(a, da, b, db, out_dtype):
+    """The product of float8 operands with power-of-two factors and k blocks finer than 128 as
+    a bf16 GEMM of their exact values (CUDA, bf16 out), or None."""
+    if MX_PRODUCT != "bf16" or a.device.type != "cuda" or out_dtype != torch.bfloat16:
+        return None
+    a16 = dequant_blocks(a, da, torch.bfloat16)
+    b16 = dequant_blocks(b, db, torch.bfloat16) if a16 is not None else None
+    if b16 is None:
+        return None
+    prev = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False   # fp32 sums
+    try:
+        return a16 @ b16.t()
+    finally:
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = prev
+
+
+def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_accum=False,
+                 pow2_factors=False):
     """Brief interface. Routing (all documented in fast/README.md):
     float8 tensorwise x tensorwise: torch._scaled_mm(a, b.t()) with scalar factors.
     float8 rowwise (either operand): rowwise torch._scaled_mm with (M,1), (1,N), bf16 or fp32
@@ -363,6 +393,8 @@ def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_a
       Triton int8 GEMM with the scaling fused when INT8_TRITON is set.
     float8 e4m3fn blockwise (a 1x128, b 1x128 or 128x128) on sm90: torch.nn.functional.scaled_mm
       on cuBLAS (see blockwise_scale_layouts; M % 4, N % 16).
+    float8 with k blocks finer than 128 (MX) and pow2_factors, bf16 out, on CUDA: a bf16 GEMM of
+      the exactly dequantized operands (QTRAIN_FAST_MX_PRODUCT=bf16, the default).
     Otherwise, or when the torch kernel's rules fail (K % 16, N % 16, e5m2 x e5m2, fnuz on CUDA,
     _int_mm's M > 16, K % 8, N % 8): the Triton kernel."""
     _check(a, b, out_dtype)
@@ -401,6 +433,10 @@ def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_a
         return out.mul_(sa).mul_(sb)
     if bc_a == bc_b == 128 and a.dtype != torch.int8:
         out = _cublas_blockwise(a, da, br_a, b, db, br_b, out_dtype)
+        if out is not None:
+            return out
+    if pow2_factors and max(bc_a, bc_b) < 128 and a.dtype != torch.int8:     # MX 1x32
+        out = _fine_blocks_via_bf16(a, da, b, db, out_dtype)
         if out is not None:
             return out
     return scaled_mm_nt_triton(a, a_dequant, b, b_dequant, out_dtype)

@@ -32,6 +32,7 @@ class InferenceLinear(nn.Module):
         self.backend = resolve_backend_name(config.backend)
         specs = config.plan().output or (_INT8, _INT8)
         self.x_spec, w_spec = specs
+        self.w_pow2 = w_spec.pow2_factors
         with torch.no_grad():
             q = quantize_operand(weight.detach(), w_spec, 1, self.backend)
         self.register_buffer("weight_payload", q.payload.contiguous())
@@ -44,7 +45,7 @@ class InferenceLinear(nn.Module):
         x = input.to(dtype).reshape(-1, self.in_features)
         with torch.autocast(x.device.type, enabled=False):
             qx = quantize_operand(x, self.x_spec, 1, self.backend)
-            qw = QOperand(self.weight_payload, self.weight_dequant)
+            qw = QOperand(self.weight_payload, self.weight_dequant, self.w_pow2)
             out = _scaled_mm(qx, qw, dtype, self.backend)
             out = out.reshape(*input.shape[:-1], self.out_features)
             if self.bias is not None:

@@ -146,15 +146,21 @@ def _(x, block, fmt, backend, transposed=False):
 @custom_op("qtrain::scaled_mm_nt")
 def scaled_mm_nt(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
                  b_dequant: torch.Tensor, out_dtype: torch.dtype, backend: str,
-                 use_fast_accum: bool = False) -> torch.Tensor:
+                 use_fast_accum: bool = False, pow2_factors: bool = False) -> torch.Tensor:
     """use_fast_accum: the product may accumulate in reduced precision where RC-3 allows it
-    (MM-4 with u_acc = 2^-13); a backend without such a mode ignores it (MM-3: free)."""
-    return _impl(backend).scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype,
-                                       use_fast_accum=use_fast_accum)
+    (MM-4 with u_acc = 2^-13); a backend without such a mode ignores it (MM-3: free).
+    pow2_factors: the caller's promise that every dequant factor is a power of two (MX, pow2
+    float8 scales), handed only to a backend that declares `takes_pow2_factors` (fast: it
+    may then run the product on exactly dequantized bf16 operands)."""
+    impl = _impl(backend)
+    if pow2_factors and getattr(impl, "takes_pow2_factors", False):
+        return impl.scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype,
+                                 use_fast_accum=use_fast_accum, pow2_factors=True)
+    return impl.scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=use_fast_accum)
 
 
 @scaled_mm_nt.register_fake
-def _(a, a_dequant, b, b_dequant, out_dtype, backend, use_fast_accum=False):
+def _(a, a_dequant, b, b_dequant, out_dtype, backend, use_fast_accum=False, pow2_factors=False):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 

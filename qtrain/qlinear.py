@@ -42,7 +42,8 @@ def _scaled_mm(qa, qb, out_dtype, backend, use_fast_accum=False):
     # g, 128x128 blockwise w) arrive as views; their 1-byte transpose is the one copy made here
     # (fp8 tensor-core products are TN-only, so some transpose of them is unavoidable).
     out = ops.scaled_mm_nt(qa.payload.contiguous(), qa.dequant_fp32(), qb.payload.contiguous(),
-                           qb.dequant_fp32(), _mm_dtype(out_dtype), backend, use_fast_accum)
+                           qb.dequant_fp32(), _mm_dtype(out_dtype), backend, use_fast_accum,
+                           qa.pow2 and qb.pow2)
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
@@ -120,7 +121,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
                     qg = quantize_operand(g, gi[0], 1, backend,
                                           noise if gi[0].stochastic else None)
                 if ctx.w_mode == "reuse":
-                    qwt = QOperand(*w_saved).t()
+                    qwt = QOperand(*w_saved, gi[1].pow2_factors).t()
                 else:
                     qwt = quantize_operand(w_saved[0], gi[1], 0, backend)
                 grad_x = _scaled_mm(qg, qwt, ctx.x_dtype, backend)
@@ -134,7 +135,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 if qgt is None:
                     qgt = quantize_operand(g, gw[0], 0, backend,
                                            noise if gw[0].stochastic else None)
-                qxt = QOperand(*x_saved)
+                qxt = QOperand(*x_saved, gw[1].pow2_factors)
                 if ctx.x_mode == "reuse":
                     qxt = qxt.t()
                 grad_w = _scaled_mm(qgt, qxt, ctx.w_dtype, backend)

@@ -27,6 +27,12 @@ class QuantSpec:
         return {"mx": self.block_size, "blockwise": self.block[1]}.get(self.kind, 1)
 
     @property
+    def pow2_factors(self):
+        """True when every dequant factor is a power of two (MX-3's e8m0, F8-3's pow2 scales):
+        the operand's values times any float8 code are then exact in bf16 too."""
+        return self.kind == "mx" or (self.kind == "float8" and self.pow2_scale)
+
+    @property
     def axis_free(self):
         """True when quantizing along either axis gives the same payload (can be reused
         transposed): a tensorwise scale, or a square block."""
@@ -52,6 +58,7 @@ class QOperand:
     while saved for backward) that `dequant_fp32` expands when the product runs."""
     payload: torch.Tensor
     dequant: torch.Tensor
+    pow2: bool = False               # every factor a power of two (QuantSpec.pow2_factors)
 
     def dequant_fp32(self):
         d = self.dequant
@@ -59,7 +66,7 @@ class QOperand:
 
     def t(self):
         """The same quantized tensor seen transposed (valid only for axis-free specs)."""
-        return QOperand(self.payload.t(), self.dequant.t())
+        return QOperand(self.payload.t(), self.dequant.t(), self.pow2)
 
     def tensors(self):
         return self.payload, self.dequant
@@ -133,7 +140,7 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None):
             return QOperand(data, dequant).t()
     else:
         raise ValueError(f"unknown QuantSpec.kind {spec.kind!r}")
-    return QOperand(data, dequant)
+    return QOperand(data, dequant, spec.pow2_factors)
 
 
 def quantize_operand_both_axes(t, spec, backend):
@@ -142,7 +149,8 @@ def quantize_operand_both_axes(t, spec, backend):
     int8 rne go through the dual ops, which a fast backend serves from one read of t."""
     if spec.kind == "float8" and not spec.tensorwise:
         data, qs, data_t, qs_t = ops.quantize_float8_dual(t, spec.fmt, spec.pow2_scale, backend)
-        return (QOperand(data, torch.reciprocal(qs)), QOperand(data_t, torch.reciprocal(qs_t)))
+        return (QOperand(data, torch.reciprocal(qs), spec.pow2_factors),
+                QOperand(data_t, torch.reciprocal(qs_t), spec.pow2_factors))
     if spec.kind == "int8" and not spec.stochastic:
         data, ds, data_t, ds_t = ops.quantize_int8_dual(t, None, backend)
         return QOperand(data, ds), QOperand(data_t, ds_t)

@@ -28,7 +28,8 @@ class _FastOnCpu(InterpretedFastBackend):
     def __init__(self):
         super().__init__(NAME)
 
-    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=False):
+    def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=False,
+                     pow2_factors=False):
         from qtrain.fast.scaled_mm import scaled_mm_nt_triton
         return scaled_mm_nt_triton(a, a_dequant, b, b_dequant, out_dtype)
 

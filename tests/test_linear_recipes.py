@@ -124,3 +124,30 @@ def test_MX_8_e8m0_scale_table_is_the_formula_for_every_byte():
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     assert want[0, 0].view(torch.int32) == 0x00400000 and torch.isnan(want[15, 15])
     assert float(want[0, 8]) == 2.0 ** (128 - 127)        # code 0x80 at [0, 8] of the transpose
+
+
+@pytest.mark.parametrize("recipe,expected", [("mxfp8", True), ("rowwise", True),
+                                             ("tensorwise", False), ("blockwise", False),
+                                             ("int8", False)])
+def test_pow2_factor_promise_only_where_every_factor_is_a_power_of_two(recipe, expected):
+    """The product's pow2_factors hint (qtrain/ops.py) is given for MX (e8m0) and pow2 float8
+    scales (F8-3) only: a backend may then dequantize to bf16 exactly. Any other factor would
+    round twice there, so the hint must never be given for it."""
+    from qtrain.backend import register_backend
+    from qtrain.reference_backend import ReferenceBackend
+    seen = []
+
+    class Recording(ReferenceBackend):
+        name = "pow2-recording"
+        takes_pow2_factors = True
+
+        def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype, use_fast_accum=False,
+                         pow2_factors=False):
+            seen.append(pow2_factors)
+            return super().scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype, use_fast_accum)
+
+    register_backend("pow2-recording", Recording)
+    x = torch.randn(128, 128, requires_grad=True)
+    w = torch.randn(128, 128, requires_grad=True)
+    qtrain.linear(x, w, config=qtrain.recipe_config(recipe, backend="pow2-recording")).sum().backward()
+    assert seen == [expected] * 3, seen

@@ -117,9 +117,9 @@ def test_zeroing_kernels_touch_only_unwritten_regions_MM_5():
 @pytest.mark.parametrize("shape,block", [((40, 96), (1, 32)), ((3, 16, 64), (1, 1, 32)),
                                          ((33, 256), (1, 128)), ((17, 40), (1, 40))])
 def test_emulated_dequant_kernel_is_exact_FMT_1(fmt, shape, block, seed):
-    """The emulated grouped product's one-pass dequantization: every float8 code (NaN and Inf
-    included) decoded exactly, times its block factor in fp32, the same bits as torch's
-    p.float() * factors."""
+    """The emulated products' one-pass dequantization (fast/block_dequant.py): every float8 code
+    (NaN and Inf included) decoded exactly, times its block factor in fp32, rounded once to
+    fp32 or bf16: the same bits as torch's (p.float() * factors).to(dtype)."""
     fast_backend()
     gen = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 256, shape, generator=gen, dtype=torch.int32).to(torch.uint8)
@@ -127,8 +127,10 @@ def test_emulated_dequant_kernel_is_exact_FMT_1(fmt, shape, block, seed):
     dshape = tuple(n // b for n, b in zip(shape, block))
     d = torch.randn(dshape, generator=gen).to(DEVICE) * 3
     d.view(-1)[0] = 2.0 ** -20                                     # a power-of-two (MX) factor
-    got = fast_grouped._dequant_blocks(p, d, torch.float32)
-    want = fast_grouped._times_block_factors(p.float(), d)
-    assert got is not None and got.shape == want.shape
-    same = (got.view(torch.int32) == want.view(torch.int32)) | (got.isnan() & want.isnan())
-    assert bool(same.all()), f"{fmt} {shape}: {int((~same).sum())} differ (seed {seed})"
+    from qtrain.fast.block_dequant import dequant_blocks
+    for dtype, bits in ((torch.float32, torch.int32), (torch.bfloat16, torch.int16)):
+        got = dequant_blocks(p, d, dtype)
+        want = fast_grouped._times_block_factors(p.float(), d).to(dtype)   # torch: rne
+        assert got is not None and got.shape == want.shape and got.dtype == dtype
+        same = (got.view(bits) == want.view(bits)) | (got.isnan() & want.isnan())
+        assert bool(same.all()), f"{fmt} {shape} {dtype}: {int((~same).sum())} differ (seed {seed})"

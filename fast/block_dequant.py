@@ -1,0 +1,64 @@
+"""Exact dequantization of block-scaled float8 payloads for the emulated products (spec/06 MM-1,
+MM-3; FMT-1): one Triton pass reads the 1-byte codes and the fp32 block factors and writes the
+operand in the product's input dtype. Used by the emulated grouped product and by the MX dense
+product on GPUs without MX tensor cores (fast/scaled_mm.py)."""
+import torch
+import triton
+import triton.language as tl
+
+from .common import TORCH_FLOAT8, cdiv, float8_params, is_interpreted
+from .encode import decode_float8
+
+_FORMAT_OF = {v: k for k, v in TORCH_FLOAT8.items()}
+
+
+@triton.jit
+def _soft_bf16_bits(y):
+    """fp32 -> bf16 with rne, as int16 bits, by integer arithmetic; NaN -> 0x7FC0. The
+    interpreter's own fp32 -> bf16 conversion does not round to nearest even (Triton 3.9)."""
+    bits = y.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return tl.where(y != y, 0x7FC0, rounded).to(tl.int16)
+
+
+@triton.jit
+def _dequant_blocks_kernel(p_ptr, d_ptr, out_ptr, R, C, BR, BC, DC,
+                           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, MBITS: tl.constexpr,
+                           BIAS: tl.constexpr, FNUZ: tl.constexpr, SOFT_BF16: tl.constexpr):
+    """out[r, c] = out_dtype(fp32(p[r, c]) * d[r // BR, c // BC]) for float8 codes p (R, C)
+    and fp32 block factors d (R / BR, DC) with DC = C / BC: one exact decode (FMT-1), one fp32
+    product (MM-3), one rne rounding to out's dtype (SOFT_BF16: by integer arithmetic into the
+    int16 bits of a bf16 out). One read of the 1-byte payload, one write."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows[:, None] < R) & (cols[None, :] < C)
+    offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+    v = decode_float8(tl.load(p_ptr + offs, mask=mask, other=0), MBITS, BIAS, FNUZ)
+    d = tl.load(d_ptr + (rows // BR)[:, None].to(tl.int64) * DC + (cols // BC)[None, :],
+                mask=mask, other=1.0)
+    if SOFT_BF16:
+        tl.store(out_ptr + offs, _soft_bf16_bits(v * d), mask=mask)
+    else:
+        tl.store(out_ptr + offs, (v * d).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def dequant_blocks(p, d, dtype):
+    """p's exact values times its MM-1 block factors d (d of p's rank), in `dtype` (fp32 or
+    bf16), in one Triton pass on CUDA or under the interpreter. None where it does not apply
+    (not float8, 0-d or per-group factors, strided p, another device): the caller's torch ops
+    run then."""
+    if p.dtype not in _FORMAT_OF or d.dim() != p.dim() or not p.is_contiguous():
+        return None
+    if not (p.device.type == "cuda" or is_interpreted(_dequant_blocks_kernel)) or p.numel() == 0:
+        return None
+    p2 = p.reshape(-1, p.shape[-1])                       # (E, N, K) -> (E * N, K)
+    d2 = d.to(torch.float32).reshape(-1, d.shape[-1]).contiguous()
+    R, C = p2.shape
+    out = torch.empty(p.shape, dtype=dtype, device=p.device)
+    soft_bf16 = dtype == torch.bfloat16 and is_interpreted(_dequant_blocks_kernel)
+    params = float8_params(_FORMAT_OF[p.dtype])
+    _dequant_blocks_kernel[(cdiv(R, 32), cdiv(C, 128))](
+        p2.view(torch.uint8), d2, out.view(torch.int16) if soft_bf16 else out, R, C,
+        R // d2.shape[0], C // d2.shape[1], d2.shape[1], BLOCK_R=32, BLOCK_C=128,
+        MBITS=params["MBITS"], BIAS=params["BIAS"], FNUZ=params["FNUZ"], SOFT_BF16=soft_bf16)
+    return out
