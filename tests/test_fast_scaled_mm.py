@@ -176,3 +176,17 @@ def test_blockwise_on_cublas_within_MM_7(M, N, K, out_dtype, seed):
                         f"{refused}")
         ratio = mm4_ratio(a, 1 / qa, b, 1 / qb, out, out_dtype, promote_every(a))
         assert ratio <= 1.0, f"blockwise {block} {(M, N, K)} {out_dtype}: error/bound {ratio}"
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the bf16-GEMM route of MX products is CUDA-only")
+@pytest.mark.parametrize("M,N,K", [(64, 256, 512), (17, 96, 160), (256, 384, 1024)])
+def test_mx_with_pow2_promise_as_bf16_gemm_within_MM_4(M, N, K, seed):
+    """MX operands with the pow2_factors promise run as a bf16 GEMM of their exact values:
+    within MM-4 with plain fp32 accumulation (no MM-7 interval), bf16 out."""
+    fast = fast_backend()
+    rng = np.random.default_rng(seed)
+    a, da, b, db = _operands("mx", M, N, K, rng)
+    out = fast.scaled_mm_nt(a, da, b, db, torch.bfloat16, pow2_factors=True)
+    assert out.dtype == torch.bfloat16 and out.shape == (M, N)
+    ratio = mm4_ratio(a, da, b, db, out, torch.bfloat16, 0)
+    assert ratio <= 1.0, f"mx bf16 route {(M, N, K)}: error/bound {ratio} (seed {seed})"
