@@ -281,6 +281,7 @@ def time_casts():
         ("mx dim0 transposed", lambda: cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True), 3 * n + n // 32),
         ("int8 rowwise rne", lambda: cast_int8.quantize_int8(x, -1), 3 * n + scale_b),
         ("int8 rowwise stochastic", lambda: cast_int8.quantize_int8(x, -1, seed=1), 3 * n + scale_b),
+        ("int8 rowwise I8-10 noise", lambda: cast_int8.quantize_int8(x, -1, counter_noise=(1, call)), 3 * n + scale_b),
         ("int8 columnwise rne", lambda: cast_int8.quantize_int8(x, 0), 3 * n + 4 * K),
         ("blockwise 1x128", lambda: cast_blockwise.quantize_blockwise(x, (1, 128)), 3 * n + n // 32),
         ("blockwise 128x128", lambda: cast_blockwise.quantize_blockwise(x, (128, 128)), 3 * n),

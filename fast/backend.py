@@ -90,20 +90,28 @@ class FastBackend:
             return quantize_mx_dim0(x, elem_fmt, block_size, scale_mode, transposed=True)
         return quantize_mx(x.t().contiguous(), elem_fmt, block_size, axis, scale_mode)
 
-    def quantize_int8(self, x, axis, noise=None, seed=None, transposed=False):
+    draws_counter_noise = True         # quantize_int8 takes counter_noise (qtrain/ops.py)
+
+    def quantize_int8(self, x, axis, noise=None, seed=None, transposed=False,
+                      counter_noise=None):
+        """counter_noise: (seed, call index) for I8-10 noise drawn in the kernel, indexed by
+        x's elements also when transposed (the flat index of the tensor the caller holds)."""
         from .cast_int8 import quantize_int8
         self._check(x)
+        if counter_noise is not None:
+            counter_noise = (counter_noise[0], counter_noise[1].to(x.device))
         if not transposed:
-            return quantize_int8(x, axis, noise, seed)
+            return quantize_int8(x, axis, noise, seed, counter_noise=counter_noise)
         _need_2d(x)
         # noise comes in x.T's layout: back to x's (no copy when it is a transposed view, as
         # the recipe passes it)
         noise_x = None if noise is None else noise.t().contiguous()
         if axis in (-1, 1) and seed is None:   # along axis 0 of x, written as x.T (no copy)
-            return quantize_int8(x, 0, noise_x, None, transposed=True)
+            return quantize_int8(x, 0, noise_x, None, transposed=True,
+                                 counter_noise=counter_noise)
         # otherwise quantize along the matching axis of x and transpose the 1-byte payload
         axis_x = None if axis is None else (0 if axis in (-1, 1) else 1)
-        data, scale = quantize_int8(x, axis_x, noise_x, seed)
+        data, scale = quantize_int8(x, axis_x, noise_x, seed, counter_noise=counter_noise)
         return data.t().contiguous(), scale.t().contiguous() if scale.dim() == 2 else scale
 
     def uniform_noise(self, like, seed, call):
@@ -114,10 +122,10 @@ class FastBackend:
         # sync (a QuantizedLinear's counter is a buffer on its own device)
         return uniform_noise(like, seed, call.to(like.device))
 
-    def quantize_int8_dual(self, x, noise=None):
+    def quantize_int8_dual(self, x, noise=None, counter_noise=None):
         from .cast_int8 import quantize_int8_dual
         self._check(x)
-        return quantize_int8_dual(x, noise)
+        return quantize_int8_dual(x, noise, counter_noise)
 
     def quantize_blockwise(self, x, block=(1, 128), fmt="float8_e4m3fn", transposed=False):
         """transposed=True: quantize x.T, (1, b) blocks written from x in one pass."""

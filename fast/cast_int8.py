@@ -1,6 +1,7 @@
 """Symmetric int8 casts, spec/04-int8.md (I8-1..I8-7): rowwise (last axis), columnwise (axis 0)
-and tensorwise, rounding rne or stochastic (noise given as a tensor, or drawn in the kernel from
-a counter-based generator: tl.rand(seed, element index), reproducible for a given seed)."""
+and tensorwise, rounding rne or stochastic. Stochastic noise is given as a tensor, or drawn in
+the kernel: I8-10's hash of (seed, call index read on the device, element index), the same bits
+as the reference draws, or Philox (tl.rand(seed, element index), reproducible for a seed)."""
 import torch
 import triton
 import triton.language as tl
@@ -10,9 +11,10 @@ from .amax import amax_bits_2d
 from .common import (cast_tile, cdiv, check_device, check_input, flat_2d, fp32, kernel_input,
                      normalize_axis, rowwise_tile)
 from .encode import abs_bits, is_finite_bits, row_amax_bits, widen_to_fp32
+from .noise import mix32
 
 LAYER = "qtrain.fast.cast_int8"
-NOISE_NONE, NOISE_TENSOR, NOISE_SEED = 0, 1, 2
+NOISE_NONE, NOISE_TENSOR, NOISE_SEED, NOISE_COUNTER = 0, 1, 2, 3
 
 
 @triton.jit
@@ -59,6 +61,12 @@ def _noise(noise_ptr, seed, offs, mask, rows, cols, C, NOISE: tl.constexpr):
     a row (wraps past 2^31), interleaved back to element order."""
     if NOISE == 1:
         u = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+    elif NOISE == 3:
+        # I8-10: noise_ptr holds the int64 call index; offs is the element's flat index
+        call = (tl.load(noise_ptr) & 0xFFFFFFFF).to(tl.uint32)
+        key = mix32(mix32(call) ^ tl.cast(seed, tl.uint32))
+        h = mix32((offs & 0xFFFFFFFF).to(tl.uint32) + key)
+        u = (h >> 8).to(tl.float32) * (2.0 ** -24)
     elif NOISE == 2:
         G: tl.constexpr = cols.shape[0] // 4
         groups = tl.reshape(cols, (G, 4)) // 4
@@ -146,7 +154,15 @@ def _int8_tiles_kernel(x_ptr, data_ptr, ds_ptr, amax_ptr, noise_ptr, seed, R, C,
                                                   NOISE != 0), mask=mask)
 
 
-def _noise_args(x, noise, seed):
+def _noise_args(x, noise, seed, counter_noise=None):
+    if sum(v is not None for v in (noise, seed, counter_noise)) > 1:
+        raise ValueError(f"{LAYER}: pass one of noise, seed and counter_noise")
+    if counter_noise is not None:
+        c_seed, call = counter_noise
+        if call.numel() != 1 or call.device != x.device:
+            raise ValueError(f"{LAYER}: counter_noise's call index must be one element on "
+                             f"{x.device}, got shape {tuple(call.shape)} on {call.device}")
+        return call.reshape(()).to(torch.int64), int(c_seed) % 2 ** 32, NOISE_COUNTER
     if noise is not None:
         check_input(noise, LAYER + " (noise)", (torch.float32,))
         if noise.shape != x.shape or noise.device != x.device:
@@ -158,21 +174,20 @@ def _noise_args(x, noise, seed):
     return x, 0, NOISE_NONE
 
 
-def quantize_int8(x, axis, noise=None, seed=None, transposed=False):
+def quantize_int8(x, axis, noise=None, seed=None, transposed=False, counter_noise=None):
     """(data int8 like x, dequant_scale fp32 keepdims along axis; shape () for axis None).
-    noise: fp32 tensor in [0, 1) like x (I8-5, bit-checkable); or seed: int for in-kernel
-    stochastic noise; neither: rne (I8-4).
+    noise: fp32 tensor in [0, 1) like x (I8-5, bit-checkable); or counter_noise: (seed, call
+    index tensor) for I8-10 noise drawn in the kernel (the reference's bits, no noise tensor);
+    or seed: int for Philox noise; none of them: rne (I8-4).
     transposed=True (2-D x, axis 0, no seed): quantize x along axis 0 and write the payload as
     x.T row-major (C, R) with dequant_scale (C, 1): the NT operand of a product contracted
     over x's rows, with no copy. noise, if given, is like x either way."""
     check_input(x, LAYER)
     check_device(_int8_rowwise_kernel, x, LAYER)
-    if noise is not None and seed is not None:
-        raise ValueError(f"{LAYER}: pass noise or seed, not both")
     if transposed and (x.dim() != 2 or axis not in (0, -2) or seed is not None):
         raise ValueError(f"{LAYER}: transposed int8 cast needs 2-D x, axis 0 and no seed; got "
                          f"shape {tuple(x.shape)}, axis {axis}, seed {seed}")
-    noise_t, seed_v, mode = _noise_args(x, noise, seed)
+    noise_t, seed_v, mode = _noise_args(x, noise, seed, counter_noise)
     x_in, is_bf16 = kernel_input(x)
     eps32 = fp32(EPS_AMAX)
     data = torch.empty(x.shape, dtype=torch.int8, device=x.device)
@@ -211,7 +226,7 @@ def quantize_int8(x, axis, noise=None, seed=None, transposed=False):
     return data, ds.reshape(()) if tensorwise else ds.view((1,) + tuple(x.shape[1:]))
 
 
-def quantize_int8_dual(x, noise=None):
+def quantize_int8_dual(x, noise=None, counter_noise=None):
     """Both int8 axiswise quantizations of 2-D x (M, K) from one amax pass and one cast pass:
     (data (M, K), dequant_scale (M, 1)) along the last axis and (data_t (K, M), dequant_scale_t
     (K, 1)) = x along axis 0 written as x.T, what the int8 recipe needs of x and of g.
@@ -220,7 +235,7 @@ def quantize_int8_dual(x, noise=None):
     check_device(_int8_rowwise_kernel, x, LAYER)
     if x.dim() != 2:
         raise ValueError(f"{LAYER}: dual cast needs 2-D x (M, K), got shape {tuple(x.shape)}")
-    noise_t, seed_v, mode = _noise_args(x, noise, None)
+    noise_t, seed_v, mode = _noise_args(x, noise, None, counter_noise)
     R, C = x.shape
     _, r_bits, c_bits = amax_bits_2d(x, rows=True, cols=True)
     data = torch.empty((R, C), dtype=torch.int8, device=x.device)

@@ -13,7 +13,7 @@ BLOCK = 1024
 
 
 @triton.jit
-def _mix32(x):
+def mix32(x):
     """I8-10 mix on uint32 (products wrap modulo 2^32)."""
     x = x ^ (x >> 16)
     x = x * 0x21F0AAAD
@@ -27,10 +27,10 @@ def _uniform_noise_kernel(out_ptr, n, seed_lo, call_ptr, BLOCK: tl.constexpr):
     """out[i] = (mix32(i + key) >> 8) * 2^-24, key = mix32(mix32(call) ^ seed), all uint32."""
     call = (tl.load(call_ptr) & 0xFFFFFFFF).to(tl.uint32)
     # tl.cast, not .to: Triton passes an int argument equal to 1 as a constexpr
-    key = _mix32(_mix32(call) ^ tl.cast(seed_lo, tl.uint32))
+    key = mix32(mix32(call) ^ tl.cast(seed_lo, tl.uint32))
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     i = (offs & 0xFFFFFFFF).to(tl.uint32)
-    h = _mix32(i + key)
+    h = mix32(i + key)
     tl.store(out_ptr + offs, (h >> 8).to(tl.float32) * (2.0 ** -24), mask=offs < n)
 
 

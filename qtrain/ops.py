@@ -89,13 +89,24 @@ def _(x, elem_fmt, block_size, axis, scale_mode, backend, transposed=False):
 # ---- quantize_int8 (I8-*) ------------------------------------------------------------------
 @custom_op("qtrain::quantize_int8")
 def quantize_int8(x: torch.Tensor, axis: int, noise: Optional[torch.Tensor],
-                  backend: str, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """transposed=True: the quantization of x.T (2-D x; noise given in x.T's layout too)."""
-    return _impl(backend).quantize_int8(x, axis, noise, transposed=transposed)
+                  backend: str, transposed: bool = False, noise_seed: Optional[int] = None,
+                  noise_call: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """transposed=True: the quantization of x.T (2-D x; noise given in x.T's layout too).
+    noise_seed and noise_call instead of noise: I8-10 noise of x's elements (element i of x,
+    flat row-major, whether or not transposed), drawn inside a backend that declares
+    `draws_counter_noise`, else drawn here and handed over as a tensor. Same bits either way."""
+    impl = _impl(backend)
+    if noise_call is not None:
+        if getattr(impl, "draws_counter_noise", False):
+            return impl.quantize_int8(x, axis, None, transposed=transposed,
+                                      counter_noise=(noise_seed, noise_call))
+        noise = _draw_noise(impl, x, noise_seed, noise_call)
+        noise = noise.t() if transposed else noise
+    return impl.quantize_int8(x, axis, noise, transposed=transposed)
 
 
 @quantize_int8.register_fake
-def _(x, axis, noise, backend, transposed=False):
+def _(x, axis, noise, backend, transposed=False, noise_seed=None, noise_call=None):
     shape = _shape(x, transposed)
     return (x.new_empty(shape, dtype=torch.int8),
             x.new_empty(_keepdims_shape(shape, axis), dtype=torch.float32))
@@ -170,7 +181,10 @@ def uniform_noise(like: torch.Tensor, seed: int, call: torch.Tensor, backend: st
     """I8-10 noise in [0, 1), fp32, shaped like `like`, from (seed, call index); the call index
     stays on the device (no host sync). Every backend gives the same bits; one without its own
     generator uses qtrain/noise.py."""
-    impl = _impl(backend)
+    return _draw_noise(_impl(backend), like, seed, call)
+
+
+def _draw_noise(impl, like, seed, call):
     if hasattr(impl, "uniform_noise"):
         return impl.uniform_noise(like, seed, call)
     from .noise import uniform_noise as torch_uniform_noise

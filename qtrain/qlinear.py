@@ -19,7 +19,7 @@ from torch import nn
 
 from . import ops
 from .backend import resolve_backend_name
-from .recipes import QOperand, quantize_operand, quantize_operand_both_axes
+from .recipes import CounterNoise, QOperand, quantize_operand, quantize_operand_both_axes
 
 CHECK_FINITE_ENV = "QTRAIN_CHECK_FINITE"
 
@@ -103,7 +103,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
         noise = None
         specs = [s[0] for s in (plan.grad_input, plan.grad_weight) if s is not None]
         if any(s.stochastic for s in specs):
-            noise = ops.uniform_noise(g, ctx.sr_seed, sr_call, backend)     # I8-5, I8-10
+            noise = CounterNoise(ctx.sr_seed, sr_call)                       # I8-5, I8-10
 
         grad_x = grad_w = None
         gi, gw = plan.grad_input, plan.grad_weight

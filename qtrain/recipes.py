@@ -51,6 +51,14 @@ class RecipePlan:
     keep_quantized_weight: bool = False
 
 
+@dataclass(frozen=True)
+class CounterNoise:
+    """Stochastic-rounding noise given by its I8-10 key, drawn where the tensor is quantized
+    (inside the kernel on backends that can): the config's seed and the call index tensor."""
+    seed: int
+    call: torch.Tensor
+
+
 @dataclass
 class QOperand:
     """A quantized operand in NT form: payload (R, C) contracted along C, plus its dequant
@@ -114,7 +122,8 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None):
     """Quantize 2-D `t` along `contraction_axis` (0 or 1) and return it in NT form:
     contraction along the last axis of the payload (MM-1). Along axis 0 the backend quantizes
     t.T (`transposed=True`): a fast backend writes that layout straight from t, so the product
-    gets row-major operands without a transpose copy. `noise` comes in t's layout."""
+    gets row-major operands without a transpose copy. `noise` comes in t's layout, or is a
+    CounterNoise (I8-10 noise of t's elements)."""
     transpose = contraction_axis == 0
     t = _pad_contraction(t, contraction_axis, spec.contraction_block)
     if spec.kind == "float8":
@@ -127,9 +136,13 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None):
                                         backend, transposed=transpose)
         # dequant: the e8m0 bytes, expanded by QOperand.dequant_fp32 when the product runs
     elif spec.kind == "int8":
-        if noise is not None and transpose:
-            noise = noise.t()
-        data, dequant = ops.quantize_int8(t, -1, noise, backend, transposed=transpose)
+        if isinstance(noise, CounterNoise):
+            data, dequant = ops.quantize_int8(t, -1, None, backend, transposed=transpose,
+                                              noise_seed=noise.seed, noise_call=noise.call)
+        else:
+            if noise is not None and transpose:
+                noise = noise.t()
+            data, dequant = ops.quantize_int8(t, -1, noise, backend, transposed=transpose)
     elif spec.kind == "blockwise":
         # Along axis 0 the backend quantizes t.T (written from t); a square block is axis free,
         # so t quantized as it is and read transposed is the same (BW-5).

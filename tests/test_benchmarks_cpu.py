@@ -229,6 +229,7 @@ HOST_BUDGET = {   # (workload, recipe) -> (aten ops that launch a kernel, Triton
     ("linear", "rowwise"): (11, 7),
     ("linear", "tensorwise"): (12, 8),
     ("linear", "int8"): (17, 7),
+    ("linear", "int8+sr"): (19, 8),
     ("linear", "mxfp8"): (20, 9),
     ("linear", "blockwise"): (11, 6),
     ("grouped", "rowwise"): (14, 9),

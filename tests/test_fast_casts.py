@@ -234,3 +234,28 @@ def test_int8_dual_is_rowwise_and_transposed_columnwise(shape, dtype, seed):
         assert_same(to_numpy(ds), row_ds, "row dequant_scale " + what, seed)
         assert_same(to_numpy(data_t), col_data, "col data.T " + what, seed)
         assert_same(to_numpy(ds_t), col_ds, "col dequant_scale.T " + what, seed)
+
+
+@pytest.mark.parametrize("axis,transposed", [(-1, False), (0, False), (None, False), (-1, True)],
+                         ids=["rowwise", "columnwise", "tensorwise", "transposed"])
+def test_int8_counter_noise_in_kernel_is_the_reference_draw_I8_10(axis, transposed, seed):
+    """Stochastic rounding with I8-10 noise drawn inside the int8 kernels (no noise tensor):
+    the bits of the reference quantizing with the materialized I8-10 noise of x's elements."""
+    fast = fast_backend()
+    shape = (17, 40)
+    x = _input(shape, "float32", seed)
+    call = torch.tensor(2 ** 32 + seed, dtype=torch.int64, device=DEVICE)
+    data, ds = fast.quantize_int8(from_numpy(x), axis, None, transposed=transposed,
+                                  counter_noise=(seed + 3, call))
+    u = reference.uniform_noise(shape, seed + 3, 2 ** 32 + seed)
+    xr, ur = (np.ascontiguousarray(x.T), np.ascontiguousarray(u.T)) if transposed else (x, u)
+    ref_data, ref_ds = reference.quantize_int8(xr, axis, ur)
+    what = f"axis={axis} transposed={transposed}"
+    assert_same(to_numpy(ds), ref_ds, "dequant_scale " + what, seed)
+    assert_same(to_numpy(data), ref_data, "data " + what, seed)
+    if axis == -1 and not transposed:                   # the dual cast draws the same noise
+        d, dd, dt, ddt = fast.quantize_int8_dual(from_numpy(x), counter_noise=(seed + 3, call))
+        col_data, col_ds = reference.quantize_int8(np.ascontiguousarray(x.T), -1,
+                                                   np.ascontiguousarray(u.T))
+        assert_same(to_numpy(d), ref_data, "dual row data", seed)
+        assert_same(to_numpy(dt), col_data, "dual col data.T", seed)
