@@ -172,10 +172,12 @@ class FastBackend:
         self._check(w)
         return quantize_float8_experts_t(w, fmt, pow2_scale)
 
-    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1):
+    def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1,
+                          pow2_factors=False):
         from .grouped_mm import scaled_grouped_mm
         self._check(a)
-        return scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype, group_align)
+        return scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype, group_align,
+                                 pow2_factors)
 
 
 class InterpretedFastBackend:

@@ -18,10 +18,12 @@ Products (`scaled_grouped_mm`), all NT (MM-1):
   are dequantized exactly (float8 code times a power-of-two factor is exact in fp32; with
   non-power-of-two factors this is MM-3's one fp32 rounding of the factor product), by one
   Triton pass per operand (fast/block_dequant.py: exact decode, fp32 product, one rounding
-  to the operand dtype), and run through torch._grouped_mm with fp32 accumulation. For mxfp8 this is the only path here:
-  real MX grouped kernels (torch._scaled_grouped_mm with e8m0 block scales) are
-  Blackwell-only (sm100) today. On CUDA the dequantized operands are bf16 when out is bf16
-  (exact unless a value falls below bf16's 2^-133, i.e. an MX block amax under ~2^-117).
+  to the operand dtype), and run through torch._grouped_mm with fp32 accumulation. For
+  mxfp8 this is the only path here: real MX grouped kernels (torch._scaled_grouped_mm with
+  e8m0 block scales) are Blackwell-only (sm100) today. On CUDA the dequantized operands are
+  bf16 when out is bf16 and the caller promises power-of-two factors, as the grouped layer
+  does (exact unless a value falls below bf16's 2^-133, i.e. an MX block amax under
+  ~2^-117); fp32 otherwise.
 """
 import functools
 import logging
@@ -277,10 +279,13 @@ def _pad_columns(a, b, offs, align):
     return pad(a), pad(b), padded_offsets(offs, align)
 
 
-def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32, group_align=1):
+def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32, group_align=1,
+                      pow2_factors=False):
     """Backend interface (qtrain/grouped_ops.py): MM-5, routed as the module docstring says.
     group_align: the caller's promise that every group of a 2d x 2d product starts at a
-    multiple of it (the grouped layer's padded layout); otherwise the operands are padded here."""
+    multiple of it (the grouped layer's padded layout); otherwise the operands are padded here.
+    pow2_factors: the caller's promise that every factor is a power of two (see the emulated
+    product)."""
     is_3d = b.dim() == 3
     n_groups = offs.shape[0]
     if _torch_scaled_ok(a, b, out_dtype) and n_groups:
@@ -300,7 +305,8 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
     if a.dtype != torch.int8 and (_rowwise_2d3d(a, a_dequant, b, b_dequant) if is_3d
                                   else _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups)):
         _log_emulated_once(a, b, out_dtype)     # a float8 rowwise product that could not run
-    return scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype, group_align)
+    return scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype, group_align,
+                                      pow2_factors)
 
 
 _EMULATED_LOGGED = set()
@@ -318,18 +324,53 @@ def _log_emulated_once(a, b, out_dtype):
                     "of 16", a.device, a.dtype, b.dtype, out_dtype)
 
 
+def _operand_dtype(a, out_dtype, pow2_factors):
+    """The dtype the emulated product's operands are dequantized to. bf16 on CUDA when out is
+    bf16 and the factors are powers of two: a float8 code times such a factor is exact in bf16
+    (down to 2^-133), and torch._grouped_mm's bf16 kernel runs. Otherwise fp32, the exact
+    values (MM-3's one rounding of code times factor); a torch whose CUDA _grouped_mm refuses
+    fp32 gets bf16 operands with a warning (a second rounding: MM-4 may not hold under
+    cancellation)."""
+    if a.device.type != "cuda" or out_dtype == torch.float32:
+        return torch.float32
+    if pow2_factors:
+        return out_dtype
+    return torch.float32 if _FP32_GROUPED_OK.get(a.device.type, True) else out_dtype
+
+
+_FP32_GROUPED_OK = {}      # device type -> False once torch._grouped_mm refused fp32 (logged)
+
+
+def _grouped_mm_checked(a_hp, b_hp, offs, a, out_dtype):
+    """torch._grouped_mm; fp32 operands on a torch that refuses them: logged once, retried in
+    the output dtype."""
+    try:
+        return torch._grouped_mm(a_hp, b_hp, offs=offs)
+    except RuntimeError as e:
+        if a_hp.dtype != torch.float32 or a.device.type != "cuda" or out_dtype == torch.float32:
+            raise
+        _FP32_GROUPED_OK[a.device.type] = False
+        log.warning("%s: torch._grouped_mm refuses float32 operands on %s (torch %s: %s); "
+                    "emulated grouped products with factors not promised to be powers of two "
+                    "run in %s, rounding each operand twice (MM-4 may not hold under "
+                    "cancellation)", LAYER, a.device.type, torch.__version__,
+                    str(e).splitlines()[0][:160], str(out_dtype)[6:])
+        return torch._grouped_mm(a_hp.to(out_dtype), b_hp.to(out_dtype), offs=offs)
+
+
 def scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
-                               group_align=1):
+                               group_align=1, pow2_factors=False):
     """Dequantize exactly, then torch._grouped_mm (fp32 accumulation, one rounding). On CUDA
     a 2d x 2d product's groups are padded to 16 columns first (its 16-byte TMA rule) unless
     the caller promised that alignment."""
-    dtype = torch.float32 if a.device.type == "cpu" or out_dtype == torch.float32 else out_dtype
+    dtype = _operand_dtype(a, out_dtype, pow2_factors)
     a_hp = _dequant(a, a_dequant, offs, dtype)
     b_hp = _dequant(b, b_dequant, offs, dtype)
     if b.dim() == 3:                       # B (E, K, N) column-major, as torch wants
-        out = torch._grouped_mm(a_hp.contiguous(), b_hp.contiguous().transpose(-2, -1), offs=offs)
+        out = _grouped_mm_checked(a_hp.contiguous(), b_hp.contiguous().transpose(-2, -1), offs,
+                                  a, out_dtype)
     else:                                  # A (M, T) row-major, B (T, N) column-major
         if a.device.type == "cuda" and group_align % FLOAT8_ALIGN:
             a_hp, b_hp, offs = _pad_columns(a_hp, b_hp, offs, FLOAT8_ALIGN)
-        out = torch._grouped_mm(a_hp.contiguous(), b_hp.contiguous().t(), offs=offs)
+        out = _grouped_mm_checked(a_hp.contiguous(), b_hp.contiguous().t(), offs, a, out_dtype)
     return _zero_outside(out, offs, b.dim() == 3).to(out_dtype)

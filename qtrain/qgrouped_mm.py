@@ -96,7 +96,7 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
         qx = quantize_operand(x, plan.output[0], 1, backend)
         qw, dw = _quantize_3d(w, plan.output[1], True, backend)
         out = grouped_ops.scaled_grouped_mm(qx.payload, qx.dequant_fp32(), qw, dw, offs,
-                                            out_dtype, backend)
+                                            out_dtype, backend, 1, _pow2(plan.output))
         gw = plan.grad_weight
         if not ctx.needs_input_grad[1]:
             x_saved = ()
@@ -123,7 +123,8 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
             qg = quantize_operand(g, gi[0], 1, backend)
             qwt, dwt = _quantize_3d(w, gi[1], False, backend)
             grad_x = grouped_ops.scaled_grouped_mm(qg.payload, qg.dequant_fp32(), qwt, dwt,
-                                                   offs, out_dtype, backend).to(ctx.x_dtype)
+                                                   offs, out_dtype, backend, 1,
+                                                   _pow2(gi)).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             gw = plan.grad_weight
             if gw is None:
@@ -136,9 +137,14 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
                 da, db = QOperand(a, da).dequant_fp32(), QOperand(b, db).dequant_fp32()
                 align = FLOAT8_ALIGN if gw[0].kind == "float8" else gw[0].block_size
                 grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype, backend,
-                                                       align)
+                                                       align, _pow2(gw))
             grad_w = grad_w.to(w.dtype)
         return grad_x, grad_w, None, None, None
+
+
+def _pow2(specs):
+    """Both operands' factors powers of two (rowwise pow2, MX): the products' hint."""
+    return specs[0].pow2_factors and specs[1].pow2_factors
 
 
 def _grad_weight_hp(g, x, offs):

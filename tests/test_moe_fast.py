@@ -134,3 +134,43 @@ def test_emulated_dequant_kernel_is_exact_FMT_1(fmt, shape, block, seed):
         assert got is not None and got.shape == want.shape and got.dtype == dtype
         same = (got.view(bits) == want.view(bits)) | (got.isnan() & want.isnan())
         assert bool(same.all()), f"{fmt} {shape} {dtype}: {int((~same).sum())} differ (seed {seed})"
+
+
+def test_emulated_operand_dtype_needs_the_pow2_promise_for_bf16():
+    """bf16 operands only under the power-of-two promise (exact there); arbitrary factors get
+    fp32 operands (their exact values after MM-3's one rounding), unless this torch's CUDA
+    _grouped_mm has refused fp32 (then logged, bf16)."""
+    from types import SimpleNamespace
+    cuda, cpu = (SimpleNamespace(device=SimpleNamespace(type=t)) for t in ("cuda", "cpu"))
+    pick = fast_grouped._operand_dtype
+    assert pick(cuda, torch.bfloat16, True) == torch.bfloat16
+    assert pick(cuda, torch.bfloat16, False) == torch.float32
+    assert pick(cuda, torch.float32, True) == torch.float32
+    assert pick(cpu, torch.bfloat16, True) == torch.float32
+
+
+@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
+def test_grouped_layer_promises_pow2_factors(recipe):
+    """The grouped layer's three products carry the pow2_factors promise (rowwise pow2 scales,
+    MX e8m0) to a backend that takes it."""
+    from qtrain.reference_backend import ReferenceBackend
+    seen = []
+
+    class Recording(ReferenceBackend):
+        takes_pow2_factors = True
+
+        def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1,
+                              pow2_factors=False):
+            seen.append(pow2_factors)
+            return super().scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype,
+                                             group_align)
+
+    qbackend.register_backend("pow2-grouped-recording", Recording)
+    config = (qtrain.Float8LinearConfig(recipe="rowwise", backend="pow2-grouped-recording")
+              if recipe == "rowwise"
+              else qtrain.MXLinearConfig(backend="pow2-grouped-recording"))
+    x = torch.randn(64, 64, requires_grad=True)
+    w = torch.randn(2, 32, 64, requires_grad=True)
+    offs = torch.tensor([20, 64], dtype=torch.int32)
+    qtrain.grouped_mm(x, w, offs, config).sum().backward()
+    assert seen == [True, True, True], seen
