@@ -62,6 +62,26 @@ def test_RC_fast_compiled_equals_eager(recipe):
         assert torch.equal(a, b), f"{recipe} {name}: compiled differs from eager (QTRAIN_TEST_SEED={SEED})"
 
 
+@pytest.mark.parametrize("recipe", ["tensorwise", "blockwise"])
+def test_RC_14_kept_and_requantized_weight_same_bits_on_gpu(recipe):
+    """RC-14 on the fast backend: the forward's float8 w kept for backward and w re-quantized
+    there (written transposed by the cast itself) give the same bits."""
+    gen = torch.Generator(device="cuda").manual_seed(SEED)
+    x0 = torch.randn(256, 512, generator=gen, device="cuda").to(torch.bfloat16)
+    w0 = (torch.randn(384, 512, generator=gen, device="cuda") / 23).to(torch.bfloat16)
+    g = torch.randn(256, 384, generator=gen, device="cuda").to(torch.bfloat16)
+    got = []
+    for keep in (False, True):
+        config = dataclasses.replace(qtrain.recipe_config(recipe, keep_quantized_weight=keep),
+                                     backend="fast")
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        out = qtrain.linear(x, w, config=config)
+        out.backward(g)
+        got.append((out, x.grad, w.grad))
+    for name, a, b in zip(("out", "grad_input", "grad_weight"), *got):
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"{recipe} {name}"
+
+
 def test_RC_fast_sqnr_mx():
     x, w, g, out, gx, gw = _run("mxfp8", torch.float32)
     x_hp, w_hp = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
