@@ -95,6 +95,12 @@ def normalize_axis(axis: int, ndim: int, layer: str, shape) -> int:
     return axis % ndim
 
 
+@functools.lru_cache(maxsize=None)
+def device_capability(device: torch.device):
+    """(major, minor) of a CUDA device, asked once per device (host time on every call)."""
+    return torch.cuda.get_device_capability(device)
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for launch grids (plain Python: triton.cdiv costs microseconds per call)."""
     return -(-a // b)

@@ -25,7 +25,6 @@ Products (`scaled_grouped_mm`), all NT (MM-1):
   does (exact unless a value falls below bf16's 2^-133, i.e. an MX block amax under
   ~2^-117); fp32 otherwise.
 """
-import functools
 import logging
 
 import torch
@@ -34,8 +33,9 @@ import triton.language as tl
 
 from qtrain.grouping import (gather_rows, group_bounds, pad_index, padded_offsets, padded_rows,
                              rows_in_groups)
-from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input, float8_params,
-                     is_interpreted, kernel_input, pow2_at_most, use_soft_cast)
+from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input,
+                     device_capability, float8_params, is_interpreted, kernel_input,
+                     pow2_at_most, use_soft_cast)
 from .block_dequant import dequant_blocks
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
@@ -189,15 +189,10 @@ def _rowwise_2d2d(a, da, b, db, n_groups):
             and db.dim() == 3 and db.shape == (n_groups, b.shape[0], 1))
 
 
-@functools.lru_cache(maxsize=None)
-def _capability(device):
-    return torch.cuda.get_device_capability(device)
-
-
 def _torch_scaled_ok(a, b, out_dtype):
     if a.device.type != "cuda" or out_dtype != torch.bfloat16 or not hasattr(torch, "_scaled_grouped_mm"):
         return False
-    if _capability(a.device) < (9, 0):
+    if device_capability(a.device) < (9, 0):
         return False
     if not a.dtype == b.dtype == torch.float8_e4m3fn:
         return False

@@ -4,7 +4,6 @@ dequant factors with the MM-1 block rule. Float8 tensorwise/rowwise go to torch.
 int8 tensorwise/rowwise to torch._int_mm (or the Triton int8 GEMM when INT8_TRITON is set),
 everything else (MX, blockwise, shapes or formats those reject) to the Triton kernel below,
 which promotes partial sums to fp32 at every scale block. See fast/README.md."""
-import functools
 import logging
 import os
 
@@ -13,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .block_dequant import dequant_blocks
-from .common import TORCH_FLOAT8, cdiv, is_interpreted, next_pow2
+from .common import TORCH_FLOAT8, cdiv, device_capability, is_interpreted, next_pow2
 
 LAYER = "qtrain.fast.scaled_mm"
 log = logging.getLogger("qtrain")
@@ -298,11 +297,6 @@ BLOCKWISE_CUBLAS = os.environ.get("QTRAIN_FAST_BLOCKWISE_CUBLAS", "1") == "1"
 _CUBLAS_BLOCKWISE_REFUSED = {}      # (device type, out dtype, case) -> reason
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_major(device):
-    return torch.cuda.get_device_capability(device)[0]
-
-
 def _round_up(n, m):
     return -(-n // m) * m
 
@@ -332,7 +326,7 @@ def _cublas_blockwise(a, da, br_a, b, db, br_b, out_dtype):
     if (not BLOCKWISE_CUBLAS or a.device.type != "cuda" or torch.version.hip is not None
             or not hasattr(F, "scaled_mm") or not hasattr(F, "ScalingType")
             or a.dtype != torch.float8_e4m3fn or b.dtype != torch.float8_e4m3fn
-            or M % 4 or N % 16 or K % 128 or _sm_major(a.device) != 9):
+            or M % 4 or N % 16 or K % 128 or device_capability(a.device)[0] != 9):
         return None
     layouts = blockwise_scale_layouts(da, br_a, db, br_b, M, N, K)
     if layouts is None:
