@@ -11,7 +11,7 @@ from .amax import amax_bits_2d
 from .common import (cast_tile, cdiv, check_device, check_input, flat_2d, fp32, kernel_input,
                      normalize_axis, rowwise_tile)
 from .encode import abs_bits, is_finite_bits, row_amax_bits, widen_to_fp32
-from .noise import mix32
+from .noise import call_index, counter_uniform
 
 LAYER = "qtrain.fast.cast_int8"
 NOISE_NONE, NOISE_TENSOR, NOISE_SEED, NOISE_COUNTER = 0, 1, 2, 3
@@ -61,12 +61,8 @@ def _noise(noise_ptr, seed, offs, mask, rows, cols, C, NOISE: tl.constexpr):
     a row (wraps past 2^31), interleaved back to element order."""
     if NOISE == 1:
         u = tl.load(noise_ptr + offs, mask=mask, other=0.0)
-    elif NOISE == 3:
-        # I8-10: noise_ptr holds the int64 call index; offs is the element's flat index
-        call = (tl.load(noise_ptr) & 0xFFFFFFFF).to(tl.uint32)
-        key = mix32(mix32(call) ^ tl.cast(seed, tl.uint32))
-        h = mix32((offs & 0xFFFFFFFF).to(tl.uint32) + key)
-        u = (h >> 8).to(tl.float32) * (2.0 ** -24)
+    elif NOISE == 3:        # I8-10: noise_ptr holds the int64 call index, offs the flat index
+        u = counter_uniform(noise_ptr, seed, offs.to(tl.int64))
     elif NOISE == 2:
         G: tl.constexpr = cols.shape[0] // 4
         groups = tl.reshape(cols, (G, 4)) // 4
@@ -159,10 +155,7 @@ def _noise_args(x, noise, seed, counter_noise=None):
         raise ValueError(f"{LAYER}: pass one of noise, seed and counter_noise")
     if counter_noise is not None:
         c_seed, call = counter_noise
-        if call.numel() != 1 or call.device != x.device:
-            raise ValueError(f"{LAYER}: counter_noise's call index must be one element on "
-                             f"{x.device}, got shape {tuple(call.shape)} on {call.device}")
-        return call.reshape(()).to(torch.int64), int(c_seed) % 2 ** 32, NOISE_COUNTER
+        return call_index(call, x.device, LAYER), int(c_seed) % 2 ** 32, NOISE_COUNTER
     if noise is not None:
         check_input(noise, LAYER + " (noise)", (torch.float32,))
         if noise.shape != x.shape or noise.device != x.device:

@@ -23,27 +23,39 @@ def mix32(x):
 
 
 @triton.jit
-def _uniform_noise_kernel(out_ptr, n, seed_lo, call_ptr, BLOCK: tl.constexpr):
-    """out[i] = (mix32(i + key) >> 8) * 2^-24, key = mix32(mix32(call) ^ seed), all uint32."""
+def counter_uniform(call_ptr, seed_lo, offs):
+    """I8-10 noise of the elements at flat indices offs (int64): (mix32(i + key) >> 8) * 2^-24
+    with key = mix32(mix32(call) ^ seed), all uint32; the int64 call index read at call_ptr."""
     call = (tl.load(call_ptr) & 0xFFFFFFFF).to(tl.uint32)
     # tl.cast, not .to: Triton passes an int argument equal to 1 as a constexpr
     key = mix32(mix32(call) ^ tl.cast(seed_lo, tl.uint32))
+    h = mix32((offs & 0xFFFFFFFF).to(tl.uint32) + key)
+    return (h >> 8).to(tl.float32) * (2.0 ** -24)
+
+
+@triton.jit
+def _uniform_noise_kernel(out_ptr, n, seed_lo, call_ptr, BLOCK: tl.constexpr):
+    """out[i] = counter_uniform(i) for BLOCK elements per program."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    i = (offs & 0xFFFFFFFF).to(tl.uint32)
-    h = mix32(i + key)
-    tl.store(out_ptr + offs, (h >> 8).to(tl.float32) * (2.0 ** -24), mask=offs < n)
+    tl.store(out_ptr + offs, counter_uniform(call_ptr, seed_lo, offs), mask=offs < n)
+
+
+def call_index(call, device, layer):
+    """The call index as the int64 0-d tensor the kernels read, checked: one element on
+    `device` (it is read there, never on the host)."""
+    if call.device != device or call.numel() != 1:
+        raise ValueError(f"{layer}: call index must be one element on {device}, got shape "
+                         f"{tuple(call.shape)} on {call.device}")
+    return call.reshape(()).to(torch.int64)
 
 
 def uniform_noise(like, seed, call):
     """I8-10 noise shaped like `like` (float32, on like's device); call: int64 0-d tensor on the
     same device."""
     check_device(_uniform_noise_kernel, like, LAYER)
-    if call.device != like.device or call.numel() != 1:
-        raise ValueError(f"{LAYER}: call index must be one element on {like.device}, got shape "
-                         f"{tuple(call.shape)} on {call.device}")
+    call = call_index(call, like.device, LAYER)
     out = torch.empty(like.shape, dtype=torch.float32, device=like.device)
     n = out.numel()
     if n:
-        _uniform_noise_kernel[(cdiv(n, BLOCK),)](out, n, int(seed) % 2 ** 32,
-                                                 call.reshape(()).to(torch.int64), BLOCK=BLOCK)
+        _uniform_noise_kernel[(cdiv(n, BLOCK),)](out, n, int(seed) % 2 ** 32, call, BLOCK=BLOCK)
     return out
