@@ -175,22 +175,12 @@ def _(a, a_dequant, b, b_dequant, out_dtype, backend, use_fast_accum=False, pow2
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
-# ---- stochastic-rounding noise (I8-5: the noise is an input, drawn here by I8-10) ------------
-@custom_op("qtrain::uniform_noise")
-def uniform_noise(like: torch.Tensor, seed: int, call: torch.Tensor, backend: str) -> torch.Tensor:
-    """I8-10 noise in [0, 1), fp32, shaped like `like`, from (seed, call index); the call index
-    stays on the device (no host sync). Every backend gives the same bits; one without its own
-    generator uses qtrain/noise.py."""
-    return _draw_noise(_impl(backend), like, seed, call)
-
-
+# ---- stochastic-rounding noise (I8-5: the noise is an input, drawn by I8-10) -----------------
 def _draw_noise(impl, like, seed, call):
+    """I8-10 noise in [0, 1), fp32, shaped like `like`, for a backend that does not draw it
+    inside its int8 casts: its own `uniform_noise` if it has one, else qtrain/noise.py's torch
+    ops. The call index stays on the device (no host sync); every path gives the same bits."""
     if hasattr(impl, "uniform_noise"):
         return impl.uniform_noise(like, seed, call)
     from .noise import uniform_noise as torch_uniform_noise
     return torch_uniform_noise(like.shape, seed, call.to(like.device))
-
-
-@uniform_noise.register_fake
-def _(like, seed, call, backend):
-    return like.new_empty(like.shape, dtype=torch.float32)
