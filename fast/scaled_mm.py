@@ -4,6 +4,7 @@ dequant factors with the MM-1 block rule. Float8 tensorwise/rowwise go to torch.
 int8 tensorwise/rowwise to torch._int_mm (or the Triton int8 GEMM when INT8_TRITON is set),
 everything else (MX, blockwise, shapes or formats those reject) to the Triton kernel below,
 which promotes partial sums to fp32 at every scale block. See fast/README.md."""
+import contextlib
 import logging
 import os
 
@@ -263,6 +264,18 @@ _FNUZ = (torch.float8_e4m3fnuz, torch.float8_e5m2fnuz)
 _FNUZ_LOGGED = []
 
 
+@contextlib.contextmanager
+def _matmul_flag(name, value):
+    """torch.backends.cuda.matmul.<name> set to value for one product, restored after."""
+    flags = torch.backends.cuda.matmul
+    prev = getattr(flags, name)
+    setattr(flags, name, value)
+    try:
+        yield
+    finally:
+        setattr(flags, name, prev)
+
+
 def _fnuz_emulated(a, a_dequant, b, b_dequant, out_dtype):
     """fnuz payloads (MI300X formats) on NVIDIA: no tensor core takes them (Triton: "fp8e4b8 not
     supported in this architecture"), so the product runs in fp32 on the exactly upcast payloads
@@ -275,12 +288,8 @@ def _fnuz_emulated(a, a_dequant, b, b_dequant, out_dtype):
     db, br_b, bc_b = _blocks(b_dequant, b.shape, "b_dequant")
     a32 = a.float() * da.repeat_interleave(br_a, 0).repeat_interleave(bc_a, 1)
     b32 = b.float() * db.repeat_interleave(br_b, 0).repeat_interleave(bc_b, 1)
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False          # fp32 accumulation, not tf32
-    try:
+    with _matmul_flag("allow_tf32", False):                # fp32 accumulation, not tf32
         return (a32 @ b32.t()).to(out_dtype)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 # ---- blockwise (1x128 activations, 128x128 weights) on cuBLAS through torch -------------------
@@ -368,12 +377,8 @@ def _fine_blocks_via_bf16(a, da, b, db, out_dtype):
     b16 = dequant_blocks(b, db, torch.bfloat16) if a16 is not None else None
     if b16 is None:
         return None
-    prev = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
-    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False   # fp32 sums
-    try:
+    with _matmul_flag("allow_bf16_reduced_precision_reduction", False):      # fp32 sums
         return a16 @ b16.t()
-    finally:
-        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = prev
 
 
 def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_accum=False,
