@@ -9,7 +9,10 @@ does not depend on the device, so it is counted here on the CPU: the fast backen
 as on a GPU, its Triton kernels are launched through the interpreter's entry point but not run
 (each launch is counted), and the torch products the GPU would run (torch._scaled_mm,
 torch._scaled_grouped_mm, torch._int_mm) are replaced by an empty result of the right shape,
-routed as on an sm90 GPU. The numbers are therefore:
+routed as on an sm90 GPU. Two routes test for CUDA tensors themselves and are not replayed:
+blockwise products on cuBLAS and MX products as a bf16 GEMM (fast/scaled_mm.py). Here they
+count as the Triton kernel's one launch, so the mxfp8 linear rows leave out the 2 dequant
+launches and 1 GEMM per product that a GPU issues. The numbers are therefore:
 - aten ops per step (TorchDispatchMode count: every op that reaches the dispatcher),
 - Triton launches per step,
 - of those, the ops that launch a device kernel on a GPU (not views, not allocations),
@@ -65,15 +68,9 @@ def _count_launch(self, *args, grid, warmup, **kwargs):
     Counts.launches += 1
 
 
-def _empty_product(a, b, out_dtype):
-    """The shape a torch product returns, uninitialized (its GPU work is not the question)."""
-    if a.dim() == 2 and b.dim() == 3:                         # 2d x 3d grouped: (M, N)
-        return torch.empty(a.shape[0], b.shape[-1], dtype=out_dtype)
-    return torch.empty(a.shape[0], b.shape[-1], dtype=out_dtype)
-
-
 def _fake_scaled_mm(a, b, scale_a=None, scale_b=None, out_dtype=None, use_fast_accum=False, **_):
-    return _empty_product(a, b, out_dtype or torch.bfloat16)
+    """The shape torch._scaled_mm returns, uninitialized (its GPU work is not the question)."""
+    return torch.empty(a.shape[0], b.shape[-1], dtype=out_dtype or torch.bfloat16)
 
 
 def _fake_int_mm(a, b):
