@@ -12,10 +12,12 @@ set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
 what=",${1:-checks,tuning,block,moe},"
 export PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+if [ -z "${QTRAIN_SESSION_INSTALLED:-}" ]; then  # gpu_parallel.sh installs once for all GPUs
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  fi
+  python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1 || { echo "install failed"; tail "$OUT/install.log"; }
 fi
-python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1 || { echo "install failed"; tail "$OUT/install.log"; }
 summary=()
 step() {  # step NAME LIMIT_S CMD...
   local name=$1 limit=$2; shift 2
