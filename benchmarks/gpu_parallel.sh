@@ -20,7 +20,7 @@ for steps in "$@"; do
   pids+=($!); i=$((i + 1))
 done
 for p in "${pids[@]}"; do wait "$p"; done
-for d in "$OUT"/gpu*; do echo "##### $d"; cat "$d/session.log"; done
+for d in "$OUT"/gpu*; do echo "##### $d"; sed 's/.*\r//' "$d/session.log"; done  # progress lines: last state
 changed=$(find benchmarks/results -newer "$OUT/.t0" -type f)
 tar czf "$OUT/session.tgz" -C "$OUT" $(cd "$OUT" && ls -d gpu* install.log) -C "$PWD" $changed
 ls -la "$OUT/session.tgz"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One batched GPU session (device tool): install, check fast against the reference, time.
 # Usage on the GPU machine:  bash benchmarks/gpu_session.sh STEP[,STEP...]
-#   steps: checks (GPU tests, conformance), fastcheck (gpu_fast_check), tuning (kernel_tuning),
+#   steps: checks (GPU tests, conformance), pytest (the GPU tests alone; PYTEST_FILES picks), fastcheck (gpu_fast_check), tuning (kernel_tuning),
 #          block, keepw (RC-14: tensorwise/blockwise with and without the kept weight, time and
 #          peak memory; mxfp8 too, for its bf16-GEMM products), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
 #          (profiler table), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
@@ -28,8 +28,10 @@ step() {  # step NAME LIMIT_S CMD...
   echo "=== $name (rc=$rc, $((t1 - t0)) s): last lines"; tail -n 15 "$OUT/$name.log"
 }
 has() { case "$what" in *,$1,*) return 0;; esac; return 1; }
-if has checks; then
+if has checks || has pytest; then
   step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu_fast_linear.py tests/test_gpu_fast_moe.py tests/test_gpu_cuda_graphs.py tests/test_fast_common.py tests/test_fast_casts.py tests/test_fast_scaled_mm.py}
+fi
+if has checks; then
   step conformance ${CONF_LIMIT_S:-200} python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json"
 fi
 if has fastcheck; then
