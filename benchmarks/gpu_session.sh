@@ -60,7 +60,7 @@ if has gates; then
   step gates ${GATES_LIMIT_S:-300} python3 -m pytest -q -p no:cacheprovider tests/test_benchmarks_cpu.py -k gpu_gate
 fi
 if has roofline; then
-  step roofline ${ROOFLINE_LIMIT_S:-200} python3 -m benchmarks.roofline
+  step roofline ${ROOFLINE_LIMIT_S:-200} python3 -m benchmarks.roofline ${ROOFLINE_ARGS:-}
 fi
 if has demo; then
   step demo ${DEMO_LIMIT_S:-240} python3 -m qtrain.demo --steps ${DEMO_STEPS:-200} --out "$OUT/demo_loss.png"
