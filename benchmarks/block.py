@@ -196,7 +196,8 @@ def csv_rows(results):
     for m in results:
         if m.skipped:
             continue
-        base = dict(op=f"block_fwd_bwd_{m.mode}", backend=m.backend if m.impl != "bf16" else "torch",
+        mode = m.mode + (f"-{COMPILE_MODE}" if m.mode == "compiled" and COMPILE_MODE else "")
+        base = dict(op=f"block_fwd_bwd_{mode}", backend=m.backend if m.impl != "bf16" else "torch",
                     recipe=m.recipe if m.impl != "torchao" else f"torchao_{m.recipe}", shape=m.shape)
         metrics = {"median_ms": m.median_ms, "p20_ms": m.p20_ms, "p80_ms": m.p80_ms,
                    "peak_mem_gib": m.peak_gib, "speedup_vs_bf16_same_mode": ratio[id(m)][0],

@@ -13,6 +13,10 @@ if [ -d .whl ]; then
 fi
 python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1 || { echo "install failed"; tail "$OUT/install.log"; }
 export QTRAIN_SESSION_INSTALLED=1
+if [ -n "${PRE_STEPS:-}" ]; then   # steps that need every GPU (nccl) run first, alone
+  mkdir -p "$OUT/all"
+  OUT="$OUT/all" bash benchmarks/gpu_session.sh "$PRE_STEPS" > "$OUT/all/session.log" 2>&1
+fi
 pids=(); i=0
 for steps in "$@"; do
   mkdir -p "$OUT/gpu$i"
@@ -20,7 +24,7 @@ for steps in "$@"; do
   pids+=($!); i=$((i + 1))
 done
 for p in "${pids[@]}"; do wait "$p"; done
-for d in "$OUT"/gpu*; do echo "##### $d"; sed 's/.*\r//' "$d/session.log"; done  # progress lines: last state
+for d in "$OUT"/all "$OUT"/gpu*; do [ -d "$d" ] || continue; echo "##### $d"; sed 's/.*\r//' "$d/session.log"; done  # progress lines: last state
 changed=$(find benchmarks/results -newer "$OUT/.t0" -type f)
-tar czf "$OUT/session.tgz" -C "$OUT" $(cd "$OUT" && ls -d gpu* install.log) -C "$PWD" $changed
+tar czf "$OUT/session.tgz" -C "$OUT" $(cd "$OUT" && ls -d all gpu* install.log 2>/dev/null) -C "$PWD" $changed
 ls -la "$OUT/session.tgz"

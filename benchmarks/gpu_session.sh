@@ -4,7 +4,9 @@
 #   steps: checks (GPU tests, conformance), pytest (the GPU tests alone; PYTEST_FILES picks), fastcheck (gpu_fast_check), tuning (kernel_tuning),
 #          block, keepw (RC-14: tensorwise/blockwise with and without the kept weight, time and
 #          peak memory; mxfp8 too, for its bf16-GEMM products), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
-#          (profiler table), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
+#          (profiler table), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
+#          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
+#          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
 # Logs and reports go to $OUT (or ./out). Each step has its own time limit so one stuck step
 # cannot eat the session; a short summary prints last.
@@ -34,6 +36,11 @@ fi
 if has checks; then
   step conformance ${CONF_LIMIT_S:-200} python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json"
 fi
+if has nccl; then   # every GPU of the machine, one NCCL rank each; NVLink multicast stays off
+  nccl_env="QTRAIN_DIST_BACKEND=nccl NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1"
+  step dist_nccl ${NCCL_LIMIT_S:-240} env $nccl_env python3 -m pytest -q -p no:cacheprovider -rs distributed_tests
+  step conformance_nccl ${NCCL_CONF_LIMIT_S:-120} env $nccl_env python3 -m qtrain.conformance --backend fast --device cuda --cases distributed --report "$OUT/conformance-nccl.json"
+fi
 if has fastcheck; then
   step gpu_fast_check 240 python3 benchmarks/gpu_fast_check.py
 fi
@@ -49,6 +56,12 @@ fi
 if has graphs; then
   step moe_graphs ${GRAPHS_MOE_LIMIT_S:-180} env QTRAIN_FAST_AUTOTUNE=0 MOE_COMPILE_MODE=reduce-overhead python3 benchmarks/moe_bench.py
   step block_graphs ${GRAPHS_BLOCK_LIMIT_S:-200} env QTRAIN_FAST_AUTOTUNE=0 python3 -m benchmarks.block --recipes rowwise,tensorwise --compile compiled --compile-mode reduce-overhead --large-only --no-torchao --budget-s 150
+fi
+if has profile; then
+  step block_profile ${PROFILE_LIMIT_S:-200} python3 -m benchmarks.block_profile ${PROFILE_ARGS:-}
+fi
+if has rooflinegraphs; then
+  step roofline_graphs ${ROOFLINE_LIMIT_S:-200} python3 -m benchmarks.roofline --cuda-graphs ${ROOFLINE_ARGS:-}
 fi
 if has moe; then
   step moe_bench ${MOE_LIMIT_S:-150} python3 benchmarks/moe_bench.py

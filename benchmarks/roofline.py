@@ -4,6 +4,7 @@ measured fwd+bwd speedup over bf16 of one linear layer (M tokens, K in, N out) p
     python -m benchmarks.roofline --predict          # model only, any machine: table + heat-map PNG
     python -m benchmarks.roofline                    # CUDA: model + measurement, two PNGs, CSV rows
     python -m benchmarks.roofline --full-grid --budget-s 170
+    python -m benchmarks.roofline --cuda-graphs      # GPU time of captured steps (no launch cost)
 
 Model (METHOD.md: count bytes and FLOPs first). fwd+bwd is three GEMMs of 2MNK flops (RC-1);
 each takes max(flops / product rate, operand+output bytes / copy bandwidth). bf16 runs all three
@@ -324,9 +325,29 @@ def heatmaps(path, title, sweep, recipes, value, note=None):
 
 
 # ---------------------------------------------------------------- measurement (CUDA)
-def measure(points, recipes, budget_s, log=print):
+def _graphed(step, params):
+    """`step` captured once in a CUDA graph (after a warm-up on a side stream); returns the
+    replay. Replays accumulate into the same .grad tensors, which timing does not mind."""
+    import torch
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    for p in params:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def measure(points, recipes, budget_s, log=print, cuda_graphs=False):
     """{(M, K, N): {"bf16": ms, recipe: ms or reason}}: fwd+bwd medians (triton do_bench) of
-    F.linear and qtrain.linear (backend fast); variants not started within budget_s are skipped."""
+    F.linear and qtrain.linear (backend fast); variants not started within budget_s are skipped.
+    cuda_graphs: time replays of a captured step, i.e. GPU time without the host's launch cost
+    (what a compiled reduce-overhead loop sees); otherwise eager calls, host cost included."""
     import torch
     import triton.testing
     import qtrain
@@ -350,7 +371,10 @@ def measure(points, recipes, budget_s, log=print):
                 fn(x, w).backward(g)
             try:
                 step()                                   # compile and autotune outside the timing
-                res[name] = triton.testing.do_bench(step, grad_to_none=[x, w], return_mode="median")
+                if cuda_graphs:
+                    res[name] = triton.testing.do_bench(_graphed(step, [x, w]), return_mode="median")
+                else:
+                    res[name] = triton.testing.do_bench(step, grad_to_none=[x, w], return_mode="median")
             except Exception as e:  # noqa: BLE001 -- one failing variant must not lose the rest
                 res[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
             done = f"{res[name]:.3f} ms" if isinstance(res[name], float) else res[name]
@@ -365,15 +389,15 @@ def measured_speedup(res, recipe):
     return b / r if isinstance(b, float) and isinstance(r, float) else float("nan")
 
 
-def measured_rows(measured, recipes, rates):
+def measured_rows(measured, recipes, rates, op="roofline"):
     rows = []
     for (M, K, N), res in measured.items():
         shape = shape_id(M, K, N)
         if isinstance(res.get("bf16"), float):
-            rows.append(dict(op="roofline", backend="torch", recipe="bf16", shape=shape,
+            rows.append(dict(op=op, backend="torch", recipe="bf16", shape=shape,
                              metric="median_ms", value=f"{res['bf16']:.6g}"))
         for r in recipes:
-            base = dict(op="roofline", backend="fast", recipe=r, shape=shape)
+            base = dict(op=op, backend="fast", recipe=r, shape=shape)
             rows.append(dict(base, metric="speedup_predicted",
                              value=f"{predict(r, M, K, N, rates).speedup:.4g}"))
             if isinstance(res.get(r), float):
@@ -411,6 +435,9 @@ def parse_args(argv):
                    help="CSV(s) with measured rates (default: the 2026-11-29 H200 files)")
     p.add_argument("--csv", default=common.RESULTS_CSV, help="results CSV to append to")
     p.add_argument("--out-dir", default=common.RESULTS_DIR, help="where the PNGs go")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="time CUDA-graph replays of each captured fwd+bwd (GPU time, no host "
+                        "launch cost) instead of eager calls")
     return p.parse_args(argv)
 
 
@@ -455,12 +482,16 @@ def main(argv=None):
     sweep = SWEEP if args.full_grid else MEASURE_SWEEP
     print(f"\nmeasuring {len(sweep) ** 2} shapes x {1 + len(recipes)} variants, "
           f"budget {args.budget_s:.0f} s")
-    measured = measure([(M, K, N) for K in sweep for N in sweep], recipes, args.budget_s)
-    path = common.append_rows(measured_rows(measured, recipes, rates), args.csv)
+    measured = measure([(M, K, N) for K in sweep for N in sweep], recipes, args.budget_s,
+                       cuda_graphs=args.cuda_graphs)
+    how = "cuda-graphs" if args.cuda_graphs else "eager"
+    path = common.append_rows(measured_rows(measured, recipes, rates,
+                                            op="roofline" + ("_cuda_graphs" if args.cuda_graphs else "")),
+                              args.csv)
     gpu = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-    png2 = heatmaps(os.path.join(args.out_dir, f"{date}-roofline-measured-{gpu}.png"),
-                    f"Measured fwd+bwd speedup of one linear (M={M}) over bf16, predicted in "
-                    f"parentheses\n{torch.cuda.get_device_name()}, torch {torch.__version__}",
+    png2 = heatmaps(os.path.join(args.out_dir, f"{date}-roofline-measured-{how}-{gpu}.png"),
+                    f"Measured fwd+bwd speedup of one linear (M={M}) over bf16 ({how}), predicted "
+                    f"in parentheses\n{torch.cuda.get_device_name()}, torch {torch.__version__}",
                     sweep, recipes,
                     lambda r, K, N: measured_speedup(measured[(M, K, N)], r),
                     lambda r, K, N: f"({predict(r, M, K, N, rates).speedup:.2f})")

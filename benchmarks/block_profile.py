@@ -1,0 +1,100 @@
+"""Where a transformer block's step goes (issue 8): host enqueue, wall and GPU-busy time per
+fwd+bwd of the Llama3-8B-shaped block, and the top kernels by GPU time, per variant.
+
+    python -m benchmarks.block_profile --recipes tensorwise,tensorwise+keepw --compile compiled
+
+A step whose host enqueue time is close to its wall time is host-bound: the GPU waits for
+launches. GPU-busy is the sum of the kernels' device time in the profiled steps (overlapping
+kernels would count twice; these steps run on one stream). Variants use benchmarks.block's
+names (bf16, a recipe, recipe+keepw for RC-14's kept weight).
+"""
+import argparse
+import copy
+import sys
+import time
+
+import torch
+
+from qtrain import convert_to_quantized_training
+
+from . import common
+from .block import KEEP_WEIGHT, SHAPES, _step_fn, qtrain_config
+from qtrain.tiny_llama import Block
+
+
+def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda"):
+    block = copy.deepcopy(base)
+    if name != "bf16":
+        convert_to_quantized_training(block, qtrain_config(name))
+    run = block
+    if compile_mode != "eager":
+        run = torch.compile(block, mode=None if compile_mode == "compiled" else compile_mode)
+    torch.manual_seed(1)
+    x = torch.randn(shape.batch, shape.seq, shape.cfg.dim, device=device, dtype=torch.bfloat16,
+                    requires_grad=True)
+    g = torch.randn_like(x)
+    step = _step_fn(run, x, g, list(block.parameters()))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):                      # compile, autotune, allocator warm-up
+        step()
+    sync()
+    n = 10
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    enqueue = (time.perf_counter() - t0) / n * 1e3
+    sync()
+    wall = (time.perf_counter() - t0) / n * 1e3
+    activity = torch.profiler.ProfilerActivity.CUDA if device == "cuda" else torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(activities=[activity]) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    busy = sum(e.self_device_time_total for e in kernels) / steps / 1e3
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    top = [(e.key[:70], e.count // steps, e.self_device_time_total / steps / 1e3) for e in kernels[:rows]]
+    del block, run, x, g, step
+    torch._dynamo.reset()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return dict(name=name, enqueue=enqueue, wall=wall, busy=busy, top=top)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.block_profile",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--recipes", default="tensorwise,tensorwise" + KEEP_WEIGHT,
+                   help="comma list of variants (bf16 is always first)")
+    p.add_argument("--compile", default="compiled",
+                   help="eager, compiled (torch.compile default mode) or a torch.compile mode")
+    p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
+    p.add_argument("--steps", type=int, default=3, help="profiled steps per variant")
+    p.add_argument("--rows", type=int, default=12, help="kernels listed per variant")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks.block_profile: needs CUDA (it profiles GPU kernels)", file=sys.stderr)
+        return 2
+    shape = SHAPES[args.shape]
+    torch.manual_seed(0)
+    base = Block(shape.cfg).to(device="cuda", dtype=torch.bfloat16)
+    names = ["bf16"] + [r for r in args.recipes.split(",") if r and r != "bf16"]
+    results = []
+    for name in names:
+        r = profile_variant(base, shape, name, args.compile, args.steps, args.rows)
+        results.append(r)
+        print(f"\n=== {name} ({args.compile}): per step wall {r['wall']:.3f} ms, host enqueue "
+              f"{r['enqueue']:.3f} ms, GPU busy {r['busy']:.3f} ms")
+        print(common.format_table(["kernel", "calls/step", "ms/step"],
+                                  [[k, str(c), f"{t:.3f}"] for k, c, t in r["top"]]))
+    print(f"\n{shape.describe()}, {args.compile}, {torch.cuda.get_device_name()}, torch "
+          f"{torch.__version__}")
+    print(common.format_table(
+        ["variant", "wall ms", "host enqueue ms", "GPU busy ms", "GPU idle ms"],
+        [[r["name"], f"{r['wall']:.3f}", f"{r['enqueue']:.3f}", f"{r['busy']:.3f}",
+          f"{r['wall'] - r['busy']:.3f}"] for r in results]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
