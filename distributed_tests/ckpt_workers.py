@@ -58,10 +58,14 @@ def ckpt_run(ctx, recipe, dtype, path, steps, save_at=None, resume=False, kill_i
 
 
 def failing_step(ctx, fail_rank, steps=3):
-    """Every rank trains; `fail_rank` raises in the middle of step 1's backward, so the others
-    wait in a collective that never completes."""
+    """Every rank trains; `fail_rank` raises in the middle of step 1 (after the forward, before
+    the backward), so the others wait in a collective that never completes. Each step ends by
+    reading the loss on the host, as a training loop that logs it does: under NCCL, whose
+    collectives are asynchronous, that is where a survivor waits (gloo waits inside the
+    collective itself)."""
     model = _sharded(ctx, None, torch.float32, False)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
     for i, (x, y) in enumerate(models.batches(None, steps)):
         x, y = x.to(ctx.device), y.to(ctx.device)
         loss = models.loss_fn(model(x), y)
@@ -70,4 +74,17 @@ def failing_step(ctx, fail_rank, steps=3):
         loss.backward()
         opt.step()
         opt.zero_grad()
+        losses.append(float(loss))
     return time.time()
+
+
+def torn_down_survivor(ctx, fail_rank, after_s=1.0):
+    """A stand-in, runnable under gloo, for what the NCCL watchdog does to a rank left waiting
+    on a dead peer (TORCH_NCCL_ASYNC_ERROR_HANDLING=3): `fail_rank` raises; every other rank
+    is killed by a signal a moment later without reporting anything (SIGKILL here rather than
+    the watchdog's SIGABRT, which could leave a core file)."""
+    import signal
+    if ctx.rank == fail_rank:
+        raise RuntimeError(f"injected failure on rank {ctx.rank}")
+    time.sleep(after_s)
+    os.kill(os.getpid(), signal.SIGKILL)

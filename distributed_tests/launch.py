@@ -10,6 +10,13 @@ even when launched by `torchrun` instead of this file.
 
 Under `torchrun` (RANK/WORLD_SIZE/MASTER_* in the environment) a script calls `init_from_env()`
 and then the same worker function with the Ctx it returns.
+
+NCCL: one rank per GPU (rank r on cuda:r). `run_workers` refuses a world larger than
+torch.cuda.device_count() up front (`TooFewGPUs`, whose message `gpu_shortfall` gives; tests
+skip with it through `skip_if_too_few_gpus`), and every NCCL rank gets NCCL_NVLS_ENABLE=0 and
+TORCH_SYMM_MEM_DISABLE_MULTICAST=1 unless the environment says otherwise (NVLink multicast
+stays off). The single-process runs the tests compare with run on `reference_device()`: the
+device of rank 0 (cuda:0 under nccl, cpu under gloo), so that both sides use the same kernels.
 """
 import datetime
 import io
@@ -21,6 +28,13 @@ import traceback
 
 ENV_BACKEND = "QTRAIN_DIST_BACKEND"
 BACKENDS = ("gloo", "nccl")
+# Set (setdefault) in every NCCL rank before init_process_group: NVLink multicast (NVLS, and
+# the symmetric-memory multicast object) must stay off on the GPU hosts these tests run on.
+NCCL_ENV_DEFAULTS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+# The launcher's deadline (`timeout_s`) is a cap against hangs, sized for gloo on 2 CPU cores.
+# NCCL ranks start CUDA and NCCL, and on a fresh machine each rank JIT-compiles the fast
+# backend's Triton kernels on first use; the cap is this many times longer there.
+DEADLINE_SCALE = {"gloo": 1.0, "nccl": 3.0}
 
 
 class WorkerFailed(RuntimeError):
@@ -32,6 +46,10 @@ class WorkerFailed(RuntimeError):
         self.failures = list(failures)
 
 
+class TooFewGPUs(RuntimeError):
+    """NCCL runs one rank per GPU: a world larger than the visible GPU count cannot start."""
+
+
 def dist_backend():
     """The process-group backend from $QTRAIN_DIST_BACKEND (default gloo)."""
     name = os.environ.get(ENV_BACKEND, "gloo").strip().lower()
@@ -39,6 +57,37 @@ def dist_backend():
         raise ValueError(f"distributed_tests.launch: {ENV_BACKEND}={name!r}; expected one of "
                          f"{list(BACKENDS)}")
     return name
+
+
+def reference_device(backend=None):
+    """Where a single-process reference run goes: rank 0's device, so that it uses the ranks'
+    kernels (and, through QTRAIN_BACKEND=auto, the same qtrain backend). cuda:0 under nccl,
+    cpu under gloo. The one place this choice is made; results come back to the CPU
+    (models.to_cpu) before they are compared with the ranks' (which travel as CPU tensors)."""
+    import torch
+    backend = backend or dist_backend()
+    return torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
+
+
+def gpu_shortfall(world_size, backend=None):
+    """None when `world_size` ranks can start; else why not (nccl: one GPU per rank)."""
+    backend = backend or dist_backend()
+    if backend != "nccl":
+        return None
+    import torch
+    present = torch.cuda.device_count()
+    if world_size > present:
+        return (f"needs {world_size} GPUs for {world_size} NCCL ranks, {present} present "
+                f"(one rank per GPU)")
+    return None
+
+
+def skip_if_too_few_gpus(world_size, backend=None):
+    """pytest.skip (with gpu_shortfall's reason) when `world_size` ranks cannot start here."""
+    reason = gpu_shortfall(world_size, backend)
+    if reason is not None:
+        import pytest
+        pytest.skip(f"{ENV_BACKEND}={backend or dist_backend()}: {reason}")
 
 
 class Ctx:
@@ -71,31 +120,52 @@ def _unpack(data):
     return torch.load(io.BytesIO(data), weights_only=False)
 
 
+def _nccl_env():
+    for k, v in NCCL_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
 def _worker(fn, rank, world_size, backend, host, port, pg_timeout_s, args, results):
+    import sys
     import torch
     import warnings
 
     import torch.distributed as dist
-    torch.set_num_threads(1)  # CI has 2 cores shared by every rank
+    torch.set_num_threads(1)  # CI has 2 cores shared by every rank (gloo computes on them)
     # FSDP2 warns for every module output that is a view (reshape); the tests never modify
     # outputs in place, so the warning is noise here.
     warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR=host, MASTER_PORT=str(port))
+    if backend == "nccl":
+        _nccl_env()
+    try:   # a rank torn down by a signal (the NCCL watchdog aborts) leaves no core file here
+        import resource
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):
+        pass
     try:
         ctx = Ctx(rank, world_size, backend)
         store = dist.TCPStore(host, port, world_size, is_master=False,
                               timeout=datetime.timedelta(seconds=pg_timeout_s))
+        extra = {"device_id": ctx.device} if backend == "nccl" else {}
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=pg_timeout_s))
-        try:
-            out = fn(ctx, *args)
-        finally:
-            dist.destroy_process_group()
-        results.put((rank, True, _pack(out)))
-    except BaseException:  # report every failure to the parent, then exit non-zero
+                                timeout=datetime.timedelta(seconds=pg_timeout_s), **extra)
+        out = fn(ctx, *args)
+        payload = _pack(out)
+        # Success is reported only after the group is torn down: under NCCL collectives run
+        # asynchronously, and destroy waits for this rank's outstanding ones.
+        dist.destroy_process_group()
+    except BaseException:
+        # Report first, then leave at once: tearing the group down could wait for peers
+        # that are gone (NCCL), and the report must reach the parent either way.
         results.put((rank, False, traceback.format_exc()))
-        raise SystemExit(1)
+        results.close()
+        results.join_thread()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    results.put((rank, True, payload))
 
 
 def run_workers(fn, world_size, *args, timeout_s=120.0, pg_timeout_s=60.0, backend=None,
@@ -105,10 +175,15 @@ def run_workers(fn, world_size, *args, timeout_s=120.0, pg_timeout_s=60.0, backe
     `fn` must be importable (module level). Results travel back through torch.save, so tensors
     are fine. Raises WorkerFailed on the first failing rank (after killing the others unless
     `kill_on_failure=False`, which lets the survivors hit their own process-group timeout) or
-    when `timeout_s` passes.
+    when `timeout_s` (times DEADLINE_SCALE[backend]) passes. Under nccl a world larger than the
+    GPU count raises TooFewGPUs before anything starts.
     """
     import torch.distributed as dist
     backend = backend or dist_backend()
+    shortfall = gpu_shortfall(world_size, backend)
+    if shortfall is not None:
+        raise TooFewGPUs(f"distributed_tests.launch: world {world_size} under {backend} "
+                         f"{shortfall}; skip it or run on a host with more GPUs")
     host = "127.0.0.1"
     # The parent hosts the rendezvous store on port 0: the OS picks a free port.
     store = dist.TCPStore(host, 0, None, is_master=True, wait_for_workers=False,
@@ -121,10 +196,11 @@ def run_workers(fn, world_size, *args, timeout_s=120.0, pg_timeout_s=60.0, backe
              for r in range(world_size)]
     for p in procs:
         p.start()
-    got, failures = {}, []
+    got, failures, failed = {}, [], set()
+    timeout_s = timeout_s * DEADLINE_SCALE[backend]
     deadline = time.monotonic() + timeout_s
     try:
-        while len(got) < world_size:
+        while len(got) + len(failed) < world_size:
             try:
                 rank, ok, payload = results.get(timeout=0.2)
             except queue.Empty:
@@ -134,31 +210,47 @@ def run_workers(fn, world_size, *args, timeout_s=120.0, pg_timeout_s=60.0, backe
                     got[rank] = _unpack(payload)
                 else:
                     failures.append((rank, payload))
+                    failed.add(rank)
                     if kill_on_failure:
                         break
+                continue
+            # Nothing queued. A rank that exited before this check put its report (if any) in
+            # the queue before exiting, so an empty queue now means it died without one (a
+            # signal, os._exit, the NCCL watchdog tearing the process down).
             dead = [r for r, p in enumerate(procs)
-                    if p.exitcode not in (None, 0) and r not in got]
-            if dead and rank is None and results.empty():
-                if not failures:
-                    failures.append((dead[0], f"rank {dead[0]} exited with code "
-                                               f"{procs[dead[0]].exitcode} and no report"))
-                if kill_on_failure or len(failures) + len(got) >= world_size:
+                    if p.exitcode is not None and r not in got and r not in failed]
+            if dead and results.empty():
+                for r in dead:
+                    failures.append((r, f"rank {r} exited with code {_exit_text(procs[r].exitcode)} "
+                                        f"and no report"))
+                    failed.add(r)
+                if kill_on_failure:
                     break
-                if all(p.exitcode is not None for p in procs):
-                    break
+                continue
             if time.monotonic() > deadline:
                 failures.append((-1, f"launcher deadline of {timeout_s}s passed; "
-                                     f"ranks done: {sorted(got)}"))
+                                     f"ranks done: {sorted(got)}, failed: {sorted(failed)}"))
                 break
     finally:
         _stop(procs)
         store = None
     if failures:
+        failures.sort(key=lambda f: f[0] == -1)   # the launcher's deadline last
         rank, text = failures[0]
         raise WorkerFailed(f"distributed_tests.launch: rank {rank} failed "
                            f"({len(failures)} failure(s), world {world_size}, {backend}):\n{text}",
                            failures)
     return [got[r] for r in range(world_size)]
+
+
+def _exit_text(code):
+    if code is not None and code < 0:
+        import signal
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
 
 
 def _stop(procs):
@@ -180,6 +272,9 @@ def init_from_env(pg_timeout_s=60.0):
     import torch.distributed as dist
     backend = dist_backend()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if backend == "nccl":
+        _nccl_env()
     ctx = Ctx(rank, world, backend)
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=pg_timeout_s))
+    extra = {"device_id": ctx.device} if backend == "nccl" else {}
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=pg_timeout_s), **extra)
     return ctx
