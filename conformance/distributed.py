@@ -295,13 +295,13 @@ def _same_backend(a, b):
 
 
 def _env(case, backend, subject):
-    import torch
     from .backends import BackendUnavailable, registry_name, resolve
     m = _modules()
     dist = m["L"].dist_backend()
-    dev = torch.device("cuda" if dist == "nccl" else "cpu")
-    if dist == "nccl" and torch.cuda.device_count() < case["ranks"]:
-        raise OpMissing(f"nccl needs {case['ranks']} GPUs, {torch.cuda.device_count()} visible")
+    dev = m["L"].reference_device(dist)      # rank 0's device: cuda:0 under nccl, else cpu
+    shortfall = m["L"].gpu_shortfall(case["ranks"], dist)
+    if shortfall is not None:                # nccl: one GPU per rank
+        raise OpMissing(f"{m['L'].ENV_BACKEND}={dist}: {shortfall}")
     try:
         again = resolve(subject)
     except (BackendUnavailable, ImportError, RuntimeError, ValueError) as e:

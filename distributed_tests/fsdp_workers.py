@@ -78,14 +78,7 @@ def _mean_over_ranks(v):
     return t / dist.get_world_size()
 
 
-def _cpu(obj):
-    if torch.is_tensor(obj):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
+_cpu = models.to_cpu   # results travel to the parent as CPU tensors
 
 
 def fsdp_many(ctx, configs):

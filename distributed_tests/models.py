@@ -1,6 +1,12 @@
-"""Tiny models, batches and the training loop shared by the single-process and sharded runs."""
+"""Tiny models, batches and the training loop shared by the single-process and sharded runs.
+
+Models and batches are always built on the CPU (seeded) and then moved: the ranks move them to
+their device, a single-process reference to `launch.reference_device()` (`reference_model`,
+`on_reference`), and every result is brought back with `to_cpu` before it is compared."""
 import torch
 from torch import nn
+
+from distributed_tests.launch import reference_device
 
 # Layer widths per recipe: the smallest that every recipe's shape rule accepts (MX needs
 # multiples of 32, blockwise of its 128 block), kept tiny for 2-core CI.
@@ -34,6 +40,32 @@ def batches(recipe, steps, rows=16, dtype=torch.float32, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(rows, d0, generator=g).to(dtype), torch.randn(rows, d2, generator=g).to(dtype))
             for _ in range(steps)]
+
+
+def on(pairs, device):
+    """(x, target) pairs moved to `device`."""
+    return [(x.to(device), y.to(device)) for x, y in pairs]
+
+
+def on_reference(pairs):
+    """(x, target) pairs on the single-process reference's device (cuda:0 under nccl)."""
+    return on(pairs, reference_device())
+
+
+def reference_model(model):
+    """A model built here (on the CPU, as every rank builds it) moved to the reference device."""
+    return model.to(reference_device())
+
+
+def to_cpu(obj):
+    """Tensors (in dicts, lists, tuples) detached and on the CPU; other values unchanged."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def loss_fn(out, target):

@@ -4,14 +4,16 @@ import torch
 
 from distributed_tests import models, parity
 from distributed_tests.fsdp_workers import fsdp_many, fsdp_saved_bytes
-from distributed_tests.launch import run_workers
+from distributed_tests.launch import run_workers, skip_if_too_few_gpus
 
 RECIPES = ["tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8", "int8", "blockwise", None]
 
 
 def _reference(recipe, dtype, steps=2, bias=True):
-    return models.train(models.tiny_mlp(recipe, dtype, bias=bias),
-                        models.batches(recipe, steps, dtype=dtype))
+    """The single-process run on launch.reference_device() (the ranks' kernels), on the CPU."""
+    return models.to_cpu(models.train(
+        models.reference_model(models.tiny_mlp(recipe, dtype, bias=bias)),
+        models.on_reference(models.batches(recipe, steps, dtype=dtype))))
 
 
 def _assert_same_run(name, got, want):
@@ -90,6 +92,7 @@ DP_RECIPES = [None, "tensorwise"]
 
 @pytest.fixture(scope="module")
 def dp_runs():
+    skip_if_too_few_gpus(4)
     configs = [dict(recipe=r, dtype=torch.float32, steps=1, split_batch=True,
                     float8_all_gather=r is not None) for r in DP_RECIPES]
     return run_workers(fsdp_many, 4, configs, timeout_s=150)[0]
@@ -101,15 +104,15 @@ def test_fsdp_data_parallel_4_ranks_within_bound_P_DP(dp_runs, recipe):
     (same scaling groups: one micro-batch per group) up to the order of the gradient sum."""
     world = 4
     got = dp_runs[DP_RECIPES.index(recipe)]
-    (x, y), = models.batches(recipe, 1)
+    (x, y), = models.on_reference(models.batches(recipe, 1))
     terms, losses = {}, []
     for xs, ys in zip(x.chunk(world), y.chunk(world)):
-        model = models.tiny_mlp(recipe, torch.float32)
+        model = models.reference_model(models.tiny_mlp(recipe, torch.float32))
         loss = models.loss_fn(model(xs), ys) / world
         loss.backward()
-        losses.append(loss.detach())
+        losses.append(loss.detach().cpu())
         for n, p in model.named_parameters():
-            terms.setdefault(n, []).append(p.grad.detach().clone())
+            terms.setdefault(n, []).append(p.grad.detach().cpu().clone())
     parity.assert_within("P-DP loss", got["loss"][0], sum(losses),
                          parity.sum_order_bound(losses))
     for n, ts in terms.items():

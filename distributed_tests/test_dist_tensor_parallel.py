@@ -5,7 +5,7 @@ import torch
 
 from distributed_tests import models, parity
 from distributed_tests import tp_workers as T
-from distributed_tests.launch import run_workers
+from distributed_tests.launch import run_workers, skip_if_too_few_gpus
 
 # blockwise is left out of TP here: its 128 x 128 weight blocks need shards of 128 or more
 # (width 256 on 2 ranks), too slow for the NumPy reference on 2-core CI.
@@ -34,8 +34,8 @@ def test_tp_layer_parity_P_COL_P_ROW(layer_results, recipe, mode):
     x, g = T.layer_inputs(recipe, torch.float32)
     layer = T.single_layer(recipe, torch.float32)
     w = layer.weight.detach().clone()
-    want = T.layer_run(layer, x, g)
-    bounds = parity.layer_bounds(recipe, x, w, g)
+    want = models.to_cpu(T.layer_run(models.reference_model(layer), *models.on_reference([(x, g)])[0]))
+    bounds = parity.layer_bounds(recipe, x, w, g)         # from the CPU inputs: device-free
     for rank in (0, 1):
         got = layer_results[rank][recipe][mode]
         for key in ("out", "grad_input", "grad_weight", "grad_bias"):
@@ -72,8 +72,9 @@ def test_sp_float8_input_all_gather_bit_identical_and_half_bytes(sp_results):
 
 def test_sp_matches_single_process_within_bound(sp_results):
     got = sp_results[1]["hp"]
-    model = models.tiny_mlp("tensorwise", torch.bfloat16)
-    want = T.train_seq(model, T.seq_batches("tensorwise", 2, torch.bfloat16))
+    model = models.reference_model(models.tiny_mlp("tensorwise", torch.bfloat16))
+    want = models.to_cpu(T.train_seq(model, models.on_reference(
+        T.seq_batches("tensorwise", 2, torch.bfloat16))))
     # the loss of a bf16 model with a per-shard tensorwise weight scale: a loose relative check
     for a, b in zip(got["loss"], want["loss"]):
         assert abs(float(a) - float(b)) <= parity.TOLERANCES["model_loss"]["rel"] * abs(float(b))
@@ -81,14 +82,15 @@ def test_sp_matches_single_process_within_bound(sp_results):
 
 @pytest.fixture(scope="module")
 def results_2d():
+    skip_if_too_few_gpus(4)
     return run_workers(T.fsdp_tp_many, 4, [None, "rowwise"], torch.float32, timeout_s=150)
 
 
 @pytest.mark.parametrize("recipe", [None, "rowwise"], ids=["hp", "rowwise"])
 def test_fsdp_x_tp_2d_mesh_4_ranks(results_2d, recipe):
     got = [r[recipe] for r in results_2d]
-    want = T.train_seq(models.tiny_mlp(recipe, torch.float32),
-                       T.seq_batches(recipe, 2, torch.float32))
+    want = models.to_cpu(T.train_seq(models.reference_model(models.tiny_mlp(recipe, torch.float32)),
+                                     models.on_reference(T.seq_batches(recipe, 2, torch.float32))))
     for rank in range(4):
         for i, (a, b) in enumerate(zip(got[rank]["loss"], want["loss"])):
             parity.assert_within(f"2-D loss[{i}] rank {rank}", a, b,
