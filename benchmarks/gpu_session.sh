@@ -70,7 +70,7 @@ if has moeprof; then
   step moe_profile ${MOEPROF_LIMIT_S:-120} python3 benchmarks/moe_profile.py
 fi
 if has gates; then
-  step gates ${GATES_LIMIT_S:-300} python3 -m pytest -q -p no:cacheprovider tests/test_benchmarks_cpu.py -k gpu_gate
+  step gates ${GATES_LIMIT_S:-300} python3 -m pytest -q -p no:cacheprovider tests/test_benchmarks_cpu.py -k "${GATES_K:-gpu_gate}"
 fi
 if has roofline; then
   step roofline ${ROOFLINE_LIMIT_S:-200} python3 -m benchmarks.roofline ${ROOFLINE_ARGS:-}
