@@ -30,7 +30,8 @@ ENV_BACKEND = "QTRAIN_DIST_BACKEND"
 BACKENDS = ("gloo", "nccl")
 # Set (setdefault) in every NCCL rank before init_process_group: NVLink multicast (NVLS, and
 # the symmetric-memory multicast object) must stay off on the GPU hosts these tests run on.
-NCCL_ENV_DEFAULTS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+NCCL_ENV_DEFAULTS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                     "NVSHMEM_DISABLE_NVLS": "1"}
 # The launcher's deadline (`timeout_s`) is a cap against hangs, sized for gloo on 2 CPU cores.
 # NCCL ranks start CUDA and NCCL, and on a fresh machine each rank JIT-compiles the fast
 # backend's Triton kernels on first use; the cap is this many times longer there.
