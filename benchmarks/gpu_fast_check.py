@@ -4,6 +4,7 @@ measured copy, TFLOP/s of each product vs bf16 mm. Prints a table last; writes
 $OUT/gpu_fast_check.csv when OUT is set. Each piece reports failure instead of crashing.
 
     python benchmarks/gpu_fast_check.py            # < 4 minutes on one H200
+    python benchmarks/gpu_fast_check.py time_casts # only these sections (comma list)
 """
 import csv
 import datetime
@@ -271,6 +272,9 @@ def time_casts():
     record("torch copy_", "bf16", (M, K), "GB/s", f"{copy_gbs:.0f}")
     n = x.numel()
     scale_b = 4 * M
+    from qtrain.fast.block_dequant import dequant_blocks
+    mx_p = x.to(torch.float8_e4m3fn)
+    mx_d = torch.exp2(torch.randint(-4, 4, (M, K // 32), device="cuda").float())
     cases = [  # (name, fn, minimal bytes moved: read x once + write payloads and scales)
         ("float8 tensorwise", lambda: cast_float8.quantize_float8(x, "float8_e4m3fn"), 2 * n + n),
         ("float8 rowwise", lambda: cast_float8.quantize_float8(x, "float8_e4m3fn", -1, True), 3 * n + scale_b),
@@ -291,6 +295,8 @@ def time_casts():
         ("int8 dual row+col.T", lambda: cast_int8.quantize_int8_dual(x), 4 * n + scale_b + 4 * K),
         ("blockwise 128x1.T", lambda: cast_blockwise.quantize_blockwise_t(x, (1, 128)), 3 * n + n // 32),
         ("uniform_noise I8-10", lambda: fast_noise.uniform_noise(x, 1, call), 4 * n),
+        # the MX bf16-GEMM route's operand: e4m3 codes and (1, 32) fp32 factors -> bf16
+        ("dequant mx (1,32) -> bf16", lambda: dequant_blocks(mx_p, mx_d, torch.bfloat16), 3 * n + n // 8),
     ]
     for name, fn, nbytes in cases:
         def one():
@@ -334,8 +340,16 @@ def main():
     from qtrain.fast.backend import FastBackend
     ok, reason = FastBackend().available()
     record("FastBackend.available", "", "", "ok", ok, "ok" if ok else f"FAIL: {reason}")
-    for section in (time_casts, time_products, check_products, check_casts):   # cheap first
-        guarded(section.__name__, "", "", section)
+    sections = (time_casts, time_products, check_products, check_casts)    # cheap first
+    chosen = sys.argv[1].split(",") if len(sys.argv) > 1 else [f.__name__ for f in sections]
+    unknown = set(chosen) - {f.__name__ for f in sections}
+    if unknown:
+        print(f"gpu_fast_check: unknown section(s) {sorted(unknown)}; choose from "
+              f"{[f.__name__ for f in sections]}")
+        return 2
+    for section in sections:
+        if section.__name__ in chosen:
+            guarded(section.__name__, "", "", section)
     LOG.write_out_csv("gpu_fast_check.csv")
     print("\n=== summary (failures and timings) ===")
     for r in ROWS:

@@ -34,7 +34,7 @@ if has checks || has pytest; then
   step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu_fast_linear.py tests/test_gpu_fast_moe.py tests/test_gpu_cuda_graphs.py tests/test_fast_common.py tests/test_fast_casts.py tests/test_fast_scaled_mm.py}
 fi
 if has checks; then
-  step conformance ${CONF_LIMIT_S:-200} python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json"
+  step conformance ${CONF_LIMIT_S:-200} python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json" ${CONF_ARGS:-}
 fi
 if has nccl; then   # every GPU of the machine, one NCCL rank each; NVLink multicast stays off
   nccl_env="QTRAIN_DIST_BACKEND=nccl NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1"
@@ -42,7 +42,7 @@ if has nccl; then   # every GPU of the machine, one NCCL rank each; NVLink multi
   step conformance_nccl ${NCCL_CONF_LIMIT_S:-120} env $nccl_env python3 -m qtrain.conformance --backend fast --device cuda --cases distributed --report "$OUT/conformance-nccl.json"
 fi
 if has fastcheck; then
-  step gpu_fast_check 240 python3 benchmarks/gpu_fast_check.py
+  step gpu_fast_check ${FASTCHECK_LIMIT_S:-240} python3 benchmarks/gpu_fast_check.py ${FASTCHECK_ARGS:-}
 fi
 if has tuning; then
   step kernel_tuning 270 python3 benchmarks/kernel_tuning.py
