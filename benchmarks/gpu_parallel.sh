@@ -26,5 +26,5 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 for d in "$OUT"/all "$OUT"/gpu*; do [ -d "$d" ] || continue; echo "##### $d"; sed 's/.*\r//' "$d/session.log"; done  # progress lines: last state
 changed=$(find benchmarks/results -newer "$OUT/.t0" -type f)
-tar czf "$OUT/session.tgz" -C "$OUT" $(cd "$OUT" && ls -d all gpu* install.log 2>/dev/null) -C "$PWD" $changed
+tar czf "$OUT/session.tgz" -C "$OUT" $(cd "$OUT" && ls -d all gpu* install.log 2>/dev/null) ${changed:+-C "$PWD" $changed}
 ls -la "$OUT/session.tgz"

@@ -142,7 +142,10 @@ def decode_float8(code, MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.conste
         tl.float32, bitcast=True)
     quantum = tl.full((), (128 - BIAS - MBITS) << 23, tl.int32).to(tl.float32, bitcast=True)
     sub = m.to(tl.float32) * quantum                 # 2^(1-BIAS-MBITS) built from bits: exact
-    v = tl.where(e == 0, tl.where(sign == 1, -sub, sub), normal)
+    # the sign goes in as a bit: compiled Triton negates as 0 - x, which turns -0 (code 0x80 of
+    # e4m3fn and e5m2) into +0 (seen on the H200, 2026-12-01); the interpreter did not show it
+    sub = (sub.to(tl.int32, bitcast=True) | (sign << 31)).to(tl.float32, bitcast=True)
+    v = tl.where(e == 0, sub, normal)
     if FNUZ:
         v = tl.where(c == 0x80, float("nan"), v)
     elif MBITS == 3:
