@@ -6,7 +6,7 @@ fwd+bwd of the Llama3-8B-shaped block, and the top kernels by GPU time, per vari
 A step whose host enqueue time is close to its wall time is host-bound: the GPU waits for
 launches. GPU-busy is the sum of the kernels' device time in the profiled steps (overlapping
 kernels would count twice; these steps run on one stream). Variants use benchmarks.block's
-names (bf16, a recipe, recipe+keepw for RC-14's kept weight).
+names (bf16, a recipe, recipe+keepw for RC-14's kept weight). Rows go to results.csv.
 """
 import argparse
 import copy
@@ -71,6 +71,7 @@ def main(argv=None):
     p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
     p.add_argument("--steps", type=int, default=3, help="profiled steps per variant")
     p.add_argument("--rows", type=int, default=12, help="kernels listed per variant")
+    p.add_argument("--csv", default=common.RESULTS_CSV, help="results CSV to append to")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks.block_profile: needs CUDA (it profiles GPU kernels)", file=sys.stderr)
@@ -87,6 +88,11 @@ def main(argv=None):
               f"{r['enqueue']:.3f} ms, GPU busy {r['busy']:.3f} ms")
         print(common.format_table(["kernel", "calls/step", "ms/step"],
                                   [[k, str(c), f"{t:.3f}"] for k, c, t in r["top"]]))
+    rows = [dict(op=f"block_profile_{args.compile}", backend="torch" if r["name"] == "bf16" else "fast",
+                 recipe=r["name"], shape=shape.describe(), metric=k, value=f"{r[v]:.6g}")
+            for r in results for k, v in (("wall_ms", "wall"), ("host_enqueue_ms", "enqueue"),
+                                          ("gpu_busy_ms", "busy"))]
+    common.append_rows(rows, args.csv)
     print(f"\n{shape.describe()}, {args.compile}, {torch.cuda.get_device_name()}, torch "
           f"{torch.__version__}")
     print(common.format_table(
