@@ -228,8 +228,10 @@ def test_convergence_seeds_table_judges_the_mean():
 HOST_BUDGET = {   # (workload, recipe) -> (aten ops that launch a kernel, Triton launches)
     ("linear", "rowwise"): (11, 7),
     ("linear", "tensorwise"): (12, 8),
-    ("linear", "int8"): (17, 7),
-    ("linear", "int8+sr"): (19, 8),
+    # int8: 9, not 7, since 2026-12-01: x and g are cast along each axis by its own kernel
+    # (two launches each) because the one-read dual kernel measured 1.75x slower on the H200
+    ("linear", "int8"): (17, 9),
+    ("linear", "int8+sr"): (19, 9),     # x as above; g (stochastic) was never dual
     ("linear", "mxfp8"): (20, 9),
     ("linear", "blockwise"): (11, 6),
     ("grouped", "rowwise"): (14, 9),
