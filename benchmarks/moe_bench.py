@@ -165,10 +165,11 @@ def bench(fast):
         # MOE_COMPILE_MODE: a torch.compile mode (reduce-overhead: CUDA graphs, for the
         # host-bound grouped layer; set QTRAIN_FAST_AUTOTUNE=0 with it)
         mode = os.environ.get("MOE_COMPILE_MODE") or None
-        cases["bf16 compiled"] = ("torch-compiled", "bf16", step(torch.compile(bf16, mode=mode)))
+        tag = "-compiled" + (f"-{mode}" if mode else "")      # the CSV rows name the mode
+        cases["bf16 compiled"] = ("torch" + tag, "bf16", step(torch.compile(bf16, mode=mode)))
         for k, (b, r, f) in variants.items():
             if "mxfp8" not in k:
-                cases[f"{k} compiled"] = (f"{b}-compiled", r, step(torch.compile(f, mode=mode)))
+                cases[f"{k} compiled"] = (b + tag, r, step(torch.compile(f, mode=mode)))
     table, base = [], None
     for label, (backend, recipe, fn) in cases.items():
         try:
