@@ -260,6 +260,16 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
+def _tile_amax(fn):
+    """fn() with the amax pass launched one program per tile (AMAX_PROGRAMS_PER_SM = 0)."""
+    from qtrain.fast import amax
+    saved, amax.AMAX_PROGRAMS_PER_SM = amax.AMAX_PROGRAMS_PER_SM, 0
+    try:
+        return fn()
+    finally:
+        amax.AMAX_PROGRAMS_PER_SM = saved
+
+
 def time_casts():
     from qtrain.fast import cast_blockwise, cast_float8, cast_int8, cast_mx
     from qtrain.fast import noise as fast_noise
@@ -295,6 +305,11 @@ def time_casts():
         ("int8 dual row+col.T", lambda: cast_int8.quantize_int8_dual(x), 4 * n + scale_b + 4 * K),
         ("blockwise 128x1.T", lambda: cast_blockwise.quantize_blockwise_t(x, (1, 128)), 3 * n + n // 32),
         ("uniform_noise I8-10", lambda: fast_noise.uniform_noise(x, 1, call), 4 * n),
+        # the amax pass as before 2026-12-01 (one program per tile, one atomic each)
+        ("float8 tensorwise, tile-per-program amax", lambda: _tile_amax(
+            lambda: cast_float8.quantize_float8(x, "float8_e4m3fn")), 2 * n + n),
+        ("float8 columnwise, tile-per-program amax", lambda: _tile_amax(
+            lambda: cast_float8.quantize_float8(x, "float8_e4m3fn", 0, True)), 3 * n + 4 * K),
         # the MX bf16-GEMM route's operand: e4m3 codes and (1, 32) fp32 factors -> bf16
         ("dequant mx (1,32) -> bf16", lambda: dequant_blocks(mx_p, mx_d, torch.bfloat16), 3 * n + n // 8),
     ]

@@ -1,5 +1,7 @@
 """Triton amax pass (F8-1, I8-1): one read of a 2-D tensor, per-tile maxima folded into tensor,
 row and/or column amax buffers with integer atomic max on the fp32 bits of |x|."""
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -9,23 +11,45 @@ from .encode import abs_bits, widen_to_fp32
 
 
 @triton.jit
-def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr,
+def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr, N_ROW_TILES,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                        TENSOR: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
                        IS_BF16: tl.constexpr):
-    """Tile (BLOCK_R, BLOCK_C) of row-major x (R, C). Buffers hold int32 bits, zero-initialised;
-    masked-out elements load as 0 and never win the max. NaN bits win over inf (F8-1)."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    """Column block program_id(1) of row-major x (R, C), row tiles program_id(0),
+    program_id(0) + num_programs(0), ... (BLOCK_R x BLOCK_C each). Row maxima go to row_ptr per
+    tile; column and tensor maxima are kept in registers across the tiles and folded in once
+    per program, so a grid far smaller than the tile count issues far fewer atomics on the same
+    addresses. Buffers hold int32 bits, zero-initialised; masked-out elements load as 0 and never
+    win the max. NaN bits win over inf (F8-1). The max is order-free: any grid, same bits."""
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (rows[:, None] < R) & (cols[None, :] < C)
-    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
-    bits = abs_bits(widen_to_fp32(x, IS_BF16))
-    if ROWS:
-        tl.atomic_max(row_ptr + rows, tl.max(bits, axis=1), mask=rows < R)
+    col_ok = cols < C
+    col_max = tl.zeros((BLOCK_C,), dtype=tl.int32)
+    for rt in range(tl.program_id(0), N_ROW_TILES, tl.num_programs(0)):
+        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
+        mask = (rows[:, None] < R) & col_ok[None, :]
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
+        bits = abs_bits(widen_to_fp32(x, IS_BF16))
+        if ROWS:
+            tl.atomic_max(row_ptr + rows, tl.max(bits, axis=1), mask=rows < R)
+        col_max = tl.maximum(col_max, tl.max(bits, axis=0))
     if COLS:
-        tl.atomic_max(col_ptr + cols, tl.max(bits, axis=0), mask=cols < C)
+        tl.atomic_max(col_ptr + cols, col_max, mask=col_ok)
     if TENSOR:
-        tl.atomic_max(tensor_ptr, tl.max(tl.max(bits, axis=1), axis=0))
+        tl.atomic_max(tensor_ptr, tl.max(col_max, axis=0))
+
+
+# Programs per SM of the amax pass (its grid: about this many times the SM count, each program
+# looping over row tiles). 0: one program per tile (the layout before 2026-12-01, which issued
+# one same-address atomic per 32 x 128 tile for a tensorwise amax: 16384 for 8192^2).
+AMAX_PROGRAMS_PER_SM = 8
+_INTERPRETER_PROGRAMS = 4        # CPU: a small grid, so the tests run the loop
+
+
+@functools.lru_cache(maxsize=16)
+def _program_budget(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _INTERPRETER_PROGRAMS
+    return AMAX_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, cols: bool = False,
@@ -39,9 +63,13 @@ def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, co
     buf = torch.zeros(max(1, sum(sizes)), dtype=torch.int32, device=x2d.device)
     t, r, c = (buf[start:start + n] if n else None
                for start, n in zip((0, sizes[0], sizes[0] + sizes[1]), sizes))
-    grid = (cdiv(R, block_r), cdiv(C, block_c))
+    n_row_tiles, n_col_tiles = cdiv(R, block_r), cdiv(C, block_c)
+    row_programs = n_row_tiles
+    if AMAX_PROGRAMS_PER_SM:
+        row_programs = max(1, min(n_row_tiles, cdiv(_program_budget(x2d.device), n_col_tiles)))
     x_in, is_bf16 = kernel_input(x2d)
-    _amax_tiles_kernel[grid](x_in, R, C, buf if t is None else t, buf if r is None else r,
-                             buf if c is None else c, BLOCK_R=block_r, BLOCK_C=block_c,
-                             TENSOR=tensor, ROWS=rows, COLS=cols, IS_BF16=is_bf16)
+    _amax_tiles_kernel[(row_programs, n_col_tiles)](
+        x_in, R, C, buf if t is None else t, buf if r is None else r, buf if c is None else c,
+        n_row_tiles, BLOCK_R=block_r, BLOCK_C=block_c, TENSOR=tensor, ROWS=rows, COLS=cols,
+        IS_BF16=is_bf16)
     return t, r, c

@@ -259,3 +259,24 @@ def test_int8_counter_noise_in_kernel_is_the_reference_draw_I8_10(axis, transpos
                                                    np.ascontiguousarray(u.T))
         assert_same(to_numpy(d), ref_data, "dual row data", seed)
         assert_same(to_numpy(dt), col_data, "dual col data.T", seed)
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (1000, 8), (70, 300)])
+@pytest.mark.parametrize("per_sm", [0, 8], ids=["tile_per_program", "looping_programs"])
+def test_amax_pass_is_the_max_for_any_grid_F8_1(shape, per_sm, monkeypatch, seed):
+    """The amax pass's looping programs (several row tiles each, one atomic per column and per
+    tensor at the end) give the same bits as one program per tile and as torch: the max of |x|
+    bits per tensor, row and column, with NaN above inf (F8-1), wherever the specials sit."""
+    from qtrain.fast import amax as fast_amax
+    fast_backend()
+    monkeypatch.setattr(fast_amax, "AMAX_PROGRAMS_PER_SM", per_sm)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    x[shape[0] - 1, 0] = float("inf")                     # in the last row tile
+    x[shape[0] // 2, shape[1] - 1] = float("nan")         # a middle tile, the last column
+    x[1, 1] = -float("inf")
+    t, r, c = fast_amax.amax_bits_2d(x.to(DEVICE), tensor=True, rows=True, cols=True)
+    bits = x.view(torch.int32) & 0x7FFFFFFF
+    assert int(t.cpu()[0]) == int(bits.max())
+    assert torch.equal(r.cpu(), bits.amax(dim=1))
+    assert torch.equal(c.cpu(), bits.amax(dim=0))
