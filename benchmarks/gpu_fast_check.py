@@ -270,6 +270,16 @@ def _tile_amax(fn):
         amax.AMAX_PROGRAMS_PER_SM = saved
 
 
+def _tile_t(tile, fn):
+    """fn() with the float8 passes that write x.T on a (BLOCK_R, BLOCK_C) tile."""
+    from qtrain.fast import cast_float8
+    saved, cast_float8.TILE_T = cast_float8.TILE_T, tile
+    try:
+        return fn()
+    finally:
+        cast_float8.TILE_T = saved
+
+
 def time_casts():
     from qtrain.fast import cast_blockwise, cast_float8, cast_int8, cast_mx
     from qtrain.fast import noise as fast_noise
@@ -310,6 +320,13 @@ def time_casts():
             lambda: cast_float8.quantize_float8(x, "float8_e4m3fn")), 2 * n + n),
         ("float8 columnwise, tile-per-program amax", lambda: _tile_amax(
             lambda: cast_float8.quantize_float8(x, "float8_e4m3fn", 0, True)), 3 * n + 4 * K),
+        # taller tiles for the passes that write x.T: longer contiguous rows of x.T per tile
+        *[(f"float8 tensorwise.T, tile {t[0]}x{t[1]}", lambda t=t: _tile_t(t, lambda:
+            cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True)), 3 * n)
+          for t in ((64, 128), (128, 64), (128, 128))],
+        *[(f"float8 dual row+col.T, tile {t[0]}x{t[1]}", lambda t=t: _tile_t(t, lambda:
+            cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True)), 4 * n + scale_b + 4 * K)
+          for t in ((64, 128), (128, 64), (128, 128))],
         # the MX bf16-GEMM route's operand: e4m3 codes and (1, 32) fp32 factors -> bf16
         ("dequant mx (1,32) -> bf16", lambda: dequant_blocks(mx_p, mx_d, torch.bfloat16), 3 * n + n // 8),
     ]

@@ -92,11 +92,19 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
         tl.store(row_data_ptr + offs, code, mask=mask)
 
 
+# (BLOCK_R, BLOCK_C) of the tile cast pass, and of its passes that write x.T (TRANSPOSED, dual):
+# each output row of x.T is BLOCK_R bytes long per tile. Module settings so that
+# gpu_fast_check can time other tiles; (32, 128) for both is what ran on the H200 so far.
+TILE = (32, 128)
+TILE_T = (32, 128)
+
+
 def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False):
     R, C = x2d.shape
     dev = x2d.device
     t_bits, r_bits, c_bits = amax_bits_2d(x2d, tensor=tensorwise, rows=dual, cols=not tensorwise)
-    block_r, block_c = 32, pow2_at_most(C, 128)
+    tile_r, tile_c = TILE_T if (transposed or dual) else TILE
+    block_r, block_c = tile_r, pow2_at_most(C, tile_c)
     dtype = TORCH_FLOAT8[fmt]
     data = torch.empty((C, R) if transposed else (R, C), dtype=dtype, device=dev)
     qs = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=dev)

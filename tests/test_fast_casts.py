@@ -280,3 +280,25 @@ def test_amax_pass_is_the_max_for_any_grid_F8_1(shape, per_sm, monkeypatch, seed
     assert int(t.cpu()[0]) == int(bits.max())
     assert torch.equal(r.cpu(), bits.amax(dim=1))
     assert torch.equal(c.cpu(), bits.amax(dim=0))
+
+
+@pytest.mark.parametrize("tile", [(64, 128), (128, 64), (128, 128)], ids=lambda t: f"{t[0]}x{t[1]}")
+def test_float8_transposed_writes_on_other_tiles(tile, monkeypatch, seed):
+    """The tiles gpu_fast_check times for the passes that write x.T (cast_float8.TILE_T) give
+    the reference's bits: tensorwise of x.T and the dual cast, on shapes that cut tiles."""
+    from qtrain.fast import cast_float8
+    monkeypatch.setattr(cast_float8, "TILE_T", tile)
+    fast = fast_backend()
+    for shape in ((130, 70), (33, 160)):
+        x = _input(shape, "bfloat16", seed)
+        fmt = "float8_e4m3fn"
+        data, qs = fast.quantize_float8(from_numpy(x), fmt, None, False, transposed=True)
+        ref_data, ref_qs = reference.quantize_float8(np.ascontiguousarray(x.T), fmt, None, False)
+        assert_same(to_numpy(qs), ref_qs, f"tensorwise.T quant_scale {shape} {tile}", seed)
+        assert_same(to_numpy(data), ref_data, f"tensorwise.T data {shape} {tile}", seed)
+        data, qs, data_t, qs_t = fast.quantize_float8_dual(from_numpy(x), fmt, True)
+        col_data, col_qs = reference.quantize_float8(x, fmt, 0, True)
+        row_data, _ = reference.quantize_float8(x, fmt, -1, True)
+        assert_same(to_numpy(data), row_data, f"dual row data {shape} {tile}", seed)
+        assert_same(to_numpy(data_t), np.ascontiguousarray(col_data.T), f"dual col data.T {shape} {tile}", seed)
+        assert_same(to_numpy(qs_t), np.ascontiguousarray(col_qs.T), f"dual col qs.T {shape} {tile}", seed)
