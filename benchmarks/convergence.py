@@ -78,6 +78,17 @@ def summary(results, size, baseline):
     return out
 
 
+def _verdict(ok, rel, margin):
+    """'yes' inside the symmetric margin; outside it, which side: 'NO (worse)' or
+    'NO (better)' (a quantized run that ends lower than the baseline by more than the margin
+    is outside the band too, and says so rather than reading as a loss of quality)."""
+    if ok:
+        return "yes"
+    if rel is None or margin is None or rel != rel:
+        return "NO"
+    return "NO (better)" if rel < -margin else "NO (worse)"
+
+
 def table(rows, baseline):
     header = ["run", "train loss", "val loss", f"vs {baseline}", "margin", "tokens/s", "backend", "ok"]
     lines = []
@@ -86,7 +97,7 @@ def table(rows, baseline):
                    else "-" if rel is None else f"{100 * rel:+.2f}%")
         lines.append([r.name, f"{r.final_train_loss:.4f}", f"{r.val_loss:.4f}", verdict,
                       "-" if margin is None else f"{100 * margin:.0f}%", f"{r.tokens_per_s:.0f}",
-                      r.backend, "yes" if ok else "NO"])
+                      r.backend, _verdict(ok, None if r.diverged else rel, margin)])
     return common.format_table(header, lines)
 
 
@@ -205,7 +216,7 @@ def seeds_table(per_seed, size, baseline):
         lines.append([name] + ["-" if v is None else f"{100 * v:+.2f}%" for v in rels]
                      + [f"{100 * mean:+.2f}%",
                         f"{100 * min(done):+.2f}..{100 * max(done):+.2f}%" if done else "-",
-                        f"{100 * margin:.0f}%", "yes" if ok else "NO"])
+                        f"{100 * margin:.0f}%", _verdict(ok, None if diverged or not done else mean, margin)])
     return (f"\nvalidation loss vs {baseline}, per seed:\n"
             + common.format_table(header, lines))
 

@@ -222,6 +222,22 @@ def test_convergence_seeds_table_judges_the_mean():
     assert int8.rstrip().endswith("NO") and " - " in int8 + " "
 
 
+def test_convergence_table_says_which_side_of_the_margin():
+    """A run outside the symmetric margin is marked as worse or better than the baseline."""
+    from benchmarks.convergence import summary, table
+    from qtrain.demo import RunResult
+
+    def run(name, val):
+        return RunResult(name, "reference", [1.0], [(1, val)], 1.0, False)
+
+    text = table(summary([run("bf16", 2.0), run("rowwise", 1.9), run("int8", 2.1),
+                          run("mxfp8", 2.02)], "tiny", "bf16"), "bf16")
+    line = {l.split()[0]: l.rstrip() for l in text.splitlines()[2:]}
+    assert line["rowwise"].endswith("NO (better)")         # -5% with a 3% margin
+    assert line["int8"].endswith("NO (worse)")             # +5%
+    assert line["mxfp8"].endswith("yes")                   # +1%
+
+
 # Host work per fwd+bwd on the fast backend (benchmarks/host_overhead.py), counted on the CPU:
 # launches the host must issue on a GPU. Budgets are the counts of 2026-11-30; a change that adds
 # host work to a hot path fails here, on CPU CI, before anyone times it on a GPU.
