@@ -280,3 +280,19 @@ def test_host_overhead_counts_within_budget(tmp_path):
     syncs = {(w, r): v for (w, r, m), v in got.items() if m == "host_syncs"}
     assert ("linear", "int8+sr") in syncs
     assert all(v == 0 for v in syncs.values()), {k: v for k, v in syncs.items() if v}
+
+
+def test_convergence_control_names():
+    """The control runs' names: int8:none is the quantized-linear path with every product in
+    high precision (refused by the library's own config), letters pick int8 products."""
+    from benchmarks.convergence_control import config_for
+    none = config_for("int8:none")
+    assert (none.output, none.grad_input, none.grad_weight) == (False, False, False)
+    assert none.plan().output is None and none.plan().grad_weight is None
+    oi = config_for("int8:oi")
+    assert (oi.output, oi.grad_input, oi.grad_weight) == (True, True, False)
+    with pytest.raises(ValueError, match="int8:x"):
+        config_for("int8:x")
+    with pytest.raises(ValueError):
+        import qtrain
+        qtrain.Int8LinearConfig(output=False, grad_input=False, grad_weight=False)
