@@ -112,3 +112,21 @@ def fast_operand_pair(kind, x, w, tensorwise_b_fmt="float8_e4m3fn"):
     a, da = cast_int8.quantize_int8(x, -1)
     b, db = cast_int8.quantize_int8(w, -1)
     return a, da, b, db
+
+
+def capture_cuda_graph(step, params, warmup=3):
+    """Warm `step` up on a side stream (compiles kernels, fills caches), clear the grads of
+    `params`, then capture one call of it in a CUDA graph. Returns (graph, what the captured
+    call returned): replaying the graph rewrites those tensors and the params' .grad."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    for p in params:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    return graph, static

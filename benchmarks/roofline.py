@@ -325,24 +325,6 @@ def heatmaps(path, title, sweep, recipes, value, note=None):
 
 
 # ---------------------------------------------------------------- measurement (CUDA)
-def _graphed(step, params):
-    """`step` captured once in a CUDA graph (after a warm-up on a side stream); returns the
-    replay. Replays accumulate into the same .grad tensors, which timing does not mind."""
-    import torch
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    for p in params:
-        p.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
-
-
 def measure(points, recipes, budget_s, log=print, cuda_graphs=False):
     """{(M, K, N): {"bf16": ms, recipe: ms or reason}}: fwd+bwd medians (triton do_bench) of
     F.linear and qtrain.linear (backend fast); variants not started within budget_s are skipped.
@@ -372,7 +354,8 @@ def measure(points, recipes, budget_s, log=print, cuda_graphs=False):
             try:
                 step()                                   # compile and autotune outside the timing
                 if cuda_graphs:
-                    res[name] = triton.testing.do_bench(_graphed(step, [x, w]), return_mode="median")
+                    graph, _ = common.capture_cuda_graph(step, [x, w])   # replays accumulate
+                    res[name] = triton.testing.do_bench(graph.replay, return_mode="median")
                 else:
                     res[name] = triton.testing.do_bench(step, grad_to_none=[x, w], return_mode="median")
             except Exception as e:  # noqa: BLE001 -- one failing variant must not lose the rest

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import qtrain
+from benchmarks.common import capture_cuda_graph
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available()
                                 or not qtrain.get_backend("fast").available()[0],
@@ -37,17 +38,7 @@ def _graphed_vs_eager(step, inputs, params):
         return [o.detach().clone() for o in outs] + [p.grad.detach().clone() for p in params]
 
     eager = run()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):                 # warm-up: compile kernels, fill caches
-        for _ in range(3):
-            run()
-    torch.cuda.current_stream().wait_stream(side)
-    for p in params:
-        p.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = step(*inputs)
+    graph, static = capture_cuda_graph(lambda: step(*inputs), params)   # side-stream warm-up
     graph.replay()
     torch.cuda.synchronize()
     return eager, [o.detach().clone() for o in static] + [p.grad.detach().clone() for p in params]
