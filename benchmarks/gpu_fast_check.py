@@ -280,6 +280,16 @@ def _tile_t(tile, fn):
         cast_float8.TILE_T = saved
 
 
+def _int8_tile_t(tile, fn):
+    """fn() with the int8 column cast that writes x.T on a (BLOCK_R, BLOCK_C) tile."""
+    from qtrain.fast import cast_int8
+    saved, cast_int8.TILE_T = cast_int8.TILE_T, tile
+    try:
+        return fn()
+    finally:
+        cast_int8.TILE_T = saved
+
+
 def time_casts():
     from qtrain.fast import cast_blockwise, cast_float8, cast_int8, cast_mx
     from qtrain.fast import noise as fast_noise
@@ -326,6 +336,9 @@ def time_casts():
           for t in ((64, 128), (128, 64), (128, 128))],
         *[(f"float8 dual row+col.T, tile {t[0]}x{t[1]}", lambda t=t: _tile_t(t, lambda:
             cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True)), 4 * n + scale_b + 4 * K)
+          for t in ((64, 128), (128, 64), (128, 128))],
+        *[(f"int8 columnwise.T rne, tile {t[0]}x{t[1]}", lambda t=t: _int8_tile_t(t, lambda:
+            cast_int8.quantize_int8(x, 0, transposed=True)), 3 * n + 4 * K)
           for t in ((64, 128), (128, 64), (128, 128))],
         # the MX bf16-GEMM route's operand: e4m3 codes and (1, 32) fp32 factors -> bf16
         ("dequant mx (1,32) -> bf16", lambda: dequant_blocks(mx_p, mx_d, torch.bfloat16), 3 * n + n // 8),

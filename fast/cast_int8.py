@@ -9,11 +9,15 @@ import triton.language as tl
 from qtrain.formats import EPS_AMAX, INT8_MAX
 from .amax import amax_bits_2d
 from .common import (cast_tile, cdiv, check_device, check_input, flat_2d, fp32, kernel_input,
-                     normalize_axis, rowwise_tile)
+                     normalize_axis, pow2_at_most, rowwise_tile)
 from .encode import abs_bits, is_finite_bits, row_amax_bits, widen_to_fp32
 from .noise import call_index, counter_uniform
 
 LAYER = "qtrain.fast.cast_int8"
+# (BLOCK_R, BLOCK_C) of the column cast that writes x.T (each output row of x.T is BLOCK_R bytes
+# per tile); None: cast_tile's (32, 256), what ran on the H200 so far. gpu_fast_check times others.
+TILE_T = None
+
 NOISE_NONE, NOISE_TENSOR, NOISE_SEED, NOISE_COUNTER = 0, 1, 2, 3
 
 
@@ -206,6 +210,8 @@ def quantize_int8(x, axis, noise=None, seed=None, transposed=False, counter_nois
     t_bits, _, c_bits = amax_bits_2d(x2d, tensor=tensorwise, cols=not tensorwise)
     ds = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=x.device)
     block_r, block_c, warps = cast_tile(R, C, False)
+    if transposed and TILE_T is not None:
+        block_r, block_c = TILE_T[0], pow2_at_most(C, TILE_T[1])
     block_c = max(block_c, 4)                     # rand4x groups of 4 columns
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     if transposed:

@@ -302,3 +302,24 @@ def test_float8_transposed_writes_on_other_tiles(tile, monkeypatch, seed):
         assert_same(to_numpy(data), row_data, f"dual row data {shape} {tile}", seed)
         assert_same(to_numpy(data_t), np.ascontiguousarray(col_data.T), f"dual col data.T {shape} {tile}", seed)
         assert_same(to_numpy(qs_t), np.ascontiguousarray(col_qs.T), f"dual col qs.T {shape} {tile}", seed)
+
+
+@pytest.mark.parametrize("tile", [(64, 128), (128, 64), (128, 128)], ids=lambda t: f"{t[0]}x{t[1]}")
+def test_int8_transposed_column_cast_on_other_tiles(tile, monkeypatch, seed):
+    """The tiles gpu_fast_check times for the int8 column cast written as x.T
+    (cast_int8.TILE_T): the reference's bits of x.T along its last axis, rne and with I8-5
+    noise (in x.T's layout), on shapes that cut tiles."""
+    from qtrain.fast import cast_int8
+    monkeypatch.setattr(cast_int8, "TILE_T", tile)
+    fast = fast_backend()
+    for shape in ((130, 70), (33, 160)):
+        x = _input(shape, "bfloat16", seed)
+        xt = np.ascontiguousarray(x.T)
+        noise_t = np.random.default_rng(seed).random(xt.shape, dtype=np.float32)
+        for u in (None, noise_t):
+            data, ds = fast.quantize_int8(from_numpy(x), -1, None if u is None else from_numpy(u),
+                                          transposed=True)
+            ref_data, ref_ds = reference.quantize_int8(xt, -1, u)
+            what = f"{shape} {tile} noise={u is not None}"
+            assert_same(to_numpy(data), ref_data, "data " + what, seed)
+            assert_same(to_numpy(ds), ref_ds, "dequant_scale " + what, seed)
