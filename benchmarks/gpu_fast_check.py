@@ -260,34 +260,17 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
-def _tile_amax(fn):
-    """fn() with the amax pass launched one program per tile (AMAX_PROGRAMS_PER_SM = 0)."""
-    from qtrain.fast import amax
-    saved, amax.AMAX_PROGRAMS_PER_SM = amax.AMAX_PROGRAMS_PER_SM, 0
+def _with_setting(module, name, value, fn):
+    """fn() with the module-level tuning setting `name` of qtrain.fast.`module` set to value
+    (the amax grid, the tile of the passes that write x.T), restored afterwards."""
+    import importlib
+    mod = importlib.import_module(f"qtrain.fast.{module}")
+    saved = getattr(mod, name)
+    setattr(mod, name, value)
     try:
         return fn()
     finally:
-        amax.AMAX_PROGRAMS_PER_SM = saved
-
-
-def _tile_t(tile, fn):
-    """fn() with the float8 passes that write x.T on a (BLOCK_R, BLOCK_C) tile."""
-    from qtrain.fast import cast_float8
-    saved, cast_float8.TILE_T = cast_float8.TILE_T, tile
-    try:
-        return fn()
-    finally:
-        cast_float8.TILE_T = saved
-
-
-def _int8_tile_t(tile, fn):
-    """fn() with the int8 column cast that writes x.T on a (BLOCK_R, BLOCK_C) tile."""
-    from qtrain.fast import cast_int8
-    saved, cast_int8.TILE_T = cast_int8.TILE_T, tile
-    try:
-        return fn()
-    finally:
-        cast_int8.TILE_T = saved
+        setattr(mod, name, saved)
 
 
 def time_casts():
@@ -304,6 +287,7 @@ def time_casts():
     scale_b = 4 * M
     from qtrain.fast.block_dequant import dequant_blocks
     mx_p = x.to(torch.float8_e4m3fn)
+    tall_tiles = ((64, 128), (128, 64), (128, 128))       # (BLOCK_R, BLOCK_C) of the x.T writers
     mx_d = torch.exp2(torch.randint(-4, 4, (M, K // 32), device="cuda").float())
     cases = [  # (name, fn, minimal bytes moved: read x once + write payloads and scales)
         ("float8 tensorwise", lambda: cast_float8.quantize_float8(x, "float8_e4m3fn"), 2 * n + n),
@@ -326,20 +310,22 @@ def time_casts():
         ("blockwise 128x1.T", lambda: cast_blockwise.quantize_blockwise_t(x, (1, 128)), 3 * n + n // 32),
         ("uniform_noise I8-10", lambda: fast_noise.uniform_noise(x, 1, call), 4 * n),
         # the amax pass as before 2026-12-01 (one program per tile, one atomic each)
-        ("float8 tensorwise, tile-per-program amax", lambda: _tile_amax(
-            lambda: cast_float8.quantize_float8(x, "float8_e4m3fn")), 2 * n + n),
-        ("float8 columnwise, tile-per-program amax", lambda: _tile_amax(
+        ("float8 tensorwise, tile-per-program amax", lambda: _with_setting(
+            "amax", "AMAX_PROGRAMS_PER_SM", 0, lambda: cast_float8.quantize_float8(x, "float8_e4m3fn")),
+            2 * n + n),
+        ("float8 columnwise, tile-per-program amax", lambda: _with_setting(
+            "amax", "AMAX_PROGRAMS_PER_SM", 0,
             lambda: cast_float8.quantize_float8(x, "float8_e4m3fn", 0, True)), 3 * n + 4 * K),
         # taller tiles for the passes that write x.T: longer contiguous rows of x.T per tile
-        *[(f"float8 tensorwise.T, tile {t[0]}x{t[1]}", lambda t=t: _tile_t(t, lambda:
+        *[(f"float8 tensorwise.T, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_float8", "TILE_T", t, lambda:
             cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True)), 3 * n)
-          for t in ((64, 128), (128, 64), (128, 128))],
-        *[(f"float8 dual row+col.T, tile {t[0]}x{t[1]}", lambda t=t: _tile_t(t, lambda:
+          for t in tall_tiles],
+        *[(f"float8 dual row+col.T, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_float8", "TILE_T", t, lambda:
             cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True)), 4 * n + scale_b + 4 * K)
-          for t in ((64, 128), (128, 64), (128, 128))],
-        *[(f"int8 columnwise.T rne, tile {t[0]}x{t[1]}", lambda t=t: _int8_tile_t(t, lambda:
+          for t in tall_tiles],
+        *[(f"int8 columnwise.T rne, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_int8", "TILE_T", t, lambda:
             cast_int8.quantize_int8(x, 0, transposed=True)), 3 * n + 4 * K)
-          for t in ((64, 128), (128, 64), (128, 128))],
+          for t in tall_tiles],
         # the MX bf16-GEMM route's operand: e4m3 codes and (1, 32) fp32 factors -> bf16
         ("dequant mx (1,32) -> bf16", lambda: dequant_blocks(mx_p, mx_d, torch.bfloat16), 3 * n + n // 8),
     ]

@@ -40,13 +40,18 @@ def test_float8_dual_rowwise_and_transposed_columnwise(shape, seed):
     fast = fast_backend()
     x = _input(shape, "bfloat16", seed)
     for fmt in ("float8_e4m3fn", "float8_e5m2fnuz"):
-        data, qs, data_t, qs_t = fast.quantize_float8_dual(from_numpy(x), fmt, True)
-        row_data, row_qs = reference.quantize_float8(x, fmt, -1, True)
-        col_data, col_qs = reference.quantize_float8(x, fmt, 0, True)
-        assert_same(to_numpy(data), row_data, f"row data {fmt}", seed)
-        assert_same(to_numpy(qs), row_qs, f"row quant_scale {fmt}", seed)
-        assert_same(to_numpy(data_t), np.ascontiguousarray(col_data.T), f"col data.T {fmt}", seed)
-        assert_same(to_numpy(qs_t), np.ascontiguousarray(col_qs.T), f"col quant_scale.T {fmt}", seed)
+        _assert_float8_dual(fast, x, fmt, fmt, seed)
+
+
+def _assert_float8_dual(fast, x, fmt, what, seed):
+    """The dual cast (pow2 scales) is the rowwise cast of x and the columnwise one as x.T."""
+    data, qs, data_t, qs_t = fast.quantize_float8_dual(from_numpy(x), fmt, True)
+    row_data, row_qs = reference.quantize_float8(x, fmt, -1, True)
+    col_data, col_qs = reference.quantize_float8(x, fmt, 0, True)
+    assert_same(to_numpy(data), row_data, f"row data {what}", seed)
+    assert_same(to_numpy(qs), row_qs, f"row quant_scale {what}", seed)
+    assert_same(to_numpy(data_t), np.ascontiguousarray(col_data.T), f"col data.T {what}", seed)
+    assert_same(to_numpy(qs_t), np.ascontiguousarray(col_qs.T), f"col quant_scale.T {what}", seed)
 
 
 @pytest.mark.parametrize("shape", [(17, 32), (6, 96), (33, 16), (1, 130)])
@@ -57,12 +62,17 @@ def test_float8_tensorwise_transposed_is_tensorwise_of_x_t(shape, dtype, seed):
     x = _input(shape, dtype, seed)
     for fmt in FORMATS:
         for pow2 in (False, True):
-            data, qs = fast.quantize_float8(from_numpy(x), fmt, None, pow2, transposed=True)
-            ref_data, ref_qs = reference.quantize_float8(np.ascontiguousarray(x.T), fmt, None, pow2)
-            what = f"{fmt} pow2={pow2} {dtype} {shape} transposed"
-            assert tuple(data.shape) == shape[::-1] and data.is_contiguous(), what
-            assert_same(to_numpy(qs), ref_qs, "quant_scale " + what, seed)
-            assert_same(to_numpy(data), ref_data, "data " + what, seed)
+            _assert_float8_tensorwise_t(fast, x, fmt, pow2, f"{fmt} pow2={pow2} {dtype} {shape}", seed)
+
+
+def _assert_float8_tensorwise_t(fast, x, fmt, pow2, what, seed):
+    """The tensorwise cast written as x.T is the tensorwise cast of x.T."""
+    data, qs = fast.quantize_float8(from_numpy(x), fmt, None, pow2, transposed=True)
+    ref_data, ref_qs = reference.quantize_float8(np.ascontiguousarray(x.T), fmt, None, pow2)
+    what += " transposed"
+    assert tuple(data.shape) == x.shape[::-1] and data.is_contiguous(), what
+    assert_same(to_numpy(qs), ref_qs, "quant_scale " + what, seed)
+    assert_same(to_numpy(data), ref_data, "data " + what, seed)
 
 
 def _mx_input(shape, dtype, seed):
@@ -122,17 +132,22 @@ def test_int8_transposed_is_rowwise_of_x_t(shape, dtype, seed):
     """The NT operand x.T quantized along its last axis, written by the column cast itself; given
     noise comes in x.T's layout (the recipe's grad_weight and grad_input operands)."""
     fast = fast_backend()
-    x = _input(shape, dtype, seed)
+    _assert_int8_transposed(fast, _input(shape, dtype, seed), f"{dtype} {shape}", seed)
+
+
+def _assert_int8_transposed(fast, x, what, seed):
+    """The int8 column cast written as x.T is x.T quantized along its last axis, rne and with
+    given noise in x.T's layout."""
     xt = np.ascontiguousarray(x.T)
     noise_t = np.random.default_rng(seed).random(xt.shape, dtype=np.float32)
     for u in (None, noise_t):
         data, ds = fast.quantize_int8(from_numpy(x), -1, None if u is None else from_numpy(u),
                                       transposed=True)
         ref_data, ref_ds = reference.quantize_int8(xt, -1, u)
-        what = f"transposed noise={u is not None} {dtype} {shape}"
-        assert tuple(data.shape) == xt.shape and data.is_contiguous(), what
-        assert_same(to_numpy(ds), ref_ds, "dequant_scale " + what, seed)
-        assert_same(to_numpy(data), ref_data, "data " + what, seed)
+        where = f"transposed noise={u is not None} {what}"
+        assert tuple(data.shape) == xt.shape and data.is_contiguous(), where
+        assert_same(to_numpy(ds), ref_ds, "dequant_scale " + where, seed)
+        assert_same(to_numpy(data), ref_data, "data " + where, seed)
 
 
 @pytest.mark.parametrize("axis", [-1, 0])
@@ -291,17 +306,8 @@ def test_float8_transposed_writes_on_other_tiles(tile, monkeypatch, seed):
     fast = fast_backend()
     for shape in ((130, 70), (33, 160)):
         x = _input(shape, "bfloat16", seed)
-        fmt = "float8_e4m3fn"
-        data, qs = fast.quantize_float8(from_numpy(x), fmt, None, False, transposed=True)
-        ref_data, ref_qs = reference.quantize_float8(np.ascontiguousarray(x.T), fmt, None, False)
-        assert_same(to_numpy(qs), ref_qs, f"tensorwise.T quant_scale {shape} {tile}", seed)
-        assert_same(to_numpy(data), ref_data, f"tensorwise.T data {shape} {tile}", seed)
-        data, qs, data_t, qs_t = fast.quantize_float8_dual(from_numpy(x), fmt, True)
-        col_data, col_qs = reference.quantize_float8(x, fmt, 0, True)
-        row_data, _ = reference.quantize_float8(x, fmt, -1, True)
-        assert_same(to_numpy(data), row_data, f"dual row data {shape} {tile}", seed)
-        assert_same(to_numpy(data_t), np.ascontiguousarray(col_data.T), f"dual col data.T {shape} {tile}", seed)
-        assert_same(to_numpy(qs_t), np.ascontiguousarray(col_qs.T), f"dual col qs.T {shape} {tile}", seed)
+        _assert_float8_tensorwise_t(fast, x, "float8_e4m3fn", False, f"{shape} {tile}", seed)
+        _assert_float8_dual(fast, x, "float8_e4m3fn", f"{shape} {tile}", seed)
 
 
 @pytest.mark.parametrize("tile", [(64, 128), (128, 64), (128, 128)], ids=lambda t: f"{t[0]}x{t[1]}")
@@ -313,13 +319,4 @@ def test_int8_transposed_column_cast_on_other_tiles(tile, monkeypatch, seed):
     monkeypatch.setattr(cast_int8, "TILE_T", tile)
     fast = fast_backend()
     for shape in ((130, 70), (33, 160)):
-        x = _input(shape, "bfloat16", seed)
-        xt = np.ascontiguousarray(x.T)
-        noise_t = np.random.default_rng(seed).random(xt.shape, dtype=np.float32)
-        for u in (None, noise_t):
-            data, ds = fast.quantize_int8(from_numpy(x), -1, None if u is None else from_numpy(u),
-                                          transposed=True)
-            ref_data, ref_ds = reference.quantize_int8(xt, -1, u)
-            what = f"{shape} {tile} noise={u is not None}"
-            assert_same(to_numpy(data), ref_data, "data " + what, seed)
-            assert_same(to_numpy(ds), ref_ds, "dequant_scale " + what, seed)
+        _assert_int8_transposed(fast, _input(shape, "bfloat16", seed), f"{shape} {tile}", seed)
