@@ -8,6 +8,13 @@ LAYER = "qtrain.fast.backend"
 INT8_DUAL_FUSED = False
 
 
+def _call_on(counter_noise, device):
+    """counter_noise (seed, call index) with the call index on `device`, where the kernels read
+    it: the functional qtrain.linear counts calls on the CPU (a host-to-device copy, not a
+    sync); a QuantizedLinear's counter is a buffer on its own device already."""
+    return None if counter_noise is None else (counter_noise[0], counter_noise[1].to(device))
+
+
 def _need_2d(x):
     if x.dim() != 2:
         raise ValueError(f"{LAYER}: transposed quantization needs a 2-D tensor, got shape "
@@ -101,8 +108,7 @@ class FastBackend:
         x's elements also when transposed (the flat index of the tensor the caller holds)."""
         from .cast_int8 import quantize_int8
         self._check(x)
-        if counter_noise is not None:
-            counter_noise = (counter_noise[0], counter_noise[1].to(x.device))
+        counter_noise = _call_on(counter_noise, x.device)
         if not transposed:
             return quantize_int8(x, axis, noise, seed, counter_noise=counter_noise)
         _need_2d(x)
@@ -121,9 +127,7 @@ class FastBackend:
         """I8-10 stochastic-rounding noise, one Triton pass, the call index read on the device."""
         from .noise import uniform_noise
         self._check(like)
-        # the functional qtrain.linear counts calls on the CPU: a host-to-device copy, not a
-        # sync (a QuantizedLinear's counter is a buffer on its own device)
-        return uniform_noise(like, seed, call.to(like.device))
+        return uniform_noise(like, *_call_on((seed, call), like.device))
 
     def quantize_int8_dual(self, x, noise=None, counter_noise=None):
         """Both axes of 2-D x as two casts: the rowwise one and the column one written as x.T.
@@ -134,8 +138,7 @@ class FastBackend:
         from .cast_int8 import quantize_int8, quantize_int8_dual
         self._check(x)
         _need_2d(x)
-        if counter_noise is not None:
-            counter_noise = (counter_noise[0], counter_noise[1].to(x.device))
+        counter_noise = _call_on(counter_noise, x.device)
         if INT8_DUAL_FUSED:
             return quantize_int8_dual(x, noise, counter_noise)
         data, ds = quantize_int8(x, -1, noise, counter_noise=counter_noise)

@@ -187,7 +187,8 @@ def quantize_int8(x, axis, noise=None, seed=None, transposed=False, counter_nois
     noise_t, seed_v, mode = _noise_args(x, noise, seed, counter_noise)
     x_in, is_bf16 = kernel_input(x)
     eps32 = fp32(EPS_AMAX)
-    data = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    # transposed: x.T's layout (C, R), written by the tile kernel
+    data = torch.empty(x.shape[::-1] if transposed else x.shape, dtype=torch.int8, device=x.device)
     launch = dict(NOISE=mode, EPS32=eps32, IS_BF16=is_bf16, enable_fp_fusion=False)
     if axis is not None:
         axis = normalize_axis(axis, x.dim(), LAYER, x.shape)
@@ -214,8 +215,6 @@ def quantize_int8(x, axis, noise=None, seed=None, transposed=False, counter_nois
         block_r, block_c = TILE_T[0], pow2_at_most(C, TILE_T[1])
     block_c = max(block_c, 4)                     # rand4x groups of 4 columns
     grid = (cdiv(R, block_r), cdiv(C, block_c))
-    if transposed:
-        data = torch.empty((C, R), dtype=torch.int8, device=x.device)
     _int8_tiles_kernel[grid](kernel_input(x2d)[0], data, ds, t_bits if tensorwise else c_bits,
                              noise_t, seed_v, R, C, ds, ds, data,
                              BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise,
