@@ -1,7 +1,8 @@
 """Exact dequantization of block-scaled float8 payloads for the emulated products (spec/06 MM-1,
 MM-3; FMT-1): one Triton pass reads the 1-byte codes and the fp32 block factors and writes the
-operand in the product's input dtype. Used by the emulated grouped product and by the MX dense
-product on GPUs without MX tensor cores (fast/scaled_mm.py)."""
+operand in the product's input dtype (`exact_values`: that pass, or the same bits by torch ops
+where it does not apply). Used by the emulated grouped product, by the MX dense product on GPUs
+without MX tensor cores and by the fnuz product on NVIDIA (fast/scaled_mm.py)."""
 import torch
 import triton
 import triton.language as tl
@@ -104,3 +105,22 @@ def dequant_blocks(p, d, dtype):
         R // d2.shape[0], C // d2.shape[1], d2.shape[1], BLOCK_R=32, BLOCK_C=128,
         MBITS=params["MBITS"], BIAS=params["BIAS"], FNUZ=params["FNUZ"], SOFT_BF16=soft_bf16)
     return out
+
+
+def times_block_factors(p, d):
+    """fp32 p (any rank) times MM-1 block factors d (same rank, each dim dividing p's, or 0-d),
+    every element by the factor of its block: broadcast over a split view, nothing expanded."""
+    if d.dim() == 0:
+        return p * d.float()
+    split, dims = [], []
+    for n, nd in zip(p.shape, d.shape):
+        split += [nd, n // nd]
+        dims += [nd, 1]
+    return (p.reshape(split) * d.float().reshape(dims)).reshape(p.shape)
+
+
+def exact_values(p, d, dtype):
+    """p's exact values times its MM-1 block factors d (same rank, or 0-d), rounded once to
+    `dtype`: the one Triton pass where it applies, else the same bits by torch ops."""
+    out = dequant_blocks(p, d, dtype)
+    return out if out is not None else times_block_factors(p.float(), d).to(dtype)

@@ -36,7 +36,7 @@ from qtrain.grouping import (gather_rows, group_bounds, pad_index, padded_offset
 from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input,
                      device_capability, float8_params, is_interpreted, kernel_input,
                      pow2_at_most, use_soft_cast)
-from .block_dequant import dequant_blocks
+from .block_dequant import exact_values
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
 LAYER = "qtrain.fast.grouped_mm"
@@ -156,18 +156,6 @@ def quantize_float8_experts_t(w, fmt, pow2_scale=False):
 
 
 # ---- products ------------------------------------------------------------------------------
-def _times_block_factors(p, d):
-    """fp32 p (any rank) times MM-1 block factors d (same rank, each dim dividing p's, or 0-d),
-    every element by the factor of its block: broadcast over a split view, nothing expanded."""
-    if d.dim() == 0:
-        return p * d.float()
-    split, dims = [], []
-    for n, nd in zip(p.shape, d.shape):
-        split += [nd, n // nd]
-        dims += [nd, 1]
-    return (p.reshape(split) * d.float().reshape(dims)).reshape(p.shape)
-
-
 def _per_group_2d2d(d, shape, offs):
     """Per-group factors (E, R, 1) -> element-wise (R, T): column t of group g uses d[g]."""
     t = torch.arange(shape[1], device=d.device)
@@ -179,9 +167,7 @@ def _dequant(p, d, offs, dtype):
     """Exact values of payload p with factors d, in `dtype` (see the module docstring)."""
     if p.dim() == 2 and d.dim() == 3:
         return (p.float() * _per_group_2d2d(d, p.shape, offs)).to(dtype)
-    # (E, N, K) with (E, N/br, K/bc), or 2-D with (R/br, C/bc)
-    out = dequant_blocks(p, d, dtype)
-    return out if out is not None else _times_block_factors(p.float(), d).to(dtype)
+    return exact_values(p, d, dtype)      # (E, N, K) with (E, N/br, K/bc), or 2-D (R/br, C/bc)
 
 
 def _rowwise_2d3d(a, da, b, db):

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .block_dequant import dequant_blocks
+from .block_dequant import dequant_blocks, exact_values
 from .common import TORCH_FLOAT8, cdiv, device_capability, is_interpreted, next_pow2
 
 LAYER = "qtrain.fast.scaled_mm"
@@ -284,10 +284,8 @@ def _fnuz_emulated(a, a_dequant, b, b_dequant, out_dtype):
         log.warning("qtrain.fast.scaled_mm: fnuz float8 payloads have no NVIDIA tensor-core path; "
                     "computing the product in fp32 (correct, not fast)")
         _FNUZ_LOGGED.append(True)
-    da, br_a, bc_a = _blocks(a_dequant, a.shape, "a_dequant")
-    db, br_b, bc_b = _blocks(b_dequant, b.shape, "b_dequant")
-    a32 = a.float() * da.repeat_interleave(br_a, 0).repeat_interleave(bc_a, 1)
-    b32 = b.float() * db.repeat_interleave(br_b, 0).repeat_interleave(bc_b, 1)
+    a32 = exact_values(a, _blocks(a_dequant, a.shape, "a_dequant")[0], torch.float32)
+    b32 = exact_values(b, _blocks(b_dequant, b.shape, "b_dequant")[0], torch.float32)
     with _matmul_flag("allow_tf32", False):                # fp32 accumulation, not tf32
         return (a32 @ b32.t()).to(out_dtype)
 

@@ -127,10 +127,10 @@ def test_emulated_dequant_kernel_is_exact_FMT_1(fmt, shape, block, seed):
     dshape = tuple(n // b for n, b in zip(shape, block))
     d = torch.randn(dshape, generator=gen).to(DEVICE) * 3
     d.view(-1)[0] = 2.0 ** -20                                     # a power-of-two (MX) factor
-    from qtrain.fast.block_dequant import dequant_blocks
+    from qtrain.fast.block_dequant import dequant_blocks, times_block_factors
     for dtype, bits in ((torch.float32, torch.int32), (torch.bfloat16, torch.int16)):
         got = dequant_blocks(p, d, dtype)
-        want = fast_grouped._times_block_factors(p.float(), d).to(dtype)   # torch: rne
+        want = times_block_factors(p.float(), d).to(dtype)   # torch: rne
         assert got is not None and got.shape == want.shape and got.dtype == dtype
         same = (got.view(bits) == want.view(bits)) | (got.isnan() & want.isnan())
         assert bool(same.all()), f"{fmt} {shape} {dtype}: {int((~same).sum())} differ (seed {seed})"
