@@ -3,9 +3,6 @@ products (the registry in qtrain/backend.py picks it by name "fast")."""
 import torch
 
 LAYER = "qtrain.fast.backend"
-# int8 x and g along both axes: the one-read dual kernel (True) or two casts (False, faster on
-# the H200 as measured 2026-12-01; see FastBackend.quantize_int8_dual)
-INT8_DUAL_FUSED = False
 
 
 def _call_on(counter_noise, device):
@@ -129,21 +126,10 @@ class FastBackend:
         self._check(like)
         return uniform_noise(like, *_call_on((seed, call), like.device))
 
-    def quantize_int8_dual(self, x, noise=None, counter_noise=None):
-        """Both axes of 2-D x as two casts: the rowwise one and the column one written as x.T.
-        The one-read kernel (cast_int8.quantize_int8_dual, same bits) measured slower on the
-        H200 (2026-12-01, 8192^2 bf16: 426-431 us against 69-71 + 173-177 us for the two;
-        benchmarks/results/2026-12-01-gpu-fast-check*-h200.csv), so it is not the default.
-        INT8_DUAL_FUSED = True brings it back for tuning."""
-        from .cast_int8 import quantize_int8, quantize_int8_dual
-        self._check(x)
-        _need_2d(x)
-        counter_noise = _call_on(counter_noise, x.device)
-        if INT8_DUAL_FUSED:
-            return quantize_int8_dual(x, noise, counter_noise)
-        data, ds = quantize_int8(x, -1, noise, counter_noise=counter_noise)
-        data_t, ds_t = quantize_int8(x, 0, noise, None, transposed=True, counter_noise=counter_noise)
-        return data, ds, data_t, ds_t
+    # No quantize_int8_dual: qtrain/ops.py then issues the two casts (rowwise, and the column
+    # cast written as x.T). The one-read kernel cast_int8.quantize_int8_dual gives the same bits
+    # but measured slower on the H200 (2026-12-01, 8192^2 bf16: 426-431 us against 69-71 +
+    # 173-177 us for the two; benchmarks/results/2026-12-01-gpu-fast-check*-h200.csv).
 
     def quantize_blockwise(self, x, block=(1, 128), fmt="float8_e4m3fn", transposed=False):
         """transposed=True: quantize x.T, (1, b) blocks written from x in one pass."""

@@ -159,7 +159,8 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None):
 def quantize_operand_both_axes(t, spec, backend):
     """(t quantized along axis 1, t quantized along axis 0) both in NT form, for a tensor that
     feeds one product along each axis with the same spec (rowwise x and g). Float8 axiswise and
-    int8 rne go through the dual ops, which a fast backend serves from one read of t."""
+    int8 rne go through the dual ops: one read of t where the backend fuses them (fast does for
+    float8), else the two casts."""
     if spec.kind == "float8" and not spec.tensorwise:
         data, qs, data_t, qs_t = ops.quantize_float8_dual(t, spec.fmt, spec.pow2_scale, backend)
         return (QOperand(data, torch.reciprocal(qs), spec.pow2_factors),

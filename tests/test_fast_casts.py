@@ -233,13 +233,15 @@ def test_blockwise_transposed_is_blockwise_of_x_t_BW_5(shape, dtype, seed):
 @pytest.mark.parametrize("shape", [(17, 32), (6, 96), (33, 16), (1, 130)])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_int8_dual_is_rowwise_and_transposed_columnwise(shape, dtype, seed):
-    """One amax pass and one cast pass give both int8 operands of x (or g): x along its last
-    axis and x.T along its last axis, each the reference's bits; given noise serves both."""
-    fast = fast_backend()
+    """The one-read int8 kernel (cast_int8.quantize_int8_dual; kept for tuning, the recipe
+    issues two casts): both int8 operands of x (or g), x along its last axis and x.T along its
+    last axis, each the reference's bits; given noise serves both."""
+    fast_backend()
+    from qtrain.fast.cast_int8 import quantize_int8_dual
     x = _input(shape, dtype, seed)
     noise = np.random.default_rng(seed).random(shape, dtype=np.float32)
     for u in (None, noise):
-        data, ds, data_t, ds_t = fast.quantize_int8_dual(
+        data, ds, data_t, ds_t = quantize_int8_dual(
             from_numpy(x), None if u is None else from_numpy(u))
         row_data, row_ds = reference.quantize_int8(x, -1, u)
         col_data, col_ds = reference.quantize_int8(np.ascontiguousarray(x.T), -1,
@@ -268,8 +270,9 @@ def test_int8_counter_noise_in_kernel_is_the_reference_draw_I8_10(axis, transpos
     what = f"axis={axis} transposed={transposed}"
     assert_same(to_numpy(ds), ref_ds, "dequant_scale " + what, seed)
     assert_same(to_numpy(data), ref_data, "data " + what, seed)
-    if axis == -1 and not transposed:                   # the dual cast draws the same noise
-        d, dd, dt, ddt = fast.quantize_int8_dual(from_numpy(x), counter_noise=(seed + 3, call))
+    if axis == -1 and not transposed:                   # the dual kernel draws the same noise
+        from qtrain.fast.cast_int8 import quantize_int8_dual
+        d, dd, dt, ddt = quantize_int8_dual(from_numpy(x), counter_noise=(seed + 3, call))
         col_data, col_ds = reference.quantize_int8(np.ascontiguousarray(x.T), -1,
                                                    np.ascontiguousarray(u.T))
         assert_same(to_numpy(d), ref_data, "dual row data", seed)
