@@ -41,10 +41,7 @@ def config_for(name):
         which = "" if which == "none" else which
         return _Int8Products(output="o" in which, grad_input="i" in which,
                              grad_weight="w" in which, backend="reference")
-    return _RECIPE_CONFIG(name)
-
-
-_RECIPE_CONFIG = demo.recipe_config        # the library's, before main() routes through config_for
+    return demo.recipe_config(name)
 
 
 def main(argv=None):
@@ -55,28 +52,21 @@ def main(argv=None):
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = [r for r in args.runs.split(",") if r]
-    for r in runs:
-        config_for(r)                                  # bad names fail before any training
-    original = demo.recipe_config
-    demo.recipe_config = lambda name, **kw: config_for(name) if name in runs else original(name, **kw)
-    # (train_one builds each model through demo.recipe_config; restored below)
+    configs = {r: config_for(r) for r in runs}          # bad names fail before any training
     corpus = StdlibCorpus()
     rows = []
-    try:
-        for seed in seeds:
-            settings = demo.RunSettings(device="cpu", compile=False, precision="bf16", seed=seed,
-                                        outlier_gain=0.0, **SIZES["tiny"])
-            base = None
-            for name in ["bf16"] + runs:
-                r = demo.train_one(name, None if name == "bf16" else name, settings, corpus,
-                                   progress=demo.Progress(open("/dev/null", "w")))
-                base = r.val_loss if base is None else base
-                rel = (r.val_loss - base) / base
-                rows.append([str(seed), name, f"{r.val_loss:.6f}", f"{r.final_train_loss:.6f}",
-                             "-" if name == "bf16" else f"{100 * rel:+.2f}%"])
-                print(f"seed {seed} {name:10s} val {r.val_loss:.6f}", flush=True)
-    finally:
-        demo.recipe_config = original
+    for seed in seeds:
+        settings = demo.RunSettings(device="cpu", compile=False, precision="bf16", seed=seed,
+                                    outlier_gain=0.0, **SIZES["tiny"])
+        base = None
+        for name in ["bf16"] + runs:
+            r = demo.train_one(name, configs.get(name), settings, corpus,
+                               progress=demo.Progress(open("/dev/null", "w")))
+            base = r.val_loss if base is None else base
+            rel = (r.val_loss - base) / base
+            rows.append([str(seed), name, f"{r.val_loss:.6f}", f"{r.final_train_loss:.6f}",
+                         "-" if name == "bf16" else f"{100 * rel:+.2f}%"])
+            print(f"seed {seed} {name:10s} val {r.val_loss:.6f}", flush=True)
     print(common.format_table(["seed", "run", "val loss", "train loss", "vs bf16"], rows))
     return 0
 

@@ -103,7 +103,8 @@ def skip_output_head(module, fqn):
 
 
 def build_model(settings, recipe=None):
-    """The seeded model (same initial weights for every run), converted for `recipe` if given."""
+    """The seeded model (same initial weights for every run), converted for `recipe` if given:
+    a recipe name, or a config object (any qtrain linear config)."""
     torch.manual_seed(settings.seed)
     model = TinyLlama(settings.model)
     if settings.outlier_gain > 0:
@@ -111,7 +112,7 @@ def build_model(settings, recipe=None):
     model = model.to(settings.device)
     backend = "torch"
     if recipe is not None:
-        config = recipe_config(recipe)
+        config = recipe_config(recipe) if isinstance(recipe, str) else recipe
         convert_to_quantized_training(model, config, module_filter_fn=skip_output_head)
         backend = resolve_backend_name(config.backend)
     return model, backend
@@ -163,7 +164,8 @@ class Progress:
 
 
 def train_one(name, recipe, settings, corpus, progress=None):
-    """Train one model (`recipe` None = the high-precision baseline) and return its RunResult."""
+    """Train one model (`recipe` None = the high-precision baseline; else a recipe name or a
+    config, as build_model takes) and return its RunResult."""
     progress = progress or Progress()
     model, backend = build_model(settings, recipe)
     params = list(model.parameters())
