@@ -50,13 +50,13 @@ NAME = "fast-host-count"
 LINEAR_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8", "int8", "blockwise",
                   "int8+sr")
 VARIANTS = {"int8+sr": ("int8", dict(stochastic_grad_output=True))}   # name -> (recipe, fields)
+GROUPED_RECIPES = ("rowwise", "mxfp8")
 
 
 def config_of(name, backend):
     import qtrain
     recipe, fields = VARIANTS.get(name, (name, {}))
     return qtrain.recipe_config(recipe, backend=backend, **fields)
-GROUPED_RECIPES = ("rowwise", "mxfp8")
 
 
 class Counts:

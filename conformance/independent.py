@@ -87,10 +87,8 @@ class TorchCpuBackend:
     def available(self):
         return True, "torch CPU restatement of spec/ (independent of qtrain.reference)"
 
-    # ---- I8-10 noise: qtrain's torch-ops generator (qtrain/noise.py), not the NumPy reference --
-    def uniform_noise(self, like, seed, call):
-        from qtrain.noise import uniform_noise
-        return uniform_noise(like.shape, seed, call.to(like.device))
+    # I8-10 noise: no uniform_noise here, so the noise cases judge qtrain's torch-ops
+    # generator (qtrain/noise.py), which training falls back to (qtrain.ops.draw_noise)
 
     # ---- float8 (F8-*) ----------------------------------------------------------------------
     def quantize_float8(self, x, fmt, axis, pow2_scale, transposed=False):

@@ -254,8 +254,10 @@ def noise_python(case, inputs):
 
 
 def noise_backend(case, inputs, backend, device):
+    """What training draws for this backend (qtrain.ops.draw_noise): its own uniform_noise, or
+    qtrain's torch-ops generator when it has none."""
     import torch
-    fn = _method(backend, "uniform_noise")
+    from qtrain.ops import draw_noise
     like = torch.empty(case["shape"], dtype=torch.bfloat16, device=device)
     call = torch.tensor(case["call"], dtype=torch.int64, device=device)
-    return {"noise": to_numpy(fn(like, case["seed"], call))}
+    return {"noise": to_numpy(draw_noise(backend, like, case["seed"], call))}
