@@ -78,6 +78,16 @@ def torchao_converter():
     return convert, ""
 
 
+def block_step(block, shape, device, compile_mode=False):
+    """One fwd+bwd step of `block` (converted or not) on seeded inputs of `shape`: eager for
+    compile_mode False, else torch.compile with that mode (None: the default mode)."""
+    run = block if compile_mode is False else torch.compile(block, mode=compile_mode)
+    torch.manual_seed(1)
+    x = torch.randn(shape.batch, shape.seq, shape.cfg.dim, device=device, dtype=torch.bfloat16,
+                    requires_grad=True)
+    return _step_fn(run, x, torch.randn_like(x), list(block.parameters()))
+
+
 def _step_fn(block, x, grad_out, params):
     def step():
         out = block(x)
@@ -117,12 +127,7 @@ def measure(shape, base_block, mode, impl, recipe, device, reps, warmup):
             m.skipped = reason
             return m
         convert(block, recipe)
-    run = torch.compile(block, mode=COMPILE_MODE) if mode == "compiled" else block
-    torch.manual_seed(1)
-    x = torch.randn(shape.batch, shape.seq, shape.cfg.dim, device=device, dtype=torch.bfloat16,
-                    requires_grad=True)
-    grad_out = torch.randn_like(x)
-    step = _step_fn(run, x, grad_out, list(block.parameters()))
+    step = block_step(block, shape, device, COMPILE_MODE if mode == "compiled" else False)
     try:
         if device.type == "cuda":
             step()                                   # compile / autotune outside the memory window
@@ -136,7 +141,7 @@ def measure(shape, base_block, mode, impl, recipe, device, reps, warmup):
     except Exception as e:  # noqa: BLE001 -- one failing variant must not lose the others' rows
         m.skipped = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
     finally:
-        del block, run, x, grad_out, step
+        del block, step
         gc.collect()
         if mode == "compiled":
             torch._dynamo.reset()                    # each variant compiles fresh, no recompile limit

@@ -18,7 +18,7 @@ import torch
 from qtrain import convert_to_quantized_training
 
 from . import common
-from .block import KEEP_WEIGHT, SHAPES, _step_fn, qtrain_config
+from .block import KEEP_WEIGHT, SHAPES, block_step, qtrain_config
 from qtrain.tiny_llama import Block
 
 
@@ -26,14 +26,8 @@ def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda")
     block = copy.deepcopy(base)
     if name != "bf16":
         convert_to_quantized_training(block, qtrain_config(name))
-    run = block
-    if compile_mode != "eager":
-        run = torch.compile(block, mode=None if compile_mode == "compiled" else compile_mode)
-    torch.manual_seed(1)
-    x = torch.randn(shape.batch, shape.seq, shape.cfg.dim, device=device, dtype=torch.bfloat16,
-                    requires_grad=True)
-    g = torch.randn_like(x)
-    step = _step_fn(run, x, g, list(block.parameters()))
+    step = block_step(block, shape, device, {"eager": False, "compiled": None}.get(compile_mode,
+                                                                                  compile_mode))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):                      # compile, autotune, allocator warm-up
         step()
@@ -54,7 +48,7 @@ def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda")
     busy = sum(e.self_device_time_total for e in kernels) / steps / 1e3
     kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
     top = [(e.key[:70], e.count // steps, e.self_device_time_total / steps / 1e3) for e in kernels[:rows]]
-    del block, run, x, g, step
+    del block, step
     torch._dynamo.reset()
     if device == "cuda":
         torch.cuda.empty_cache()
