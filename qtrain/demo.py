@@ -163,9 +163,10 @@ class Progress:
         self.stream.flush()
 
 
-def train_one(name, recipe, settings, corpus, progress=None):
+def train_one(name, recipe, settings, corpus, progress=None, on_eval=None):
     """Train one model (`recipe` None = the high-precision baseline; else a recipe name or a
-    config, as build_model takes) and return its RunResult."""
+    config, as build_model takes) and return its RunResult. on_eval(result so far), if given,
+    is called after every validation pass (a caller cut by a time limit keeps the curve)."""
     progress = progress or Progress()
     model, backend = build_model(settings, recipe)
     params = list(model.parameters())
@@ -201,6 +202,8 @@ def train_one(name, recipe, settings, corpus, progress=None):
         tok_s = timed_steps * settings.tokens_per_step / timed_s if timed_s else 0.0
         if step + 1 in eval_at:
             val_points.append((step + 1, evaluate(step_fn, val_batches, settings)))
+            if on_eval is not None:
+                on_eval(RunResult(name, backend, list(losses), list(val_points), tok_s, False))
         progress.update(f"{name:<20} step {step + 1:>4}/{settings.steps}  loss {value:7.4f}  "
                         f"{tok_s:9.0f} tok/s")
     tok_s = timed_steps * settings.tokens_per_step / timed_s if timed_s else math.nan
@@ -215,10 +218,10 @@ def compile_mode(value):
     return None if value in (True, "default") else value
 
 
-def run_or_report(name, recipe, settings, corpus):
+def run_or_report(name, recipe, settings, corpus, **kwargs):
     """train_one, but a run that raises becomes a failed row so the other runs still report."""
     try:
-        return train_one(name, recipe, settings, corpus)
+        return train_one(name, recipe, settings, corpus, **kwargs)
     except Exception as e:  # noqa: BLE001 -- reported in the table and the exit status
         print(f"\n{name}: {type(e).__name__}: {e}", file=sys.stderr)
         return RunResult(name, "-", [], [], math.nan, True, f"{type(e).__name__}: {str(e)[:200]}")

@@ -98,6 +98,32 @@ def test_convergence_cpu_smoke(tmp_path, capsys):
     assert {r["run"] for r in curves} == {"bf16", "int8"} and len(curves) == 4
 
 
+def test_convergence_jobs_give_the_sequential_curves(tmp_path, capsys):
+    """--jobs runs each run in its own process: same losses as one at a time, the shared rate
+    recorded under its own metric name."""
+    args = ["--size", "tiny", "--steps", "3", "--recipes", "tensorwise", "--device", "cpu"]
+    curves = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / jobs
+        rc = convergence.main(args + ["--jobs", jobs, "--out-dir", str(out), "--csv", str(out / "r.csv")])
+        assert rc == 0, capsys.readouterr().out
+        curves[jobs] = open(out / "convergence_tiny.csv").read()
+        metrics = {r["metric"] for r in common.read_rows(str(out / "r.csv"))}
+        shared = "tokens_per_s_2_runs_sharing_device"
+        assert (shared in metrics) == (jobs == "2") and ("tokens_per_s" in metrics) == (jobs == "1")
+    assert curves["1"] == curves["2"]
+
+
+def test_convergence_budget_cuts_pooled_runs(tmp_path, capsys):
+    rc = convergence.main(["--size", "tiny", "--steps", "400", "--recipes", "int8", "--device", "cpu",
+                           "--jobs", "2", "--budget-s", "1", "--out-dir", str(tmp_path),
+                           "--csv", str(tmp_path / "r.csv")])
+    out = capsys.readouterr().out
+    assert rc == 1, out                      # cut runs have no verdict: the exit status says so
+    assert "stopped by the time budget of 1 s at step" in out
+    assert not os.path.exists(tmp_path / "r.csv") or not common.read_rows(str(tmp_path / "r.csv"))
+
+
 def test_outlier_injection_scales_one_channel():
     from qtrain.tiny_llama import TinyLlama, TinyLlamaConfig
     model = TinyLlama(TinyLlamaConfig(dim=64, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=128))
