@@ -60,8 +60,8 @@ def test_experts_cast_is_rowwise_of_each_transpose(seed):
 
 def test_emulated_products_within_MM_4(seed):
     fast_backend()
-    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32)
-    x, w = torch.randn(40, 64), torch.randn(4, 32, 64)
+    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32, device=DEVICE)
+    x, w = torch.randn(40, 64).to(DEVICE), torch.randn(4, 32, 64).to(DEVICE)
     fb = FastBackend(allow_interpreter=True)
     a, qa = fb.quantize_float8(x, "float8_e4m3fn", -1, False)
     b, qb = fb.quantize_float8(w.reshape(-1, 64), "float8_e4m3fn", -1, False)
@@ -80,14 +80,14 @@ def test_emulated_products_within_MM_4(seed):
 
 @pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
 def test_fast_layer_matches_reference(recipe, seed):
-    """Whole forward + backward on the fast path (interpreter) vs the reference backend:
+    """Whole forward + backward on the fast path (interpreter on a CPU) vs the reference backend:
     same payloads, products within MM-4, so results agree to a few fp32 ulps."""
     fast_backend()
     qbackend.register_backend("fast-interpreter", lambda: FastBackend(allow_interpreter=True))
     config = (qtrain.Float8LinearConfig(recipe="rowwise") if recipe == "rowwise"
               else qtrain.MXLinearConfig(scale_mode="rceil"))
-    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32)
-    x, w, g = torch.randn(40, 64), torch.randn(4, 32, 64), torch.randn(40, 32)
+    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32, device=DEVICE)
+    x, w, g = (t.to(DEVICE) for t in (torch.randn(40, 64), torch.randn(4, 32, 64), torch.randn(40, 32)))
     results = {}
     for name in ("fast-interpreter", "reference"):
         xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
@@ -101,13 +101,13 @@ def test_fast_layer_matches_reference(recipe, seed):
 
 def test_zeroing_kernels_touch_only_unwritten_regions_MM_5():
     """The two launches that replace torch.where on CUDA (rows past offs[-1]; empty groups),
-    run under the interpreter: they zero exactly those regions and nothing else."""
+    run under the interpreter on a CPU: they zero exactly those regions and nothing else."""
     fast_backend()
-    out = torch.full((40, 24), 7.0, dtype=torch.bfloat16)
-    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32)
+    out = torch.full((40, 24), 7.0, dtype=torch.bfloat16, device=DEVICE)
+    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32, device=DEVICE)
     fast_grouped._zero_rows_past_end_kernel[(2,)](out, offs, 4, 40, 24, BLOCK_R=32, BLOCK_N=16)
     assert not out[37:].any() and bool((out[:37] == 7).all())
-    slabs = torch.full((4, 6, 10), 3.0)
+    slabs = torch.full((4, 6, 10), 3.0, device=DEVICE)
     fast_grouped._zero_empty_groups_kernel[(4, 2)](slabs, offs, 60, BLOCK=16)
     assert not slabs[1].any()
     assert bool((slabs[[0, 2, 3]] == 3).all())
