@@ -285,6 +285,7 @@ def time_casts():
     record("torch copy_", "bf16", (M, K), "GB/s", f"{copy_gbs:.0f}")
     n = x.numel()
     scale_b = 4 * M
+    from qtrain.fast.amax import amax_bits_2d
     from qtrain.fast.block_dequant import dequant_blocks
     mx_p = x.to(torch.float8_e4m3fn)
     tall_tiles = ((64, 128), (128, 64), (128, 128))       # (BLOCK_R, BLOCK_C) of the x.T writers
@@ -309,13 +310,15 @@ def time_casts():
         ("int8 dual row+col.T", lambda: cast_int8.quantize_int8_dual(x), 4 * n + scale_b + 4 * K),
         ("blockwise 128x1.T", lambda: cast_blockwise.quantize_blockwise_t(x, (1, 128)), 3 * n + n // 32),
         ("uniform_noise I8-10", lambda: fast_noise.uniform_noise(x, 1, call), 4 * n),
-        # the amax pass as before 2026-12-01 (one program per tile, one atomic each)
-        ("float8 tensorwise, tile-per-program amax", lambda: _with_setting(
-            "amax", "AMAX_PROGRAMS_PER_SM", 0, lambda: cast_float8.quantize_float8(x, "float8_e4m3fn")),
+        # the amax pass with looping programs (8 per SM; 2026-12-01: 141 us against 138 us for
+        # one program per tile, so the default went back to one per tile), and the amax pass
+        # alone: what the two-pass casts spend before the cast pass
+        ("float8 tensorwise, looping amax", lambda: _with_setting(
+            "amax", "AMAX_PROGRAMS_PER_SM", 8, lambda: cast_float8.quantize_float8(x, "float8_e4m3fn")),
             2 * n + n),
-        ("float8 columnwise, tile-per-program amax", lambda: _with_setting(
-            "amax", "AMAX_PROGRAMS_PER_SM", 0,
-            lambda: cast_float8.quantize_float8(x, "float8_e4m3fn", 0, True)), 3 * n + 4 * K),
+        ("amax pass alone, tensor", lambda: amax_bits_2d(x, tensor=True), 2 * n),
+        ("amax pass alone, columns", lambda: amax_bits_2d(x, cols=True), 2 * n + 4 * K),
+        ("amax pass alone, rows+columns", lambda: amax_bits_2d(x, rows=True, cols=True), 2 * n + 4 * (M + K)),
         # taller tiles for the passes that write x.T: longer contiguous rows of x.T per tile
         *[(f"float8 tensorwise.T, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_float8", "TILE_T", t, lambda:
             cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True)), 3 * n)

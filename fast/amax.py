@@ -39,9 +39,11 @@ def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr, N_ROW_TILES,
 
 
 # Programs per SM of the amax pass (its grid: about this many times the SM count, each program
-# looping over row tiles). 0: one program per tile (the layout before 2026-12-01, which issued
-# one same-address atomic per 32 x 128 tile for a tensorwise amax: 16384 for 8192^2).
-AMAX_PROGRAMS_PER_SM = 8
+# looping over row tiles). 0: one program per tile, one atomic per tile on the tensor amax
+# (16384 for 8192^2). Measured on the H200 (2026-12-01): 8192^2 tensorwise cast 141 us with 8
+# per SM, 138 us with one program per tile, so the many same-address atomics were not what made
+# that cast slow; the default stays one per tile, the layout with the most GPU time behind it.
+AMAX_PROGRAMS_PER_SM = 0
 _INTERPRETER_PROGRAMS = 4        # CPU: a small grid, so the tests run the loop
 
 

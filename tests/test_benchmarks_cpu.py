@@ -124,6 +124,32 @@ def test_convergence_budget_cuts_pooled_runs(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "r.csv") or not common.read_rows(str(tmp_path / "r.csv"))
 
 
+def test_convergence_merge_judges_each_run_against_its_own_baseline(tmp_path, capsys):
+    from benchmarks import convergence_merge
+
+    def curves(path, runs):
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["run", "step", "train_loss", "val_loss"])
+            for name, val in runs:
+                w.writerow([name, 1, "2.0", ""])
+                w.writerow([name, 2, "1.0", f"{val}"])
+        return str(path)
+
+    a = curves(tmp_path / "a.csv", [("bf16", 1.0), ("tensorwise", 1.009), ("int8", 1.019)])
+    b = curves(tmp_path / "b.csv", [("bf16", 2.0), ("rowwise", 2.03)])   # +1.5%: outside 1%
+    rc = convergence_merge.main([a, b, "--out", str(tmp_path / "m.png")])
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1]
+            and line.split()[0] in ("tensorwise", "int8", "rowwise")}
+    assert "+0.90%" in rows["tensorwise"] and rows["tensorwise"].endswith("yes")
+    assert "+1.90%" in rows["int8"] and rows["int8"].endswith("yes")        # int8: 2% margin
+    assert "+1.50%" in rows["rowwise"] and rows["rowwise"].endswith("NO (worse)")
+    assert "spread 100.00%" in out
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_outlier_injection_scales_one_channel():
     from qtrain.tiny_llama import TinyLlama, TinyLlamaConfig
     model = TinyLlama(TinyLlamaConfig(dim=64, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=128))
