@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import fast_operand_pair  # noqa: E402
+from benchmarks.common import capture_cuda_graph, fast_operand_pair  # noqa: E402
 
 
 class RunLog:
@@ -260,6 +260,15 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
+def bench_graph(fn):
+    """Median GPU time of fn() captured in a CUDA graph and replayed: the kernels' own time,
+    without the host's launch work between them. triton's do_bench puts events around each
+    eager call, so a call of several launches whose host work outlasts its kernels is timed at
+    the host's pace; the graph replay is one launch for the whole call."""
+    graph, _ = capture_cuda_graph(fn, params=())
+    return bench(graph.replay)
+
+
 def _with_setting(module, name, value, fn):
     """fn() with the module-level tuning setting `name` of qtrain.fast.`module` set to value
     (the amax grid, the tile of the passes that write x.T), restored afterwards."""
@@ -332,12 +341,19 @@ def time_casts():
         # the MX bf16-GEMM route's operand: e4m3 codes and (1, 32) fp32 factors -> bf16
         ("dequant mx (1,32) -> bf16", lambda: dequant_blocks(mx_p, mx_d, torch.bfloat16), 3 * n + n // 8),
     ]
+    graph_copy_gbs = 2 * x.numel() * 2 / bench_graph(lambda: y.copy_(x)) / 1e6
+    record("torch copy_, CUDA graph", "bf16", (M, K), "GB/s", f"{graph_copy_gbs:.0f}")
     for name, fn, nbytes in cases:
         def one():
             ms = bench(fn)
             gbs = nbytes / ms / 1e6
             record("cast " + name, "bf16 in", (M, K), "GB/s (%copy)",
                    f"{gbs:.0f} ({100 * gbs / copy_gbs:.0f}%) {ms * 1e3:.0f}us")
+            # the same call as a CUDA-graph replay: GPU time only (see bench_graph)
+            ms = bench_graph(fn)
+            gbs = nbytes / ms / 1e6
+            record("cast " + name + " [graph]", "bf16 in", (M, K), "GB/s (%copy)",
+                   f"{gbs:.0f} ({100 * gbs / graph_copy_gbs:.0f}%) {ms * 1e3:.0f}us")
         guarded("cast " + name, "bf16 in", (M, K), one)
 
 

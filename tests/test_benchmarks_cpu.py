@@ -219,34 +219,47 @@ def test_gpu_gate_grouped_mm(gate):
     assert gate.passes(bf16 / quant), f"{gate.name}: {bf16 / quant:.3f}x vs gate {gate.gate} ({gate.why})"
 
 
-# (name, call on the fast backend, bytes written per element of x besides the bf16 read)
+# (name, call on the fast backend, bytes written per element of x, reads of x). Bytes actually
+# moved (issue 8): x is read twice by the casts whose scale needs a grid-wide amax before any
+# element can be cast (tensorwise; columnwise, where a column's amax needs every row): an amax
+# pass, then the cast pass. The others read it once.
 _CASTS = {
-    "float8_rowwise": (lambda fb, x: fb.quantize_float8(x, "float8_e4m3fn", -1, True), 1),
-    "float8_tensorwise": (lambda fb, x: fb.quantize_float8(x, "float8_e4m3fn", None, False), 1),
+    "float8_rowwise": (lambda fb, x: fb.quantize_float8(x, "float8_e4m3fn", -1, True), 1, 1),
+    "float8_tensorwise": (lambda fb, x: fb.quantize_float8(x, "float8_e4m3fn", None, False), 1, 2),
     "float8_columnwise_t": (lambda fb, x: fb.quantize_float8(x, "float8_e4m3fn", -1, True,
-                                                             transposed=True), 1),
-    "float8_dual": (lambda fb, x: fb.quantize_float8_dual(x, "float8_e4m3fn", True), 2),
-    "mx_dim_last": (lambda fb, x: fb.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil"), 1),
+                                                             transposed=True), 1, 2),
+    "float8_dual": (lambda fb, x: fb.quantize_float8_dual(x, "float8_e4m3fn", True), 2, 2),
+    "mx_dim_last": (lambda fb, x: fb.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil"), 1, 1),
     "mx_dim0_t": (lambda fb, x: fb.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil",
-                                               transposed=True), 1),
-    "int8_rowwise": (lambda fb, x: fb.quantize_int8(x, -1), 1),
-    "blockwise_1x128": (lambda fb, x: fb.quantize_blockwise(x, (1, 128)), 1),
+                                               transposed=True), 1, 1),
+    "int8_rowwise": (lambda fb, x: fb.quantize_int8(x, -1), 1, 1),
+    "blockwise_1x128": (lambda fb, x: fb.quantize_blockwise(x, (1, 128)), 1, 1),
 }
+
+
+def _graph_median_ms(fn):
+    """GPU time of fn() as a CUDA-graph replay: the kernels alone, not the host's launch work
+    (a cast of three launches is otherwise timed at the host's pace; host cost has its own
+    measures: the eager block gates and benchmarks.host_overhead)."""
+    from benchmarks.common import capture_cuda_graph
+    graph, _ = capture_cuda_graph(fn, params=())
+    return _median_ms(graph.replay)
 
 
 @needs_cuda
 @pytest.mark.parametrize("cast", sorted(_CASTS))
 def test_gpu_gate_cast_bandwidth(cast):
-    """Each fused cast kernel moves its minimal bytes (bf16 read once, 1-byte payloads written)
-    at >= the gate's fraction of the measured copy bandwidth (issue 8)."""
+    """Each fused cast's kernels move their bytes (reads of x, 1-byte payloads written) at >=
+    the gate's fraction of the measured copy bandwidth (issue 8), GPU time only."""
     gate = GATES_BY_NAME["cast_bandwidth_fraction"]
     from qtrain.fast.backend import FastBackend
     fb = FastBackend()
     x = torch.randn(8192, 8192, device="cuda").to(torch.bfloat16)
     y = torch.empty_like(x)
-    copy_gbs = 2 * x.numel() * x.element_size() / _median_ms(lambda: y.copy_(x)) / 1e6
-    fn, written = _CASTS[cast]
-    cast_gbs = x.numel() * (x.element_size() + written) / _median_ms(lambda: fn(fb, x)) / 1e6
+    copy_gbs = 2 * x.numel() * x.element_size() / _graph_median_ms(lambda: y.copy_(x)) / 1e6
+    fn, written, reads = _CASTS[cast]
+    moved = x.numel() * (reads * x.element_size() + written)
+    cast_gbs = moved / _graph_median_ms(lambda: fn(fb, x)) / 1e6
     fraction = cast_gbs / copy_gbs
     assert gate.passes(fraction), (f"{cast}: {cast_gbs:.0f} GB/s = {fraction:.2f} of copy "
                                    f"({copy_gbs:.0f} GB/s) vs gate {gate.gate} ({gate.why})")
