@@ -5,6 +5,7 @@ $OUT/gpu_fast_check.csv when OUT is set. Each piece reports failure instead of c
 
     python benchmarks/gpu_fast_check.py            # < 4 minutes on one H200
     python benchmarks/gpu_fast_check.py time_casts # only these sections (comma list)
+    python benchmarks/gpu_fast_check.py host_profile  # where a cast call's host time goes
 """
 import csv
 import datetime
@@ -380,6 +381,39 @@ def time_products():
         guarded("scaled_mm_nt time", kind, (M, N, K), one)
 
 
+def host_profile():
+    """Where the host time of one cast call goes (H200 host, 2026-11-29: a bare Triton launch
+    22 us, the fast rowwise cast 110 us, of which qtrain's own Python is ~9 us on the dev CPU):
+    wall time per call, then cProfile's top functions over the same calls."""
+    import cProfile
+    import pstats
+    from qtrain.fast import cast_float8
+    x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
+    calls = {
+        "float8 rowwise": lambda: cast_float8.quantize_float8(x, "float8_e4m3fn", -1, True),
+        "float8 tensorwise": lambda: cast_float8.quantize_float8(x, "float8_e4m3fn"),
+    }
+    n = 500
+    for name, fn in calls.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        host_us = (time.perf_counter() - t0) / n * 1e6
+        torch.cuda.synchronize()
+        record("host time per call " + name, "bf16 in", (64, 256), "us", f"{host_us:.1f}")
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(n):
+            fn()
+        prof.disable()
+        torch.cuda.synchronize()
+        print(f"\ncProfile, {n} calls of {name}: top functions by own time")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+
+
 def main():
     if not torch.cuda.is_available():
         print("gpu_fast_check: no CUDA device; nothing to do")
@@ -390,7 +424,7 @@ def main():
     from qtrain.fast.backend import FastBackend
     ok, reason = FastBackend().available()
     record("FastBackend.available", "", "", "ok", ok, "ok" if ok else f"FAIL: {reason}")
-    sections = (time_casts, time_products, check_products, check_casts)    # cheap first
+    sections = (host_profile, time_casts, time_products, check_products, check_casts)  # cheap first
     chosen = sys.argv[1].split(",") if len(sys.argv) > 1 else [f.__name__ for f in sections]
     unknown = set(chosen) - {f.__name__ for f in sections}
     if unknown:
