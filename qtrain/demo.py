@@ -326,7 +326,7 @@ def main(argv=None):
     print(f"qtrain demo: {model_desc}, batch {settings.batch_size}x{settings.seq_len} bytes, "
           f"{settings.steps} steps, device {device}, baseline {settings.precision}"
           f"{', torch.compile' if settings.compile else ''}"
-          f"{'' if compile_mode(settings.compile) is None else ' ' + str(settings.compile)}")
+          f"{' ' + str(settings.compile) if settings.compile and compile_mode(settings.compile) else ''}")
     print(f"corpus: {corpus}")
     started = time.perf_counter()
     results = [run_or_report(settings.precision, None, settings, corpus)]

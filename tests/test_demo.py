@@ -18,6 +18,8 @@ def test_demo_tiny_run_prints_table_and_writes_png(tmp_path, capsys):
     assert set(rows) == {"bf16", "tensorwise"}, text
     assert "reference" in rows["tensorwise"] or "fast" in rows["tensorwise"]
     assert "\r" in text                                   # the live progress line
+    header = text.splitlines()[0]
+    assert header.endswith("baseline bf16"), header       # no compile mode printed without --compile
     assert str(out) in text
     assert out.read_bytes()[:8] == PNG_MAGIC
 
