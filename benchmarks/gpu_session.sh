@@ -5,6 +5,7 @@
 #          block, keepw (RC-14: tensorwise/blockwise with and without the kept weight, time and
 #          peak memory; mxfp8 too, for its bf16-GEMM products), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
 #          (profiler table), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
+#          amaxab (tensorwise block compiled with QTRAIN_COMPILED_AMAX=kernel, then =torch),
 #          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
 #          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
@@ -56,6 +57,11 @@ fi
 if has graphs; then
   step moe_graphs ${GRAPHS_MOE_LIMIT_S:-180} env QTRAIN_FAST_AUTOTUNE=0 MOE_COMPILE_MODE=reduce-overhead python3 benchmarks/moe_bench.py
   step block_graphs ${GRAPHS_BLOCK_LIMIT_S:-200} env QTRAIN_FAST_AUTOTUNE=0 python3 -m benchmarks.block --recipes rowwise,tensorwise --compile compiled --compile-mode reduce-overhead --large-only --no-torchao --budget-s 150
+fi
+if has amaxab; then   # QTRAIN_COMPILED_AMAX: tensorwise block compiled, amax pass vs a fusable torch reduction
+  for mode in kernel torch; do
+    step block_amax_$mode ${AMAXAB_LIMIT_S:-200} env QTRAIN_COMPILED_AMAX=$mode python3 -m benchmarks.block --recipes tensorwise --compile compiled --large-only --no-torchao --budget-s 160
+  done
 fi
 if has profile; then
   step block_profile ${PROFILE_LIMIT_S:-200} python3 -m benchmarks.block_profile ${PROFILE_ARGS:-}

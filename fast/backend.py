@@ -67,6 +67,14 @@ class FastBackend:
         if not known[0]:
             raise RuntimeError(known[1])
 
+    def quantize_float8_given_amax(self, x, amax, fmt, pow2_scale=False, transposed=False):
+        """Tensorwise cast of x whose amax the caller computed (the cast pass alone)."""
+        from .cast_float8 import quantize_float8_tensorwise
+        self._check(x)
+        if transposed:
+            _need_2d(x)
+        return quantize_float8_tensorwise(x, fmt, pow2_scale, transposed=transposed, amax=amax)
+
     def quantize_float8(self, x, fmt, axis=None, pow2_scale=False, transposed=False):
         """transposed=True: quantize x.T (2-D), its layout written directly from x."""
         from .cast_float8 import (quantize_float8, quantize_float8_columnwise,

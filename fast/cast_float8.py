@@ -99,10 +99,14 @@ TILE = (32, 128)
 TILE_T = (32, 128)
 
 
-def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False):
+def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax=None):
     R, C = x2d.shape
     dev = x2d.device
-    t_bits, r_bits, c_bits = amax_bits_2d(x2d, tensor=tensorwise, rows=dual, cols=not tensorwise)
+    if amax is None:
+        t_bits, r_bits, c_bits = amax_bits_2d(x2d, tensor=tensorwise, rows=dual,
+                                              cols=not tensorwise)
+    else:                      # tensorwise, amax given by the caller: no amax pass
+        t_bits, r_bits, c_bits = _amax_as_bits(amax, x2d), None, None
     tile_r, tile_c = TILE_T if (transposed or dual) else TILE
     block_r, block_c = tile_r, pow2_at_most(C, tile_c)
     dtype = TORCH_FLOAT8[fmt]
@@ -121,18 +125,34 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False):
     return data, qs, row_data, row_qs
 
 
-def quantize_float8_tensorwise(x, fmt, pow2_scale=False, transposed=False):
+def quantize_float8_tensorwise(x, fmt, pow2_scale=False, transposed=False, amax=None):
     """F8-7 tensorwise: (data like x, quant_scale shape ()). Two passes: amax, then cast.
-    transposed=True (2-D x only): data is x.T row-major, written by the cast pass itself."""
+    transposed=True (2-D x only): data is x.T row-major, written by the cast pass itself.
+    amax: the caller's F8-1 amax of x (max |x|, NaN when any element is NaN), one fp32 element
+    on x's device; then only the cast pass runs. The bits are the same as without it when
+    amax is that max (torch.compile computes it with a reduction it can fuse into x's
+    producer); they are not checked against x, which would cost the pass it saves."""
     _check(x, fmt, _float8_tiles_kernel)
     if transposed:
         if x.dim() != 2:
             raise ValueError(f"{LAYER}: transposed tensorwise cast needs 2-D x, got "
                              f"{tuple(x.shape)}")
-        data, qs, _, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, transposed=True)
+        data, qs, _, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, transposed=True,
+                                       amax=amax)
         return data, qs.reshape(())
-    data, qs, _, _ = _launch_tiles(flat_2d(x), fmt, pow2_scale, tensorwise=True)
+    data, qs, _, _ = _launch_tiles(flat_2d(x), fmt, pow2_scale, tensorwise=True, amax=amax)
     return data.view(x.shape), qs.reshape(())
+
+
+def _amax_as_bits(amax, x):
+    """The given tensorwise amax as the int32 bits of |amax| (the amax pass's buffer layout)."""
+    if not isinstance(amax, torch.Tensor) or amax.numel() != 1 or not amax.is_floating_point():
+        raise ValueError(f"{LAYER}: amax must be a one-element float tensor (max |x|), got "
+                         f"{type(amax).__name__} {getattr(amax, 'shape', '')} "
+                         f"{getattr(amax, 'dtype', '')}")
+    if amax.device != x.device:
+        raise ValueError(f"{LAYER}: amax is on {amax.device}, x on {x.device}")
+    return amax.reshape(1).to(torch.float32).abs().view(torch.int32)
 
 
 def quantize_float8_rowwise(x, fmt, pow2_scale=False):

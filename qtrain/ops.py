@@ -45,6 +45,28 @@ def _(x, fmt, axis, pow2_scale, backend, transposed=False):
             x.new_empty(scale_shape, dtype=torch.float32))
 
 
+# ---- quantize_float8_given_amax: the tensorwise cast, its amax computed by the caller (F8-1) -
+@custom_op("qtrain::quantize_float8_given_amax")
+def quantize_float8_given_amax(x: torch.Tensor, amax: torch.Tensor, fmt: str, pow2_scale: bool,
+                               backend: str, transposed: bool = False
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_float8(x, fmt, axis=None, ...) for a caller that already holds x's F8-1 amax
+    (max |x|, NaN when any element is NaN) as a one-element fp32 tensor: under torch.compile a
+    torch reduction that inductor can fuse into the kernel producing x, so the backend runs the
+    cast pass alone. Same bits as quantize_float8 when amax is that max. A backend without the
+    method computes its own amax."""
+    impl = _impl(backend)
+    if hasattr(impl, "quantize_float8_given_amax"):
+        return impl.quantize_float8_given_amax(x, amax, fmt, pow2_scale, transposed=transposed)
+    return impl.quantize_float8(x, fmt, None, pow2_scale, transposed=transposed)
+
+
+@quantize_float8_given_amax.register_fake
+def _(x, amax, fmt, pow2_scale, backend, transposed=False):
+    return (x.new_empty(_shape(x, transposed), dtype=FLOAT8_DTYPES[fmt]),
+            x.new_empty([], dtype=torch.float32))
+
+
 # ---- quantize_float8_dual: both axiswise quantizations of a 2-D x from one read (F8-7) -------
 @custom_op("qtrain::quantize_float8_dual")
 def quantize_float8_dual(x: torch.Tensor, fmt: str, pow2_scale: bool, backend: str

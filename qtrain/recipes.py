@@ -1,12 +1,22 @@
 """The recipe table as data (spec/07-recipes.md, RC-*): which operand of which product is
 quantized how, and the one generic routine that quantizes an operand into NT form (MM-1).
 """
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from . import ops
+
+# Where a compiled graph gets the float8 tensorwise amax (F8-1), read once at import:
+# "kernel" (default): the backend's own amax pass inside the cast op; "torch": a torch reduction
+# before the op (max |x|), which inductor can fuse into the kernel that produces x, so the
+# backend runs the cast pass alone. Same bits either way; eager mode always takes "kernel".
+COMPILED_AMAX_ENV = "QTRAIN_COMPILED_AMAX"
+COMPILED_AMAX = os.environ.get(COMPILED_AMAX_ENV, "kernel")
+if COMPILED_AMAX not in ("kernel", "torch"):
+    raise ValueError(f"{COMPILED_AMAX_ENV}={COMPILED_AMAX!r}: expected 'kernel' or 'torch'")
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,14 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None):
     t = _pad_contraction(t, contraction_axis, spec.contraction_block)
     if spec.kind == "float8":
         axis = None if spec.tensorwise else -1
-        data, quant_scale = ops.quantize_float8(t, spec.fmt, axis, spec.pow2_scale, backend,
-                                                transposed=transpose)
+        if (spec.tensorwise and COMPILED_AMAX == "torch" and t.numel()
+                and torch.compiler.is_compiling()):
+            amax = t.abs().amax().to(torch.float32)                  # F8-1, NaN propagates
+            data, quant_scale = ops.quantize_float8_given_amax(t, amax, spec.fmt, spec.pow2_scale,
+                                                               backend, transposed=transpose)
+        else:
+            data, quant_scale = ops.quantize_float8(t, spec.fmt, axis, spec.pow2_scale, backend,
+                                                    transposed=transpose)
         dequant = torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1, 1))
     elif spec.kind == "mx":
         data, dequant = ops.quantize_mx(t, spec.fmt, spec.block_size, -1, spec.scale_mode,

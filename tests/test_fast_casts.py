@@ -75,6 +75,40 @@ def _assert_float8_tensorwise_t(fast, x, fmt, pow2, what, seed):
     assert_same(to_numpy(data), ref_data, "data " + what, seed)
 
 
+@pytest.mark.parametrize("shape", [(17, 32), (6, 96), (8, 128)])
+@pytest.mark.parametrize("edge", [False, True], ids=["finite", "nan_inf_zero_rows"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_float8_tensorwise_given_amax_is_the_tensorwise_cast(shape, edge, transposed, seed):
+    """The cast pass alone, its amax given as a torch reduction (max |x|: what a compiled graph
+    computes, QTRAIN_COMPILED_AMAX=torch), gives the reference's tensorwise bits: finite data,
+    NaN anywhere (F8-5), and an all-zero tensor (F8-6)."""
+    fast = fast_backend()
+    x = edge_rows(shape, ml_dtypes.bfloat16, seed, edge=edge)
+    cases = [x, np.zeros(shape, ml_dtypes.bfloat16)]
+    for xi in cases:
+        xt = from_numpy(xi)
+        amax = xt.abs().amax().to(torch.float32)
+        for fmt in ("float8_e4m3fn", "float8_e5m2"):
+            for pow2 in (False, True):
+                data, qs = fast.quantize_float8_given_amax(xt, amax, fmt, pow2, transposed=transposed)
+                want = np.ascontiguousarray(xi.T) if transposed else xi
+                ref_data, ref_qs = reference.quantize_float8(want, fmt, None, pow2)
+                what = f"{fmt} pow2={pow2} {shape} transposed={transposed} edge={edge}"
+                assert_same(to_numpy(qs), ref_qs, "quant_scale " + what, seed)
+                assert_same(to_numpy(data), ref_data, "data " + what, seed)
+
+
+def test_float8_given_amax_rejects_a_bad_amax():
+    from qtrain.fast import cast_float8
+    fast_backend()
+    x = torch.randn(8, 32).to(DEVICE)
+    for bad, says in ((torch.ones(2, device=DEVICE), "one-element"),
+                      (torch.ones((), dtype=torch.int32, device=DEVICE), "one-element float"),
+                      (1.0, "one-element")):
+        with pytest.raises(ValueError, match=says):
+            cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", amax=bad)
+
+
 def _mx_input(shape, dtype, seed):
     x = edge_rows(shape, np.float32, seed)
     x[6 % shape[0], :] = np.float32(2.0 ** -133)              # MX-7: bf16 subnormal block

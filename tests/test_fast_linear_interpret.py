@@ -54,3 +54,41 @@ def test_RC_fast_kernels_linear_matches_hand_quantization(recipe):
         check_recipe_by_hand(recipe, x, w, g, out, x.grad, w.grad)
     except AssertionError as e:
         raise AssertionError(f"{e} (QTRAIN_TEST_SEED={SEED})") from None
+
+
+def test_compiled_tensorwise_with_torch_amax_gives_the_eager_bits(monkeypatch):
+    """QTRAIN_COMPILED_AMAX=torch: a compiled graph computes each tensorwise amax as a torch
+    reduction (which inductor may fuse into x's producer) and runs the cast pass alone. Same
+    output and gradients, bit for bit, as eager's own amax pass; no graph break."""
+    from qtrain import recipes
+    from qtrain.fast.backend import FastBackend
+    calls = []
+    real = FastBackend.quantize_float8_given_amax
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastBackend, "quantize_float8_given_amax", counted)
+    gen = torch.Generator().manual_seed(SEED)
+    x = torch.randn(64, 128, generator=gen)
+    w = torch.randn(128, 128, generator=gen) / 128 ** 0.5
+    g = torch.randn(64, 128, generator=gen)
+    config = dataclasses.replace(qtrain.recipe_config("tensorwise"), backend=NAME)
+
+    def step(fn):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = fn(xi, wi)
+        out.backward(g)
+        return out.detach(), xi.grad, wi.grad
+
+    eager = step(lambda a, b: qtrain.linear(a, b, config=config))
+    assert not calls                                     # eager keeps the fused amax pass
+    monkeypatch.setattr(recipes, "COMPILED_AMAX", "torch")
+    torch._dynamo.reset()
+    compiled = step(torch.compile(lambda a, b: qtrain.linear(a, b, config=config), fullgraph=True))
+    torch._dynamo.reset()
+    # x and w forward; g, and w re-quantized for grad_input (RC-14), backward
+    assert len(calls) == 4, calls
+    for want, got, what in zip(eager, compiled, ("output", "grad_input", "grad_weight")):
+        assert torch.equal(want, got), f"{what} (QTRAIN_TEST_SEED={SEED})"
