@@ -59,13 +59,18 @@ def _float8_column_blocks_t_kernel(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constex
 def quantize_blockwise_t(x, block=(1, 128), fmt="float8_e4m3fn"):
     """The blockwise quantization of x.T with `block` in x.T's orientation, written from x
     directly: (data (C, R), quant_scale (C / b0, R / b1)). (1, b) blocks of x.T (the recipe's
-    along-M operands for grad_weight) take one kernel; other blocks quantize a copy of x.T."""
+    along-M operands for grad_weight) take one kernel; square blocks are x's quantization
+    transposed (BW-5: the 1-byte payload is copied, not the input); other blocks quantize a
+    copy of x.T."""
     check_input(x, LAYER)
     check_format(fmt, LAYER)
     check_device(_float8_column_blocks_t_kernel, x, LAYER)
     b0, b1 = (int(b) for b in block)
     if x.dim() != 2:
         raise ValueError(f"{LAYER}: transposed blockwise cast needs 2-D x, got {tuple(x.shape)}")
+    if b0 == b1 and b0 > 1:                                                 # BW-5
+        data, qs = quantize_blockwise(x, block, fmt)
+        return data.t().contiguous(), qs.t().contiguous()
     if b0 != 1 or b1 & (b1 - 1):
         return quantize_blockwise(x.t().contiguous(), block, fmt)
     R, C = x.shape

@@ -160,13 +160,14 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None):
                 noise = noise.t()
             data, dequant = ops.quantize_int8(t, -1, noise, backend, transposed=transpose)
     elif spec.kind == "blockwise":
-        # Along axis 0 the backend quantizes t.T (written from t); a square block is axis free,
-        # so t quantized as it is and read transposed is the same (BW-5).
+        # Along axis 0 the backend quantizes t.T, in t.T's layout. For a square block that is
+        # t's quantization transposed (BW-5), and the call differs from the forward's cast of t
+        # on purpose: torch.compile merges identical pure calls, and merging RC-14's backward
+        # re-quantization of w into the forward's cast would keep the quantized w from the
+        # forward in every compiled graph (RC-14 keeps it only with keep_quantized_weight).
         data, quant_scale = ops.quantize_blockwise(t, list(spec.block), spec.fmt, backend,
-                                                   transposed=transpose and not spec.axis_free)
+                                                   transposed=transpose)
         dequant = torch.reciprocal(quant_scale)
-        if transpose and spec.axis_free:
-            return QOperand(data, dequant).t()
     else:
         raise ValueError(f"unknown QuantSpec.kind {spec.kind!r}")
     return QOperand(data, dequant, spec.pow2_factors)

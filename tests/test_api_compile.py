@@ -59,3 +59,40 @@ def test_activation_checkpointing_same_grads(recipe):
     checkpoint(m, x, use_reentrant=False).sum().backward()
     for w, p in zip(want, m.parameters()):
         assert torch.equal(w, p.grad)
+
+
+def _compiled_saved_for_backward(model, x):
+    """(dtype, shape) of every tensor the compiled forward hands to the backward (the forward
+    graph's outputs after the model's own output)."""
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+    saved = []
+
+    def forward_compiler(gm, example_inputs):
+        outputs = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+        saved.extend((o.meta["val"].dtype, tuple(o.meta["val"].shape)) for o in outputs[1:]
+                     if isinstance(o.meta.get("val"), torch.Tensor))
+        return make_boxed_func(gm)
+
+    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=lambda gm, _: make_boxed_func(gm),
+                           partition_fn=min_cut_rematerialization_partition)
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend, fullgraph=True)(x).sum().backward()
+    torch._dynamo.reset()
+    return saved
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_compiled_blockwise_keeps_the_quantized_weight_only_when_asked_RC_14(keep):
+    """RC-14 under torch.compile: the backward's re-quantization of a 128x128-block weight is a
+    call of its own (w.T's layout), so the compiled graph does not merge it into the forward's
+    cast and keep that float8 copy of w alive until the backward, unless keep_quantized_weight
+    asks for exactly that."""
+    import dataclasses
+    torch.manual_seed(0)
+    config = dataclasses.replace(qtrain.recipe_config("blockwise"), keep_quantized_weight=keep)
+    m = qtrain.convert_to_quantized_training(nn.Sequential(nn.Linear(256, 384, bias=False)), config)
+    x = torch.randn(128, 256, requires_grad=True)
+    saved = _compiled_saved_for_backward(m, x)
+    kept_w = [s for s in saved if s[0] == torch.float8_e4m3fn and sorted(s[1]) == [256, 384]]
+    assert len(kept_w) == (1 if keep else 0), saved

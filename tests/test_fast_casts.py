@@ -264,6 +264,20 @@ def test_blockwise_transposed_is_blockwise_of_x_t_BW_5(shape, dtype, seed):
         assert_same(to_numpy(data), ref_data, f"data {fmt} {dtype} {shape}", seed)
 
 
+@pytest.mark.parametrize("shape", [(256, 128), (128, 384)])
+def test_blockwise_square_transposed_is_blockwise_of_x_t_BW_5(shape, seed):
+    """RC-14's backward re-quantization of a 128x128-block weight, written as w.T: the
+    reference's quantization of w.T, bit for bit (data and the transposed scale grid)."""
+    fast = fast_backend()
+    x = _input(shape, "bfloat16", seed)
+    data, qs = fast.quantize_blockwise(from_numpy(x), (128, 128), "float8_e4m3fn", transposed=True)
+    ref_data, ref_qs = reference.quantize_blockwise(np.ascontiguousarray(x.T), (128, 128),
+                                                    "float8_e4m3fn")
+    assert tuple(data.shape) == shape[::-1] and data.is_contiguous() and qs.is_contiguous()
+    assert_same(to_numpy(qs), ref_qs, f"quant_scale {shape}", seed)
+    assert_same(to_numpy(data), ref_data, f"data {shape}", seed)
+
+
 @pytest.mark.parametrize("shape", [(17, 32), (6, 96), (33, 16), (1, 130)])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_int8_dual_is_rowwise_and_transposed_columnwise(shape, dtype, seed):
