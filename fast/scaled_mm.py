@@ -371,12 +371,40 @@ def _fine_blocks_via_bf16(a, da, b, db, out_dtype):
     a bf16 GEMM of their exact values (CUDA, bf16 out), or None."""
     if MX_PRODUCT != "bf16" or a.device.type != "cuda" or out_dtype != torch.bfloat16:
         return None
-    a16 = dequant_blocks(a, da, torch.bfloat16)
-    b16 = dequant_blocks(b, db, torch.bfloat16) if a16 is not None else None
-    if b16 is None:
-        return None
     with _matmul_flag("allow_bf16_reduced_precision_reduction", False):      # fp32 sums
-        return a16 @ b16.t()
+        return bf16_product_in_chunks(a, da, b, db)
+
+
+def bf16_product_in_chunks(a, da, b, db):
+    """a (M, K) @ b (N, K).T as bf16 GEMMs of the operands' exact bf16 values, or None where
+    dequant_blocks does not apply. The bf16 copies are transient, and the largest product of a
+    training step makes them at its memory peak, so the larger operand is dequantized in row
+    chunks about the size of the smaller one: at most ~2x the smaller operand's bf16 copy is
+    alive at once (w2's grad_weight in the Llama3-8B block: 134 MB instead of 302 MB). Each
+    chunk writes its slice of the output (rows of out, or columns through out's row stride)."""
+    if da.dim() != 2 or db.dim() != 2:
+        return None
+    M, N = a.shape[0], b.shape[0]
+    whole, whole_d, part, part_d = (a, da, b, db) if N > M else (b, db, a, da)
+    fixed16 = dequant_blocks(whole, whole_d, torch.bfloat16)
+    if fixed16 is None:
+        return None
+    rows = part.shape[0]
+    block_rows = max(1, rows // part_d.shape[0])
+    step = max(block_rows, (fixed16.shape[0] // block_rows) * block_rows)
+    out = torch.empty((M, N), dtype=torch.bfloat16, device=a.device)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        d0, d1 = r0 // block_rows, -(-r1 // block_rows)
+        chunk16 = dequant_blocks(part[r0:r1], part_d[d0:d1], torch.bfloat16)
+        if chunk16 is None:
+            return None
+        if N > M:                           # b's rows are out's columns
+            torch.mm(fixed16, chunk16.t(), out=out[:, r0:r1])
+        else:                               # a's rows are out's rows
+            torch.mm(chunk16, fixed16.t(), out=out[r0:r1])
+        del chunk16
+    return out
 
 
 def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=torch.float32, use_fast_accum=False,

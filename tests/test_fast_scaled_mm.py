@@ -190,3 +190,31 @@ def test_mx_with_pow2_promise_as_bf16_gemm_within_MM_4(M, N, K, seed):
     assert out.dtype == torch.bfloat16 and out.shape == (M, N)
     ratio = mm4_ratio(a, da, b, db, out, torch.bfloat16, 0)
     assert ratio <= 1.0, f"mx bf16 route {(M, N, K)}: error/bound {ratio} (seed {seed})"
+
+
+@pytest.mark.parametrize("M,N,K", [(64, 256, 96), (200, 32, 64), (48, 48, 32), (17, 96, 160)])
+def test_mx_bf16_route_in_chunks_equals_one_gemm(M, N, K, seed, monkeypatch):
+    """The bf16-GEMM route dequantizes the larger operand in row chunks the size of the smaller
+    one (bounded transient memory): within MM-4, and on the CPU the same bits as one GEMM of
+    the whole operands (a GPU's GEMM may pick another summation order per shape)."""
+    from qtrain.fast import scaled_mm as fast_mm
+    from qtrain.fast.block_dequant import dequant_blocks
+    fast_backend()
+    rng = np.random.default_rng(seed)
+    a, da, b, db = _operands("mx", M, N, K, rng)
+    sizes = []
+
+    def counted(p, d, dtype):
+        sizes.append(p.shape[0])
+        return dequant_blocks(p, d, dtype)
+
+    monkeypatch.setattr(fast_mm, "dequant_blocks", counted)
+    out = fast_mm.bf16_product_in_chunks(a, da, b, db)
+    assert out is not None and out.dtype == torch.bfloat16 and out.shape == (M, N)
+    small, large = min(M, N), max(M, N)
+    assert sizes[0] == small and sum(sizes[1:]) == large and max(sizes[1:]) <= small, sizes
+    whole = dequant_blocks(a, da, torch.bfloat16) @ dequant_blocks(b, db, torch.bfloat16).t()
+    if DEVICE == "cpu":
+        assert torch.equal(out, whole), f"{(M, N, K)} (seed {seed})"
+    ratio = mm4_ratio(a, da, b, db, out, torch.bfloat16, 0)
+    assert ratio <= 1.0, f"mx bf16 chunks {(M, N, K)}: error/bound {ratio} (seed {seed})"
