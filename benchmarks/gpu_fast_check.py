@@ -329,6 +329,15 @@ def time_casts():
         ("amax pass alone, tensor", lambda: amax_bits_2d(x, tensor=True), 2 * n),
         ("amax pass alone, columns", lambda: amax_bits_2d(x, cols=True), 2 * n + 4 * K),
         ("amax pass alone, rows+columns", lambda: amax_bits_2d(x, rows=True, cols=True), 2 * n + 4 * (M + K)),
+        ("float8 columnwise.T", lambda: cast_float8.quantize_float8_columnwise(x, "float8_e4m3fn", True, True),
+         3 * n + 4 * K),
+        # x.T stored as 32-bit words (4 rows' codes each) instead of bytes (TRANSPOSED_STORE)
+        ("float8 tensorwise.T, word stores", lambda: _with_setting("cast_float8", "TRANSPOSED_STORE", "words", lambda:
+            cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True)), 3 * n),
+        ("float8 dual row+col.T, word stores", lambda: _with_setting("cast_float8", "TRANSPOSED_STORE", "words", lambda:
+            cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True)), 4 * n + scale_b + 4 * K),
+        ("float8 columnwise.T, word stores", lambda: _with_setting("cast_float8", "TRANSPOSED_STORE", "words", lambda:
+            cast_float8.quantize_float8_columnwise(x, "float8_e4m3fn", True, True)), 3 * n + 4 * K),
         # taller tiles for the passes that write x.T: longer contiguous rows of x.T per tile
         *[(f"float8 tensorwise.T, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_float8", "TILE_T", t, lambda:
             cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True)), 3 * n)
