@@ -297,6 +297,7 @@ def time_casts():
     scale_b = 4 * M
     from qtrain.fast.amax import amax_bits_2d
     from qtrain.fast.block_dequant import dequant_blocks
+    from qtrain.fast.transpose import transpose_bytes
     mx_p = x.to(torch.float8_e4m3fn)
     tall_tiles = ((64, 128), (128, 64), (128, 128))       # (BLOCK_R, BLOCK_C) of the x.T writers
     mx_d = torch.exp2(torch.randint(-4, 4, (M, K // 32), device="cuda").float())
@@ -348,6 +349,11 @@ def time_casts():
         *[(f"int8 columnwise.T rne, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_int8", "TILE_T", t, lambda:
             cast_int8.quantize_int8(x, 0, transposed=True)), 3 * n + 4 * K)
           for t in tall_tiles],
+        # a float8 payload read transposed (tensorwise x and g): torch's copy of the transposed
+        # view against the tiled kernel the eager path now uses (fast/transpose.py)
+        ("transpose fp8, torch .t().contiguous()", lambda: mx_p.t().contiguous(), 2 * n),
+        *[(f"transpose fp8, tiles {t[0]}x{t[1]}", lambda t=t: _with_setting("transpose", "TILE", t, lambda:
+            transpose_bytes(mx_p)), 2 * n) for t in ((64, 64), (32, 128), (128, 128), (128, 64))],
         # the MX bf16-GEMM route's operand: e4m3 codes and (1, 32) fp32 factors -> bf16
         ("dequant mx (1,32) -> bf16", lambda: dequant_blocks(mx_p, mx_d, torch.bfloat16), 3 * n + n // 8),
     ]

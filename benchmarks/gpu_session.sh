@@ -6,6 +6,7 @@
 #          peak memory; mxfp8 too, for its bf16-GEMM products), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
 #          (profiler table), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
 #          amaxab (tensorwise block compiled with QTRAIN_COMPILED_AMAX=kernel, then =torch),
+#          transposeab (tensorwise block eager with QTRAIN_FAST_TRANSPOSE=torch, then =tiles),
 #          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
 #          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
@@ -61,6 +62,11 @@ fi
 if has amaxab; then   # QTRAIN_COMPILED_AMAX: tensorwise block compiled, amax pass vs a fusable torch reduction
   for mode in kernel torch; do
     step block_amax_$mode ${AMAXAB_LIMIT_S:-200} env QTRAIN_COMPILED_AMAX=$mode python3 -m benchmarks.block --recipes tensorwise --compile compiled --large-only --no-torchao --budget-s 160
+  done
+fi
+if has transposeab; then   # QTRAIN_FAST_TRANSPOSE: eager tensorwise block, torch's copy vs the tiled kernel
+  for mode in torch tiles; do
+    step block_transpose_$mode ${TRANSPOSEAB_LIMIT_S:-150} env QTRAIN_FAST_TRANSPOSE=$mode python3 -m benchmarks.block --recipes tensorwise --compile eager --large-only --no-torchao --budget-s 120
   done
 fi
 if has profile; then

@@ -147,6 +147,13 @@ class FastBackend:
             return quantize_blockwise_t(x, block, fmt)
         return quantize_blockwise(x, block, fmt)
 
+    def transpose_payload(self, p):
+        """p.t().contiguous() for a 2-D row-major 1-byte payload (fast/transpose.py: torch's
+        copy or the tiled kernel, QTRAIN_FAST_TRANSPOSE)."""
+        from .transpose import transposed_copy
+        self._check(p)
+        return transposed_copy(p)
+
     takes_pow2_factors = True          # qtrain/ops.py scaled_mm_nt's hint
 
     def scaled_mm_nt(self, a, a_dequant, b, b_dequant, out_dtype=torch.float32,

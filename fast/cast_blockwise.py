@@ -8,6 +8,7 @@ from .cast_float8 import quantize_float8_rowwise
 from .common import (TORCH_FLOAT8, check_device, check_format, check_input, float8_params,
                      kernel_input, use_soft_cast)
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
+from .transpose import transposed_copy
 
 LAYER = "qtrain.fast.cast_blockwise"
 
@@ -70,7 +71,7 @@ def quantize_blockwise_t(x, block=(1, 128), fmt="float8_e4m3fn"):
         raise ValueError(f"{LAYER}: transposed blockwise cast needs 2-D x, got {tuple(x.shape)}")
     if b0 == b1 and b0 > 1:                                                 # BW-5
         data, qs = quantize_blockwise(x, block, fmt)
-        return data.t().contiguous(), qs.t().contiguous()
+        return transposed_copy(data), qs.t().contiguous()
     if b0 != 1 or b1 & (b1 - 1):
         return quantize_blockwise(x.t().contiguous(), block, fmt)
     R, C = x.shape

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .backend import resolve_backend_name
+from .backend import _instance as _backend_impl, resolve_backend_name
 from .recipes import CounterNoise, QOperand, quantize_operand, quantize_operand_both_axes
 
 CHECK_FINITE_ENV = "QTRAIN_CHECK_FINITE"
@@ -39,12 +39,27 @@ def _mm_dtype(dtype):
 
 def _scaled_mm(qa, qb, out_dtype, backend, use_fast_accum=False):
     # NT form wants both payloads row-major. Only operands reused transposed (tensorwise x and
-    # g, 128x128 blockwise w) arrive as views; their 1-byte transpose is the one copy made here
-    # (fp8 tensor-core products are TN-only, so some transpose of them is unavoidable).
-    out = ops.scaled_mm_nt(qa.payload.contiguous(), qa.dequant_fp32(), qb.payload.contiguous(),
-                           qb.dequant_fp32(), _mm_dtype(out_dtype), backend, use_fast_accum,
-                           qa.pow2 and qb.pow2)
+    # g, a kept 128x128-block w) arrive as views; their 1-byte transpose is the one copy made
+    # here (fp8 tensor-core products are TN-only, so some transpose of them is unavoidable).
+    out = ops.scaled_mm_nt(_row_major(qa.payload, backend), qa.dequant_fp32(),
+                           _row_major(qb.payload, backend), qb.dequant_fp32(),
+                           _mm_dtype(out_dtype), backend, use_fast_accum, qa.pow2 and qb.pow2)
     return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def _row_major(payload, backend):
+    """The payload row-major. A transposed view of a row-major 1-byte payload goes, in eager
+    mode, through the backend's own transpose where it has one (fast may tile it: torch's copy
+    of a transposed view strides through memory); a compiled graph keeps torch's copy, which
+    inductor tiles."""
+    if payload.is_contiguous():
+        return payload
+    if (payload.dim() == 2 and payload.element_size() == 1 and payload.t().is_contiguous()
+            and type(payload) is torch.Tensor and not torch.compiler.is_compiling()):
+        impl = _backend_impl(backend)
+        if hasattr(impl, "transpose_payload"):
+            return impl.transpose_payload(payload.t())
+    return payload.contiguous()
 
 
 class _QuantizedLinearFn(torch.autograd.Function):

@@ -265,9 +265,13 @@ def test_blockwise_transposed_is_blockwise_of_x_t_BW_5(shape, dtype, seed):
 
 
 @pytest.mark.parametrize("shape", [(256, 128), (128, 384)])
-def test_blockwise_square_transposed_is_blockwise_of_x_t_BW_5(shape, seed):
-    """RC-14's backward re-quantization of a 128x128-block weight, written as w.T: the
-    reference's quantization of w.T, bit for bit (data and the transposed scale grid)."""
+@pytest.mark.parametrize("copy", ["torch", "tiles"])
+def test_blockwise_square_transposed_is_blockwise_of_x_t_BW_5(shape, copy, monkeypatch, seed):
+    """RC-14's backward re-quantization of a 128x128-block weight, written as w.T (the payload
+    copied transposed by either QTRAIN_FAST_TRANSPOSE copy): the reference's quantization of
+    w.T, bit for bit (data and the transposed scale grid)."""
+    from qtrain.fast import transpose
+    monkeypatch.setattr(transpose, "TRANSPOSE", copy)
     fast = fast_backend()
     x = _input(shape, "bfloat16", seed)
     data, qs = fast.quantize_blockwise(from_numpy(x), (128, 128), "float8_e4m3fn", transposed=True)
@@ -402,3 +406,30 @@ def test_int8_transposed_column_cast_on_other_tiles(tile, monkeypatch, seed):
     fast = fast_backend()
     for shape in ((130, 70), (33, 160)):
         _assert_int8_transposed(fast, _input(shape, "bfloat16", seed), f"{shape} {tile}", seed)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (63, 65), (130, 40), (64, 128)])
+@pytest.mark.parametrize("tile", [(64, 64), (32, 128)], ids=lambda t: f"{t[0]}x{t[1]}")
+def test_transpose_bytes_is_the_transposed_copy(shape, tile, monkeypatch, seed):
+    """fast/transpose.py: x.T row-major, the same bits as torch's x.t().contiguous(), for the
+    1-byte payload dtypes, on shapes that cut tiles."""
+    from qtrain.fast import transpose
+    monkeypatch.setattr(transpose, "TILE", tile)
+    fast_backend()
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 256, shape, generator=gen, dtype=torch.int32).to(torch.uint8)
+    for dtype in (torch.float8_e4m3fn, torch.float8_e5m2, torch.int8, torch.uint8):
+        x = codes.view(dtype).to(DEVICE)
+        got = transpose.transpose_bytes(x)
+        assert got.dtype == dtype and got.shape == shape[::-1] and got.is_contiguous()
+        assert torch.equal(got.view(torch.uint8).cpu(), codes.t().contiguous()), f"{dtype} {shape}"
+
+
+def test_transpose_bytes_rejects_what_it_cannot_transpose():
+    from qtrain.fast.transpose import transpose_bytes
+    fast_backend()
+    for bad in (torch.zeros(4, 8, dtype=torch.bfloat16), torch.zeros(8, 4, dtype=torch.uint8).t(),
+                torch.zeros(2, 3, 4, dtype=torch.uint8)):
+        with pytest.raises(ValueError, match="2-D row-major tensor of 1-byte elements"):
+            transpose_bytes(bad.to(DEVICE))
+

@@ -92,3 +92,28 @@ def test_compiled_tensorwise_with_torch_amax_gives_the_eager_bits(monkeypatch):
     assert len(calls) == 4, calls
     for want, got, what in zip(eager, compiled, ("output", "grad_input", "grad_weight")):
         assert torch.equal(want, got), f"{what} (QTRAIN_TEST_SEED={SEED})"
+
+
+def test_eager_tensorwise_transposes_reused_payloads_by_tiles(monkeypatch):
+    """Eager tensorwise reuses x's and g's float8 payloads transposed for grad_weight; with
+    QTRAIN_FAST_TRANSPOSE=tiles the fast backend writes those transposes with its tiled kernel
+    (two per fwd+bwd), the same bits as torch's copy of the transposed view."""
+    from qtrain.fast import transpose
+    monkeypatch.setattr(transpose, "TRANSPOSE", "tiles")
+    calls = []
+    real = transpose.transpose_bytes
+
+    def counted(x):
+        calls.append(tuple(x.shape))
+        out = real(x)
+        assert torch.equal(out.view(torch.uint8), x.t().contiguous().view(torch.uint8))
+        return out
+
+    monkeypatch.setattr(transpose, "transpose_bytes", counted)
+    gen = torch.Generator().manual_seed(SEED)
+    x = torch.randn(64, 128, generator=gen).requires_grad_()
+    w = (torch.randn(96, 128, generator=gen) / 128 ** 0.5).requires_grad_()
+    config = dataclasses.replace(qtrain.recipe_config("tensorwise"), backend=NAME)
+    qtrain.linear(x, w, config=config).backward(torch.randn(64, 96, generator=gen))
+    assert sorted(calls) == [(64, 96), (64, 128)], calls        # g (M, N) and x (M, K)
+
