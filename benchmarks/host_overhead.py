@@ -161,6 +161,10 @@ def measure(step, steps):
 
 def linear_step(recipe, backend, M, K, N):
     import qtrain
+    from qtrain import qlinear
+    # One linear stepped on one static x: sharing x's quantization between calls on the same
+    # input (meant for q, k and v of one x) would skip the x cast that every real step makes.
+    qlinear.SHARE_INPUT = False
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(M, K, generator=gen).to(torch.bfloat16).requires_grad_()
     w = (torch.randn(N, K, generator=gen) * K ** -0.5).to(torch.bfloat16).requires_grad_()

@@ -333,6 +333,10 @@ def measure(points, recipes, budget_s, log=print, cuda_graphs=False):
     import torch
     import triton.testing
     import qtrain
+    from qtrain import qlinear
+    # One linear timed on one static x: sharing x's quantization between calls on the same
+    # input (meant for q, k and v of one x) would skip the x cast that every real step makes.
+    qlinear.SHARE_INPUT = False
     deadline = time.monotonic() + budget_s
     out = {}
     for M, K, N in points:

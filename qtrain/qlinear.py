@@ -13,6 +13,7 @@ What autograd keeps for backward (RC-*), derived from the plan, not special-case
 """
 import functools
 import os
+import weakref
 
 import torch
 from torch import nn
@@ -62,11 +63,62 @@ def _row_major(payload, backend):
     return payload.contiguous()
 
 
+SHARE_INPUT_ENV = "QTRAIN_SHARE_INPUT_QUANT"
+SHARE_INPUT = os.environ.get(SHARE_INPUT_ENV, "1") != "0"
+
+
+class _SharedInput:
+    """The quantizations of one input tensor, made once for every quantized linear that reads
+    it in eager mode (q, k and v of one normed x; gate and up of another): the same bits as
+    quantizing it per linear, one cast instead of three, and one saved copy for backward
+    instead of three (a compiled graph merges those identical casts itself). An entry lives as
+    long as its input tensor and is dropped when the tensor is freed or changed in place (its
+    version counter), so what it holds is never older than the input it was made from."""
+    _live = {}                                   # id(input) -> _SharedInput
+
+    def __init__(self, input):
+        key = id(input)
+        self.version = input._version
+        self.items = {}
+
+        def drop(ref, key=key):                  # no reference to self: freed at once
+            entry = _SharedInput._live.get(key)
+            if entry is not None and entry.ref is ref:
+                del _SharedInput._live[key]
+        self.ref = weakref.ref(input, drop)
+
+    @classmethod
+    def of(cls, input):
+        entry = cls._live.get(id(input))
+        if entry is None or entry.ref() is not input or entry.version != input._version:
+            entry = cls._live[id(input)] = cls(input)
+        return entry
+
+    def get(self, key, make):
+        if key not in self.items:
+            self.items[key] = make()
+        return self.items[key]
+
+
+def _shared(shared, key, make):
+    return make() if shared is None else shared.get(key, make)
+
+
+def _shared_input(input):
+    """The _SharedInput of a plain tensor in eager mode; None under torch.compile, during
+    CUDA-graph capture (a result made outside the graph would not be replayed), for tensor
+    subclasses (DTensor) or with QTRAIN_SHARE_INPUT_QUANT=0."""
+    if (not SHARE_INPUT or type(input) is not torch.Tensor or torch.compiler.is_compiling()
+            or (input.is_cuda and torch.cuda.is_current_stream_capturing())):
+        return None
+    return _SharedInput.of(input)
+
+
 class _QuantizedLinearFn(torch.autograd.Function):
     """x (M,K) @ w (N,K).T with each product's operands quantized per the plan (MM-1 NT)."""
 
     @staticmethod
-    def forward(ctx, x, weight, sr_call, plan, backend, fqn, check, sr_seed):
+    def forward(ctx, x, weight, sr_call, plan, backend, fqn, check, sr_seed, shared=None):
         if check:
             _check_finite(x, fqn, "input")
             _check_finite(weight, fqn, "weight")
@@ -79,10 +131,13 @@ class _QuantizedLinearFn(torch.autograd.Function):
         if plan.output is None:
             out, qx, qw = x @ weight.t(), None, None
         else:
+            # shared: keyed by what the result depends on besides the input (x's dtype too)
             if both:
-                qx, qx_m = quantize_operand_both_axes(x, plan.output[0], backend)
+                qx, qx_m = _shared(shared, ("both", plan.output[0], backend, x.dtype),
+                                   lambda: quantize_operand_both_axes(x, plan.output[0], backend))
             else:
-                qx = quantize_operand(x, plan.output[0], 1, backend)
+                qx = _shared(shared, ("k", plan.output[0], backend, x.dtype),
+                             lambda: quantize_operand(x, plan.output[0], 1, backend))
             qw = quantize_operand(weight, plan.output[1], 1, backend)
             out = _scaled_mm(qx, qw, x.dtype, backend, plan.fast_accum_output)
 
@@ -94,7 +149,8 @@ class _QuantizedLinearFn(torch.autograd.Function):
             ctx.x_mode, x_saved = "reuse", qx.tensors()
         else:
             if qx_m is None:
-                qx_m = quantize_operand(x, gw[1], 0, backend)
+                qx_m = _shared(shared, ("m", gw[1], backend, x.dtype),
+                               lambda: quantize_operand(x, gw[1], 0, backend))
             ctx.x_mode, x_saved = "q", qx_m.tensors()
         if (plan.keep_quantized_weight and qw is not None and gi is not None
                 and gi[1] == plan.output[1] and gi[1].axis_free):
@@ -154,7 +210,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 if ctx.x_mode == "reuse":
                     qxt = qxt.t()
                 grad_w = _scaled_mm(qgt, qxt, ctx.w_dtype, backend)
-        return grad_x, grad_w, None, None, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None, None, None
 
 
 def _compute_dtype(x):
@@ -207,16 +263,17 @@ def quantized_linear(input, weight, bias, config, backend, fqn="", sr_call=None)
             _FUNCTIONAL_SR_CALLS.add_(1)
             sr_call = _FUNCTIONAL_SR_CALLS.clone()
     lead = x.shape[:-1]
+    shared = _shared_input(input)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
-            return _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed)
-    return _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed)
+            return _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed, shared)
+    return _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed, shared)
 
 
-def _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed):
+def _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed, shared=None):
     out = _QuantizedLinearFn.apply(x.reshape(-1, x.shape[-1]), w, sr_call, plan, backend, fqn,
-                                   _check_enabled(), seed)
+                                   _check_enabled(), seed, shared)
     out = out.reshape(*lead, w.shape[0])
     if bias is not None:
         out = out + bias.to(dtype)                   # RC: bias in high precision
