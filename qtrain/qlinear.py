@@ -107,8 +107,10 @@ def _shared(shared, key, make):
 def _shared_input(input):
     """The _SharedInput of a plain tensor in eager mode; None under torch.compile, during
     CUDA-graph capture (a result made outside the graph would not be replayed), for tensor
-    subclasses (DTensor) or with QTRAIN_SHARE_INPUT_QUANT=0."""
+    subclasses (DTensor), for inference tensors (no version counter to check) or with
+    QTRAIN_SHARE_INPUT_QUANT=0."""
     if (not SHARE_INPUT or type(input) is not torch.Tensor or torch.compiler.is_compiling()
+            or input.is_inference()
             or (input.is_cuda and torch.cuda.is_current_stream_capturing())):
         return None
     return _SharedInput.of(input)

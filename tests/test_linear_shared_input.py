@@ -108,3 +108,18 @@ def test_no_sharing_for_subclasses_or_when_switched_off(monkeypatch):
     assert qlinear._shared_input(torch.randn(2, 2)) is not None
     monkeypatch.setattr(qlinear, "SHARE_INPUT", False)
     assert qlinear._shared_input(torch.randn(2, 2)) is None
+
+
+def test_inference_mode_runs_without_sharing(monkeypatch):
+    """Inference tensors keep no version counter, so they are not shared (and do not raise)."""
+    monkeypatch.setattr(qlinear, "SHARE_INPUT", True)
+    torch.manual_seed(0)
+    m = qtrain.convert_to_quantized_training(QKV(), qtrain.recipe_config("tensorwise", backend="reference"))
+    h = torch.randn(16, 96)
+    want = m(h).detach()
+    with torch.inference_mode():
+        hi = h.clone()
+        assert qlinear._shared_input(hi) is None
+        got = m(hi)
+    assert torch.equal(got, want)
+
