@@ -110,12 +110,15 @@ def test_no_sharing_for_subclasses_or_when_switched_off(monkeypatch):
     assert qlinear._shared_input(torch.randn(2, 2)) is None
 
 
-def test_inference_mode_runs_without_sharing(monkeypatch):
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8",
+                                    "int8", "blockwise"])
+def test_inference_mode_runs_without_sharing(recipe, monkeypatch):
     """Inference tensors keep no version counter, so they are not shared (and do not raise)."""
     monkeypatch.setattr(qlinear, "SHARE_INPUT", True)
     torch.manual_seed(0)
-    m = qtrain.convert_to_quantized_training(QKV(), qtrain.recipe_config("tensorwise", backend="reference"))
-    h = torch.randn(16, 96)
+    m = QKV() if recipe != "blockwise" else nn.Sequential(nn.Linear(128, 128, bias=False))
+    m = qtrain.convert_to_quantized_training(m, qtrain.recipe_config(recipe, backend="reference"))
+    h = torch.randn(16, 96 if recipe != "blockwise" else 128)
     want = m(h).detach()
     with torch.inference_mode():
         hi = h.clone()
