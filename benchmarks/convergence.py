@@ -184,19 +184,21 @@ def run_seed(args, size, settings, recipes, corpus, started, suffix="", pooled=N
           f"device {settings.device}, baseline {settings.precision}")
     stem = f"convergence_{size}" + ("_outlier" if args.outlier else "") + suffix
     os.makedirs(args.out_dir, exist_ok=True)
+    runs = [(settings.precision, None)] + [(r, r) for r in recipes]
+    curves_csv = os.path.join(args.out_dir, stem + ".csv")
     results, skipped = [], []
-    for name, recipe in [(settings.precision, None)] + [(r, r) for r in recipes]:
-        if pooled is not None:
-            results.append(pooled[name])
-            curves = write_curves(results, os.path.join(args.out_dir, stem + ".csv"))
-            continue
+    if pooled is not None:              # already run: their curves in one write
+        results = [pooled[name] for name, _ in runs]
+        curves = write_curves(results, curves_csv)
+        runs = []
+    for name, recipe in runs:
         spent = time.perf_counter() - started
         if args.budget_s and results and spent > args.budget_s:
             skipped.append(name)              # said in the table, never silently dropped
             continue
         results.append(run_or_report(name, recipe, settings, corpus))
         # curves after every run: a run cut by a time limit still leaves the finished ones
-        curves = write_curves(results, os.path.join(args.out_dir, stem + ".csv"))
+        curves = write_curves(results, curves_csv)
         print(f"[{time.perf_counter() - started:.0f} s] {name} done", flush=True)
     png = plot_curves(results, os.path.join(args.out_dir, stem + ".png"), f"convergence {shape}")
     rows = summary(results, size, settings.precision)

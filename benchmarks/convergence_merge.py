@@ -10,55 +10,46 @@ GPU runs are not bit-reproducible (atomics in some backward kernels).
 """
 import argparse
 import csv
+import math
 import os
 import sys
 
-from qtrain.demo import FINAL_WINDOW
+from qtrain.demo import RunResult
 
 from . import common
-from .convergence import _verdict, margin_for
+from .convergence import _verdict, summary
 
 
 def read_curves(path):
-    """{run: (train losses by step, [(step, val loss)])} in file order."""
+    """The runs of one curves file as RunResults (backend and rate unknown), in file order;
+    the first is that file's baseline."""
     runs = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            train, val = runs.setdefault(row["run"], ([], []))
-            train.append(float(row["train_loss"]))
+            r = runs.setdefault(row["run"], RunResult(row["run"], "-", [], [], math.nan, False))
+            r.train_losses.append(float(row["train_loss"]))
             if row["val_loss"]:
-                val.append((int(row["step"]), float(row["val_loss"])))
+                r.val_points.append((int(row["step"]), float(row["val_loss"])))
     if not runs:
         raise ValueError(f"convergence_merge: no runs in {path}")
-    return runs
+    return list(runs.values())
 
 
 def merged_rows(files, size):
-    """Rows (file, run, final train loss, val loss, rel diff or None, margin or None, ok)."""
-    rows = []
-    for path in files:
-        runs = read_curves(path)
-        base_name = next(iter(runs))
-        base_val = runs[base_name][1][-1][1]
-        for name, (train, val) in runs.items():
-            final_train = sum(train[-FINAL_WINDOW:]) / len(train[-FINAL_WINDOW:])
-            if name == base_name:
-                rows.append((path, name, final_train, val[-1][1], None, None, True))
-                continue
-            rel = (val[-1][1] - base_val) / base_val
-            margin = margin_for(size, name)
-            rows.append((path, name, final_train, val[-1][1], rel, margin, abs(rel) <= margin))
-    return rows
+    """Rows (file, result, rel diff or None, margin or None, ok): convergence.summary of each
+    file, so every run is judged against the baseline of its own file."""
+    return [(path, *row) for path in files
+            for row in summary(read_curves(path), size, baseline=None)]
 
 
 def table(rows):
     header = ["run", "file", "train loss", "val loss", "vs own baseline", "margin", "ok"]
-    lines = [[name, os.path.basename(path), f"{train:.4f}", f"{val:.4f}",
+    lines = [[r.name, os.path.basename(path), f"{r.final_train_loss:.4f}", f"{r.val_loss:.4f}",
               "-" if rel is None else f"{100 * rel:+.2f}%",
               "-" if margin is None else f"{100 * margin:.0f}%",
               "-" if rel is None else _verdict(ok, rel, margin)]
-             for path, name, train, val, rel, margin, ok in rows]
-    bases = [val for _, _, _, val, rel, _, _ in rows if rel is None]
+             for path, r, rel, margin, ok in rows]
+    bases = [r.val_loss for _, r, rel, _, _ in rows if rel is None]
     spread = (f"\nbaselines: {', '.join(f'{v:.4f}' for v in bases)} "
               f"(spread {100 * (max(bases) - min(bases)) / min(bases):.2f}%)" if len(bases) > 1 else "")
     return common.format_table(header, lines) + spread
@@ -71,17 +62,16 @@ def plot(files, path, title):
     fig, (ax, gap) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, f in enumerate(files):
         runs = read_curves(f)
-        base_name = next(iter(runs))
-        base = dict(runs[base_name][1])
-        for name, (_, val) in runs.items():
-            steps, losses = zip(*val)
-            is_base = name == base_name
-            label = f"{name} (call {i + 1})" if is_base else name
+        base = dict(runs[0].val_points)
+        for r in runs:
+            steps, losses = zip(*r.val_points)
+            is_base = r is runs[0]
+            label = f"{r.name} (call {i + 1})" if is_base else r.name
             line, = ax.plot(steps, losses, "--" if is_base else "-o", markersize=3, label=label,
                             linewidth=1.0 if is_base else 1.3)
             if not is_base:
-                gap.plot(steps, [100 * (v - base[s]) / base[s] for s, v in val], "-o", markersize=3,
-                         color=line.get_color(), label=name)
+                gap.plot(steps, [100 * (v - base[s]) / base[s] for s, v in r.val_points], "-o",
+                         markersize=3, color=line.get_color(), label=r.name)
     ax.set(xlabel="step", ylabel="validation loss", title=title, yscale="log")
     gap.axhline(0.0, color="black", linewidth=0.8)
     for m in (-1, 1):
