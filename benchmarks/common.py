@@ -77,6 +77,20 @@ def time_fn(fn, warmup=3, reps=20, device="cpu"):
             "times": times}
 
 
+def host_us_per_call(fn, n=200, warmup=5):
+    """Host microseconds one call of fn() takes to enqueue its GPU work (no synchronization
+    inside the timed calls; the GPU is drained before and after)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host_us = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    return host_us
+
+
 def format_table(header, rows):
     """Left-aligned first column, right-aligned others; rows are lists of already-formatted strings."""
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]

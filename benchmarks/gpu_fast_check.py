@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import capture_cuda_graph, fast_operand_pair  # noqa: E402
+from benchmarks.common import capture_cuda_graph, fast_operand_pair, host_us_per_call  # noqa: E402
 
 
 class RunLog:
@@ -410,14 +410,7 @@ def host_profile():
     }
     n = 500
     for name, fn in calls.items():
-        for _ in range(20):
-            fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        host_us = (time.perf_counter() - t0) / n * 1e6
-        torch.cuda.synchronize()
+        host_us = host_us_per_call(fn, n, warmup=20)
         record("host time per call " + name, "bf16 in", (64, 256), "us", f"{host_us:.1f}")
         prof = cProfile.Profile()
         prof.enable()

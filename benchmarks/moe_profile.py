@@ -12,6 +12,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import host_us_per_call  # noqa: E402
 from benchmarks.moe_bench import SHAPE, moe_inputs  # noqa: E402
 
 E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
@@ -78,15 +79,7 @@ def host_costs(n=200):
     }
     print("\nhost time per call (us), tiny tensors")
     for name, fn in calls.items():
-        for _ in range(5):
-            fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        host = (time.perf_counter() - t0) / n * 1e6
-        torch.cuda.synchronize()
-        print(f"  {name:36s} {host:8.1f}")
+        print(f"  {name:36s} {host_us_per_call(fn, n):8.1f}")
 
 
 if __name__ == "__main__":
