@@ -196,16 +196,16 @@ def time_casts():
         finally:
             common.ROW_IN_REGISTERS = saved
     guarded("cast rowwise", "two-loop", (M, K), two_loop)
-    for rpp in (64, 1024):
-        def amax_var(rpp=rpp):
-            default = amax.amax_bits_2d.__defaults__
-            amax.amax_bits_2d.__defaults__ = default[:-1] + (rpp,)
+    for per_sm in (4, 16):
+        def amax_var(per_sm=per_sm):
+            saved = amax.AMAX_PROGRAMS_PER_SM
+            amax.AMAX_PROGRAMS_PER_SM = per_sm
             try:
-                timed("float8 columnwise", cases[2][1], 3 * n, 5 * n, f"amax rows/prog {rpp}")
-                timed("float8 tensorwise", cases[0][1], 3 * n, 5 * n, f"amax rows/prog {rpp}")
+                timed("float8 columnwise", cases[2][1], 3 * n, 5 * n, f"amax {per_sm} programs/SM")
+                timed("float8 tensorwise", cases[0][1], 3 * n, 5 * n, f"amax {per_sm} programs/SM")
             finally:
-                amax.amax_bits_2d.__defaults__ = default
-        guarded("cast amax", f"rows/prog {rpp}", (M, K), amax_var)
+                amax.AMAX_PROGRAMS_PER_SM = saved
+        guarded("cast amax", f"{per_sm} programs/SM", (M, K), amax_var)
 
 
 def time_products():

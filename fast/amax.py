@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, kernel_input
+from .common import cdiv, kernel_input, pow2_at_most
 from .encode import abs_bits, widen_to_fp32
 
 
@@ -17,45 +17,56 @@ def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr, N_ROW_TILES,
                        IS_BF16: tl.constexpr):
     """Column block program_id(1) of row-major x (R, C), row tiles program_id(0),
     program_id(0) + num_programs(0), ... (BLOCK_R x BLOCK_C each). Row maxima go to row_ptr per
-    tile; column and tensor maxima are kept in registers across the tiles and folded in once
-    per program, so a grid far smaller than the tile count issues far fewer atomics on the same
-    addresses. Buffers hold int32 bits, zero-initialised; masked-out elements load as 0 and never
-    win the max. NaN bits win over inf (F8-1). The max is order-free: any grid, same bits."""
+    tile (a reduction along axis 1, within a warp). The column and tensor maxima are an
+    element-wise max over the program's tiles, reduced once at the end: a reduction along
+    axis 0 crosses warps through shared memory, and doing it per tile made this pass take 88 us
+    for an (8192, 8192) bf16 x on the H200 against 47 us with axis 1 first (2026-12-01,
+    benchmarks/amax_variants.py). Buffers hold int32 bits, zero-initialised; masked-out
+    elements load as 0 and never win the max. NaN bits win over inf (F8-1). The max is
+    order-free: any grid, same bits. The atomics are relaxed: the buffers are read by a later
+    launch on the same stream, which orders them."""
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
-    col_max = tl.zeros((BLOCK_C,), dtype=tl.int32)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.int32)
     for rt in range(tl.program_id(0), N_ROW_TILES, tl.num_programs(0)):
         rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
         mask = (rows[:, None] < R) & col_ok[None, :]
         x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
         bits = abs_bits(widen_to_fp32(x, IS_BF16))
         if ROWS:
-            tl.atomic_max(row_ptr + rows, tl.max(bits, axis=1), mask=rows < R)
-        col_max = tl.maximum(col_max, tl.max(bits, axis=0))
+            tl.atomic_max(row_ptr + rows, tl.max(bits, axis=1), mask=rows < R, sem="relaxed")
+        acc = tl.maximum(acc, bits)
     if COLS:
-        tl.atomic_max(col_ptr + cols, col_max, mask=col_ok)
-    if TENSOR:
-        tl.atomic_max(tensor_ptr, tl.max(col_max, axis=0))
+        col_max = tl.max(acc, axis=0)
+        tl.atomic_max(col_ptr + cols, col_max, mask=col_ok, sem="relaxed")
+        if TENSOR:
+            tl.atomic_max(tensor_ptr, tl.max(col_max, axis=0), sem="relaxed")
+    elif TENSOR:
+        tl.atomic_max(tensor_ptr, tl.max(tl.max(acc, axis=1), axis=0), sem="relaxed")
 
 
-# Programs per SM of the amax pass (its grid: about this many times the SM count, each program
-# looping over row tiles). 0: one program per tile, one atomic per tile on the tensor amax
-# (16384 for 8192^2). Measured on the H200 (2026-12-01): 8192^2 tensorwise cast 141 us with 8
-# per SM, 138 us with one program per tile, so the many same-address atomics were not what made
-# that cast slow; the default stays one per tile, the layout with the most GPU time behind it.
-AMAX_PROGRAMS_PER_SM = 0
+# Settings of the amax pass (module settings so that benchmarks/amax_variants.py can time
+# others): the tile (BLOCK_R, BLOCK_C), the warps per program, and the programs per SM (its
+# grid: about that many times the SM count, each program looping over row tiles; 0: one program
+# per tile).
+AMAX_TILE = (32, 128)
+AMAX_WARPS = 4
+AMAX_PROGRAMS_PER_SM = 4
 _INTERPRETER_PROGRAMS = 4        # CPU: a small grid, so the tests run the loop
 
 
 @functools.lru_cache(maxsize=16)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _program_budget(device: torch.device) -> int:
     if device.type != "cuda":
         return _INTERPRETER_PROGRAMS
-    return AMAX_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return AMAX_PROGRAMS_PER_SM * _sm_count(device)
 
 
-def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, cols: bool = False,
-                 block_r: int = 32, block_c: int = 128):
+def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, cols: bool = False):
     """Launch the amax pass; returns (tensor_bits (1,), row_bits (R,), col_bits (C,)) int32,
     None for the ones not asked for."""
     R, C = x2d.shape
@@ -65,6 +76,8 @@ def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, co
     buf = torch.zeros(max(1, sum(sizes)), dtype=torch.int32, device=x2d.device)
     t, r, c = (buf[start:start + n] if n else None
                for start, n in zip((0, sizes[0], sizes[0] + sizes[1]), sizes))
+    block_r, block_c = AMAX_TILE
+    block_c = pow2_at_most(C, block_c)
     n_row_tiles, n_col_tiles = cdiv(R, block_r), cdiv(C, block_c)
     row_programs = n_row_tiles
     if AMAX_PROGRAMS_PER_SM:
@@ -73,5 +86,5 @@ def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, co
     _amax_tiles_kernel[(row_programs, n_col_tiles)](
         x_in, R, C, buf if t is None else t, buf if r is None else r, buf if c is None else c,
         n_row_tiles, BLOCK_R=block_r, BLOCK_C=block_c, TENSOR=tensor, ROWS=rows, COLS=cols,
-        IS_BF16=is_bf16)
+        IS_BF16=is_bf16, num_warps=AMAX_WARPS)
     return t, r, c

@@ -308,7 +308,9 @@ def test_convergence_table_says_which_side_of_the_margin():
 # host work to a hot path fails here, on CPU CI, before anyone times it on a GPU.
 HOST_BUDGET = {   # (workload, recipe) -> (aten ops that launch a kernel, Triton launches)
     ("linear", "rowwise"): (11, 7),
-    ("linear", "tensorwise"): (12, 8),
+    # tensorwise: x and g's float8 payloads are copied transposed by a Triton kernel since
+    # 2026-12-01 (two aten copies became two Triton launches: 393 us -> 40 us for 8192^2 bytes)
+    ("linear", "tensorwise"): (10, 10),
     # int8: 9, not 7, since 2026-12-01: x and g are cast along each axis by its own kernel
     # (two launches each) because the one-read dual kernel measured 1.75x slower on the H200
     ("linear", "int8"): (17, 9),

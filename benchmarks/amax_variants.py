@@ -1,0 +1,155 @@
+"""Where does the amax pass lose its bandwidth? Times variants of a max-|x| reduction over one
+(8192, 8192) bf16 tensor on the GPU, beside torch's reduction and copy, and checks that every
+variant gives the bits of the shipped pass. An experiment for issue 8 (the tensorwise cast is
+an amax pass plus a cast pass; the amax pass alone ran at 38% of copy on 2026-12-01).
+
+    python benchmarks/amax_variants.py [--size 8192]
+
+Variants: tile shape, grid order (row tiles fastest, as shipped, or column tiles fastest),
+atomic semantics (acq_rel, Triton's default, or relaxed), reduction order, warps, and a flat
+1-D pass for the tensor amax."""
+import argparse
+
+import torch
+import triton
+import triton.language as tl
+from triton.testing import do_bench
+
+from qtrain.fast import amax
+from qtrain.fast.amax import amax_bits_2d
+from qtrain.fast.cast_float8 import quantize_float8_tensorwise
+
+
+@triton.jit
+def _amax_2d(x_ptr, R, C, out_ptr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+             COL_FAST: tl.constexpr, RELAXED: tl.constexpr, ROWS_FIRST: tl.constexpr):
+    if COL_FAST:
+        pid_c = tl.program_id(0)
+        pid_r = tl.program_id(1)
+    else:
+        pid_r = tl.program_id(0)
+        pid_c = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows[:, None] < R) & (cols[None, :] < C)
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
+    bits = ((x.to(tl.int32) << 16) & 0x7FFFFFFF)
+    if ROWS_FIRST:
+        m = tl.max(tl.max(bits, axis=1), axis=0)
+    else:
+        m = tl.max(tl.max(bits, axis=0), axis=0)
+    if RELAXED:
+        tl.atomic_max(out_ptr, m, sem="relaxed")
+    else:
+        tl.atomic_max(out_ptr, m)
+
+
+@triton.jit
+def _amax_flat(x_ptr, N, out_ptr, BLOCK: tl.constexpr, RELAXED: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < N, other=0)
+    m = tl.max((x.to(tl.int32) << 16) & 0x7FFFFFFF, axis=0)
+    if RELAXED:
+        tl.atomic_max(out_ptr, m, sem="relaxed")
+    else:
+        tl.atomic_max(out_ptr, m)
+
+
+def _time(fn):
+    return do_bench(fn, warmup=25, rep=200) * 1e3          # us
+
+
+def _settings(tile, per_sm, warps):
+    saved = (amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM, amax.AMAX_WARPS)
+    amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM, amax.AMAX_WARPS = tile, per_sm, warps
+    return saved
+
+
+MODES = {"tensor": dict(tensor=True), "columns": dict(cols=True),
+         "rows+columns": dict(rows=True, cols=True)}
+
+
+def sweep_shipped(x, configs, out):
+    """The shipped pass (fast.amax.amax_bits_2d) under each (tile, programs/SM, warps), every
+    mode; bits checked against torch's max of the |x| bits."""
+    bits = (x.float().view(torch.int32) & 0x7FFFFFFF)
+    want = {"tensor": bits.max().reshape(1), "rows": bits.amax(dim=1), "cols": bits.amax(dim=0)}
+    for tile, per_sm, warps in configs:
+        saved = _settings(tile, per_sm, warps)
+        try:
+            for mode, kw in MODES.items():
+                t, r, c = amax_bits_2d(x, **kw)
+                ok = all(torch.equal(got, want[k]) for k, got in
+                         (("tensor", t), ("rows", r), ("cols", c)) if got is not None)
+                us = _time(lambda: amax_bits_2d(x, **kw))
+                out.append((tuple(x.shape), mode, tile, per_sm, warps, us,
+                            x.numel() * 2 / us / 1e3, "ok" if ok else "MISMATCH"))
+                print(*out[-1], flush=True)
+        finally:
+            _settings(*saved)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=8192)
+    args = ap.parse_args()
+    n = args.size
+    torch.manual_seed(0)
+    x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    xi = x.view(torch.int16)
+    nbytes = x.numel() * 2
+    dst = torch.empty_like(x)
+    print(f"amax variants on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"triton {triton.__version__}")
+    copy_us = _time(lambda: dst.copy_(x))
+    print(f"torch copy_ ({n}, {n}) bf16: {copy_us:.1f} us, {2 * nbytes / copy_us / 1e3:.0f} GB/s")
+    print(f"torch aminmax: {_time(lambda: torch.aminmax(x)):.1f} us")
+    # 1. the reduction order of one tile (what made the pass slow, 2026-12-01)
+    for rows_first in (False, True):
+        for relaxed in (False, True):
+            def fn(rows_first=rows_first, relaxed=relaxed):
+                out = torch.zeros(1, dtype=torch.int32, device="cuda")
+                _amax_2d[(n // 32, n // 128)](xi, n, n, out, BLOCK_R=32, BLOCK_C=128,
+                                              COL_FAST=False, RELAXED=relaxed,
+                                              ROWS_FIRST=rows_first)
+                return out
+            us = _time(fn)
+            print(f"one 32x128 tile per program, {'axis 1' if rows_first else 'axis 0'} first, "
+                  f"{'relaxed' if relaxed else 'acq_rel'} atomic: {us:.1f} us, "
+                  f"{nbytes / us / 1e3:.0f} GB/s")
+    for block in (4096, 8192):
+        def fn(block=block):
+            out = torch.zeros(1, dtype=torch.int32, device="cuda")
+            _amax_flat[(triton.cdiv(x.numel(), block),)](xi, x.numel(), out, BLOCK=block,
+                                                         RELAXED=True, num_warps=8)
+            return out
+        us = _time(fn)
+        print(f"flat 1-D, {block} per program: {us:.1f} us, {nbytes / us / 1e3:.0f} GB/s")
+    # 2. the shipped pass under its settings
+    rows = []
+    tiles = ((32, 128), (64, 128), (32, 256), (16, 512), (8, 1024))
+    sweep_shipped(x, [(t, p, w) for t in tiles for p in (0, 4, 8, 16) for w in (4, 8)], rows)
+    best = {}
+    for r in rows:
+        key = (r[2], r[3], r[4])
+        best[key] = best.get(key, 0) + r[5]
+    top = sorted(best, key=best.get)[:4]
+    for shape in ((8192, 4096), (4096, 14336), (8192, 14336)):
+        sweep_shipped(torch.randn(shape, device="cuda", dtype=torch.bfloat16), top, rows)
+    amax_given = x.float().abs().amax()
+    whole = _time(lambda: quantize_float8_tensorwise(x, "float8_e4m3fn"))
+    cast_only = _time(lambda: quantize_float8_tensorwise(x, "float8_e4m3fn", amax=amax_given))
+    print(f"\nshipped settings: tile {amax.AMAX_TILE}, {amax.AMAX_PROGRAMS_PER_SM} programs/SM, "
+          f"{amax.AMAX_WARPS} warps; tensorwise cast whole {whole:.1f} us "
+          f"({(2.5 * nbytes) / whole / 1e3:.0f} GB/s moved), cast pass alone {cast_only:.1f} us")
+    print(f"\n{'shape':14s} {'mode':13s} {'tile':10s} {'/SM':>4s} {'warps':>5s} {'us':>7s} "
+          f"{'GB/s':>6s} bits   (sum over modes at ({n}, {n}), best first)")
+    for key in sorted(best, key=best.get)[:12]:
+        for r in rows:
+            if (r[2], r[3], r[4]) == key:
+                print(f"{str(r[0]):14s} {r[1]:13s} {str(r[2]):10s} {r[3]:4d} {r[4]:5d} "
+                      f"{r[5]:7.1f} {r[6]:6.0f} {r[7]}")
+
+
+if __name__ == "__main__":
+    main()
