@@ -93,4 +93,7 @@ fi
 if has convergence; then
   step convergence ${CONV_LIMIT_S:-540} python3 -m benchmarks.convergence --size medium ${CONV_ARGS:-}
 fi
+# the rows the steps appended to results.csv come back with the logs (merge them locally:
+# python -m benchmarks.merge_results $OUT/results.csv)
+cp benchmarks/results/results.csv "$OUT/results.csv" 2>/dev/null
 echo; echo "=== summary"; printf '%s\n' "${summary[@]}"
