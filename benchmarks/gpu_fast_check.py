@@ -321,24 +321,17 @@ def time_casts():
         ("int8 dual row+col.T", lambda: cast_int8.quantize_int8_dual(x), 4 * n + scale_b + 4 * K),
         ("blockwise 128x1.T", lambda: cast_blockwise.quantize_blockwise_t(x, (1, 128)), 3 * n + n // 32),
         ("uniform_noise I8-10", lambda: fast_noise.uniform_noise(x, 1, call), 4 * n),
-        # the amax pass with looping programs (8 per SM; 2026-12-01: 141 us against 138 us for
-        # one program per tile, so the default went back to one per tile), and the amax pass
-        # alone: what the two-pass casts spend before the cast pass
-        ("float8 tensorwise, looping amax", lambda: _with_setting(
-            "amax", "AMAX_PROGRAMS_PER_SM", 8, lambda: cast_float8.quantize_float8(x, "float8_e4m3fn")),
+        # the amax pass with one program per tile (AMAX_PROGRAMS_PER_SM = 0; the default loops
+        # 4 programs per SM over row tiles and reduces along axis 0 once, 2026-12-01), and the
+        # amax pass alone: what the two-pass casts spend before the cast pass
+        ("float8 tensorwise, amax one program per tile", lambda: _with_setting(
+            "amax", "AMAX_PROGRAMS_PER_SM", 0, lambda: cast_float8.quantize_float8(x, "float8_e4m3fn")),
             2 * n + n),
         ("amax pass alone, tensor", lambda: amax_bits_2d(x, tensor=True), 2 * n),
         ("amax pass alone, columns", lambda: amax_bits_2d(x, cols=True), 2 * n + 4 * K),
         ("amax pass alone, rows+columns", lambda: amax_bits_2d(x, rows=True, cols=True), 2 * n + 4 * (M + K)),
         ("float8 columnwise.T", lambda: cast_float8.quantize_float8_columnwise(x, "float8_e4m3fn", True, True),
          3 * n + 4 * K),
-        # x.T stored as 32-bit words (4 rows' codes each) instead of bytes (TRANSPOSED_STORE)
-        ("float8 tensorwise.T, word stores", lambda: _with_setting("cast_float8", "TRANSPOSED_STORE", "words", lambda:
-            cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True)), 3 * n),
-        ("float8 dual row+col.T, word stores", lambda: _with_setting("cast_float8", "TRANSPOSED_STORE", "words", lambda:
-            cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True)), 4 * n + scale_b + 4 * K),
-        ("float8 columnwise.T, word stores", lambda: _with_setting("cast_float8", "TRANSPOSED_STORE", "words", lambda:
-            cast_float8.quantize_float8_columnwise(x, "float8_e4m3fn", True, True)), 3 * n + 4 * K),
         # taller tiles for the passes that write x.T: longer contiguous rows of x.T per tile
         *[(f"float8 tensorwise.T, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_float8", "TILE_T", t, lambda:
             cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True)), 3 * n)

@@ -67,6 +67,13 @@ class FastBackend:
         if not known[0]:
             raise RuntimeError(known[1])
 
+    def tensor_amax(self, x):
+        """max |x| as one fp32 element, NaN when x holds a NaN (F8-1): the amax pass alone."""
+        from .amax import amax_bits_2d
+        from .common import flat_2d
+        self._check(x)
+        return amax_bits_2d(flat_2d(x), tensor=True)[0].view(torch.float32)
+
     def quantize_float8_given_amax(self, x, amax, fmt, pow2_scale=False, transposed=False):
         """Tensorwise cast of x whose amax the caller computed (the cast pass alone)."""
         from .cast_float8 import quantize_float8_tensorwise

@@ -46,25 +46,11 @@ def _float8_rowwise_kernel(x_ptr, data_ptr, qs_ptr, R, K,
 
 
 @triton.jit
-def _store_transposed_words(words_ptr, code, pid_r, cols, col_ok, R,
-                            BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Store the (BLOCK_R, BLOCK_C) uint8 codes of rows [pid_r * BLOCK_R, +BLOCK_R) into x.T,
-    row-major (C, R), as 32-bit words: the codes of 4 consecutive rows of one column, packed
-    little-endian, are one word of x.T's row. Needs R % 4 == 0 (words_ptr: x.T as int32)."""
-    quad = tl.reshape(code.to(tl.int32), (BLOCK_R // 4, 4, BLOCK_C))
-    shifts = (tl.arange(0, 4) * 8)[None, :, None]
-    words = tl.sum(quad << shifts, axis=1)          # disjoint bytes: the sum is the OR
-    quads = pid_r * (BLOCK_R // 4) + tl.arange(0, BLOCK_R // 4)
-    offs = cols[None, :].to(tl.int64) * (R // 4) + quads[:, None]
-    tl.store(words_ptr + offs, words, mask=(quads[:, None] < R // 4) & col_ok[None, :])
-
-
-@triton.jit
 def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
                          row_amax_ptr, row_qs_ptr, row_data_ptr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                          TENSORWISE: tl.constexpr, TRANSPOSED: tl.constexpr,
-                         WORDS_T: tl.constexpr, DUAL: tl.constexpr, POW2: tl.constexpr,
+                         DUAL: tl.constexpr, POW2: tl.constexpr,
                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                          EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
@@ -91,9 +77,7 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
         if pid_r == 0:
             tl.store(qs_ptr + cols, qs, mask=col_ok)
         code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    if TRANSPOSED and WORDS_T:      # 4 rows' codes per 32-bit store (data_ptr: int32 view)
-        _store_transposed_words(data_ptr, code, pid_r, cols, col_ok, R, BLOCK_R, BLOCK_C)
-    elif TRANSPOSED:    # element-wise transposed store (measured faster on the H200 than
+    if TRANSPOSED:    # element-wise transposed store (measured faster on the H200 than
         # a tl.trans'd tile store: 143 us vs 210 us for an 8192^2 columnwise cast)
         offs_t = cols[None, :].to(tl.int64) * R + rows[:, None]
         tl.store(data_ptr + offs_t, code, mask=mask)
@@ -113,10 +97,9 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
 # gpu_fast_check can time other tiles; (32, 128) for both is what ran on the H200 so far.
 TILE = (32, 128)
 TILE_T = (32, 128)
-# How the passes that write x.T store it: "bytes" (one code per element, the layout measured
-# so far) or "words" (the codes of 4 consecutive rows packed into one 32-bit store; used where
-# x has a multiple of 4 rows). A module setting until the H200 times both (gpu_fast_check).
-TRANSPOSED_STORE = "bytes"
+# x.T is stored one code per element: packing 4 rows' codes into 32-bit stores measured
+# 1.9-2.3x slower on the H200 (2026-12-01: 8192^2 tensorwise.T 270 us against 139 us) and was
+# removed.
 
 
 def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax=None):
@@ -136,16 +119,12 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     row_qs = torch.empty(R, dtype=torch.float32, device=dev) if dual else qs
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
-    if TRANSPOSED_STORE not in ("bytes", "words"):
-        raise ValueError(f"{LAYER}: TRANSPOSED_STORE must be 'bytes' or 'words', got "
-                         f"{TRANSPOSED_STORE!r}")
-    words_t = transposed and TRANSPOSED_STORE == "words" and R % 4 == 0 and block_r % 4 == 0
     _float8_tiles_kernel[grid](
         x_in, R, C, t_bits if tensorwise else c_bits, qs,
-        data.view(torch.int32) if words_t else data.view(torch.uint8),
+        data.view(torch.uint8),
         r_bits if dual else qs, row_qs, row_data.view(torch.uint8),
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
-        WORDS_T=words_t, DUAL=dual, POW2=pow2, **float8_params(fmt),
+        DUAL=dual, POW2=pow2, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev), IS_BF16=is_bf16)
     return data, qs, row_data, row_qs
 

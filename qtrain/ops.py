@@ -45,6 +45,25 @@ def _(x, fmt, axis, pow2_scale, backend, transposed=False):
             x.new_empty(scale_shape, dtype=torch.float32))
 
 
+# ---- tensor_amax: x's F8-1 amax alone ---------------------------------------------------------
+@custom_op("qtrain::tensor_amax")
+def tensor_amax(x: torch.Tensor, backend: str) -> torch.Tensor:
+    """max |x| as a one-element fp32 tensor, NaN when any element is NaN (F8-1): the amax that
+    a tensorwise cast of x computes, for a caller that casts x more than once (a linear's
+    weight: w for the output, w.T for grad_input) and hands it to quantize_float8_given_amax
+    each time, so the amax pass runs once. A backend without the method uses torch's
+    reduction (exact: a max, and torch's amax propagates NaN)."""
+    impl = _impl(backend)
+    if hasattr(impl, "tensor_amax"):
+        return impl.tensor_amax(x)
+    return x.detach().abs().amax().to(torch.float32).reshape(1)
+
+
+@tensor_amax.register_fake
+def _(x, backend):
+    return x.new_empty([1], dtype=torch.float32)
+
+
 # ---- quantize_float8_given_amax: the tensorwise cast, its amax computed by the caller (F8-1) -
 @custom_op("qtrain::quantize_float8_given_amax")
 def quantize_float8_given_amax(x: torch.Tensor, amax: torch.Tensor, fmt: str, pow2_scale: bool,

@@ -9,7 +9,9 @@ What autograd keeps for backward (RC-*), derived from the plan, not special-case
 - w: the weight itself (no extra memory: it is a Parameter, and under FSDP2 the unsharded
   weight that the backward all-gathers again), re-quantized along N in the backward (RC-14).
   With `keep_quantized_weight` (tensorwise, square blocks) the forward's quantized w instead,
-  reused transposed: one cast less per step for 1 byte per weight element kept.
+  reused transposed: one cast less per step for 1 byte per weight element kept. Without it,
+  a tensorwise w's amax (4 bytes) is kept, computed once in the forward for both of w's casts:
+  the backward's cast of w.T runs its cast pass alone.
 """
 import functools
 import os
@@ -130,6 +132,15 @@ class _QuantizedLinearFn(torch.autograd.Function):
         both = (need_gw and plan.output is not None and gw is not None
                 and gw[1] == plan.output[0] and not gw[1].axis_free)
         qx_m = None
+        keep_w = (plan.keep_quantized_weight and plan.output is not None and gi is not None
+                  and gi[1] == plan.output[1] and gi[1].axis_free)
+        # the weight's amax, once for its casts in both directions (w for the output, w.T for
+        # grad_input) when both are tensorwise float8: the backward cast skips its amax pass
+        w_amax = None
+        if (ctx.needs_input_grad[0] and not keep_w and gi is not None and plan.output is not None
+                and _tensorwise_float8(gi[1]) and _tensorwise_float8(plan.output[1])
+                and type(weight) in _PLAIN_TENSORS):
+            w_amax = ops.tensor_amax(weight, backend)
         if plan.output is None:
             out, qx, qw = x @ weight.t(), None, None
         else:
@@ -140,7 +151,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
             else:
                 qx = _shared(shared, ("k", plan.output[0], backend, x.dtype),
                              lambda: quantize_operand(x, plan.output[0], 1, backend))
-            qw = quantize_operand(weight, plan.output[1], 1, backend)
+            qw = quantize_operand(weight, plan.output[1], 1, backend, amax=w_amax)
             out = _scaled_mm(qx, qw, x.dtype, backend, plan.fast_accum_output)
 
         if not need_gw:
@@ -154,9 +165,10 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 qx_m = _shared(shared, ("m", gw[1], backend, x.dtype),
                                lambda: quantize_operand(x, gw[1], 0, backend))
             ctx.x_mode, x_saved = "q", qx_m.tensors()
-        if (plan.keep_quantized_weight and qw is not None and gi is not None
-                and gi[1] == plan.output[1] and gi[1].axis_free):
+        if keep_w:
             ctx.w_mode, w_saved = "reuse", qw.tensors()
+        elif w_amax is not None:
+            ctx.w_mode, w_saved = "hp+amax", (weight, w_amax)
         else:
             ctx.w_mode, w_saved = "hp", (weight,)
         ctx.n_x = len(x_saved)
@@ -196,7 +208,8 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 if ctx.w_mode == "reuse":
                     qwt = QOperand(*w_saved, gi[1].pow2_factors).t()
                 else:
-                    qwt = quantize_operand(w_saved[0], gi[1], 0, backend)
+                    qwt = quantize_operand(w_saved[0], gi[1], 0, backend,
+                                           amax=w_saved[1] if ctx.w_mode == "hp+amax" else None)
                 grad_x = _scaled_mm(qg, qwt, ctx.x_dtype, backend)
         if ctx.needs_input_grad[1]:
             if gw is None:
@@ -213,6 +226,15 @@ class _QuantizedLinearFn(torch.autograd.Function):
                     qxt = qxt.t()
                 grad_w = _scaled_mm(qgt, qxt, ctx.w_dtype, backend)
         return grad_x, grad_w, None, None, None, None, None, None, None
+
+
+# weights whose amax the linear computes once (tensor subclasses, such as DTensor shards and
+# FSDP's float8 all-gathered weight, quantize through their own dispatch)
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _tensorwise_float8(spec):
+    return spec is not None and spec.kind == "float8" and spec.tensorwise
 
 
 def _compute_dtype(x):

@@ -128,17 +128,24 @@ def _pad_contraction(t, axis, multiple):
     return torch.nn.functional.pad(t, pad)
 
 
-def quantize_operand(t, spec, contraction_axis, backend, noise=None):
+def quantize_operand(t, spec, contraction_axis, backend, noise=None, amax=None):
     """Quantize 2-D `t` along `contraction_axis` (0 or 1) and return it in NT form:
     contraction along the last axis of the payload (MM-1). Along axis 0 the backend quantizes
     t.T (`transposed=True`): a fast backend writes that layout straight from t, so the product
     gets row-major operands without a transpose copy. `noise` comes in t's layout, or is a
-    CounterNoise (I8-10 noise of t's elements)."""
+    CounterNoise (I8-10 noise of t's elements). `amax`: t's F8-1 amax (ops.tensor_amax), for a
+    tensorwise float8 spec only; the cast then skips its amax pass (same bits)."""
     transpose = contraction_axis == 0
+    if amax is not None and not (spec.kind == "float8" and spec.tensorwise):
+        raise ValueError(f"quantize_operand: amax is given only for a tensorwise float8 spec, "
+                         f"got {spec}")
     t = _pad_contraction(t, contraction_axis, spec.contraction_block)
     if spec.kind == "float8":
         axis = None if spec.tensorwise else -1
-        if (spec.tensorwise and COMPILED_AMAX == "torch" and t.numel()
+        if amax is not None:
+            data, quant_scale = ops.quantize_float8_given_amax(t, amax, spec.fmt, spec.pow2_scale,
+                                                               backend, transposed=transpose)
+        elif (spec.tensorwise and COMPILED_AMAX == "torch" and t.numel()
                 and torch.compiler.is_compiling()):
             amax = t.abs().amax().to(torch.float32)                  # F8-1, NaN propagates
             data, quant_scale = ops.quantize_float8_given_amax(t, amax, spec.fmt, spec.pow2_scale,

@@ -375,37 +375,6 @@ def test_float8_transposed_writes_on_other_tiles(tile, monkeypatch, seed):
         _assert_float8_dual(fast, x, "float8_e4m3fn", f"{shape} {tile}", seed)
 
 
-@pytest.mark.parametrize("tile", [(32, 128), (128, 64)], ids=lambda t: f"{t[0]}x{t[1]}")
-def test_float8_transposed_writes_as_words(tile, monkeypatch, seed):
-    """TRANSPOSED_STORE="words": the passes that write x.T store 4 rows' codes per 32-bit word
-    (x with a multiple of 4 rows; other row counts keep the byte stores). The reference's bits:
-    tensorwise of x.T, columnwise as x.T, and the dual cast, on shapes that cut tiles and rows
-    of every residue mod 4, with NaN/Inf/zero rows."""
-    from qtrain.fast import cast_float8
-    monkeypatch.setattr(cast_float8, "TILE_T", tile)
-    monkeypatch.setattr(cast_float8, "TRANSPOSED_STORE", "words")
-    fast = fast_backend()
-    for shape in ((132, 70), (36, 160), (33, 160), (130, 40)):
-        x = _input(shape, "bfloat16", seed)
-        for fmt in ("float8_e4m3fn", "float8_e5m2"):
-            what = f"{fmt} {shape} {tile} words"
-            _assert_float8_tensorwise_t(fast, x, fmt, False, what, seed)
-            _assert_float8_dual(fast, x, fmt, what, seed)
-            data, qs = fast.quantize_float8(from_numpy(x), fmt, -1, True, transposed=True)
-            ref_data, ref_qs = reference.quantize_float8(np.ascontiguousarray(x.T), fmt, -1, True)
-            assert_same(to_numpy(qs), ref_qs, "columnwise.T quant_scale " + what, seed)
-            assert_same(to_numpy(data), ref_data, "columnwise.T data " + what, seed)
-
-
-def test_float8_transposed_store_setting_is_checked(monkeypatch):
-    from qtrain.fast import cast_float8
-    monkeypatch.setattr(cast_float8, "TRANSPOSED_STORE", "nibbles")
-    fast = fast_backend()
-    with pytest.raises(ValueError, match="TRANSPOSED_STORE"):
-        fast.quantize_float8(torch.randn(8, 32).to(DEVICE), "float8_e4m3fn", None, False,
-                             transposed=True)
-
-
 @pytest.mark.parametrize("tile", [(64, 128), (128, 64), (128, 128)], ids=lambda t: f"{t[0]}x{t[1]}")
 def test_int8_transposed_column_cast_on_other_tiles(tile, monkeypatch, seed):
     """The tiles gpu_fast_check times for the int8 column cast written as x.T

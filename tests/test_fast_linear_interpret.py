@@ -83,7 +83,10 @@ def test_compiled_tensorwise_with_torch_amax_gives_the_eager_bits(monkeypatch):
         return out.detach(), xi.grad, wi.grad
 
     eager = step(lambda a, b: qtrain.linear(a, b, config=config))
-    assert not calls                                     # eager keeps the fused amax pass
+    # eager: x and g keep the cast's own amax pass; w's amax is computed once
+    # (ops.tensor_amax) and given to its two casts, w and w.T
+    assert len(calls) == 2, calls
+    calls.clear()
     monkeypatch.setattr(recipes, "COMPILED_AMAX", "torch")
     torch._dynamo.reset()
     compiled = step(torch.compile(lambda a, b: qtrain.linear(a, b, config=config), fullgraph=True))
@@ -117,3 +120,52 @@ def test_eager_tensorwise_transposes_reused_payloads_by_tiles(monkeypatch):
     qtrain.linear(x, w, config=config).backward(torch.randn(64, 96, generator=gen))
     assert sorted(calls) == [(64, 96), (64, 128)], calls        # g (M, N) and x (M, K)
 
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_tensorwise_weight_amax_runs_once_per_step(compiled, monkeypatch):
+    """A tensorwise linear's weight is cast twice per step (w for the output, w.T for
+    grad_input, RC-14). Its amax pass runs once, in the forward; the backward cast of w.T gets
+    the saved amax and runs its cast pass alone. Amax passes per fwd+bwd: x, w, g (three, not
+    four). Same bits as casting w.T with its own amax pass (the path of weights that are
+    tensor subclasses)."""
+    from qtrain import qlinear
+    from qtrain.fast import amax as fast_amax
+    passes = []
+    real = fast_amax.amax_bits_2d
+
+    def counted(x2d, **kw):
+        passes.append(tuple(x2d.shape))
+        return real(x2d, **kw)
+
+    monkeypatch.setattr(fast_amax, "amax_bits_2d", counted)
+    import qtrain.fast.cast_float8 as cf
+    monkeypatch.setattr(cf, "amax_bits_2d", counted)
+    gen = torch.Generator().manual_seed(SEED)
+    x = torch.randn(64, 96, generator=gen)
+    w = torch.randn(160, 96, generator=gen) / 96 ** 0.5
+    g = torch.randn(64, 160, generator=gen)
+
+    def step(backend, compile_it):
+        config = dataclasses.replace(qtrain.recipe_config("tensorwise"), backend=backend)
+        fn = lambda a, b: qtrain.linear(a, b, config=config)          # noqa: E731
+        if compile_it:
+            torch._dynamo.reset()
+            fn = torch.compile(fn, fullgraph=True)
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = fn(xi, wi)
+        out.backward(g)
+        return out.detach(), xi.grad, wi.grad
+
+    got = step(NAME, compiled)
+    torch._dynamo.reset()
+    assert sorted(passes) == sorted([(64 * 96 // 1024, 1024) if 64 * 96 % 1024 == 0 else (64, 96),
+                                     (160 * 96 // 1024, 1024),
+                                     (64 * 160 // 1024, 1024)]), passes
+    passes.clear()
+    monkeypatch.setattr(qlinear, "_PLAIN_TENSORS", ())
+    want = step(NAME, compiled)
+    torch._dynamo.reset()
+    assert len(passes) == 4, passes
+    for a, b, what in zip(want, got, ("output", "grad_input", "grad_weight")):
+        assert torch.equal(a, b), f"{what} (QTRAIN_TEST_SEED={SEED})"
