@@ -57,6 +57,12 @@ def _float8_column_blocks_t_kernel(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constex
     tl.store(data_ptr + cols[None, :].to(tl.int64) * R + rows[:, None], code, mask=mask)
 
 
+# (BLOCK_C, warps) of the (b, 1)-block cast that writes x.T: 64 columns is 128 B of bf16 per
+# row load and 128 B of fp8 per column store. A module setting so that gpu_fast_check can time
+# others: the block's amax is a reduction along axis 0 of the tile, across warps.
+COLUMN_BLOCKS_T_TILE = (64, 8)
+
+
 def quantize_blockwise_t(x, block=(1, 128), fmt="float8_e4m3fn"):
     """The blockwise quantization of x.T with `block` in x.T's orientation, written from x
     directly: (data (C, R), quant_scale (C / b0, R / b1)). (1, b) blocks of x.T (the recipe's
@@ -80,12 +86,12 @@ def quantize_blockwise_t(x, block=(1, 128), fmt="float8_e4m3fn"):
                          f"{(b0, b1)}; pad x's rows to a multiple of {b1}")
     data = torch.empty((C, R), dtype=TORCH_FLOAT8[fmt], device=x.device)
     qs = torch.empty((C, R // b1), dtype=torch.float32, device=x.device)
-    block_c = 64                  # 128 B of bf16 per row load; 128 B of fp8 per column store
+    block_c, warps = COLUMN_BLOCKS_T_TILE
     x_in, is_bf16 = kernel_input(x)
     _float8_column_blocks_t_kernel[(R // b1, -(-C // block_c))](
         x_in, data.view(torch.uint8), qs, R, C, B0=b1, BLOCK_C=block_c, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_column_blocks_t_kernel, fmt, x.device),
-        IS_BF16=is_bf16, num_warps=8)
+        IS_BF16=is_bf16, num_warps=warps)
     return data, qs
 
 

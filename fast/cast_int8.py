@@ -46,14 +46,15 @@ def _int8_round(x, inv, finite, noise, STOCHASTIC: tl.constexpr):
         v = v + noise
     v = tl.where(v > 127.0, 127.0, v)
     v = tl.where(v < -127.0, -127.0, v)
-    t = v.to(tl.int32)                       # toward zero
-    frac = v - t.to(tl.float32)              # exact, in (-1, 1)
     if STOCHASTIC:
+        t = v.to(tl.int32)                   # toward zero
+        frac = v - t.to(tl.float32)          # exact, in (-1, 1)
         t = t - (frac < 0).to(tl.int32)      # floor
     else:
-        odd = (t & 1) == 1
-        t = t + ((frac > 0.5) | ((frac == 0.5) & odd)).to(tl.int32)
-        t = t - ((frac < -0.5) | ((frac == -0.5) & odd)).to(tl.int32)
+        # rne to an integer: adding 1.5 * 2^23 leaves no fraction bits in fp32 (|v| <= 127),
+        # so the add rounds v to nearest-even and the subtraction is exact; two fp32 ops
+        # instead of a fraction test (2026-12-01; int8 rowwise ran at 73% of copy)
+        t = ((v + 12582912.0) - 12582912.0).to(tl.int32)
     return tl.where(finite, t, 0).to(tl.int8)     # I8-6: data 0 for a non-finite group
 
 

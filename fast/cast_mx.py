@@ -139,6 +139,11 @@ def quantize_mx_dim_last(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode=
     return data, scale
 
 
+# The dim-0 cast's tile: (rows at most, columns at most, warps). A module setting so that
+# gpu_fast_check can time others: its reduction runs along axis 0 of the tile, across warps.
+DIM0_TILE = (64, 64, 4)
+
+
 def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor",
                      transposed=False):
     """Blocks along axis 0 of x viewed (M, C). transposed=False: data like x, scale_bits
@@ -157,12 +162,14 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     else:
         data = torch.empty(x.shape, dtype=TORCH_FLOAT8[elem_fmt], device=dev)
         scale = torch.empty((M // block_size,) + tuple(x.shape[1:]), dtype=torch.uint8, device=dev)
-    groups = max(1, min(64 // block_size, M // block_size)) if block_size <= 64 else 1
+    rows_cap, cols_cap, warps = DIM0_TILE
+    groups = max(1, min(rows_cap // block_size, M // block_size)) if block_size <= rows_cap else 1
     groups = 1 << (groups.bit_length() - 1)
-    block_c = pow2_at_most(C, 64)
+    block_c = pow2_at_most(C, cols_cap)
     grid = (cdiv(M, groups * block_size), cdiv(C, block_c))
     _mx_dim0_kernel[grid](kernel_input(x)[0], data.view(torch.uint8), scale, M, C, GROUPS=groups,
-                          BLOCK_SIZE=block_size, BLOCK_C=block_c, TRANSPOSED=transposed, **params)
+                          BLOCK_SIZE=block_size, BLOCK_C=block_c, TRANSPOSED=transposed, **params,
+                          num_warps=warps)
     return data, scale
 
 

@@ -160,6 +160,26 @@ def test_int8_rne_and_given_noise_I8_1_to_7(shape, dtype, axis, seed):
         assert_same(to_numpy(data), ref_data, "data " + what, seed)
 
 
+@pytest.mark.parametrize("axis", [None, -1, 0], ids=["tensorwise", "rowwise", "columnwise"])
+def test_int8_rne_ties_go_to_even_I8_4(axis, seed):
+    """I8-4's round-half-to-even on exact ties: with amax 127 the scaled value is x itself, so
+    every half-integer in [-127, 127] is a tie (the kernels round by adding 1.5 * 2^23), and
+    values next to the ties round to nearest. The reference's bits, every axis."""
+    fast = fast_backend()
+    halves = np.arange(-127, 127, dtype=np.float32) + np.float32(0.5)
+    near = np.concatenate([np.nextafter(halves, np.float32(np.inf)),
+                           np.nextafter(halves, np.float32(-np.inf))])
+    vals = np.concatenate([halves, near, [np.float32(-0.0), np.float32(0.0)]])
+    vals = np.concatenate([vals, np.zeros(-len(vals) % 64, np.float32)])
+    x = vals.reshape(-1, 64).copy()
+    x[:, 0] = 127.0                              # every row and (axis 0) column 0 hits 127
+    x[0, :] = 127.0
+    data, ds = fast.quantize_int8(from_numpy(x), axis, None)
+    ref_data, ref_ds = reference.quantize_int8(x, axis, None)
+    assert_same(to_numpy(ds), ref_ds, f"dequant_scale axis={axis}", seed)
+    assert_same(to_numpy(data), ref_data, f"data axis={axis}", seed)
+
+
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("shape", [(17, 32), (6, 96), (33, 16), (1, 130)])
 def test_int8_transposed_is_rowwise_of_x_t(shape, dtype, seed):
@@ -262,6 +282,40 @@ def test_blockwise_transposed_is_blockwise_of_x_t_BW_5(shape, dtype, seed):
         assert tuple(data.shape) == shape[::-1] and data.is_contiguous()
         assert_same(to_numpy(qs), ref_qs, f"quant_scale {fmt} {dtype} {shape}", seed)
         assert_same(to_numpy(data), ref_data, f"data {fmt} {dtype} {shape}", seed)
+
+
+@pytest.mark.parametrize("tile", [(32, 1), (16, 1), (128, 4), (256, 8)], ids=str)
+def test_blockwise_transposed_on_other_tiles(tile, monkeypatch, seed):
+    """The tiles gpu_fast_check times for the (128, 1)-block cast that writes x.T
+    (cast_blockwise.COLUMN_BLOCKS_T_TILE) give the reference's bits, on shapes that cut them."""
+    from qtrain.fast import cast_blockwise
+    monkeypatch.setattr(cast_blockwise, "COLUMN_BLOCKS_T_TILE", tile)
+    fast = fast_backend()
+    for shape in ((256, 40), (128, 300)):
+        x = _input(shape, "bfloat16", seed)
+        data, qs = fast.quantize_blockwise(from_numpy(x), (1, 128), "float8_e4m3fn", transposed=True)
+        ref_data, ref_qs = reference.quantize_blockwise(np.ascontiguousarray(x.T), (1, 128),
+                                                        "float8_e4m3fn")
+        assert_same(to_numpy(qs), ref_qs, f"quant_scale {shape} {tile}", seed)
+        assert_same(to_numpy(data), ref_data, f"data {shape} {tile}", seed)
+
+
+@pytest.mark.parametrize("tile", [(64, 64, 1), (32, 64, 1), (32, 128, 2), (32, 256, 4),
+                                  (128, 64, 8)], ids=str)
+def test_mx_dim0_transposed_on_other_tiles(tile, monkeypatch, seed):
+    """The tiles gpu_fast_check times for the MX dim-0 cast (cast_mx.DIM0_TILE) give the
+    reference's bits for x.T, on shapes that cut them."""
+    from qtrain.fast import cast_mx
+    monkeypatch.setattr(cast_mx, "DIM0_TILE", tile)
+    fast_backend()
+    for shape in ((96, 40), (64, 300)):
+        x = _mx_input(shape, "bfloat16", seed)
+        data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, "rceil",
+                                              transposed=True)
+        ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T), "float8_e4m3fn",
+                                                   32, -1, "rceil")
+        assert_same(to_numpy(bits), ref_bits, f"scale_bits {shape} {tile}", seed)
+        assert_same(to_numpy(data), ref_data, f"data {shape} {tile}", seed)
 
 
 @pytest.mark.parametrize("shape", [(256, 128), (128, 384)])
