@@ -57,10 +57,11 @@ def _float8_column_blocks_t_kernel(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constex
     tl.store(data_ptr + cols[None, :].to(tl.int64) * R + rows[:, None], code, mask=mask)
 
 
-# (BLOCK_C, warps) of the (b, 1)-block cast that writes x.T: 64 columns is 128 B of bf16 per
-# row load and 128 B of fp8 per column store. A module setting so that gpu_fast_check can time
-# others: the block's amax is a reduction along axis 0 of the tile, across warps.
-COLUMN_BLOCKS_T_TILE = (64, 8)
+# (BLOCK_C, warps) of the (b, 1)-block cast that writes x.T. A module setting so that
+# gpu_fast_check can time others: the block's amax is a reduction along axis 0 of the tile,
+# across warps unless one warp holds the tile. H200, 8192^2 bf16 (2026-12-01): (32, 1) and
+# (16, 1) 81 us, (64, 4) 83, (128, 4) 90, (64, 8) 123 (the earlier default), (256, 8) 118.
+COLUMN_BLOCKS_T_TILE = (32, 1)
 
 
 def quantize_blockwise_t(x, block=(1, 128), fmt="float8_e4m3fn"):

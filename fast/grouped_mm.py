@@ -99,10 +99,11 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
 
 
 # (BLOCK_R, BLOCK_C) of the per-group column cast, per use. Measured on the H200 (moe_bench's
-# tile sweep, MoE shape E8 16384x4096 -> 2048), token groups: 128x32 fastest in both runs
-# (247 us on 11-29, 166 us on 12-01; 64x64: 425 and 225 us); expert weights: 64x64 and 128x64
-# equal (137-142 us), 128x32 3-10 us slower.
-GROUP_TILE = {"tokens": (128, 32), "experts": (64, 64)}
+# tile sweep, MoE shape E8 16384x4096 -> 2048) after the amax loop became an element-wise max
+# with one reduction per group (2026-12-01): token groups 32x64 145 us, 128x32 153 (the
+# earlier default; 166-247 us before that change), 128x64 309; expert weights 64x64 116 us
+# (137-142 before), 32x64 126.
+GROUP_TILE = {"tokens": (32, 64), "experts": (64, 64)}
 
 
 def _launch_group_cols_t(x, offs, pends, data_t, qs, n_groups, group_rows, g_stride, c_stride,
