@@ -59,9 +59,14 @@ def _time(fn):
     return do_bench(fn, warmup=25, rep=200) * 1e3          # us
 
 
-def _settings(tile, per_sm, warps):
-    saved = (amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM, amax.AMAX_WARPS)
+def _settings(tile, per_sm, warps, rows_tile=None, rows_per_sm=None):
+    """Set the amax pass's settings (those with row maxima too, unless given apart); returns
+    the old ones, in this argument order."""
+    saved = (amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM, amax.AMAX_WARPS, amax.AMAX_ROWS_TILE,
+             amax.AMAX_ROWS_PROGRAMS_PER_SM)
     amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM, amax.AMAX_WARPS = tile, per_sm, warps
+    amax.AMAX_ROWS_TILE = tile if rows_tile is None else rows_tile
+    amax.AMAX_ROWS_PROGRAMS_PER_SM = per_sm if rows_per_sm is None else rows_per_sm
     return saved
 
 
@@ -140,7 +145,8 @@ def main():
     whole = _time(lambda: quantize_float8_tensorwise(x, "float8_e4m3fn"))
     cast_only = _time(lambda: quantize_float8_tensorwise(x, "float8_e4m3fn", amax=amax_given))
     print(f"\nshipped settings: tile {amax.AMAX_TILE}, {amax.AMAX_PROGRAMS_PER_SM} programs/SM, "
-          f"{amax.AMAX_WARPS} warps; tensorwise cast whole {whole:.1f} us "
+          f"{amax.AMAX_WARPS} warps (with rows: {amax.AMAX_ROWS_TILE}, "
+          f"{amax.AMAX_ROWS_PROGRAMS_PER_SM}/SM); tensorwise cast whole {whole:.1f} us "
           f"({(2.5 * nbytes) / whole / 1e3:.0f} GB/s moved), cast pass alone {cast_only:.1f} us")
     print(f"\n{'shape':14s} {'mode':13s} {'tile':10s} {'/SM':>4s} {'warps':>5s} {'us':>7s} "
           f"{'GB/s':>6s} bits   (sum over modes at ({n}, {n}), best first)")

@@ -397,6 +397,7 @@ def test_amax_pass_is_the_max_for_any_grid_F8_1(shape, per_sm, ask, monkeypatch,
     from qtrain.fast import amax as fast_amax
     fast_backend()
     monkeypatch.setattr(fast_amax, "AMAX_PROGRAMS_PER_SM", per_sm)
+    monkeypatch.setattr(fast_amax, "AMAX_ROWS_PROGRAMS_PER_SM", per_sm)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen)
     x[shape[0] - 1, 0] = float("inf")                     # in the last row tile
