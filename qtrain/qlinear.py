@@ -73,9 +73,13 @@ class _SharedInput:
     """The quantizations of one input tensor, made once for every quantized linear that reads
     it in eager mode (q, k and v of one normed x; gate and up of another): the same bits as
     quantizing it per linear, one cast instead of three, and one saved copy for backward
-    instead of three (a compiled graph merges those identical casts itself). An entry lives as
-    long as its input tensor and is dropped when the tensor is freed or changed in place (its
-    version counter), so what it holds is never older than the input it was made from."""
+    instead of three (a compiled graph merges those identical casts itself). An entry is
+    dropped when its input is freed or changed in place (its version counter), so what it holds
+    is never older than the input it was made from. One entry lives at a time: the linears
+    that share an input run one after another, and an entry for a new input drops the old
+    one; a backward drops it too. Otherwise an entry would live as long as its input, and an
+    input alive until the backward (rowwise_with_gw_hp keeps x itself; the model's own ops
+    keep others) would keep its quantized copies alive on top of what the linears saved."""
     _live = {}                                   # id(input) -> _SharedInput
 
     def __init__(self, input):
@@ -93,8 +97,13 @@ class _SharedInput:
     def of(cls, input):
         entry = cls._live.get(id(input))
         if entry is None or entry.ref() is not input or entry.version != input._version:
+            cls._live.clear()
             entry = cls._live[id(input)] = cls(input)
         return entry
+
+    @classmethod
+    def drop_all(cls):
+        cls._live.clear()
 
     def get(self, key, make):
         if key not in self.items:
@@ -179,6 +188,8 @@ class _QuantizedLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if not torch.compiler.is_compiling():
+            _SharedInput.drop_all()       # the forward's shared quantizations: not needed now
         plan, backend = ctx.plan, ctx.backend
         saved = ctx.saved_tensors
         x_saved, w_saved, sr_call = saved[:ctx.n_x], saved[ctx.n_x:-1], saved[-1]

@@ -126,3 +126,30 @@ def test_inference_mode_runs_without_sharing(recipe, monkeypatch):
         got = m(hi)
     assert torch.equal(got, want)
 
+
+
+@pytest.mark.parametrize("recipe", ["rowwise_with_gw_hp", "tensorwise"])
+def test_one_entry_at_a_time_and_none_after_backward(recipe, monkeypatch):
+    """The quantizations of an input kept for backward (rowwise_with_gw_hp keeps x itself) do
+    not stay alive with it: an entry for a new input drops the old one, and a backward drops
+    what is left. What a linear saved for backward (tensorwise's quantized x) stays alive."""
+    monkeypatch.setattr(qlinear, "SHARE_INPUT", True)
+    qlinear._SharedInput.drop_all()
+    config = qtrain.recipe_config(recipe, backend="reference")
+    w1, w2 = torch.randn(32, 64, requires_grad=True), torch.randn(16, 32, requires_grad=True)
+    h = torch.randn(8, 64, requires_grad=True)
+    y = qtrain.linear(h, w1, config=config)
+    held = [weakref.ref(t) for value in qlinear._SharedInput._live[id(h)].items.values()
+            for t in value.tensors()]
+    r = torch.relu(y)
+    z = qtrain.linear(r, w2, config=config)
+    assert list(qlinear._SharedInput._live) == [id(r)]          # h's entry went
+    gc.collect()
+    alive = [r() is not None for r in held]
+    if recipe == "rowwise_with_gw_hp":       # nothing of h's quantization was saved
+        assert not any(alive), alive
+    else:                                    # the quantized x is what tensorwise saves
+        assert any(alive), alive
+    z.sum().backward()
+    assert not qlinear._SharedInput._live
+    assert h.grad is not None and w1.grad is not None
