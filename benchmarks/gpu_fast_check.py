@@ -327,6 +327,12 @@ def time_casts():
         ("float8 tensorwise, amax one program per tile", lambda: _with_setting(
             "amax", "AMAX_PROGRAMS_PER_SM", 0, lambda: cast_float8.quantize_float8(x, "float8_e4m3fn")),
             2 * n + n),
+        # tensorwise x and x.T from one cast pass (QTRAIN_TENSORWISE_TRANSPOSE=cast): against
+        # the tensorwise cast plus the tiled transpose of its payload (the default path)
+        ("float8 tensorwise, both layouts", lambda: cast_float8.quantize_float8_tensorwise_both(
+            x, "float8_e4m3fn"), 4 * n),
+        ("float8 tensorwise + transpose copy", lambda: transpose_bytes(
+            cast_float8.quantize_float8(x, "float8_e4m3fn")[0]), 4 * n),
         ("amax pass alone, tensor", lambda: amax_bits_2d(x, tensor=True), 2 * n),
         ("amax pass alone, columns", lambda: amax_bits_2d(x, cols=True), 2 * n + 4 * K),
         ("amax pass alone, rows+columns", lambda: amax_bits_2d(x, rows=True, cols=True), 2 * n + 4 * (M + K)),

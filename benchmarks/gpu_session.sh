@@ -7,6 +7,7 @@
 #          (profiler table), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
 #          amaxab (tensorwise block compiled with QTRAIN_COMPILED_AMAX=kernel, then =torch),
 #          transposeab (tensorwise block eager with QTRAIN_FAST_TRANSPOSE=torch, then =tiles),
+#          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast),
 #          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
 #          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
@@ -67,6 +68,11 @@ fi
 if has transposeab; then   # QTRAIN_FAST_TRANSPOSE: eager tensorwise block, torch's copy vs the tiled kernel
   for mode in torch tiles; do
     step block_transpose_$mode ${TRANSPOSEAB_LIMIT_S:-150} env QTRAIN_FAST_TRANSPOSE=$mode python3 -m benchmarks.block --recipes tensorwise --compile eager --large-only --no-torchao --budget-s 120
+  done
+fi
+if has layoutab; then   # QTRAIN_TENSORWISE_TRANSPOSE: tensorwise block, payload copied transposed vs cast into both layouts
+  for mode in copy cast; do
+    step block_layout_$mode ${LAYOUTAB_LIMIT_S:-200} env QTRAIN_TENSORWISE_TRANSPOSE=$mode python3 -m benchmarks.block --recipes tensorwise --compile ${LAYOUTAB_COMPILE:-both} --large-only --no-torchao --budget-s 160
   done
 fi
 if has profile; then

@@ -82,6 +82,13 @@ class FastBackend:
             _need_2d(x)
         return quantize_float8_tensorwise(x, fmt, pow2_scale, transposed=transposed, amax=amax)
 
+    def quantize_float8_both_layouts(self, x, fmt, pow2_scale=False, amax=None):
+        """Tensorwise x and x.T (row-major) from one amax pass and one cast pass."""
+        from .cast_float8 import quantize_float8_tensorwise_both
+        self._check(x)
+        _need_2d(x)
+        return quantize_float8_tensorwise_both(x, fmt, pow2_scale, amax=amax)
+
     def quantize_float8(self, x, fmt, axis=None, pow2_scale=False, transposed=False):
         """transposed=True: quantize x.T (2-D), its layout written directly from x."""
         from .cast_float8 import (quantize_float8, quantize_float8_columnwise,

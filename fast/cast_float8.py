@@ -50,14 +50,15 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
                          row_amax_ptr, row_qs_ptr, row_data_ptr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                          TENSORWISE: tl.constexpr, TRANSPOSED: tl.constexpr,
-                         DUAL: tl.constexpr, POW2: tl.constexpr,
+                         DUAL: tl.constexpr, ROW_COPY: tl.constexpr, POW2: tl.constexpr,
                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                          EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
     """Cast pass over a (BLOCK_R, BLOCK_C) tile of row-major x (R, C), amax already known.
     TENSORWISE: one scale (amax_ptr[0]); else one scale per column (amax_ptr[c]). Data written
     (R, C) or, TRANSPOSED, (C, R) row-major. DUAL adds the row-scaled copy (row_amax_ptr[r])
-    written (R, C): one read of x feeds both outputs."""
+    written (R, C): one read of x feeds both outputs. ROW_COPY (TENSORWISE and TRANSPOSED):
+    the same codes are also written (R, C) to row_data_ptr, so one pass gives x and x.T."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -83,6 +84,8 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
         tl.store(data_ptr + offs_t, code, mask=mask)
     else:
         tl.store(data_ptr + offs, code, mask=mask)
+    if ROW_COPY:
+        tl.store(row_data_ptr + offs, code, mask=mask)
     if DUAL:
         row_qs = float8_quant_scale(tl.load(row_amax_ptr + rows, mask=row_ok, other=0), MAX, POW2)
         if pid_c == 0:
@@ -102,7 +105,8 @@ TILE_T = (32, 128)
 # removed.
 
 
-def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax=None):
+def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax=None,
+                  row_copy=False):
     R, C = x2d.shape
     dev = x2d.device
     if amax is None:
@@ -115,7 +119,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     dtype = TORCH_FLOAT8[fmt]
     data = torch.empty((C, R) if transposed else (R, C), dtype=dtype, device=dev)
     qs = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=dev)
-    row_data = torch.empty((R, C), dtype=dtype, device=dev) if dual else data
+    row_data = torch.empty((R, C), dtype=dtype, device=dev) if (dual or row_copy) else data
     row_qs = torch.empty(R, dtype=torch.float32, device=dev) if dual else qs
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
@@ -124,7 +128,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
         data.view(torch.uint8),
         r_bits if dual else qs, row_qs, row_data.view(torch.uint8),
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
-        DUAL=dual, POW2=pow2, **float8_params(fmt),
+        DUAL=dual, ROW_COPY=row_copy, POW2=pow2, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev), IS_BF16=is_bf16)
     return data, qs, row_data, row_qs
 
@@ -146,6 +150,20 @@ def quantize_float8_tensorwise(x, fmt, pow2_scale=False, transposed=False, amax=
         return data, qs.reshape(())
     data, qs, _, _ = _launch_tiles(flat_2d(x), fmt, pow2_scale, tensorwise=True, amax=amax)
     return data.view(x.shape), qs.reshape(())
+
+
+def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None):
+    """F8-7 tensorwise of 2-D x in both layouts from one amax pass and one cast pass:
+    (data (R, C), data_t (C, R) = data.T row-major, quant_scale shape ()). For an operand that
+    one product reads along each axis (tensorwise x and g): no transposed copy of the payload
+    afterwards. amax as in quantize_float8_tensorwise."""
+    _check(x, fmt, _float8_tiles_kernel)
+    if x.dim() != 2:
+        raise ValueError(f"{LAYER}: tensorwise cast into both layouts needs 2-D x, got "
+                         f"{tuple(x.shape)}")
+    data_t, qs, data, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, transposed=True,
+                                        amax=amax, row_copy=True)
+    return data, data_t, qs.reshape(())
 
 
 def _amax_as_bits(amax, x):

@@ -109,6 +109,34 @@ def _(x, fmt, pow2_scale, backend):
             x.new_empty((cols, rows), dtype=dt), x.new_empty((cols, 1), dtype=torch.float32))
 
 
+# ---- quantize_float8_both_layouts: tensorwise x and x.T from one cast (F8-7, RC-4) ----------
+@custom_op("qtrain::quantize_float8_both_layouts")
+def quantize_float8_both_layouts(x: torch.Tensor, fmt: str, pow2_scale: bool, backend: str,
+                                 amax: Optional[torch.Tensor] = None
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(data, data_t, quant_scale): the tensorwise quantization of 2-D x and the same payload
+    transposed (x.T row-major), for an operand that one product reads along each axis (RC-4's
+    x and g). Bit-identical to quantize_float8(x, axis=None) and its transposed copy; a backend
+    may write both from one cast pass (fast does). amax: x's F8-1 amax when the caller has it
+    (quantize_float8_given_amax)."""
+    impl = _impl(backend)
+    if hasattr(impl, "quantize_float8_both_layouts"):
+        return impl.quantize_float8_both_layouts(x, fmt, pow2_scale, amax)
+    if amax is not None and hasattr(impl, "quantize_float8_given_amax"):
+        data, qs = impl.quantize_float8_given_amax(x, amax, fmt, pow2_scale)
+    else:
+        data, qs = impl.quantize_float8(x, fmt, None, pow2_scale)
+    return data, data.t().contiguous(), qs
+
+
+@quantize_float8_both_layouts.register_fake
+def _(x, fmt, pow2_scale, backend, amax=None):
+    rows, cols = x.shape
+    dt = FLOAT8_DTYPES[fmt]
+    return (x.new_empty((rows, cols), dtype=dt), x.new_empty((cols, rows), dtype=dt),
+            x.new_empty([], dtype=torch.float32))
+
+
 # ---- quantize_mx (MX-*) --------------------------------------------------------------------
 @custom_op("qtrain::quantize_mx")
 def quantize_mx(x: torch.Tensor, elem_fmt: str, block_size: int, axis: int, scale_mode: str,

@@ -22,7 +22,8 @@ from torch import nn
 
 from . import ops
 from .backend import _instance as _backend_impl, resolve_backend_name
-from .recipes import CounterNoise, QOperand, quantize_operand, quantize_operand_both_axes
+from .recipes import (CounterNoise, QOperand, quantize_operand, quantize_operand_both_axes,
+                      quantize_operand_tensorwise_both)
 
 CHECK_FINITE_ENV = "QTRAIN_CHECK_FINITE"
 
@@ -64,6 +65,15 @@ def _row_major(payload, backend):
             return impl.transpose_payload(payload.t())
     return payload.contiguous()
 
+
+# How a tensorwise x or g reaches the product that reads it along its other axis: "copy" (the
+# payload quantized once, transposed by a copy when that product runs: what the H200 timed
+# through 2026-12-01) or "cast" (the cast pass writes both layouts, no copy; not yet timed).
+TENSORWISE_TRANSPOSE_ENV = "QTRAIN_TENSORWISE_TRANSPOSE"
+TENSORWISE_TRANSPOSE = os.environ.get(TENSORWISE_TRANSPOSE_ENV, "copy")
+if TENSORWISE_TRANSPOSE not in ("copy", "cast"):
+    raise ValueError(f"{TENSORWISE_TRANSPOSE_ENV}={TENSORWISE_TRANSPOSE!r}: expected 'copy' or "
+                     f"'cast'")
 
 SHARE_INPUT_ENV = "QTRAIN_SHARE_INPUT_QUANT"
 SHARE_INPUT = os.environ.get(SHARE_INPUT_ENV, "1") != "0"
@@ -157,6 +167,12 @@ class _QuantizedLinearFn(torch.autograd.Function):
             if both:
                 qx, qx_m = _shared(shared, ("both", plan.output[0], backend, x.dtype),
                                    lambda: quantize_operand_both_axes(x, plan.output[0], backend))
+            elif (need_gw and gw is not None and gw[1] == plan.output[0]
+                  and _tensorwise_float8(gw[1]) and TENSORWISE_TRANSPOSE == "cast"):
+                # tensorwise x in both layouts from one cast: x.T is what backward keeps
+                qx, qx_m = _shared(shared, ("both_t", plan.output[0], backend, x.dtype),
+                                   lambda: quantize_operand_tensorwise_both(x, plan.output[0],
+                                                                            backend))
             else:
                 qx = _shared(shared, ("k", plan.output[0], backend, x.dtype),
                              lambda: quantize_operand(x, plan.output[0], 1, backend))
@@ -167,6 +183,8 @@ class _QuantizedLinearFn(torch.autograd.Function):
             ctx.x_mode, x_saved = "none", ()
         elif gw is None:
             ctx.x_mode, x_saved = "hp", (x,)
+        elif qx_m is not None:
+            ctx.x_mode, x_saved = "q", qx_m.tensors()
         elif qx is not None and gw[1] == plan.output[0] and gw[1].axis_free:
             ctx.x_mode, x_saved = "reuse", qx.tensors()
         else:
@@ -208,6 +226,10 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 and gw is not None and gi[0] == gw[0] and not gi[0].axis_free
                 and not gi[0].stochastic):
             qg, qgt = quantize_operand_both_axes(g, gi[0], backend)   # g along N and along M
+        elif (ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and gi is not None
+                and gw is not None and gi[0] == gw[0] and _tensorwise_float8(gi[0])
+                and TENSORWISE_TRANSPOSE == "cast"):
+            qg, qgt = quantize_operand_tensorwise_both(g, gi[0], backend)  # g and g.T, one cast
         if ctx.needs_input_grad[0]:
             if gi is None:
                 w = w_saved[0]

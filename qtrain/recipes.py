@@ -180,6 +180,24 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None, amax=None):
     return QOperand(data, dequant, spec.pow2_factors)
 
 
+def quantize_operand_tensorwise_both(t, spec, backend, amax=None):
+    """(t along axis 1, t along axis 0), both in NT form, for a tensorwise float8 spec: one
+    scale serves both, so the payload of the second is the first's transposed (RC-4). The
+    backend writes both layouts from one cast (ops.quantize_float8_both_layouts) instead of a
+    transposed copy of the payload later. 2-D t."""
+    if not (spec.kind == "float8" and spec.tensorwise) or t.dim() != 2:
+        raise ValueError(f"quantize_operand_tensorwise_both: needs a tensorwise float8 spec and "
+                         f"2-D t, got {spec} and shape {tuple(t.shape)}")
+    if (amax is None and COMPILED_AMAX == "torch" and t.numel()
+            and torch.compiler.is_compiling()):
+        amax = t.abs().amax().to(torch.float32)                      # F8-1, NaN propagates
+    data, data_t, quant_scale = ops.quantize_float8_both_layouts(t, spec.fmt, spec.pow2_scale,
+                                                                 backend, amax)
+    dequant = torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1, 1))
+    return (QOperand(data, dequant, spec.pow2_factors),
+            QOperand(data_t, dequant, spec.pow2_factors))
+
+
 def quantize_operand_both_axes(t, spec, backend):
     """(t quantized along axis 1, t quantized along axis 0) both in NT form, for a tensor that
     feeds one product along each axis with the same spec (rowwise x and g). Float8 axiswise and

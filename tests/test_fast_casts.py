@@ -98,6 +98,31 @@ def test_float8_tensorwise_given_amax_is_the_tensorwise_cast(shape, edge, transp
                 assert_same(to_numpy(data), ref_data, "data " + what, seed)
 
 
+@pytest.mark.parametrize("shape", [(17, 32), (6, 96), (40, 130)])
+@pytest.mark.parametrize("edge", [False, True], ids=["finite", "nan_inf_zero_rows"])
+@pytest.mark.parametrize("given_amax", [False, True], ids=["amax_pass", "amax_given"])
+def test_float8_tensorwise_both_layouts_is_the_cast_and_its_transpose(shape, edge, given_amax,
+                                                                      seed):
+    """One cast pass writing x and x.T (QTRAIN_TENSORWISE_TRANSPOSE=cast): the reference's
+    tensorwise bits of x, and the same payload transposed, on shapes that cut tiles, with
+    NaN/Inf/zero rows, and for an all-zero tensor (F8-5, F8-6)."""
+    fast = fast_backend()
+    x = edge_rows(shape, ml_dtypes.bfloat16, seed, edge=edge)
+    for xi in (x, np.zeros(shape, ml_dtypes.bfloat16)):
+        xt = from_numpy(xi)
+        amax = xt.abs().amax().to(torch.float32) if given_amax else None
+        for fmt in ("float8_e4m3fn", "float8_e5m2"):
+            for pow2 in (False, True):
+                data, data_t, qs = fast.quantize_float8_both_layouts(xt, fmt, pow2, amax)
+                ref_data, ref_qs = reference.quantize_float8(xi, fmt, None, pow2)
+                what = f"{fmt} pow2={pow2} {shape} edge={edge} amax given={given_amax}"
+                assert tuple(data_t.shape) == shape[::-1] and data_t.is_contiguous(), what
+                assert_same(to_numpy(qs), ref_qs, "quant_scale " + what, seed)
+                assert_same(to_numpy(data), ref_data, "data " + what, seed)
+                assert_same(to_numpy(data_t), np.ascontiguousarray(ref_data.T), "data_t " + what,
+                            seed)
+
+
 def test_float8_given_amax_rejects_a_bad_amax():
     from qtrain.fast import cast_float8
     fast_backend()

@@ -169,3 +169,51 @@ def test_tensorwise_weight_amax_runs_once_per_step(compiled, monkeypatch):
     assert len(passes) == 4, passes
     for a, b, what in zip(want, got, ("output", "grad_input", "grad_weight")):
         assert torch.equal(a, b), f"{what} (QTRAIN_TEST_SEED={SEED})"
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_tensorwise_both_layouts_cast_gives_the_copy_bits(compiled, monkeypatch):
+    """QTRAIN_TENSORWISE_TRANSPOSE=cast: x and g of a tensorwise linear are cast into both
+    layouts by one pass, so no float8 payload is copied transposed (eager: no transpose_payload
+    call; 2 with the default copy). Output and both gradients are the copy path's bits, eager
+    and compiled; what backward keeps for x is the same size (x.T's payload instead of x's)."""
+    from qtrain import qlinear
+    from qtrain.fast.backend import FastBackend
+    copies = []
+    real = FastBackend.transpose_payload
+
+    def counted(self, p):
+        copies.append(tuple(p.shape))
+        return real(self, p)
+
+    monkeypatch.setattr(FastBackend, "transpose_payload", counted)
+    gen = torch.Generator().manual_seed(SEED)
+    x = torch.randn(64, 96, generator=gen)
+    w = torch.randn(160, 96, generator=gen) / 96 ** 0.5
+    g = torch.randn(64, 160, generator=gen)
+    config = dataclasses.replace(qtrain.recipe_config("tensorwise"), backend=NAME)
+
+    def step(mode):
+        monkeypatch.setattr(qlinear, "TENSORWISE_TRANSPOSE", mode)
+        fn = lambda a, b: qtrain.linear(a, b, config=config)          # noqa: E731
+        if compiled:
+            torch._dynamo.reset()
+            fn = torch.compile(fn, fullgraph=True)
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: kept.append(t.numel() * t.element_size()) or t, lambda t: t):
+            out = fn(xi, wi)
+        out.backward(g)
+        torch._dynamo.reset()
+        return (out.detach(), xi.grad, wi.grad), sum(kept)
+
+    want, kept_copy = step("copy")
+    n_copy = len(copies)
+    copies.clear()
+    got, kept_cast = step("cast")
+    if not compiled:
+        assert n_copy == 2 and not copies, (n_copy, copies)
+        assert kept_cast == kept_copy, (kept_cast, kept_copy)
+    for a, b, what in zip(want, got, ("output", "grad_input", "grad_weight")):
+        assert torch.equal(a, b), f"{what} (QTRAIN_TEST_SEED={SEED})"

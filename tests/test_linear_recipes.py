@@ -151,3 +151,27 @@ def test_pow2_factor_promise_only_where_every_factor_is_a_power_of_two(recipe, e
     w = torch.randn(128, 128, requires_grad=True)
     qtrain.linear(x, w, config=qtrain.recipe_config(recipe, backend="pow2-recording")).sum().backward()
     assert seen == [expected] * 3, seen
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one_linear", "qkv_shared_input"])
+def test_tensorwise_transpose_by_cast_or_copy_same_bits_reference(shared, monkeypatch):
+    """QTRAIN_TENSORWISE_TRANSPOSE=cast on a backend without a both-layouts cast (the reference:
+    qtrain.ops falls back to the cast and a copy): the same output and gradients as the default,
+    for one linear and for three linears sharing one input (one both-layouts cast for the
+    three)."""
+    from qtrain import qlinear
+    torch.manual_seed(3)
+    x = torch.randn(32, 64)
+    ws = [torch.randn(n, 64) / 8 for n in ((48, 16, 16) if shared else (48,))]
+    config = qtrain.recipe_config("tensorwise", backend="reference")
+
+    def run(mode):
+        monkeypatch.setattr(qlinear, "TENSORWISE_TRANSPOSE", mode)
+        xi = x.clone().requires_grad_()
+        wi = [w.clone().requires_grad_() for w in ws]
+        outs = [qtrain.linear(xi, w, config=config) for w in wi]
+        sum((o * (k + 1)).sum() for k, o in enumerate(outs)).backward()
+        return [o.detach() for o in outs] + [xi.grad] + [w.grad for w in wi]
+
+    for a, b in zip(run("copy"), run("cast")):
+        assert torch.equal(a, b)
