@@ -56,8 +56,13 @@ def _quant_blockwise(case, x, lib, **kw):
                                   **kw)
 
 
+def _quant_float8_both(case, x, lib, **kw):
+    return lib.quantize_float8_both_layouts(x, case["format"], bool(case.get("pow2", False)), **kw)
+
+
 QUANTIZE = {
-    # op: (call, names of the two outputs)
+    # op: (call, names of its outputs)
+    "quantize_float8_both_layouts": (_quant_float8_both, ("data", "data_t", "quant_scale")),
     "quantize_float8": (_quant_float8, ("data", "quant_scale")),
     "quantize_mx": (_quant_mx, ("data", "scale_bits")),
     "quantize_int8": (_quant_int8, ("data", "dequant_scale")),
@@ -70,6 +75,11 @@ class _NumpyRef:
 
     def quantize_float8(self, x, fmt, axis, pow2):
         return _ref().quantize_float8(x, fmt, axis=axis, pow2_scale=pow2)
+
+    def quantize_float8_both_layouts(self, x, fmt, pow2):
+        """Tensorwise x and its payload transposed (one scale serves both, RC-4)."""
+        data, quant_scale = _ref().quantize_float8(x, fmt, axis=None, pow2_scale=pow2)
+        return data, np.ascontiguousarray(data.T), quant_scale
 
     def quantize_mx(self, x, fmt, block, axis, mode):
         return _ref().quantize_mx(x, fmt, block_size=block, axis=axis, scale_mode=mode)
