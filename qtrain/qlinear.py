@@ -188,9 +188,8 @@ class _QuantizedLinearFn(torch.autograd.Function):
         elif qx is not None and gw[1] == plan.output[0] and gw[1].axis_free:
             ctx.x_mode, x_saved = "reuse", qx.tensors()
         else:
-            if qx_m is None:
-                qx_m = _shared(shared, ("m", gw[1], backend, x.dtype),
-                               lambda: quantize_operand(x, gw[1], 0, backend))
+            qx_m = _shared(shared, ("m", gw[1], backend, x.dtype),
+                           lambda: quantize_operand(x, gw[1], 0, backend))
             ctx.x_mode, x_saved = "q", qx_m.tensors()
         if keep_w:
             ctx.w_mode, w_saved = "reuse", qw.tensors()
