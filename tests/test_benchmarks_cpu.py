@@ -367,3 +367,20 @@ def test_convergence_control_names():
     with pytest.raises(ValueError):
         import qtrain
         qtrain.Int8LinearConfig(output=False, grad_input=False, grad_weight=False)
+
+
+def test_merge_results_appends_only_the_rows_the_local_csv_lacks(tmp_path):
+    """benchmarks.merge_results: the GPU run's copy of results.csv holds the local rows plus
+    its own; merging appends its own, once, in order, and a second merge appends nothing."""
+    from benchmarks import merge_results
+    local, returned = str(tmp_path / "local.csv"), str(tmp_path / "returned.csv")
+    row = dict(op="op", backend="fast", recipe="r", shape="s", metric="m", value="1")
+    common.append_rows([row], local)
+    with open(local) as f:
+        text = f.read()
+    with open(returned, "w") as f:
+        f.write(text)
+    common.append_rows([dict(row, value="2"), dict(row, value="3")], returned)
+    assert merge_results.merge(returned, local) == 2
+    assert [r["value"] for r in common.read_rows(local)] == ["1", "2", "3"]
+    assert merge_results.merge(returned, local) == 0
