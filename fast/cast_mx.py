@@ -103,6 +103,38 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
         tl.store(scale_ptr + groups[:, None] * C + cols[None, :], byte, mask=s_mask)
 
 
+@triton.jit
+def _mx_dim0_3d_kernel(x_ptr, data_ptr, scale_ptr, M, C,
+                       GROUPS: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr,
+                       TRANSPOSED: tl.constexpr, RCEIL: tl.constexpr, EMAX: tl.constexpr,
+                       RCP_MAX: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
+                       BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
+                       EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
+    """_mx_dim0_kernel's cast with the tile loaded as (GROUPS, BLOCK_SIZE, BLOCK_C): each
+    block's exponent and multiplier are computed once per (group, column) and broadcast along
+    the block's rows, with no reshape of the tile or of a per-element exponent
+    (DIM0_KERNEL = "3d"). Same bits."""
+    groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows3 = groups[:, None, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :, None]
+    cols3 = cols[None, None, :]
+    mask3 = (rows3 < M) & (cols3 < C)
+    x = widen_to_fp32(tl.load(x_ptr + rows3.to(tl.int64) * C + cols3, mask=mask3, other=0),
+                      IS_BF16)
+    e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)   # (GROUPS, BLOCK_C)
+    code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
+                           EXACT_SOFT_CAST)
+    byte = tl.where(nan, 0xFF, e + 127).to(tl.uint8)
+    n_groups = M // BLOCK_SIZE
+    s_mask = (groups[:, None] < n_groups) & (cols[None, :] < C)
+    if TRANSPOSED:
+        tl.store(data_ptr + cols3.to(tl.int64) * M + rows3, code, mask=mask3)
+        tl.store(scale_ptr + cols[None, :] * n_groups + groups[:, None], byte, mask=s_mask)
+    else:
+        tl.store(data_ptr + rows3.to(tl.int64) * C + cols3, code, mask=mask3)
+        tl.store(scale_ptr + groups[:, None] * C + cols[None, :], byte, mask=s_mask)
+
+
 def _mx_params(kernel, x, elem_fmt, block_size, scale_mode):
     check_input(x, LAYER)
     check_format(elem_fmt, LAYER, MX_ELEM_FORMATS)
@@ -144,6 +176,9 @@ def quantize_mx_dim_last(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode=
 # unless one warp holds the tile. H200, 8192^2 bf16 transposed (2026-12-01): (64, 64, 1) 94 us,
 # (32, 128, 2) 96, (64, 64, 2) 99, (64, 64, 4) 132 (the earlier default), (128, 64, 8) 261.
 DIM0_TILE = (64, 64, 1)
+# Which dim-0 kernel: "2d" (the tile loaded (ROWS, BLOCK_C), the block exponents broadcast back
+# to every element: what the H200 timed) or "3d" (_mx_dim0_3d_kernel; not yet timed).
+DIM0_KERNEL = "2d"
 
 
 def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor",
@@ -169,9 +204,12 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     groups = 1 << (groups.bit_length() - 1)
     block_c = pow2_at_most(C, cols_cap)
     grid = (cdiv(M, groups * block_size), cdiv(C, block_c))
-    _mx_dim0_kernel[grid](kernel_input(x)[0], data.view(torch.uint8), scale, M, C, GROUPS=groups,
-                          BLOCK_SIZE=block_size, BLOCK_C=block_c, TRANSPOSED=transposed, **params,
-                          num_warps=warps)
+    if DIM0_KERNEL not in ("2d", "3d"):
+        raise ValueError(f"{LAYER}: DIM0_KERNEL must be '2d' or '3d', got {DIM0_KERNEL!r}")
+    kernel = _mx_dim0_3d_kernel if DIM0_KERNEL == "3d" else _mx_dim0_kernel
+    kernel[grid](kernel_input(x)[0], data.view(torch.uint8), scale, M, C, GROUPS=groups,
+                 BLOCK_SIZE=block_size, BLOCK_C=block_c, TRANSPOSED=transposed, **params,
+                 num_warps=warps)
     return data, scale
 
 

@@ -325,22 +325,42 @@ def test_blockwise_transposed_on_other_tiles(tile, monkeypatch, seed):
         assert_same(to_numpy(data), ref_data, f"data {shape} {tile}", seed)
 
 
+@pytest.mark.parametrize("kernel", ["2d", "3d"])
 @pytest.mark.parametrize("tile", [(64, 64, 1), (32, 64, 1), (32, 128, 2), (32, 256, 4),
                                   (128, 64, 8)], ids=str)
-def test_mx_dim0_transposed_on_other_tiles(tile, monkeypatch, seed):
-    """The tiles gpu_fast_check times for the MX dim-0 cast (cast_mx.DIM0_TILE) give the
-    reference's bits for x.T, on shapes that cut them."""
+def test_mx_dim0_on_other_tiles_and_kernels(tile, kernel, monkeypatch, seed):
+    """The tiles and kernels gpu_fast_check times for the MX dim-0 cast (cast_mx.DIM0_TILE,
+    DIM0_KERNEL) give the reference's bits, written transposed (x.T's dim -1 cast) and in x's
+    layout, on shapes that cut them, floor and rceil, with NaN/Inf/zero rows."""
     from qtrain.fast import cast_mx
     monkeypatch.setattr(cast_mx, "DIM0_TILE", tile)
+    monkeypatch.setattr(cast_mx, "DIM0_KERNEL", kernel)
     fast_backend()
     for shape in ((96, 40), (64, 300)):
         x = _mx_input(shape, "bfloat16", seed)
-        data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, "rceil",
-                                              transposed=True)
-        ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T), "float8_e4m3fn",
-                                                   32, -1, "rceil")
-        assert_same(to_numpy(bits), ref_bits, f"scale_bits {shape} {tile}", seed)
-        assert_same(to_numpy(data), ref_data, f"data {shape} {tile}", seed)
+        x[5, :7] = np.nan
+        x[40, 3] = np.inf
+        x[64:, 9] = 0
+        for mode in ("floor", "rceil"):
+            what = f"{shape} {tile} {kernel} {mode}"
+            data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, mode,
+                                                  transposed=True)
+            ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T),
+                                                       "float8_e4m3fn", 32, -1, mode)
+            assert_same(to_numpy(bits), ref_bits, "scale_bits .T " + what, seed)
+            assert_same(to_numpy(data), ref_data, "data .T " + what, seed)
+            data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, mode)
+            ref_data, ref_bits = reference.quantize_mx(x, "float8_e4m3fn", 32, 0, mode)
+            assert_same(to_numpy(bits), ref_bits, "scale_bits " + what, seed)
+            assert_same(to_numpy(data), ref_data, "data " + what, seed)
+
+
+def test_mx_dim0_kernel_setting_is_checked(monkeypatch):
+    from qtrain.fast import cast_mx
+    monkeypatch.setattr(cast_mx, "DIM0_KERNEL", "4d")
+    fast_backend()
+    with pytest.raises(ValueError, match="DIM0_KERNEL"):
+        cast_mx.quantize_mx_dim0(torch.randn(64, 32).to(DEVICE), "float8_e4m3fn", 32, "floor")
 
 
 @pytest.mark.parametrize("shape", [(256, 128), (128, 384)])
