@@ -2,6 +2,7 @@
 (the same integration the GPU runs: transposed operands, dual casts, routing), against the recipe
 applied by hand through qtrain.reference within MM-4 (spec/06, spec/07). Small shapes only.
 """
+import contextlib
 import dataclasses
 import os
 
@@ -56,6 +57,34 @@ def test_RC_fast_kernels_linear_matches_hand_quantization(recipe):
         raise AssertionError(f"{e} (QTRAIN_TEST_SEED={SEED})") from None
 
 
+def _inputs(m, k, n):
+    """x (m, k), w (n, k), grad_output (m, n) from SEED."""
+    gen = torch.Generator().manual_seed(SEED)
+    return (torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen) / k ** 0.5,
+            torch.randn(m, n, generator=gen))
+
+
+def _tensorwise_linear(compiled=False):
+    """qtrain.linear with the tensorwise recipe on the interpreted fast backend, compiled
+    (fullgraph, after a dynamo reset) or eager."""
+    config = dataclasses.replace(qtrain.recipe_config("tensorwise"), backend=NAME)
+    fn = lambda a, b: qtrain.linear(a, b, config=config)          # noqa: E731
+    if compiled:
+        torch._dynamo.reset()
+        fn = torch.compile(fn, fullgraph=True)
+    return fn
+
+
+def _fwd_bwd(fn, x, w, g, forward_context=contextlib.nullcontext):
+    """(output, grad_input, grad_weight) of fn(x, w) with grad_output g, on fresh leaves; the
+    forward runs inside forward_context()."""
+    xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+    with forward_context():
+        out = fn(xi, wi)
+    out.backward(g)
+    return out.detach(), xi.grad, wi.grad
+
+
 def test_compiled_tensorwise_with_torch_amax_gives_the_eager_bits(monkeypatch):
     """QTRAIN_COMPILED_AMAX=torch: a compiled graph computes each tensorwise amax as a torch
     reduction (which inductor may fuse into x's producer) and runs the cast pass alone. Same
@@ -70,26 +99,14 @@ def test_compiled_tensorwise_with_torch_amax_gives_the_eager_bits(monkeypatch):
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(FastBackend, "quantize_float8_given_amax", counted)
-    gen = torch.Generator().manual_seed(SEED)
-    x = torch.randn(64, 128, generator=gen)
-    w = torch.randn(128, 128, generator=gen) / 128 ** 0.5
-    g = torch.randn(64, 128, generator=gen)
-    config = dataclasses.replace(qtrain.recipe_config("tensorwise"), backend=NAME)
-
-    def step(fn):
-        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
-        out = fn(xi, wi)
-        out.backward(g)
-        return out.detach(), xi.grad, wi.grad
-
-    eager = step(lambda a, b: qtrain.linear(a, b, config=config))
+    x, w, g = _inputs(64, 128, 128)
+    eager = _fwd_bwd(_tensorwise_linear(), x, w, g)
     # eager: x and g keep the cast's own amax pass; w's amax is computed once
     # (ops.tensor_amax) and given to its two casts, w and w.T
     assert len(calls) == 2, calls
     calls.clear()
     monkeypatch.setattr(recipes, "COMPILED_AMAX", "torch")
-    torch._dynamo.reset()
-    compiled = step(torch.compile(lambda a, b: qtrain.linear(a, b, config=config), fullgraph=True))
+    compiled = _fwd_bwd(_tensorwise_linear(compiled=True), x, w, g)
     torch._dynamo.reset()
     # x and w forward; g, and w re-quantized for grad_input (RC-14), backward
     assert len(calls) == 4, calls
@@ -141,30 +158,14 @@ def test_tensorwise_weight_amax_runs_once_per_step(compiled, monkeypatch):
     monkeypatch.setattr(fast_amax, "amax_bits_2d", counted)
     import qtrain.fast.cast_float8 as cf
     monkeypatch.setattr(cf, "amax_bits_2d", counted)
-    gen = torch.Generator().manual_seed(SEED)
-    x = torch.randn(64, 96, generator=gen)
-    w = torch.randn(160, 96, generator=gen) / 96 ** 0.5
-    g = torch.randn(64, 160, generator=gen)
-
-    def step(backend, compile_it):
-        config = dataclasses.replace(qtrain.recipe_config("tensorwise"), backend=backend)
-        fn = lambda a, b: qtrain.linear(a, b, config=config)          # noqa: E731
-        if compile_it:
-            torch._dynamo.reset()
-            fn = torch.compile(fn, fullgraph=True)
-        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
-        out = fn(xi, wi)
-        out.backward(g)
-        return out.detach(), xi.grad, wi.grad
-
-    got = step(NAME, compiled)
+    x, w, g = _inputs(64, 96, 160)
+    got = _fwd_bwd(_tensorwise_linear(compiled), x, w, g)
     torch._dynamo.reset()
-    assert sorted(passes) == sorted([(64 * 96 // 1024, 1024) if 64 * 96 % 1024 == 0 else (64, 96),
-                                     (160 * 96 // 1024, 1024),
-                                     (64 * 160 // 1024, 1024)]), passes
+    # x, w and g, each viewed as rows of 1024 (fast.common.flat_2d): one amax pass apiece
+    assert sorted(passes) == sorted([(6, 1024), (15, 1024), (10, 1024)]), passes
     passes.clear()
     monkeypatch.setattr(qlinear, "_PLAIN_TENSORS", ())
-    want = step(NAME, compiled)
+    want = _fwd_bwd(_tensorwise_linear(compiled), x, w, g)
     torch._dynamo.reset()
     assert len(passes) == 4, passes
     for a, b, what in zip(want, got, ("output", "grad_input", "grad_weight")):
@@ -187,26 +188,19 @@ def test_tensorwise_both_layouts_cast_gives_the_copy_bits(compiled, monkeypatch)
         return real(self, p)
 
     monkeypatch.setattr(FastBackend, "transpose_payload", counted)
-    gen = torch.Generator().manual_seed(SEED)
-    x = torch.randn(64, 96, generator=gen)
-    w = torch.randn(160, 96, generator=gen) / 96 ** 0.5
-    g = torch.randn(64, 160, generator=gen)
-    config = dataclasses.replace(qtrain.recipe_config("tensorwise"), backend=NAME)
+    x, w, g = _inputs(64, 96, 160)
 
     def step(mode):
         monkeypatch.setattr(qlinear, "TENSORWISE_TRANSPOSE", mode)
-        fn = lambda a, b: qtrain.linear(a, b, config=config)          # noqa: E731
-        if compiled:
-            torch._dynamo.reset()
-            fn = torch.compile(fn, fullgraph=True)
-        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
         kept = []
-        with torch.autograd.graph.saved_tensors_hooks(
-                lambda t: kept.append(t.numel() * t.element_size()) or t, lambda t: t):
-            out = fn(xi, wi)
-        out.backward(g)
+
+        def saved_bytes():
+            return torch.autograd.graph.saved_tensors_hooks(
+                lambda t: kept.append(t.numel() * t.element_size()) or t, lambda t: t)
+
+        result = _fwd_bwd(_tensorwise_linear(compiled), x, w, g, saved_bytes)
         torch._dynamo.reset()
-        return (out.detach(), xi.grad, wi.grad), sum(kept)
+        return result, sum(kept)
 
     want, kept_copy = step("copy")
     n_copy = len(copies)
