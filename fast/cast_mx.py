@@ -70,6 +70,18 @@ def _mx_dim_last_kernel(x_ptr, data_ptr, scale_ptr, n_blocks,
 
 
 @triton.jit
+def _store_dim0_scales(scale_ptr, e, nan, groups, cols, n_groups, C, TRANSPOSED: tl.constexpr):
+    """The e8m0 bytes of blocks (groups, cols) of a dim-0 cast (0xFF for a NaN block, MX-2):
+    scales (n_groups, C), or TRANSPOSED (C, n_groups)."""
+    byte = tl.where(nan, 0xFF, e + 127).to(tl.uint8)
+    s_mask = (groups[:, None] < n_groups) & (cols[None, :] < C)
+    if TRANSPOSED:
+        tl.store(scale_ptr + cols[None, :] * n_groups + groups[:, None], byte, mask=s_mask)
+    else:
+        tl.store(scale_ptr + groups[:, None] * C + cols[None, :], byte, mask=s_mask)
+
+
+@triton.jit
 def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
                     GROUPS: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr,
                     TRANSPOSED: tl.constexpr, RCEIL: tl.constexpr, EMAX: tl.constexpr,
@@ -91,16 +103,12 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     nan_rows = tl.reshape(tl.broadcast_to(nan[:, None, :], (GROUPS, BLOCK_SIZE, BLOCK_C)),
                           (ROWS, BLOCK_C))
     code = _mx_scale_block(x, e_rows, nan_rows, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    byte = tl.where(nan, 0xFF, e + 127).to(tl.uint8)
-    groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
-    n_groups = M // BLOCK_SIZE
-    s_mask = (groups[:, None] < n_groups) & (cols[None, :] < C)
     if TRANSPOSED:
         tl.store(data_ptr + cols[None, :].to(tl.int64) * M + rows[:, None], code, mask=mask)
-        tl.store(scale_ptr + cols[None, :] * n_groups + groups[:, None], byte, mask=s_mask)
     else:
         tl.store(data_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], code, mask=mask)
-        tl.store(scale_ptr + groups[:, None] * C + cols[None, :], byte, mask=s_mask)
+    _store_dim0_scales(scale_ptr, e, nan, tl.program_id(0) * GROUPS + tl.arange(0, GROUPS), cols,
+                       M // BLOCK_SIZE, C, TRANSPOSED)
 
 
 @triton.jit
@@ -124,15 +132,11 @@ def _mx_dim0_3d_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)   # (GROUPS, BLOCK_C)
     code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
                            EXACT_SOFT_CAST)
-    byte = tl.where(nan, 0xFF, e + 127).to(tl.uint8)
-    n_groups = M // BLOCK_SIZE
-    s_mask = (groups[:, None] < n_groups) & (cols[None, :] < C)
     if TRANSPOSED:
         tl.store(data_ptr + cols3.to(tl.int64) * M + rows3, code, mask=mask3)
-        tl.store(scale_ptr + cols[None, :] * n_groups + groups[:, None], byte, mask=s_mask)
     else:
         tl.store(data_ptr + rows3.to(tl.int64) * C + cols3, code, mask=mask3)
-        tl.store(scale_ptr + groups[:, None] * C + cols[None, :], byte, mask=s_mask)
+    _store_dim0_scales(scale_ptr, e, nan, groups, cols, M // BLOCK_SIZE, C, TRANSPOSED)
 
 
 def _mx_params(kernel, x, elem_fmt, block_size, scale_mode):
