@@ -128,6 +128,15 @@ def _pad_contraction(t, axis, multiple):
     return torch.nn.functional.pad(t, pad)
 
 
+def _compiled_torch_amax(t):
+    """t's F8-1 amax as a torch reduction (max |x|, NaN propagates) while torch.compile traces
+    with QTRAIN_COMPILED_AMAX=torch, for inductor to fuse into t's producer; else None (the
+    tensorwise cast computes it itself)."""
+    if COMPILED_AMAX == "torch" and t.numel() and torch.compiler.is_compiling():
+        return t.abs().amax().to(torch.float32)
+    return None
+
+
 def quantize_operand(t, spec, contraction_axis, backend, noise=None, amax=None):
     """Quantize 2-D `t` along `contraction_axis` (0 or 1) and return it in NT form:
     contraction along the last axis of the payload (MM-1). Along axis 0 the backend quantizes
@@ -142,12 +151,9 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None, amax=None):
     t = _pad_contraction(t, contraction_axis, spec.contraction_block)
     if spec.kind == "float8":
         axis = None if spec.tensorwise else -1
+        if amax is None and spec.tensorwise:
+            amax = _compiled_torch_amax(t)
         if amax is not None:
-            data, quant_scale = ops.quantize_float8_given_amax(t, amax, spec.fmt, spec.pow2_scale,
-                                                               backend, transposed=transpose)
-        elif (spec.tensorwise and COMPILED_AMAX == "torch" and t.numel()
-                and torch.compiler.is_compiling()):
-            amax = t.abs().amax().to(torch.float32)                  # F8-1, NaN propagates
             data, quant_scale = ops.quantize_float8_given_amax(t, amax, spec.fmt, spec.pow2_scale,
                                                                backend, transposed=transpose)
         else:
@@ -188,9 +194,8 @@ def quantize_operand_tensorwise_both(t, spec, backend, amax=None):
     if not (spec.kind == "float8" and spec.tensorwise) or t.dim() != 2:
         raise ValueError(f"quantize_operand_tensorwise_both: needs a tensorwise float8 spec and "
                          f"2-D t, got {spec} and shape {tuple(t.shape)}")
-    if (amax is None and COMPILED_AMAX == "torch" and t.numel()
-            and torch.compiler.is_compiling()):
-        amax = t.abs().amax().to(torch.float32)                      # F8-1, NaN propagates
+    if amax is None:
+        amax = _compiled_torch_amax(t)
     data, data_t, quant_scale = ops.quantize_float8_both_layouts(t, spec.fmt, spec.pow2_scale,
                                                                  backend, amax)
     dequant = torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1, 1))
