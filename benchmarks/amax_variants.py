@@ -9,15 +9,19 @@ Variants: tile shape, grid order (row tiles fastest, as shipped, or column tiles
 atomic semantics (acq_rel, Triton's default, or relaxed), reduction order, warps, and a flat
 1-D pass for the tensor amax."""
 import argparse
+import os
+import sys
 
 import torch
 import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-from qtrain.fast import amax
-from qtrain.fast.amax import amax_bits_2d
-from qtrain.fast.cast_float8 import quantize_float8_tensorwise
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import module_settings  # noqa: E402
+from qtrain.fast import amax  # noqa: E402
+from qtrain.fast.amax import amax_bits_2d  # noqa: E402
+from qtrain.fast.cast_float8 import quantize_float8_tensorwise  # noqa: E402
 
 
 @triton.jit
@@ -59,15 +63,11 @@ def _time(fn):
     return do_bench(fn, warmup=25, rep=200) * 1e3          # us
 
 
-def _settings(tile, per_sm, warps, rows_tile=None, rows_per_sm=None):
-    """Set the amax pass's settings (those with row maxima too, unless given apart); returns
-    the old ones, in this argument order."""
-    saved = (amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM, amax.AMAX_WARPS, amax.AMAX_ROWS_TILE,
-             amax.AMAX_ROWS_PROGRAMS_PER_SM)
-    amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM, amax.AMAX_WARPS = tile, per_sm, warps
-    amax.AMAX_ROWS_TILE = tile if rows_tile is None else rows_tile
-    amax.AMAX_ROWS_PROGRAMS_PER_SM = per_sm if rows_per_sm is None else rows_per_sm
-    return saved
+def _settings(tile, per_sm, warps):
+    """The amax pass's settings, those with row maxima too, set to one (tile, programs/SM,
+    warps) inside the block."""
+    return module_settings(amax, AMAX_TILE=tile, AMAX_PROGRAMS_PER_SM=per_sm, AMAX_WARPS=warps,
+                           AMAX_ROWS_TILE=tile, AMAX_ROWS_PROGRAMS_PER_SM=per_sm)
 
 
 MODES = {"tensor": dict(tensor=True), "columns": dict(cols=True),
@@ -80,8 +80,7 @@ def sweep_shipped(x, configs, out):
     bits = (x.float().view(torch.int32) & 0x7FFFFFFF)
     want = {"tensor": bits.max().reshape(1), "rows": bits.amax(dim=1), "cols": bits.amax(dim=0)}
     for tile, per_sm, warps in configs:
-        saved = _settings(tile, per_sm, warps)
-        try:
+        with _settings(tile, per_sm, warps):
             for mode, kw in MODES.items():
                 t, r, c = amax_bits_2d(x, **kw)
                 ok = all(torch.equal(got, want[k]) for k, got in
@@ -90,8 +89,6 @@ def sweep_shipped(x, configs, out):
                 out.append((tuple(x.shape), mode, tile, per_sm, warps, us,
                             x.numel() * 2 / us / 1e3, "ok" if ok else "MISMATCH"))
                 print(*out[-1], flush=True)
-        finally:
-            _settings(*saved)
 
 
 def main():

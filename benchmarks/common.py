@@ -1,4 +1,5 @@
 """Shared benchmark plumbing: the one long results CSV, environment facts, timing and table helpers."""
+import contextlib
 import csv
 import datetime
 import os
@@ -144,3 +145,17 @@ def capture_cuda_graph(step, params, warmup=3):
     with torch.cuda.graph(graph):
         static = step()
     return graph, static
+
+
+@contextlib.contextmanager
+def module_settings(module, **values):
+    """Module-level tuning settings (e.g. fast.amax's AMAX_TILE) set to `values` inside the
+    block and restored after it, for the benchmarks that time a kernel under other settings."""
+    saved = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import capture_cuda_graph, fast_operand_pair, host_us_per_call  # noqa: E402
+from benchmarks.common import (capture_cuda_graph, fast_operand_pair, host_us_per_call,  # noqa: E402
+                               module_settings)
 
 
 class RunLog:
@@ -274,13 +275,8 @@ def _with_setting(module, name, value, fn):
     """fn() with the module-level tuning setting `name` of qtrain.fast.`module` set to value
     (the amax grid, the tile of the passes that write x.T), restored afterwards."""
     import importlib
-    mod = importlib.import_module(f"qtrain.fast.{module}")
-    saved = getattr(mod, name)
-    setattr(mod, name, value)
-    try:
+    with module_settings(importlib.import_module(f"qtrain.fast.{module}"), **{name: value}):
         return fn()
-    finally:
-        setattr(mod, name, saved)
 
 
 def time_casts():

@@ -150,6 +150,7 @@ def check_products():
 # ---------------------------------------------------------------- (b) timings
 def time_casts():
     from qtrain.fast import amax, cast_blockwise, cast_float8, cast_int8, cast_mx, common
+    from benchmarks.common import module_settings
     M, K = 8192, 8192
     n = M * K
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -188,23 +189,15 @@ def time_casts():
         guarded("cast " + name, "new", (M, K), lambda: timed(name, fn, minimal, moved))
     # variants: the two-loop rowwise (second read from L2) and the amax pass's rows per program
     def two_loop():
-        saved = common.ROW_IN_REGISTERS
-        common.ROW_IN_REGISTERS = 0
-        try:
+        with module_settings(common, ROW_IN_REGISTERS=0):
             timed("float8 rowwise", cases[1][1], 3 * n, 5 * n, "two-loop")
             timed("int8 rowwise rne", cases[7][1], 3 * n, 5 * n, "two-loop")
-        finally:
-            common.ROW_IN_REGISTERS = saved
     guarded("cast rowwise", "two-loop", (M, K), two_loop)
     for per_sm in (4, 16):
         def amax_var(per_sm=per_sm):
-            saved = amax.AMAX_PROGRAMS_PER_SM
-            amax.AMAX_PROGRAMS_PER_SM = per_sm
-            try:
+            with module_settings(amax, AMAX_PROGRAMS_PER_SM=per_sm):
                 timed("float8 columnwise", cases[2][1], 3 * n, 5 * n, f"amax {per_sm} programs/SM")
                 timed("float8 tensorwise", cases[0][1], 3 * n, 5 * n, f"amax {per_sm} programs/SM")
-            finally:
-                amax.AMAX_PROGRAMS_PER_SM = saved
         guarded("cast amax", f"{per_sm} programs/SM", (M, K), amax_var)
 
 

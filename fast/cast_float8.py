@@ -124,8 +124,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
     _float8_tiles_kernel[grid](
-        x_in, R, C, t_bits if tensorwise else c_bits, qs,
-        data.view(torch.uint8),
+        x_in, R, C, t_bits if tensorwise else c_bits, qs, data.view(torch.uint8),
         r_bits if dual else qs, row_qs, row_data.view(torch.uint8),
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
         DUAL=dual, ROW_COPY=row_copy, POW2=pow2, **float8_params(fmt),

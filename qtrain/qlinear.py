@@ -107,7 +107,7 @@ class _SharedInput:
     def of(cls, input):
         entry = cls._live.get(id(input))
         if entry is None or entry.ref() is not input or entry.version != input._version:
-            cls._live.clear()
+            cls.drop_all()
             entry = cls._live[id(input)] = cls(input)
         return entry
 

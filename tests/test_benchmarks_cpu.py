@@ -384,3 +384,17 @@ def test_merge_results_appends_only_the_rows_the_local_csv_lacks(tmp_path):
     assert merge_results.merge(returned, local) == 2
     assert [r["value"] for r in common.read_rows(local)] == ["1", "2", "3"]
     assert merge_results.merge(returned, local) == 0
+
+
+def test_module_settings_restores_after_the_block_and_on_error():
+    """benchmarks.common.module_settings: the settings hold inside the block and are restored
+    after it, also when the block raises (the tuning scripts time kernels under other tiles)."""
+    from qtrain.fast import amax
+    before = (amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM)
+    with common.module_settings(amax, AMAX_TILE=(8, 64), AMAX_PROGRAMS_PER_SM=1):
+        assert (amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM) == ((8, 64), 1)
+    assert (amax.AMAX_TILE, amax.AMAX_PROGRAMS_PER_SM) == before
+    with pytest.raises(RuntimeError):
+        with common.module_settings(amax, AMAX_TILE=(8, 64)):
+            raise RuntimeError("inside")
+    assert amax.AMAX_TILE == before[0]
