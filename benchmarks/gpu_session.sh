@@ -7,7 +7,7 @@
 #          (profiler table), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
 #          amaxab (tensorwise block compiled with QTRAIN_COMPILED_AMAX=kernel, then =torch),
 #          transposeab (tensorwise block eager with QTRAIN_FAST_TRANSPOSE=torch, then =tiles),
-#          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast),
+#          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast; AB_BUDGET_S for both A/B steps),
 #          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
 #          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
@@ -62,7 +62,7 @@ if has graphs; then
 fi
 if has amaxab; then   # QTRAIN_COMPILED_AMAX: tensorwise block compiled, amax pass vs a fusable torch reduction
   for mode in kernel torch; do
-    step block_amax_$mode ${AMAXAB_LIMIT_S:-200} env QTRAIN_COMPILED_AMAX=$mode python3 -m benchmarks.block --recipes tensorwise --compile compiled --large-only --no-torchao --budget-s 160
+    step block_amax_$mode ${AMAXAB_LIMIT_S:-200} env QTRAIN_COMPILED_AMAX=$mode python3 -m benchmarks.block --recipes tensorwise --compile compiled --large-only --no-torchao --budget-s ${AB_BUDGET_S:-160}
   done
 fi
 if has transposeab; then   # QTRAIN_FAST_TRANSPOSE: eager tensorwise block, torch's copy vs the tiled kernel
@@ -72,7 +72,7 @@ if has transposeab; then   # QTRAIN_FAST_TRANSPOSE: eager tensorwise block, torc
 fi
 if has layoutab; then   # QTRAIN_TENSORWISE_TRANSPOSE: tensorwise block, payload copied transposed vs cast into both layouts
   for mode in copy cast; do
-    step block_layout_$mode ${LAYOUTAB_LIMIT_S:-200} env QTRAIN_TENSORWISE_TRANSPOSE=$mode python3 -m benchmarks.block --recipes tensorwise --compile ${LAYOUTAB_COMPILE:-both} --large-only --no-torchao --budget-s 160
+    step block_layout_$mode ${LAYOUTAB_LIMIT_S:-200} env QTRAIN_TENSORWISE_TRANSPOSE=$mode python3 -m benchmarks.block --recipes tensorwise --compile ${LAYOUTAB_COMPILE:-both} --large-only --no-torchao --budget-s ${AB_BUDGET_S:-160}
   done
 fi
 if has profile; then
