@@ -3,7 +3,7 @@
 variant gives the bits of the shipped pass. An experiment for issue 8 (the tensorwise cast is
 an amax pass plus a cast pass; the amax pass alone ran at 38% of copy on 2026-12-01).
 
-    python benchmarks/amax_variants.py [--size 8192]
+    python benchmarks/amax_variants.py [--size 8192] [--in-flight]
 
 Variants: tile shape, grid order (row tiles fastest, as shipped, or column tiles fastest),
 atomic semantics (acq_rel, Triton's default, or relaxed), reduction order, warps, and a flat
@@ -59,6 +59,69 @@ def _amax_flat(x_ptr, N, out_ptr, BLOCK: tl.constexpr, RELAXED: tl.constexpr):
         tl.atomic_max(out_ptr, m)
 
 
+@triton.jit
+def _amax_loop(x_ptr, R, C, out_ptr, N_ROW_TILES, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+               UNROLL: tl.constexpr, STAGES: tl.constexpr):
+    """The shipped loop (tensor amax only) with UNROLL row tiles loaded per iteration and the
+    loop software-pipelined over STAGES: more bytes in flight per warp."""
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.int32)
+    for rt in tl.range(tl.program_id(0) * UNROLL, N_ROW_TILES, tl.num_programs(0) * UNROLL,
+                       num_stages=STAGES):
+        for u in tl.static_range(UNROLL):
+            rows = (rt + u) * BLOCK_R + tl.arange(0, BLOCK_R)
+            mask = (rows[:, None] < R) & (cols[None, :] < C)
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
+                        other=0)
+            acc = tl.maximum(acc, (x.to(tl.int32) << 16) & 0x7FFFFFFF)
+    tl.atomic_max(out_ptr, tl.max(tl.max(acc, axis=1), axis=0), sem="relaxed")
+
+
+def sweep_in_flight(x):
+    """Bytes in flight: is the pass's ~2.9 TB/s the read limit of this GPU, or too few loads
+    outstanding per SM? Unrolled and software-pipelined loops, wider flat programs, beside
+    torch's reductions; bits checked against torch."""
+    n_sm = torch.cuda.get_device_properties(x.device).multi_processor_count
+    R, C = x.shape
+    xi, nbytes = x.view(torch.int16), x.numel() * 2
+    want = int((x.float().view(torch.int32) & 0x7FFFFFFF).max())
+    print(f"torch x.abs().amax(): {_time(lambda: x.abs().amax()):.1f} us; "
+          f"torch x.amax(): {_time(lambda: x.amax()):.1f} us; "
+          f"torch int16 sum: {_time(lambda: xi.sum(dtype=torch.int32)):.1f} us")
+    for block in (8192, 16384, 32768):
+        for warps in (4, 8, 16):
+            def fn(block=block, warps=warps):
+                out = torch.zeros(1, dtype=torch.int32, device="cuda")
+                _amax_flat[(triton.cdiv(x.numel(), block),)](xi, x.numel(), out, BLOCK=block,
+                                                             RELAXED=True, num_warps=warps)
+                return out
+            ok = int(fn()) == want
+            us = _time(fn)
+            print(f"flat 1-D, {block} per program, {warps} warps: {us:.1f} us, "
+                  f"{nbytes / us / 1e3:.0f} GB/s {'ok' if ok else 'MISMATCH'}", flush=True)
+    for (br, bc), unroll, stages, per_sm, warps in [
+            (t, u, s, p, w) for t in ((32, 128), (64, 128), (32, 256)) for u in (1, 2, 4)
+            for s in (1, 3) for p in (4, 8) for w in (4, 8)]:
+        n_row_tiles, n_col = triton.cdiv(R, br), triton.cdiv(C, bc)
+        programs = max(1, min(n_row_tiles // unroll, triton.cdiv(per_sm * n_sm, n_col)))
+        def fn(br=br, bc=bc, unroll=unroll, stages=stages, warps=warps, programs=programs,
+               n_row_tiles=n_row_tiles, n_col=n_col):
+            out = torch.zeros(1, dtype=torch.int32, device="cuda")
+            _amax_loop[(programs, n_col)](xi, R, C, out, n_row_tiles, BLOCK_R=br, BLOCK_C=bc,
+                                          UNROLL=unroll, STAGES=stages, num_warps=warps)
+            return out
+        try:
+            ok = int(fn()) == want
+            us = _time(fn)
+        except Exception as e:                       # a config Triton cannot compile
+            print(f"loop {br}x{bc} unroll {unroll} stages {stages} {per_sm}/SM {warps} warps: "
+                  f"{type(e).__name__}", flush=True)
+            continue
+        print(f"loop {br}x{bc} unroll {unroll} stages {stages} {per_sm}/SM {warps} warps: "
+              f"{us:.1f} us, {nbytes / us / 1e3:.0f} GB/s {'ok' if ok else 'MISMATCH'}",
+              flush=True)
+
+
 def _time(fn):
     return do_bench(fn, warmup=25, rep=200) * 1e3          # us
 
@@ -94,6 +157,8 @@ def sweep_shipped(x, configs, out):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=8192)
+    ap.add_argument("--in-flight", action="store_true",
+                    help="only the bytes-in-flight sweep (sweep_in_flight)")
     args = ap.parse_args()
     n = args.size
     torch.manual_seed(0)
@@ -106,6 +171,9 @@ def main():
     copy_us = _time(lambda: dst.copy_(x))
     print(f"torch copy_ ({n}, {n}) bf16: {copy_us:.1f} us, {2 * nbytes / copy_us / 1e3:.0f} GB/s")
     print(f"torch aminmax: {_time(lambda: torch.aminmax(x)):.1f} us")
+    if args.in_flight:
+        sweep_in_flight(x)
+        return
     # 1. the reduction order of one tile (what made the pass slow, 2026-12-01)
     for rows_first in (False, True):
         for relaxed in (False, True):

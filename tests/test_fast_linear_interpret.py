@@ -85,31 +85,45 @@ def _fwd_bwd(fn, x, w, g, forward_context=contextlib.nullcontext):
     return out.detach(), xi.grad, wi.grad
 
 
-def test_compiled_tensorwise_with_torch_amax_gives_the_eager_bits(monkeypatch):
+@pytest.mark.parametrize("transpose_mode", ["copy", "cast"])
+def test_compiled_tensorwise_with_torch_amax_gives_the_eager_bits(transpose_mode, monkeypatch):
     """QTRAIN_COMPILED_AMAX=torch: a compiled graph computes each tensorwise amax as a torch
-    reduction (which inductor may fuse into x's producer) and runs the cast pass alone. Same
-    output and gradients, bit for bit, as eager's own amax pass; no graph break."""
-    from qtrain import recipes
+    reduction (which inductor may fuse into x's producer) and runs the cast pass alone, for
+    either QTRAIN_TENSORWISE_TRANSPOSE (x and g through the given-amax cast, or through the
+    both-layouts cast with the amax given). Same output and gradients, bit for bit, as eager's
+    own amax pass; no graph break."""
+    from qtrain import qlinear, recipes
     from qtrain.fast.backend import FastBackend
-    calls = []
-    real = FastBackend.quantize_float8_given_amax
+    monkeypatch.setattr(qlinear, "TENSORWISE_TRANSPOSE", transpose_mode)
+    calls = []          # (cast, whether its amax came from the caller)
+    real_given = FastBackend.quantize_float8_given_amax
+    real_both = FastBackend.quantize_float8_both_layouts
 
-    def counted(self, *args, **kwargs):
-        calls.append(1)
-        return real(self, *args, **kwargs)
+    def given_amax(self, x, amax, *args, **kwargs):
+        calls.append(("given_amax", amax is not None))
+        return real_given(self, x, amax, *args, **kwargs)
 
-    monkeypatch.setattr(FastBackend, "quantize_float8_given_amax", counted)
+    def both_layouts(self, x, fmt, pow2_scale=False, amax=None):
+        calls.append(("both_layouts", amax is not None))
+        return real_both(self, x, fmt, pow2_scale, amax)
+
+    monkeypatch.setattr(FastBackend, "quantize_float8_given_amax", given_amax)
+    monkeypatch.setattr(FastBackend, "quantize_float8_both_layouts", both_layouts)
     x, w, g = _inputs(64, 128, 128)
     eager = _fwd_bwd(_tensorwise_linear(), x, w, g)
     # eager: x and g keep the cast's own amax pass; w's amax is computed once
     # (ops.tensor_amax) and given to its two casts, w and w.T
-    assert len(calls) == 2, calls
+    given = [c for c in calls if c[1]]
+    assert len(given) == 2 and all(n == "given_amax" for n, _ in given), calls
     calls.clear()
     monkeypatch.setattr(recipes, "COMPILED_AMAX", "torch")
     compiled = _fwd_bwd(_tensorwise_linear(compiled=True), x, w, g)
     torch._dynamo.reset()
-    # x and w forward; g, and w re-quantized for grad_input (RC-14), backward
-    assert len(calls) == 4, calls
+    # x and w forward; g, and w re-quantized for grad_input (RC-14), backward: all four casts
+    # get their amax from the graph
+    assert len(calls) == 4 and all(given for _, given in calls), calls
+    both = sum(n == "both_layouts" for n, _ in calls)
+    assert both == (2 if transpose_mode == "cast" else 0), calls
     for want, got, what in zip(eager, compiled, ("output", "grad_input", "grad_weight")):
         assert torch.equal(want, got), f"{what} (QTRAIN_TEST_SEED={SEED})"
 
@@ -118,7 +132,9 @@ def test_eager_tensorwise_transposes_reused_payloads_by_tiles(monkeypatch):
     """Eager tensorwise reuses x's and g's float8 payloads transposed for grad_weight; with
     QTRAIN_FAST_TRANSPOSE=tiles the fast backend writes those transposes with its tiled kernel
     (two per fwd+bwd), the same bits as torch's copy of the transposed view."""
+    from qtrain import qlinear
     from qtrain.fast import transpose
+    monkeypatch.setattr(qlinear, "TENSORWISE_TRANSPOSE", "copy")     # the payload copy path
     monkeypatch.setattr(transpose, "TRANSPOSE", "tiles")
     calls = []
     real = transpose.transpose_bytes
@@ -139,8 +155,9 @@ def test_eager_tensorwise_transposes_reused_payloads_by_tiles(monkeypatch):
 
 
 
+@pytest.mark.parametrize("transpose_mode", ["copy", "cast"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_tensorwise_weight_amax_runs_once_per_step(compiled, monkeypatch):
+def test_tensorwise_weight_amax_runs_once_per_step(compiled, transpose_mode, monkeypatch):
     """A tensorwise linear's weight is cast twice per step (w for the output, w.T for
     grad_input, RC-14). Its amax pass runs once, in the forward; the backward cast of w.T gets
     the saved amax and runs its cast pass alone. Amax passes per fwd+bwd: x, w, g (three, not
@@ -148,6 +165,7 @@ def test_tensorwise_weight_amax_runs_once_per_step(compiled, monkeypatch):
     tensor subclasses)."""
     from qtrain import qlinear
     from qtrain.fast import amax as fast_amax
+    monkeypatch.setattr(qlinear, "TENSORWISE_TRANSPOSE", transpose_mode)
     passes = []
     real = fast_amax.amax_bits_2d
 
@@ -161,8 +179,11 @@ def test_tensorwise_weight_amax_runs_once_per_step(compiled, monkeypatch):
     x, w, g = _inputs(64, 96, 160)
     got = _fwd_bwd(_tensorwise_linear(compiled), x, w, g)
     torch._dynamo.reset()
-    # x, w and g, each viewed as rows of 1024 (fast.common.flat_2d): one amax pass apiece
-    assert sorted(passes) == sorted([(6, 1024), (15, 1024), (10, 1024)]), passes
+    # x, w and g: one amax pass apiece. w is viewed as rows of 1024 (fast.common.flat_2d); x
+    # and g too when cast alone (QTRAIN_TENSORWISE_TRANSPOSE=copy), 2-D when cast into both
+    # layouts (=cast, the default)
+    x_g = [(6, 1024), (10, 1024)] if transpose_mode == "copy" else [(64, 96), (64, 160)]
+    assert sorted(passes) == sorted([(15, 1024)] + x_g), passes
     passes.clear()
     monkeypatch.setattr(qlinear, "_PLAIN_TENSORS", ())
     want = _fwd_bwd(_tensorwise_linear(compiled), x, w, g)

@@ -139,8 +139,11 @@ def test_one_entry_at_a_time_and_none_after_backward(recipe, monkeypatch):
     w1, w2 = torch.randn(32, 64, requires_grad=True), torch.randn(16, 32, requires_grad=True)
     h = torch.randn(8, 64, requires_grad=True)
     y = qtrain.linear(h, w1, config=config)
-    held = [weakref.ref(t) for value in qlinear._SharedInput._live[id(h)].items.values()
-            for t in value.tensors()]
+    # an entry is one quantized operand, or a pair (x and x.T, or x along K and along M)
+    entries = [value for item in qlinear._SharedInput._live[id(h)].items.values()
+               for value in (item if isinstance(item, tuple) else (item,))]
+    held = [weakref.ref(t) for value in entries for t in value.tensors()]
+    del entries                              # weak references only from here
     r = torch.relu(y)
     z = qtrain.linear(r, w2, config=config)
     assert list(qlinear._SharedInput._live) == [id(r)]          # h's entry went
