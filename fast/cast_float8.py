@@ -69,7 +69,9 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
     offs = rows[:, None].to(tl.int64) * C + cols[None, :]
     x = widen_to_fp32(tl.load(x_ptr + offs, mask=mask, other=0), IS_BF16)
     if TENSORWISE:
-        qs = float8_quant_scale(tl.load(amax_ptr), MAX, POW2)
+        # the sign bit cleared here, not by the caller: a given amax (a float the caller
+        # computed) is read as |amax| without a torch abs kernel (a launch per cast)
+        qs = float8_quant_scale(tl.load(amax_ptr) & 0x7FFFFFFF, MAX, POW2)
         if (pid_r == 0) & (pid_c == 0):
             tl.store(qs_ptr, qs)
         code = encode_float8(x * qs, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
@@ -166,14 +168,15 @@ def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None):
 
 
 def _amax_as_bits(amax, x):
-    """The given tensorwise amax as the int32 bits of |amax| (the amax pass's buffer layout)."""
+    """The given tensorwise amax as fp32 int32 bits (the amax pass's buffer layout); the
+    kernel clears the sign bit."""
     if not isinstance(amax, torch.Tensor) or amax.numel() != 1 or not amax.is_floating_point():
         raise ValueError(f"{LAYER}: amax must be a one-element float tensor (max |x|), got "
                          f"{type(amax).__name__} {getattr(amax, 'shape', '')} "
                          f"{getattr(amax, 'dtype', '')}")
     if amax.device != x.device:
         raise ValueError(f"{LAYER}: amax is on {amax.device}, x on {x.device}")
-    return amax.reshape(1).to(torch.float32).abs().view(torch.int32)
+    return amax.reshape(1).to(torch.float32).view(torch.int32)
 
 
 def quantize_float8_rowwise(x, fmt, pow2_scale=False):
