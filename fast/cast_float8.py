@@ -1,5 +1,7 @@
 """Float8 casts, spec/02-float8-scaling.md (F8-1..F8-7): tensorwise, rowwise (axis -1),
 columnwise (axis 0) and the dual row+column cast used by the rowwise recipes."""
+import logging
+
 import torch
 import triton
 import triton.language as tl
@@ -9,8 +11,10 @@ from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input
                      float8_params, kernel_input, normalize_axis, pow2_at_most, rowwise_tile,
                      use_soft_cast)
 from .encode import abs_bits, encode_float8, float8_quant_scale, row_amax_bits, widen_to_fp32
+from .transpose import transposed_copy
 
 LAYER = "qtrain.fast.cast_float8"
+log = logging.getLogger("qtrain")
 
 
 @triton.jit
@@ -162,9 +166,30 @@ def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None):
     if x.dim() != 2:
         raise ValueError(f"{LAYER}: tensorwise cast into both layouts needs 2-D x, got "
                          f"{tuple(x.shape)}")
+    if not _row_copy_ok(x):
+        if x.dtype not in _ROW_COPY_LOGGED:
+            _ROW_COPY_LOGGED.add(x.dtype)
+            log.info("%s: tensorwise both layouts of %s x on CUDA: the cast writes x, the tiled "
+                     "copy writes x.T (ROW_COPY is verified for %s only)", LAYER, x.dtype,
+                     [str(d) for d in ROW_COPY_CUDA_DTYPES])
+        data, qs, _, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, amax=amax)
+        return data, transposed_copy(data), qs.reshape(())
     data_t, qs, data, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, transposed=True,
                                         amax=amax, row_copy=True)
     return data, data_t, qs.reshape(())
+
+
+# The x dtypes whose ROW_COPY cast (x.T and x written by one pass) runs on CUDA. fp32 x gave
+# wrong x.T codes there (H200, Triton 3.6, 2026-12-01, seventh session: about half of x.T's
+# bytes differed from the transposed cast's at (256, 512), (256, 384) and (8192, 4096); x's
+# own bytes and every bf16 case exact; the interpreter exact for both). Other dtypes take the
+# cast plus the tiled transpose: the same bits, one more pass over the 1-byte payload.
+ROW_COPY_CUDA_DTYPES = (torch.bfloat16,)
+_ROW_COPY_LOGGED = set()
+
+
+def _row_copy_ok(x):
+    return not x.is_cuda or x.dtype in ROW_COPY_CUDA_DTYPES
 
 
 def _amax_as_bits(amax, x):

@@ -100,17 +100,19 @@ def test_float8_tensorwise_given_amax_is_the_tensorwise_cast(shape, edge, transp
                 assert_same(to_numpy(data), ref_data, "data " + what, seed)
 
 
-@pytest.mark.parametrize("shape", [(17, 32), (6, 96), (40, 130)])
+@pytest.mark.parametrize("shape", [(17, 32), (6, 96), (40, 130), (256, 512)])
 @pytest.mark.parametrize("edge", [False, True], ids=["finite", "nan_inf_zero_rows"])
 @pytest.mark.parametrize("given_amax", [False, True], ids=["amax_pass", "amax_given"])
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float32], ids=["bf16", "fp32"])
 def test_float8_tensorwise_both_layouts_is_the_cast_and_its_transpose(shape, edge, given_amax,
-                                                                      seed):
+                                                                      dtype, seed):
     """One cast pass writing x and x.T (QTRAIN_TENSORWISE_TRANSPOSE=cast): the reference's
-    tensorwise bits of x, and the same payload transposed, on shapes that cut tiles, with
-    NaN/Inf/zero rows, and for an all-zero tensor (F8-5, F8-6)."""
+    tensorwise bits of x, and the same payload transposed, on shapes that cut tiles and on
+    whole tiles, bf16 and fp32 x, with NaN/Inf/zero rows, and for an all-zero tensor
+    (F8-5, F8-6)."""
     fast = fast_backend()
-    x = edge_rows(shape, ml_dtypes.bfloat16, seed, edge=edge)
-    for xi in (x, np.zeros(shape, ml_dtypes.bfloat16)):
+    x = edge_rows(shape, dtype, seed, edge=edge)
+    for xi in (x, np.zeros(shape, dtype)):
         xt = from_numpy(xi)
         amax = xt.abs().amax().to(torch.float32) if given_amax else None
         for fmt in ("float8_e4m3fn", "float8_e5m2"):
@@ -123,6 +125,25 @@ def test_float8_tensorwise_both_layouts_is_the_cast_and_its_transpose(shape, edg
                 assert_same(to_numpy(data), ref_data, "data " + what, seed)
                 assert_same(to_numpy(data_t), np.ascontiguousarray(ref_data.T), "data_t " + what,
                             seed)
+
+
+def test_float8_tensorwise_both_layouts_without_row_copy_same_bits(monkeypatch, caplog, seed):
+    """x dtypes whose ROW_COPY cast is not verified on CUDA (fp32: wrong x.T codes on the H200,
+    cast_float8.ROW_COPY_CUDA_DTYPES) take the cast plus the tiled transpose: the same bits as
+    the one-pass cast, and one log line per dtype."""
+    import logging
+    from qtrain.fast import cast_float8
+    fast = fast_backend()
+    xt = from_numpy(edge_rows((40, 130), np.float32, seed))
+    want = fast.quantize_float8_both_layouts(xt, "float8_e4m3fn")
+    monkeypatch.setattr(cast_float8, "_row_copy_ok", lambda x: False)
+    monkeypatch.setattr(cast_float8, "_ROW_COPY_LOGGED", set())
+    with caplog.at_level(logging.INFO, logger="qtrain"):
+        got = fast.quantize_float8_both_layouts(xt, "float8_e4m3fn")
+        fast.quantize_float8_both_layouts(xt, "float8_e4m3fn")
+    for a, b, what in zip(want, got, ("data", "data_t", "quant_scale")):    # bits: NaN rows
+        assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)), what
+    assert sum("tiled copy writes x.T" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_float8_given_amax_rejects_a_bad_amax():
