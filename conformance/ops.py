@@ -62,7 +62,8 @@ def _quant_float8_both(case, x, lib, **kw):
 
 QUANTIZE = {
     # op: (call, names of its outputs)
-    "quantize_float8_both_layouts": (_quant_float8_both, ("data", "data_t", "quant_scale")),
+    "quantize_float8_both_layouts": (_quant_float8_both, ("data", "data_t", "quant_scale",
+                                                          "dequant_scale")),
     "quantize_float8": (_quant_float8, ("data", "quant_scale")),
     "quantize_mx": (_quant_mx, ("data", "scale_bits")),
     "quantize_int8": (_quant_int8, ("data", "dequant_scale")),
@@ -77,9 +78,11 @@ class _NumpyRef:
         return _ref().quantize_float8(x, fmt, axis=axis, pow2_scale=pow2)
 
     def quantize_float8_both_layouts(self, x, fmt, pow2):
-        """Tensorwise x and its payload transposed (one scale serves both, RC-4)."""
+        """Tensorwise x and its payload transposed (one scale serves both, RC-4), and the
+        product's dequant factor 1/quant_scale rounded to fp32 (F8-2, MM-3), shape (1,)."""
         data, quant_scale = _ref().quantize_float8(x, fmt, axis=None, pow2_scale=pow2)
-        return data, np.ascontiguousarray(data.T), quant_scale
+        dequant = (1.0 / np.float64(quant_scale)).astype(np.float32).reshape(1)
+        return data, np.ascontiguousarray(data.T), quant_scale, dequant
 
     def quantize_mx(self, x, fmt, block, axis, mode):
         return _ref().quantize_mx(x, fmt, block_size=block, axis=axis, scale_mode=mode)

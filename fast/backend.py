@@ -75,19 +75,22 @@ class FastBackend:
         return amax_bits_2d(flat_2d(x), tensor=True)[0].view(torch.float32)
 
     def quantize_float8_given_amax(self, x, amax, fmt, pow2_scale=False, transposed=False):
-        """Tensorwise cast of x whose amax the caller computed (the cast pass alone)."""
+        """Tensorwise cast of x whose amax the caller computed (the cast pass alone):
+        (data, quant_scale, dequant), dequant = 1 / quant_scale written by the cast kernel."""
         from .cast_float8 import quantize_float8_tensorwise
         self._check(x)
         if transposed:
             _need_2d(x)
-        return quantize_float8_tensorwise(x, fmt, pow2_scale, transposed=transposed, amax=amax)
+        return quantize_float8_tensorwise(x, fmt, pow2_scale, transposed=transposed, amax=amax,
+                                          with_dequant=True)
 
     def quantize_float8_both_layouts(self, x, fmt, pow2_scale=False, amax=None):
-        """Tensorwise x and x.T (row-major) from one amax pass and one cast pass."""
+        """Tensorwise x and x.T (row-major) from one amax pass and one cast pass:
+        (data, data_t, quant_scale, dequant), dequant as in quantize_float8_given_amax."""
         from .cast_float8 import quantize_float8_tensorwise_both
         self._check(x)
         _need_2d(x)
-        return quantize_float8_tensorwise_both(x, fmt, pow2_scale, amax=amax)
+        return quantize_float8_tensorwise_both(x, fmt, pow2_scale, amax=amax, with_dequant=True)
 
     def quantize_float8(self, x, fmt, axis=None, pow2_scale=False, transposed=False):
         """transposed=True: quantize x.T (2-D), its layout written directly from x."""

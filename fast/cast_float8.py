@@ -78,6 +78,10 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
         qs = float8_quant_scale(tl.load(amax_ptr) & 0x7FFFFFFF, MAX, POW2)
         if (pid_r == 0) & (pid_c == 0):
             tl.store(qs_ptr, qs)
+            # the product's dequant factor, rounded as torch.reciprocal rounds (IEEE division):
+            # no reciprocal kernel per operand. TENSORWISE never runs DUAL, so row_qs_ptr is
+            # free to hold it
+            tl.store(row_qs_ptr, tl.div_rn(1.0, qs))
         code = encode_float8(x * qs, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
     else:
         qs = float8_quant_scale(tl.load(amax_ptr + cols, mask=col_ok, other=0), MAX, POW2)
@@ -115,6 +119,8 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
                   row_copy=False):
     R, C = x2d.shape
     dev = x2d.device
+    if dual and tensorwise:      # the kernel keeps the tensorwise dequant factor in row_qs_ptr
+        raise ValueError(f"{LAYER}: a dual cast is axiswise, not tensorwise")
     if amax is None:
         t_bits, r_bits, c_bits = amax_bits_2d(x2d, tensor=tensorwise, rows=dual,
                                               cols=not tensorwise)
@@ -126,7 +132,9 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     data = torch.empty((C, R) if transposed else (R, C), dtype=dtype, device=dev)
     qs = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=dev)
     row_data = torch.empty((R, C), dtype=dtype, device=dev) if (dual or row_copy) else data
-    row_qs = torch.empty(R, dtype=torch.float32, device=dev) if dual else qs
+    # row_qs: the row scales of DUAL; for TENSORWISE the dequant factor 1 / quant_scale
+    row_qs = (torch.empty(R if dual else 1, dtype=torch.float32, device=dev)
+              if dual or tensorwise else qs)
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
     _float8_tiles_kernel[grid](
@@ -138,30 +146,35 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     return data, qs, row_data, row_qs
 
 
-def quantize_float8_tensorwise(x, fmt, pow2_scale=False, transposed=False, amax=None):
+def quantize_float8_tensorwise(x, fmt, pow2_scale=False, transposed=False, amax=None,
+                               with_dequant=False):
     """F8-7 tensorwise: (data like x, quant_scale shape ()). Two passes: amax, then cast.
     transposed=True (2-D x only): data is x.T row-major, written by the cast pass itself.
     amax: the caller's F8-1 amax of x (max |x|, NaN when any element is NaN), one fp32 element
     on x's device; then only the cast pass runs. The bits are the same as without it when
     amax is that max (torch.compile computes it with a reduction it can fuse into x's
-    producer); they are not checked against x, which would cost the pass it saves."""
+    producer); they are not checked against x, which would cost the pass it saves.
+    with_dequant: also the product's dequant factor 1 / quant_scale (shape (1,), the bits of
+    torch.reciprocal), which the cast kernel writes."""
     _check(x, fmt, _float8_tiles_kernel)
     if transposed:
         if x.dim() != 2:
             raise ValueError(f"{LAYER}: transposed tensorwise cast needs 2-D x, got "
                              f"{tuple(x.shape)}")
-        data, qs, _, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, transposed=True,
-                                       amax=amax)
-        return data, qs.reshape(())
-    data, qs, _, _ = _launch_tiles(flat_2d(x), fmt, pow2_scale, tensorwise=True, amax=amax)
-    return data.view(x.shape), qs.reshape(())
+        data, qs, _, dq = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, transposed=True,
+                                        amax=amax)
+    else:
+        data, qs, _, dq = _launch_tiles(flat_2d(x), fmt, pow2_scale, tensorwise=True, amax=amax)
+        data = data.view(x.shape)
+    return (data, qs.reshape(()), dq) if with_dequant else (data, qs.reshape(()))
 
 
-def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None):
+def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None, with_dequant=False):
     """F8-7 tensorwise of 2-D x in both layouts from one amax pass and one cast pass:
     (data (R, C), data_t (C, R) = data.T row-major, quant_scale shape ()). For an operand that
     one product reads along each axis (tensorwise x and g): no transposed copy of the payload
-    afterwards. amax as in quantize_float8_tensorwise."""
+    afterwards. amax as in quantize_float8_tensorwise. with_dequant: also 1 / quant_scale, as
+    there."""
     _check(x, fmt, _float8_tiles_kernel)
     if x.dim() != 2:
         raise ValueError(f"{LAYER}: tensorwise cast into both layouts needs 2-D x, got "
@@ -172,11 +185,13 @@ def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None):
             log.info("%s: tensorwise both layouts of %s x on CUDA: the cast writes x, the tiled "
                      "copy writes x.T (ROW_COPY is verified for %s only)", LAYER, x.dtype,
                      [str(d) for d in ROW_COPY_CUDA_DTYPES])
-        data, qs, _, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, amax=amax)
-        return data, transposed_copy(data), qs.reshape(())
-    data_t, qs, data, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, transposed=True,
-                                        amax=amax, row_copy=True)
-    return data, data_t, qs.reshape(())
+        data, qs, _, dq = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, amax=amax)
+        data_t = transposed_copy(data)
+    else:
+        data_t, qs, data, dq = _launch_tiles(x, fmt, pow2_scale, tensorwise=True,
+                                             transposed=True, amax=amax, row_copy=True)
+    qs = qs.reshape(())
+    return (data, data_t, qs, dq) if with_dequant else (data, data_t, qs)
 
 
 # The x dtypes whose ROW_COPY cast (x.T and x written by one pass) runs on CUDA. fp32 x gave

@@ -65,25 +65,38 @@ def _(x, backend):
 
 
 # ---- quantize_float8_given_amax: the tensorwise cast, its amax computed by the caller (F8-1) -
+def _tensorwise_dequant(quant_scale: torch.Tensor) -> torch.Tensor:
+    """The dequant factor of a tensorwise quant scale, shape (1,): 1 / quant_scale as
+    torch.reciprocal rounds it (fp32 division), for a backend whose cast does not write it."""
+    return torch.reciprocal(quant_scale).reshape(1)
+
+
 @custom_op("qtrain::quantize_float8_given_amax")
 def quantize_float8_given_amax(x: torch.Tensor, amax: torch.Tensor, fmt: str, pow2_scale: bool,
                                backend: str, transposed: bool = False
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_float8(x, fmt, axis=None, ...) for a caller that already holds x's F8-1 amax
-    (max |x|, NaN when any element is NaN) as a one-element fp32 tensor: under torch.compile a
-    torch reduction that inductor can fuse into the kernel producing x, so the backend runs the
-    cast pass alone. Same bits as quantize_float8 when amax is that max. A backend without the
-    method computes its own amax."""
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(data, quant_scale, dequant): quantize_float8(x, fmt, axis=None, ...) for a caller that
+    already holds x's F8-1 amax (max |x|, NaN when any element is NaN) as a one-element fp32
+    tensor: under torch.compile a torch reduction that inductor can fuse into the kernel
+    producing x, so the backend runs the cast pass alone. Same bits as quantize_float8 when
+    amax is that max. dequant (shape (1,)) is 1 / quant_scale, the factor the product applies
+    (MM-1): a backend may write it from its cast kernel (fast does), saving a reciprocal
+    launch per operand; else it is torch.reciprocal's. A backend without the method computes
+    its own amax."""
     impl = _impl(backend)
     if hasattr(impl, "quantize_float8_given_amax"):
-        return impl.quantize_float8_given_amax(x, amax, fmt, pow2_scale, transposed=transposed)
-    return impl.quantize_float8(x, fmt, None, pow2_scale, transposed=transposed)
+        out = impl.quantize_float8_given_amax(x, amax, fmt, pow2_scale, transposed=transposed)
+    else:
+        out = impl.quantize_float8(x, fmt, None, pow2_scale, transposed=transposed)
+    if len(out) == 3:
+        return out
+    return out[0], out[1], _tensorwise_dequant(out[1])
 
 
 @quantize_float8_given_amax.register_fake
 def _(x, amax, fmt, pow2_scale, backend, transposed=False):
     return (x.new_empty(_shape(x, transposed), dtype=FLOAT8_DTYPES[fmt]),
-            x.new_empty([], dtype=torch.float32))
+            x.new_empty([], dtype=torch.float32), x.new_empty([1], dtype=torch.float32))
 
 
 # ---- quantize_float8_dual: both axiswise quantizations of a 2-D x from one read (F8-7) -------
@@ -113,20 +126,23 @@ def _(x, fmt, pow2_scale, backend):
 @custom_op("qtrain::quantize_float8_both_layouts")
 def quantize_float8_both_layouts(x: torch.Tensor, fmt: str, pow2_scale: bool, backend: str,
                                  amax: Optional[torch.Tensor] = None
-                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(data, data_t, quant_scale): the tensorwise quantization of 2-D x and the same payload
-    transposed (x.T row-major), for an operand that one product reads along each axis (RC-4's
-    x and g). Bit-identical to quantize_float8(x, axis=None) and its transposed copy; a backend
-    may write both from one cast pass (fast does). amax: x's F8-1 amax when the caller has it
-    (quantize_float8_given_amax)."""
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(data, data_t, quant_scale, dequant): the tensorwise quantization of 2-D x and the same
+    payload transposed (x.T row-major), for an operand that one product reads along each axis
+    (RC-4's x and g). Bit-identical to quantize_float8(x, axis=None) and its transposed copy; a
+    backend may write both from one cast pass (fast does). amax: x's F8-1 amax when the caller
+    has it (quantize_float8_given_amax). dequant as in quantize_float8_given_amax."""
     impl = _impl(backend)
     if hasattr(impl, "quantize_float8_both_layouts"):
-        return impl.quantize_float8_both_layouts(x, fmt, pow2_scale, amax)
+        out = impl.quantize_float8_both_layouts(x, fmt, pow2_scale, amax)
+        if len(out) == 4:
+            return out
+        return (*out, _tensorwise_dequant(out[2]))
     if amax is not None and hasattr(impl, "quantize_float8_given_amax"):
-        data, qs = impl.quantize_float8_given_amax(x, amax, fmt, pow2_scale)
+        data, qs = impl.quantize_float8_given_amax(x, amax, fmt, pow2_scale)[:2]
     else:
         data, qs = impl.quantize_float8(x, fmt, None, pow2_scale)
-    return data, data.t().contiguous(), qs
+    return data, data.t().contiguous(), qs, _tensorwise_dequant(qs)
 
 
 @quantize_float8_both_layouts.register_fake
@@ -134,7 +150,7 @@ def _(x, fmt, pow2_scale, backend, amax=None):
     rows, cols = x.shape
     dt = FLOAT8_DTYPES[fmt]
     return (x.new_empty((rows, cols), dtype=dt), x.new_empty((cols, rows), dtype=dt),
-            x.new_empty([], dtype=torch.float32))
+            x.new_empty([], dtype=torch.float32), x.new_empty([1], dtype=torch.float32))
 
 
 # ---- quantize_mx (MX-*) --------------------------------------------------------------------

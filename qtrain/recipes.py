@@ -153,13 +153,14 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None, amax=None):
         axis = None if spec.tensorwise else -1
         if amax is None and spec.tensorwise:
             amax = _compiled_torch_amax(t)
-        if amax is not None:
-            data, quant_scale = ops.quantize_float8_given_amax(t, amax, spec.fmt, spec.pow2_scale,
-                                                               backend, transposed=transpose)
+        if amax is not None:      # the cast gives its dequant factor (no reciprocal launch)
+            data, _, dequant = ops.quantize_float8_given_amax(t, amax, spec.fmt, spec.pow2_scale,
+                                                              backend, transposed=transpose)
+            dequant = dequant.reshape(1, 1)
         else:
             data, quant_scale = ops.quantize_float8(t, spec.fmt, axis, spec.pow2_scale, backend,
                                                     transposed=transpose)
-        dequant = torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1, 1))
+            dequant = torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1, 1))
     elif spec.kind == "mx":
         data, dequant = ops.quantize_mx(t, spec.fmt, spec.block_size, -1, spec.scale_mode,
                                         backend, transposed=transpose)
@@ -196,9 +197,9 @@ def quantize_operand_tensorwise_both(t, spec, backend, amax=None):
                          f"2-D t, got {spec} and shape {tuple(t.shape)}")
     if amax is None:
         amax = _compiled_torch_amax(t)
-    data, data_t, quant_scale = ops.quantize_float8_both_layouts(t, spec.fmt, spec.pow2_scale,
-                                                                 backend, amax)
-    dequant = torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1, 1))
+    data, data_t, _, dequant = ops.quantize_float8_both_layouts(t, spec.fmt, spec.pow2_scale,
+                                                                backend, amax)
+    dequant = dequant.reshape(1, 1)
     return (QOperand(data, dequant, spec.pow2_factors),
             QOperand(data_t, dequant, spec.pow2_factors))
 

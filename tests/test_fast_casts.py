@@ -78,6 +78,14 @@ def _assert_float8_tensorwise_t(fast, x, fmt, pow2, what, seed):
     assert_same(to_numpy(data), ref_data, "data " + what, seed)
 
 
+def assert_dequant_is_reciprocal(qs, dq, what, seed):
+    """The dequant factor a tensorwise cast writes (shape (1,)) has the bits of
+    torch.reciprocal(quant_scale): the product gets the same factor as before, with no
+    reciprocal launch."""
+    assert tuple(dq.shape) == (1,) and dq.dtype == torch.float32, (dq.shape, dq.dtype, what)
+    assert_same(to_numpy(dq), to_numpy(torch.reciprocal(qs).reshape(1)), "dequant " + what, seed)
+
+
 @pytest.mark.parametrize("shape", [(17, 32), (6, 96), (8, 128)])
 @pytest.mark.parametrize("edge", [False, True], ids=["finite", "nan_inf_zero_rows"])
 @pytest.mark.parametrize("transposed", [False, True])
@@ -94,12 +102,14 @@ def test_float8_tensorwise_given_amax_is_the_tensorwise_cast(shape, edge, transp
         amax = sign * xt.abs().amax().to(torch.float32)
         for fmt in ("float8_e4m3fn", "float8_e5m2"):
             for pow2 in (False, True):
-                data, qs = fast.quantize_float8_given_amax(xt, amax, fmt, pow2, transposed=transposed)
+                data, qs, dq = fast.quantize_float8_given_amax(xt, amax, fmt, pow2,
+                                                               transposed=transposed)
                 want = np.ascontiguousarray(xi.T) if transposed else xi
                 ref_data, ref_qs = reference.quantize_float8(want, fmt, None, pow2)
                 what = f"{fmt} pow2={pow2} {shape} transposed={transposed} edge={edge}"
                 assert_same(to_numpy(qs), ref_qs, "quant_scale " + what, seed)
                 assert_same(to_numpy(data), ref_data, "data " + what, seed)
+                assert_dequant_is_reciprocal(qs, dq, what, seed)
 
 
 @pytest.mark.parametrize("shape", [(17, 32), (6, 96), (40, 130), (256, 512)])
@@ -119,7 +129,7 @@ def test_float8_tensorwise_both_layouts_is_the_cast_and_its_transpose(shape, edg
         amax = xt.abs().amax().to(torch.float32) if given_amax else None
         for fmt in ("float8_e4m3fn", "float8_e5m2"):
             for pow2 in (False, True):
-                data, data_t, qs = fast.quantize_float8_both_layouts(xt, fmt, pow2, amax)
+                data, data_t, qs, dq = fast.quantize_float8_both_layouts(xt, fmt, pow2, amax)
                 ref_data, ref_qs = reference.quantize_float8(xi, fmt, None, pow2)
                 what = f"{fmt} pow2={pow2} {shape} edge={edge} amax given={given_amax}"
                 assert tuple(data_t.shape) == shape[::-1] and data_t.is_contiguous(), what
@@ -127,6 +137,7 @@ def test_float8_tensorwise_both_layouts_is_the_cast_and_its_transpose(shape, edg
                 assert_same(to_numpy(data), ref_data, "data " + what, seed)
                 assert_same(to_numpy(data_t), np.ascontiguousarray(ref_data.T), "data_t " + what,
                             seed)
+                assert_dequant_is_reciprocal(qs, dq, what, seed)
 
 
 def test_float8_tensorwise_both_layouts_without_row_copy_same_bits(monkeypatch, caplog, seed):
