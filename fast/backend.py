@@ -107,9 +107,11 @@ class FastBackend:
         return quantize_float8(x.t().contiguous(), fmt, axis, pow2_scale)
 
     def quantize_float8_dual(self, x, fmt, pow2_scale=False):
+        """(data, quant_scale, data_t, quant_scale_t, dequant, dequant_t): the dequant factors
+        written by the cast kernel (ops.quantize_float8_dual)."""
         from .cast_float8 import quantize_float8_dual
         self._check(x)
-        return quantize_float8_dual(x, fmt, pow2_scale)
+        return quantize_float8_dual(x, fmt, pow2_scale, with_dequant=True)
 
     def quantize_mx(self, x, elem_fmt, block_size=32, axis=-1, scale_mode="floor",
                     transposed=False):

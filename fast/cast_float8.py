@@ -50,11 +50,12 @@ def _float8_rowwise_kernel(x_ptr, data_ptr, qs_ptr, R, K,
 
 
 @triton.jit
-def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
-                         row_amax_ptr, row_qs_ptr, row_data_ptr,
+def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
+                         row_amax_ptr, row_qs_ptr, row_dq_ptr, row_data_ptr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                          TENSORWISE: tl.constexpr, TRANSPOSED: tl.constexpr,
-                         DUAL: tl.constexpr, ROW_COPY: tl.constexpr, POW2: tl.constexpr,
+                         DUAL: tl.constexpr, ROW_COPY: tl.constexpr, WITH_DQ: tl.constexpr,
+                         POW2: tl.constexpr,
                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                          EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
@@ -62,7 +63,10 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
     TENSORWISE: one scale (amax_ptr[0]); else one scale per column (amax_ptr[c]). Data written
     (R, C) or, TRANSPOSED, (C, R) row-major. DUAL adds the row-scaled copy (row_amax_ptr[r])
     written (R, C): one read of x feeds both outputs. ROW_COPY (TENSORWISE and TRANSPOSED):
-    the same codes are also written (R, C) to row_data_ptr, so one pass gives x and x.T."""
+    the same codes are also written (R, C) to row_data_ptr, so one pass gives x and x.T.
+    WITH_DQ: each scale's dequant factor 1 / quant_scale goes to dq_ptr (row_dq_ptr for DUAL's
+    row scales), rounded as torch.reciprocal rounds (IEEE division), so the product needs no
+    reciprocal kernel per operand."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -78,15 +82,15 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
         qs = float8_quant_scale(tl.load(amax_ptr) & 0x7FFFFFFF, MAX, POW2)
         if (pid_r == 0) & (pid_c == 0):
             tl.store(qs_ptr, qs)
-            # the product's dequant factor, rounded as torch.reciprocal rounds (IEEE division):
-            # no reciprocal kernel per operand. TENSORWISE never runs DUAL, so row_qs_ptr is
-            # free to hold it
-            tl.store(row_qs_ptr, tl.div_rn(1.0, qs))
+            if WITH_DQ:
+                tl.store(dq_ptr, tl.div_rn(1.0, qs))
         code = encode_float8(x * qs, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
     else:
         qs = float8_quant_scale(tl.load(amax_ptr + cols, mask=col_ok, other=0), MAX, POW2)
         if pid_r == 0:
             tl.store(qs_ptr + cols, qs, mask=col_ok)
+            if WITH_DQ:
+                tl.store(dq_ptr + cols, tl.div_rn(1.0, qs), mask=col_ok)
         code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
     if TRANSPOSED:    # element-wise transposed store (measured faster on the H200 than
         # a tl.trans'd tile store: 143 us vs 210 us for an 8192^2 columnwise cast)
@@ -100,6 +104,8 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, data_ptr,
         row_qs = float8_quant_scale(tl.load(row_amax_ptr + rows, mask=row_ok, other=0), MAX, POW2)
         if pid_c == 0:
             tl.store(row_qs_ptr + rows, row_qs, mask=row_ok)
+            if WITH_DQ:
+                tl.store(row_dq_ptr + rows, tl.div_rn(1.0, row_qs), mask=row_ok)
         code = encode_float8(x * row_qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
                              EXACT_SOFT_CAST)
         tl.store(row_data_ptr + offs, code, mask=mask)
@@ -116,11 +122,11 @@ TILE_T = (32, 128)
 
 
 def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax=None,
-                  row_copy=False):
+                  row_copy=False, with_dequant=False):
+    """(data, qs, row_data, row_qs, dq, row_dq): dq and row_dq (the dequant factors of qs and
+    row_qs) with_dequant only, else None."""
     R, C = x2d.shape
     dev = x2d.device
-    if dual and tensorwise:      # the kernel keeps the tensorwise dequant factor in row_qs_ptr
-        raise ValueError(f"{LAYER}: a dual cast is axiswise, not tensorwise")
     if amax is None:
         t_bits, r_bits, c_bits = amax_bits_2d(x2d, tensor=tensorwise, rows=dual,
                                               cols=not tensorwise)
@@ -132,18 +138,19 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     data = torch.empty((C, R) if transposed else (R, C), dtype=dtype, device=dev)
     qs = torch.empty(1 if tensorwise else C, dtype=torch.float32, device=dev)
     row_data = torch.empty((R, C), dtype=dtype, device=dev) if (dual or row_copy) else data
-    # row_qs: the row scales of DUAL; for TENSORWISE the dequant factor 1 / quant_scale
-    row_qs = (torch.empty(R if dual else 1, dtype=torch.float32, device=dev)
-              if dual or tensorwise else qs)
+    row_qs = torch.empty(R, dtype=torch.float32, device=dev) if dual else qs
+    dq = torch.empty_like(qs) if with_dequant else None
+    row_dq = torch.empty_like(row_qs) if (with_dequant and dual) else None
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
     _float8_tiles_kernel[grid](
-        x_in, R, C, t_bits if tensorwise else c_bits, qs, data.view(torch.uint8),
-        r_bits if dual else qs, row_qs, row_data.view(torch.uint8),
+        x_in, R, C, t_bits if tensorwise else c_bits, qs, qs if dq is None else dq,
+        data.view(torch.uint8), r_bits if dual else qs, row_qs,
+        row_qs if row_dq is None else row_dq, row_data.view(torch.uint8),
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
-        DUAL=dual, ROW_COPY=row_copy, POW2=pow2, **float8_params(fmt),
+        DUAL=dual, ROW_COPY=row_copy, WITH_DQ=with_dequant, POW2=pow2, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev), IS_BF16=is_bf16)
-    return data, qs, row_data, row_qs
+    return data, qs, row_data, row_qs, dq, row_dq
 
 
 def quantize_float8_tensorwise(x, fmt, pow2_scale=False, transposed=False, amax=None,
@@ -161,10 +168,12 @@ def quantize_float8_tensorwise(x, fmt, pow2_scale=False, transposed=False, amax=
         if x.dim() != 2:
             raise ValueError(f"{LAYER}: transposed tensorwise cast needs 2-D x, got "
                              f"{tuple(x.shape)}")
-        data, qs, _, dq = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, transposed=True,
-                                        amax=amax)
+        data, qs, _, _, dq, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True,
+                                              transposed=True, amax=amax,
+                                              with_dequant=with_dequant)
     else:
-        data, qs, _, dq = _launch_tiles(flat_2d(x), fmt, pow2_scale, tensorwise=True, amax=amax)
+        data, qs, _, _, dq, _ = _launch_tiles(flat_2d(x), fmt, pow2_scale, tensorwise=True,
+                                              amax=amax, with_dequant=with_dequant)
         data = data.view(x.shape)
     return (data, qs.reshape(()), dq) if with_dequant else (data, qs.reshape(()))
 
@@ -185,11 +194,13 @@ def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None, with_de
             log.info("%s: tensorwise both layouts of %s x on CUDA: the cast writes x, the tiled "
                      "copy writes x.T (ROW_COPY is verified for %s only)", LAYER, x.dtype,
                      [str(d) for d in ROW_COPY_CUDA_DTYPES])
-        data, qs, _, dq = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, amax=amax)
+        data, qs, _, _, dq, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, amax=amax,
+                                              with_dequant=with_dequant)
         data_t = transposed_copy(data)
     else:
-        data_t, qs, data, dq = _launch_tiles(x, fmt, pow2_scale, tensorwise=True,
-                                             transposed=True, amax=amax, row_copy=True)
+        data_t, qs, data, _, dq, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True,
+                                                   transposed=True, amax=amax, row_copy=True,
+                                                   with_dequant=with_dequant)
     qs = qs.reshape(())
     return (data, data_t, qs, dq) if with_dequant else (data, data_t, qs)
 
@@ -244,23 +255,28 @@ def quantize_float8_columnwise(x, fmt, pow2_scale=False, transposed=False):
     if transposed and x.dim() != 2:
         raise ValueError(f"{LAYER}: transposed columnwise cast needs 2-D x, got {tuple(x.shape)}")
     x2d = x.reshape(x.shape[0], -1)
-    data, qs, _, _ = _launch_tiles(x2d, fmt, pow2_scale, tensorwise=False, transposed=transposed)
+    data, qs, _, _, _, _ = _launch_tiles(x2d, fmt, pow2_scale, tensorwise=False,
+                                         transposed=transposed)
     if transposed:
         return data, qs.view(-1, 1)
     return data.view(x.shape), qs.view((1,) + tuple(x.shape[1:]))
 
 
-def quantize_float8_dual(x, fmt, pow2_scale=False):
+def quantize_float8_dual(x, fmt, pow2_scale=False, with_dequant=False):
     """Row- and column-scaled copies of 2-D x (M, K) from the same two passes over x:
     (data (M,K), quant_scale (M,1)) along axis -1 and (data_t (K,M), quant_scale_t (K,1)) along
     axis 0, written transposed so it is the row-major NT operand x.T (RC rowwise recipe).
-    data_t == quantize_float8(x, axis=0).data.T and quant_scale_t == its quant_scale.T."""
+    data_t == quantize_float8(x, axis=0).data.T and quant_scale_t == its quant_scale.T.
+    with_dequant: then also (dequant (M,1), dequant_t (K,1)), 1 / each quant scale as
+    torch.reciprocal rounds it, written by the kernel."""
     _check(x, fmt, _float8_tiles_kernel)
     if x.dim() != 2:
         raise ValueError(f"{LAYER}: dual cast needs 2-D x (M, K), got shape {tuple(x.shape)}")
-    data_t, qs_t, data, qs = _launch_tiles(x, fmt, pow2_scale, tensorwise=False,
-                                           transposed=True, dual=True)
-    return data, qs.view(-1, 1), data_t, qs_t.view(-1, 1)
+    data_t, qs_t, data, qs, dq_t, dq = _launch_tiles(x, fmt, pow2_scale, tensorwise=False,
+                                                     transposed=True, dual=True,
+                                                     with_dequant=with_dequant)
+    out = (data, qs.view(-1, 1), data_t, qs_t.view(-1, 1))
+    return out + (dq.view(-1, 1), dq_t.view(-1, 1)) if with_dequant else out
 
 
 def quantize_float8(x, fmt, axis=None, pow2_scale=False):

@@ -102,16 +102,23 @@ def _(x, amax, fmt, pow2_scale, backend, transposed=False):
 # ---- quantize_float8_dual: both axiswise quantizations of a 2-D x from one read (F8-7) -------
 @custom_op("qtrain::quantize_float8_dual")
 def quantize_float8_dual(x: torch.Tensor, fmt: str, pow2_scale: bool, backend: str
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                    torch.Tensor, torch.Tensor]:
     """(data, quant_scale) of x along axis -1 and (data_t, quant_scale_t) of x.T along its last
     axis (= x along axis 0, in x.T's layout): what the rowwise recipes need of x and of g.
-    Bit-identical to the two separate quantizations; a backend may fuse them (fast does)."""
+    Bit-identical to the two separate quantizations; a backend may fuse them (fast does). Then
+    (dequant, dequant_t): 1 / each quant scale, the factors the products apply (MM-1), written
+    by the backend's cast where it does (fast), else torch.reciprocal's."""
     impl = _impl(backend)
     if hasattr(impl, "quantize_float8_dual"):
-        return impl.quantize_float8_dual(x, fmt, pow2_scale)
-    data, qs = impl.quantize_float8(x, fmt, -1, pow2_scale)
-    data_t, qs_t = impl.quantize_float8(x, fmt, -1, pow2_scale, transposed=True)
-    return data, qs, data_t, qs_t
+        out = impl.quantize_float8_dual(x, fmt, pow2_scale)
+    else:
+        out = (*impl.quantize_float8(x, fmt, -1, pow2_scale),
+               *impl.quantize_float8(x, fmt, -1, pow2_scale, transposed=True))
+    if len(out) == 6:
+        return out
+    data, qs, data_t, qs_t = out
+    return data, qs, data_t, qs_t, torch.reciprocal(qs), torch.reciprocal(qs_t)
 
 
 @quantize_float8_dual.register_fake
@@ -119,7 +126,9 @@ def _(x, fmt, pow2_scale, backend):
     rows, cols = x.shape
     dt = FLOAT8_DTYPES[fmt]
     return (x.new_empty((rows, cols), dtype=dt), x.new_empty((rows, 1), dtype=torch.float32),
-            x.new_empty((cols, rows), dtype=dt), x.new_empty((cols, 1), dtype=torch.float32))
+            x.new_empty((cols, rows), dtype=dt), x.new_empty((cols, 1), dtype=torch.float32),
+            x.new_empty((rows, 1), dtype=torch.float32),
+            x.new_empty((cols, 1), dtype=torch.float32))
 
 
 # ---- quantize_float8_both_layouts: tensorwise x and x.T from one cast (F8-7, RC-4) ----------

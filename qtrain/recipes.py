@@ -210,9 +210,9 @@ def quantize_operand_both_axes(t, spec, backend):
     int8 rne go through the dual ops: one read of t where the backend fuses them (fast does for
     float8), else the two casts."""
     if spec.kind == "float8" and not spec.tensorwise:
-        data, qs, data_t, qs_t = ops.quantize_float8_dual(t, spec.fmt, spec.pow2_scale, backend)
-        return (QOperand(data, torch.reciprocal(qs), spec.pow2_factors),
-                QOperand(data_t, torch.reciprocal(qs_t), spec.pow2_factors))
+        data, _, data_t, _, dq, dq_t = ops.quantize_float8_dual(t, spec.fmt, spec.pow2_scale,
+                                                                backend)
+        return (QOperand(data, dq, spec.pow2_factors), QOperand(data_t, dq_t, spec.pow2_factors))
     if spec.kind == "int8" and not spec.stochastic:
         data, ds, data_t, ds_t = ops.quantize_int8_dual(t, None, backend)
         return QOperand(data, ds), QOperand(data_t, ds_t)

@@ -48,7 +48,9 @@ def test_float8_dual_rowwise_and_transposed_columnwise(shape, dtype, seed):
 
 def _assert_float8_dual(fast, x, fmt, what, seed):
     """The dual cast (pow2 scales) is the rowwise cast of x and the columnwise one as x.T."""
-    data, qs, data_t, qs_t = fast.quantize_float8_dual(from_numpy(x), fmt, True)
+    data, qs, data_t, qs_t, dq, dq_t = fast.quantize_float8_dual(from_numpy(x), fmt, True)
+    assert_dequant_is_reciprocal(qs, dq, f"rows {what}", seed)
+    assert_dequant_is_reciprocal(qs_t, dq_t, f"columns {what}", seed)
     row_data, row_qs = reference.quantize_float8(x, fmt, -1, True)
     col_data, col_qs = reference.quantize_float8(x, fmt, 0, True)
     assert_same(to_numpy(data), row_data, f"row data {what}", seed)
@@ -79,11 +81,16 @@ def _assert_float8_tensorwise_t(fast, x, fmt, pow2, what, seed):
 
 
 def assert_dequant_is_reciprocal(qs, dq, what, seed):
-    """The dequant factor a tensorwise cast writes (shape (1,)) has the bits of
-    torch.reciprocal(quant_scale): the product gets the same factor as before, with no
-    reciprocal launch."""
-    assert tuple(dq.shape) == (1,) and dq.dtype == torch.float32, (dq.shape, dq.dtype, what)
-    assert_same(to_numpy(dq), to_numpy(torch.reciprocal(qs).reshape(1)), "dequant " + what, seed)
+    """The dequant factors a cast writes (tensorwise: shape (1,); dual: like its quant scales)
+    have the bits of torch.reciprocal(quant_scale): the product gets the same factors as
+    before, with no reciprocal launch."""
+    assert dq.dtype == torch.float32 and dq.numel() == qs.numel(), (dq.shape, dq.dtype, what)
+    if qs.dim() == 0:                        # tensorwise: one factor, shape (1,)
+        assert tuple(dq.shape) == (1,), (dq.shape, what)
+    else:
+        assert dq.shape == qs.shape, (dq.shape, qs.shape, what)
+    assert_same(to_numpy(dq), to_numpy(torch.reciprocal(qs).reshape(dq.shape)),
+                "dequant " + what, seed)
 
 
 @pytest.mark.parametrize("shape", [(17, 32), (6, 96), (8, 128)])
