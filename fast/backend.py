@@ -106,6 +106,16 @@ class FastBackend:
             return quantize_float8_columnwise(x, fmt, pow2_scale, transposed=True)
         return quantize_float8(x.t().contiguous(), fmt, axis, pow2_scale)
 
+    def quantize_float8_axiswise(self, x, fmt, pow2_scale=False, transposed=False):
+        """Along the last axis of x (transposed: of x.T, written from x): (data, quant_scale,
+        dequant), the dequant factors written by the cast kernel (ops.quantize_float8_axiswise)."""
+        from .cast_float8 import quantize_float8_columnwise, quantize_float8_rowwise
+        self._check(x)
+        if not transposed:
+            return quantize_float8_rowwise(x, fmt, pow2_scale, with_dequant=True)
+        _need_2d(x)
+        return quantize_float8_columnwise(x, fmt, pow2_scale, transposed=True, with_dequant=True)
+
     def quantize_float8_dual(self, x, fmt, pow2_scale=False):
         """(data, quant_scale, data_t, quant_scale_t, dequant, dequant_t): the dequant factors
         written by the cast kernel (ops.quantize_float8_dual)."""

@@ -18,14 +18,16 @@ log = logging.getLogger("qtrain")
 
 
 @triton.jit
-def _float8_rowwise_kernel(x_ptr, data_ptr, qs_ptr, R, K,
+def _float8_rowwise_kernel(x_ptr, data_ptr, qs_ptr, dq_ptr, R, K,
                            BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, POW2: tl.constexpr,
+                           WITH_DQ: tl.constexpr,
                            MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                            FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                            EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
     """Rows [BLOCK_R * pid, +BLOCK_R) of row-major x (R, K). BLOCK_K >= K: the rows are held
     in registers (one read); else an amax loop over K, then a cast loop (the second read of
-    these rows is served by L2). data = rne(clamp(x * qs)) (F8-4)."""
+    these rows is served by L2). data = rne(clamp(x * qs)) (F8-4). WITH_DQ: each row's dequant
+    factor 1 / qs to dq_ptr, rounded as torch.reciprocal rounds (IEEE division)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < R
     base = rows[:, None].to(tl.int64) * K
@@ -35,12 +37,16 @@ def _float8_rowwise_kernel(x_ptr, data_ptr, qs_ptr, R, K,
         x = widen_to_fp32(tl.load(x_ptr + base + cols[None, :], mask=mask, other=0), IS_BF16)
         qs = float8_quant_scale(tl.max(abs_bits(x), axis=1), MAX, POW2)
         tl.store(qs_ptr + rows, qs, mask=row_ok)
+        if WITH_DQ:
+            tl.store(dq_ptr + rows, tl.div_rn(1.0, qs), mask=row_ok)
         code = encode_float8(x * qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
         tl.store(data_ptr + base + cols[None, :], code, mask=mask)
         return
     amax = row_amax_bits(x_ptr, base, row_ok, K, BLOCK_R, BLOCK_K, IS_BF16)
     qs = float8_quant_scale(amax, MAX, POW2)
     tl.store(qs_ptr + rows, qs, mask=row_ok)
+    if WITH_DQ:
+        tl.store(dq_ptr + rows, tl.div_rn(1.0, qs), mask=row_ok)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = row_ok[:, None] & (cols[None, :] < K)
@@ -230,8 +236,10 @@ def _amax_as_bits(amax, x):
     return amax.reshape(1).to(torch.float32).view(torch.int32)
 
 
-def quantize_float8_rowwise(x, fmt, pow2_scale=False):
-    """F8-7 axiswise along the last axis: (data like x, quant_scale x.shape[:-1] + (1,))."""
+def quantize_float8_rowwise(x, fmt, pow2_scale=False, with_dequant=False):
+    """F8-7 axiswise along the last axis: (data like x, quant_scale x.shape[:-1] + (1,)), and
+    with_dequant the dequant factors 1 / quant_scale (same shape, torch.reciprocal's bits)
+    written by the kernel."""
     _check(x, fmt, _float8_rowwise_kernel)
     if x.dim() < 1:
         raise ValueError(f"{LAYER}: rowwise cast needs at least 1 dim, got shape {tuple(x.shape)}")
@@ -239,27 +247,31 @@ def quantize_float8_rowwise(x, fmt, pow2_scale=False):
     R = x.numel() // K
     data = torch.empty(x.shape, dtype=TORCH_FLOAT8[fmt], device=x.device)
     qs = torch.empty(x.shape[:-1] + (1,), dtype=torch.float32, device=x.device)
+    dq = torch.empty_like(qs) if with_dequant else None
     block_r, block_k, warps = rowwise_tile(R, K, _float8_rowwise_kernel)
     x_in, is_bf16 = kernel_input(x)
     _float8_rowwise_kernel[(cdiv(R, block_r),)](
-        x_in, data.view(torch.uint8), qs, R, K, BLOCK_R=block_r, BLOCK_K=block_k, POW2=pow2_scale,
-        **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_rowwise_kernel, fmt, x.device),
+        x_in, data.view(torch.uint8), qs, qs if dq is None else dq, R, K, BLOCK_R=block_r,
+        BLOCK_K=block_k, POW2=pow2_scale, WITH_DQ=with_dequant, **float8_params(fmt),
+        EXACT_SOFT_CAST=use_soft_cast(_float8_rowwise_kernel, fmt, x.device),
         IS_BF16=is_bf16, num_warps=warps)
-    return data, qs
+    return (data, qs, dq) if with_dequant else (data, qs)
 
 
-def quantize_float8_columnwise(x, fmt, pow2_scale=False, transposed=False):
+def quantize_float8_columnwise(x, fmt, pow2_scale=False, transposed=False, with_dequant=False):
     """F8-7 axiswise along axis 0 of x viewed (L, C): quant_scale (1,) + x.shape[1:].
-    transposed=True (2-D x only) writes data as the row-major (C, L) NT operand x.T."""
+    transposed=True (2-D x only) writes data as the row-major (C, L) NT operand x.T, its
+    quant_scale (C, 1). with_dequant: also the dequant factors 1 / quant_scale (same shape,
+    torch.reciprocal's bits) written by the kernel."""
     _check(x, fmt, _float8_tiles_kernel)
     if transposed and x.dim() != 2:
         raise ValueError(f"{LAYER}: transposed columnwise cast needs 2-D x, got {tuple(x.shape)}")
     x2d = x.reshape(x.shape[0], -1)
-    data, qs, _, _, _, _ = _launch_tiles(x2d, fmt, pow2_scale, tensorwise=False,
-                                         transposed=transposed)
-    if transposed:
-        return data, qs.view(-1, 1)
-    return data.view(x.shape), qs.view((1,) + tuple(x.shape[1:]))
+    data, qs, _, _, dq, _ = _launch_tiles(x2d, fmt, pow2_scale, tensorwise=False,
+                                          transposed=transposed, with_dequant=with_dequant)
+    scale_shape = (-1, 1) if transposed else (1,) + tuple(x.shape[1:])
+    out = (data if transposed else data.view(x.shape), qs.view(scale_shape))
+    return out + (dq.view(scale_shape),) if with_dequant else out
 
 
 def quantize_float8_dual(x, fmt, pow2_scale=False, with_dequant=False):

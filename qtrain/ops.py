@@ -45,6 +45,32 @@ def _(x, fmt, axis, pow2_scale, backend, transposed=False):
             x.new_empty(scale_shape, dtype=torch.float32))
 
 
+# ---- quantize_float8_axiswise: along the last axis, with the dequant factors (F8-7, MM-1) ---
+@custom_op("qtrain::quantize_float8_axiswise")
+def quantize_float8_axiswise(x: torch.Tensor, fmt: str, pow2_scale: bool, backend: str,
+                             transposed: bool = False
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(data, quant_scale, dequant): quantize_float8(x, fmt, axis=-1, ...) (transposed: of x.T,
+    written from x) and the factors the product applies, 1 / quant_scale. A backend may write
+    them from its cast kernel (fast does), saving a reciprocal launch per operand; else they
+    are torch.reciprocal's. What the axiswise recipes call; a tensor subclass that intercepts
+    quantize_float8 (FSDP's gathered float8 weight) is tensorwise and does not come here."""
+    impl = _impl(backend)
+    if hasattr(impl, "quantize_float8_axiswise"):
+        return impl.quantize_float8_axiswise(x, fmt, pow2_scale, transposed=transposed)
+    data, qs = impl.quantize_float8(x, fmt, -1, pow2_scale, transposed=transposed)
+    return data, qs, torch.reciprocal(qs)
+
+
+@quantize_float8_axiswise.register_fake
+def _(x, fmt, pow2_scale, backend, transposed=False):
+    shape = _shape(x, transposed)
+    scale_shape = _keepdims_shape(shape, -1)
+    return (x.new_empty(shape, dtype=FLOAT8_DTYPES[fmt]),
+            x.new_empty(scale_shape, dtype=torch.float32),
+            x.new_empty(scale_shape, dtype=torch.float32))
+
+
 # ---- tensor_amax: x's F8-1 amax alone ---------------------------------------------------------
 @custom_op("qtrain::tensor_amax")
 def tensor_amax(x: torch.Tensor, backend: str) -> torch.Tensor:

@@ -150,17 +150,19 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None, amax=None):
                          f"got {spec}")
     t = _pad_contraction(t, contraction_axis, spec.contraction_block)
     if spec.kind == "float8":
-        axis = None if spec.tensorwise else -1
         if amax is None and spec.tensorwise:
             amax = _compiled_torch_amax(t)
         if amax is not None:      # the cast gives its dequant factor (no reciprocal launch)
             data, _, dequant = ops.quantize_float8_given_amax(t, amax, spec.fmt, spec.pow2_scale,
                                                               backend, transposed=transpose)
             dequant = dequant.reshape(1, 1)
-        else:
-            data, quant_scale = ops.quantize_float8(t, spec.fmt, axis, spec.pow2_scale, backend,
+        elif spec.tensorwise:
+            data, quant_scale = ops.quantize_float8(t, spec.fmt, None, spec.pow2_scale, backend,
                                                     transposed=transpose)
-            dequant = torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1, 1))
+            dequant = torch.reciprocal(quant_scale).reshape(1, 1)
+        else:                     # the cast gives its dequant factors (no reciprocal launch)
+            data, _, dequant = ops.quantize_float8_axiswise(t, spec.fmt, spec.pow2_scale,
+                                                            backend, transposed=transpose)
     elif spec.kind == "mx":
         data, dequant = ops.quantize_mx(t, spec.fmt, spec.block_size, -1, spec.scale_mode,
                                         backend, transposed=transpose)

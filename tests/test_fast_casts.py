@@ -166,6 +166,29 @@ def test_float8_tensorwise_both_layouts_without_row_copy_same_bits(monkeypatch, 
     assert sum("tiled copy writes x.T" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.parametrize("shape,transposed", [
+    *[(s, t) for s in ((17, 32), (6, 96), (40, 130), (9, 300)) for t in (False, True)],
+    ((3, 5, 64), False)], ids=str)          # x.T casts are 2-D
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_float8_axiswise_with_dequant_is_the_cast_and_reciprocal(shape, transposed, dtype, seed):
+    """ops.quantize_float8_axiswise on fast (what the axiswise recipes call): the reference's
+    bits along the last axis of x (rows held whole, and rows past the tile: the two-loop path)
+    or of x.T (transposed, 2-D), and dequant factors with torch.reciprocal's bits, NaN/Inf/zero
+    rows included."""
+    fast = fast_backend()
+    x = edge_rows((int(np.prod(shape[:-1])), shape[-1]), dtype, seed).reshape(shape)
+    for fmt in ("float8_e4m3fn", "float8_e5m2"):
+        for pow2 in (False, True):
+            data, qs, dq = fast.quantize_float8_axiswise(from_numpy(x), fmt, pow2,
+                                                         transposed=transposed)
+            want = np.ascontiguousarray(x.T) if transposed else x
+            ref_data, ref_qs = reference.quantize_float8(want, fmt, -1, pow2)
+            what = f"{fmt} pow2={pow2} {shape} transposed={transposed} {dtype}"
+            assert_same(to_numpy(data), ref_data, "data " + what, seed)
+            assert_same(to_numpy(qs), ref_qs, "quant_scale " + what, seed)
+            assert_dequant_is_reciprocal(qs, dq, what, seed)
+
+
 def test_float8_given_amax_rejects_a_bad_amax():
     from qtrain.fast import cast_float8
     fast_backend()
