@@ -176,6 +176,16 @@ class FastBackend:
             return quantize_blockwise_t(x, block, fmt)
         return quantize_blockwise(x, block, fmt)
 
+    def quantize_blockwise_with_dequant(self, x, block=(1, 128), fmt="float8_e4m3fn",
+                                        transposed=False):
+        """quantize_blockwise and its dequant factors 1 / quant_scale, written by the cast
+        kernels (ops.quantize_blockwise_with_dequant): (data, quant_scale, dequant)."""
+        from .cast_blockwise import quantize_blockwise, quantize_blockwise_t
+        self._check(x)
+        if transposed:
+            return quantize_blockwise_t(x, block, fmt, with_dequant=True)
+        return quantize_blockwise(x, block, fmt, with_dequant=True)
+
     def transpose_payload(self, p):
         """p.t().contiguous() for a 2-D row-major 1-byte payload (fast/transpose.py: torch's
         copy or the tiled kernel, QTRAIN_FAST_TRANSPOSE)."""

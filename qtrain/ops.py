@@ -274,6 +274,33 @@ def _(x, block, fmt, backend, transposed=False):
             x.new_empty((rows // block[0], cols // block[1]), dtype=torch.float32))
 
 
+@custom_op("qtrain::quantize_blockwise_with_dequant")
+def quantize_blockwise_with_dequant(x: torch.Tensor, block: List[int], fmt: str, backend: str,
+                                    transposed: bool = False
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(data, quant_scale, dequant): quantize_blockwise and the factors the product applies,
+    1 / quant_scale (MM-1). A backend may write them from its cast kernels (fast does), saving
+    a reciprocal launch per operand; else they are torch.reciprocal's. What the blockwise
+    recipe calls."""
+    impl = _impl(backend)
+    if hasattr(impl, "quantize_blockwise_with_dequant"):
+        return impl.quantize_blockwise_with_dequant(x, tuple(block), fmt, transposed=transposed)
+    if transposed:
+        data, qs = impl.quantize_blockwise(x, tuple(block), fmt, transposed=True)
+    else:
+        data, qs = impl.quantize_blockwise(x, tuple(block), fmt)
+    return data, qs, torch.reciprocal(qs)
+
+
+@quantize_blockwise_with_dequant.register_fake
+def _(x, block, fmt, backend, transposed=False):
+    rows, cols = _shape(x, transposed)
+    scale_shape = (rows // block[0], cols // block[1])
+    return (x.new_empty((rows, cols), dtype=FLOAT8_DTYPES[fmt]),
+            x.new_empty(scale_shape, dtype=torch.float32),
+            x.new_empty(scale_shape, dtype=torch.float32))
+
+
 # ---- scaled_mm_nt (MM-1, MM-2) -------------------------------------------------------------
 @custom_op("qtrain::scaled_mm_nt")
 def scaled_mm_nt(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,

@@ -181,9 +181,8 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None, amax=None):
         # on purpose: torch.compile merges identical pure calls, and merging RC-14's backward
         # re-quantization of w into the forward's cast would keep the quantized w from the
         # forward in every compiled graph (RC-14 keeps it only with keep_quantized_weight).
-        data, quant_scale = ops.quantize_blockwise(t, list(spec.block), spec.fmt, backend,
-                                                   transposed=transpose)
-        dequant = torch.reciprocal(quant_scale)
+        data, _, dequant = ops.quantize_blockwise_with_dequant(t, list(spec.block), spec.fmt,
+                                                               backend, transposed=transpose)
     else:
         raise ValueError(f"unknown QuantSpec.kind {spec.kind!r}")
     return QOperand(data, dequant, spec.pow2_factors)

@@ -189,6 +189,25 @@ def test_float8_axiswise_with_dequant_is_the_cast_and_reciprocal(shape, transpos
             assert_dequant_is_reciprocal(qs, dq, what, seed)
 
 
+@pytest.mark.parametrize("block,transposed", [((1, 128), False), ((1, 128), True),
+                                              ((128, 128), False), ((128, 128), True)], ids=str)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_blockwise_with_dequant_is_the_cast_and_reciprocal(block, transposed, dtype, seed):
+    """ops.quantize_blockwise_with_dequant on fast (what the blockwise recipe calls): the
+    reference's bits for x or x.T, and dequant factors with torch.reciprocal's bits, laid out
+    like the quant scales, NaN/Inf/zero rows included."""
+    fast = fast_backend()
+    x = edge_rows((256, 384), dtype, seed)
+    data, qs, dq = fast.quantize_blockwise_with_dequant(from_numpy(x), block, "float8_e4m3fn",
+                                                        transposed=transposed)
+    want = np.ascontiguousarray(x.T) if transposed else x
+    ref_data, ref_qs = reference.quantize_blockwise(want, block, "float8_e4m3fn")
+    what = f"{block} transposed={transposed} {dtype}"
+    assert_same(to_numpy(data), ref_data, "data " + what, seed)
+    assert_same(to_numpy(qs), ref_qs, "quant_scale " + what, seed)
+    assert_dequant_is_reciprocal(qs, dq, what, seed)
+
+
 def test_float8_given_amax_rejects_a_bad_amax():
     from qtrain.fast import cast_float8
     fast_backend()
