@@ -220,15 +220,21 @@ class FastBackend:
         return dequantize_blockwise(data, quant_scale, block, out_dtype)
 
     # ---- grouped products (MM-5, RC-13): fast/grouped_mm.py
-    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None):
+    # the grouped casts take with_dequant=True and then also return 1 / quant_scale, written by
+    # the kernel (qtrain/grouped_ops.py's hint)
+    grouped_casts_write_dequant = True
+
+    def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None,
+                                  with_dequant=False):
         from .grouped_mm import quantize_float8_grouped_t
         self._check(x)
-        return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale, padded_offs)
+        return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale, padded_offs,
+                                         with_dequant=with_dequant)
 
-    def quantize_float8_experts_t(self, w, fmt, pow2_scale):
+    def quantize_float8_experts_t(self, w, fmt, pow2_scale, with_dequant=False):
         from .grouped_mm import quantize_float8_experts_t
         self._check(w)
-        return quantize_float8_experts_t(w, fmt, pow2_scale)
+        return quantize_float8_experts_t(w, fmt, pow2_scale, with_dequant=with_dequant)
 
     def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1,
                           pow2_factors=False):

@@ -45,10 +45,10 @@ FLOAT8_ALIGN = 16
 
 
 @triton.jit
-def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, C, GROUP_ROWS,
-                                G_STRIDE, C_STRIDE, FROM_OFFS: tl.constexpr,
+def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, dq_ptr, C,
+                                GROUP_ROWS, G_STRIDE, C_STRIDE, FROM_OFFS: tl.constexpr,
                                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                                POW2: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
+                                WITH_DQ: tl.constexpr, POW2: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
                                 BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                                 EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
     """Program (g, column tile): rows [start, end) of group g of row-major x (M, C); the groups
@@ -58,7 +58,8 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
     qs = F8-2/F8-3/F8-5 per column. Loop 2: data = rne(clamp(x * qs)) (F8-4), stored
     transposed at data_t[g * G_STRIDE + c * C_STRIDE + pstart + (r - start)]: (C, Mp) for
     token groups (G_STRIDE 0, C_STRIDE Mp, padding columns written as zeros), (E, C,
-    GROUP_ROWS) for experts."""
+    GROUP_ROWS) for experts. WITH_DQ: the dequant factors 1 / qs to dq_ptr, laid out like qs
+    (torch.reciprocal's rounding), so the product needs no reciprocal kernel."""
     g = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
@@ -84,6 +85,8 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
     amax = tl.max(acc, axis=0)
     qs = float8_quant_scale(amax, MAX, POW2)          # amax 0 (empty group): F8-6 scale
     tl.store(qs_ptr + g * C + cols, qs, mask=col_ok)
+    if WITH_DQ:
+        tl.store(dq_ptr + g * C + cols, tl.div_rn(1.0, qs), mask=col_ok)
     # loop 2 also writes the zero padding after the group (up to the next padded start; the
     # last group up to Mp), so the output needs no memset
     base = g.to(tl.int64) * G_STRIDE + pstart
@@ -106,23 +109,25 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
 GROUP_TILE = {"tokens": (32, 64), "experts": (64, 64)}
 
 
-def _launch_group_cols_t(x, offs, pends, data_t, qs, n_groups, group_rows, g_stride, c_stride,
-                         fmt, pow2_scale, use):
+def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g_stride,
+                         c_stride, fmt, pow2_scale, use):
     c = x.shape[-1]
     block_r, block_c = GROUP_TILE[use]
     block_c = pow2_at_most(c, block_c)
     x_in, is_bf16 = kernel_input(x)
     _float8_group_cols_t_kernel[(n_groups, cdiv(c, block_c))](
-        x_in, offs, pends, data_t.view(torch.uint8), qs, c, group_rows, g_stride, c_stride,
-        FROM_OFFS=offs is not None, BLOCK_R=block_r, BLOCK_C=block_c, POW2=pow2_scale,
-        **float8_params(fmt),
+        x_in, offs, pends, data_t.view(torch.uint8), qs, qs if dq is None else dq, c,
+        group_rows, g_stride, c_stride, FROM_OFFS=offs is not None, BLOCK_R=block_r,
+        BLOCK_C=block_c, WITH_DQ=dq is not None, POW2=pow2_scale, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
         IS_BF16=is_bf16)
 
 
-def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs=None):
+def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs=None,
+                              with_dequant=False):
     """Backend interface (qtrain/grouped_ops.py): x (M, C) along axis 0 within each group ->
-    (data_t (C, Mp) in the padded layout, quant_scale fp32 (E, C)). One launch, no host sync."""
+    (data_t (C, Mp) in the padded layout, quant_scale fp32 (E, C)). One launch, no host sync.
+    with_dequant: also the dequant factors 1 / quant_scale (E, C), written by the kernel."""
     check_format(fmt, LAYER)
     check_input(x, LAYER)
     check_device(_float8_group_cols_t_kernel, x, LAYER)
@@ -134,18 +139,21 @@ def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs
     offs = offs.contiguous()
     pends = padded_offsets(offs, align) if padded_offs is None else padded_offs
     qs = torch.empty((n_groups, c), dtype=torch.float32, device=x.device)
+    dq = torch.empty_like(qs) if with_dequant else None
     if n_groups == 0:
-        return torch.zeros((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device), qs
-    data_t = torch.empty((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device)
-    _launch_group_cols_t(x, offs, pends, data_t, qs, n_groups, 0, 0, mp, fmt, pow2_scale,
-                         "tokens")
-    return data_t, qs
+        data_t = torch.zeros((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device)
+    else:
+        data_t = torch.empty((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device)
+        _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, 0, 0, mp, fmt,
+                             pow2_scale, "tokens")
+    return (data_t, qs, dq) if with_dequant else (data_t, qs)
 
 
-def quantize_float8_experts_t(w, fmt, pow2_scale=False):
+def quantize_float8_experts_t(w, fmt, pow2_scale=False, with_dequant=False):
     """Backend interface (qtrain/grouped_ops.py): w (E, N, K) along N within each expert ->
     (data (E, K, N) row-major, quant_scale fp32 (E, K)), i.e. every w[e].T quantized rowwise,
-    written straight from w (no transpose copy). One launch."""
+    written straight from w (no transpose copy). One launch. with_dequant: also the dequant
+    factors 1 / quant_scale (E, K), written by the kernel."""
     check_format(fmt, LAYER)
     check_input(w, LAYER)
     check_device(_float8_group_cols_t_kernel, w, LAYER)
@@ -154,9 +162,10 @@ def quantize_float8_experts_t(w, fmt, pow2_scale=False):
     e, n, k = w.shape
     data = torch.empty((e, k, n), dtype=TORCH_FLOAT8[fmt], device=w.device)
     qs = torch.empty((e, k), dtype=torch.float32, device=w.device)
-    _launch_group_cols_t(w.reshape(e * n, k), None, None, data, qs, e, n, k * n, n, fmt,
+    dq = torch.empty_like(qs) if with_dequant else None
+    _launch_group_cols_t(w.reshape(e * n, k), None, None, data, qs, dq, e, n, k * n, n, fmt,
                          pow2_scale, "experts")
-    return data, qs
+    return (data, qs, dq) if with_dequant else (data, qs)
 
 
 # ---- products ------------------------------------------------------------------------------

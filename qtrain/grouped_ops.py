@@ -39,13 +39,25 @@ def grouped_impl(name):
         f"use 'reference' or 'fast'")
 
 
+def _with_dequant(impl, method, *args):
+    """(data, quant_scale, dequant) of a grouped cast: dequant = 1 / quant_scale, written by
+    the backend's kernel where it says it can (grouped_casts_write_dequant), else
+    torch.reciprocal's (the same bits)."""
+    if getattr(impl, "grouped_casts_write_dequant", False):
+        return getattr(impl, method)(*args, with_dequant=True)
+    data, qs = getattr(impl, method)(*args)
+    return data, qs, torch.reciprocal(qs)
+
+
 @custom_op("qtrain::quantize_float8_grouped_t")
 def quantize_float8_grouped_t(x: torch.Tensor, offs: torch.Tensor, align: int, fmt: str,
                               pow2_scale: bool, backend: str,
                               padded_offs: Optional[torch.Tensor] = None
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
-    return grouped_impl(backend).quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale,
-                                                           padded_offs)
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(data_t (C, Mp), quant_scale (E, C), dequant (E, C)): x along tokens within each group
+    (RC-13), in the padded layout, and the product's factors 1 / quant_scale."""
+    return _with_dequant(grouped_impl(backend), "quantize_float8_grouped_t", x, offs, align,
+                         fmt, pow2_scale, padded_offs)
 
 
 @quantize_float8_grouped_t.register_fake
@@ -53,20 +65,24 @@ def _(x, offs, align, fmt, pow2_scale, backend, padded_offs=None):
     m, c = x.shape
     n_groups = offs.shape[0]
     return (x.new_empty((c, padded_rows(m, n_groups, align)), dtype=FLOAT8_DTYPES[fmt]),
+            x.new_empty((n_groups, c), dtype=torch.float32),
             x.new_empty((n_groups, c), dtype=torch.float32))
 
 
 @custom_op("qtrain::quantize_float8_experts_t")
-def quantize_float8_experts_t(w: torch.Tensor, fmt: str, pow2_scale: bool,
-                              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return grouped_impl(backend).quantize_float8_experts_t(w, fmt, pow2_scale)
+def quantize_float8_experts_t(w: torch.Tensor, fmt: str, pow2_scale: bool, backend: str
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(data (E, K, N), quant_scale (E, K), dequant (E, K)): every w[e].T along N, and the
+    product's factors 1 / quant_scale."""
+    return _with_dequant(grouped_impl(backend), "quantize_float8_experts_t", w, fmt,
+                         pow2_scale)
 
 
 @quantize_float8_experts_t.register_fake
 def _(w, fmt, pow2_scale, backend):
     e, n, k = w.shape
     return (w.new_empty((e, k, n), dtype=FLOAT8_DTYPES[fmt]),
-            w.new_empty((e, k), dtype=torch.float32))
+            w.new_empty((e, k), dtype=torch.float32), w.new_empty((e, k), dtype=torch.float32))
 
 
 @custom_op("qtrain::scaled_grouped_mm")

@@ -42,8 +42,9 @@ def _quantize_3d(w, spec, along_k, backend):
     e, n, k = w.shape
     if not along_k and spec.kind == "float8" and not spec.tensorwise:
         # one pass over w writes every w[g].T quantized (no transpose copy of w first)
-        data, qs = grouped_ops.quantize_float8_experts_t(w, spec.fmt, spec.pow2_scale, backend)
-        return data, torch.reciprocal(qs).unsqueeze(-1)
+        data, _, dq = grouped_ops.quantize_float8_experts_t(w, spec.fmt, spec.pow2_scale,
+                                                            backend)
+        return data, dq.unsqueeze(-1)
     src = w if along_k else w.transpose(1, 2).contiguous()
     q = quantize_operand(src.reshape(-1, src.shape[-1]), spec, 1, backend)
     rows, cols = src.shape[1], src.shape[2]
@@ -57,9 +58,9 @@ def _grad_weight_operand(t, offs, spec, backend, layout=None):
     known (x's, reused for g: same groups, same layout)."""
     if spec.kind == "float8":
         pends = padded_offsets(offs, FLOAT8_ALIGN) if layout is None else layout[0]
-        data_t, qs = grouped_ops.quantize_float8_grouped_t(t, offs, FLOAT8_ALIGN, spec.fmt,
-                                                           spec.pow2_scale, backend, pends)
-        return data_t, torch.reciprocal(qs).unsqueeze(-1), (pends,)
+        data_t, _, dq = grouped_ops.quantize_float8_grouped_t(t, offs, FLOAT8_ALIGN, spec.fmt,
+                                                              spec.pow2_scale, backend, pends)
+        return data_t, dq.unsqueeze(-1), (pends,)
     if layout is None:
         index, pends = pad_layout(offs, t.shape[0], spec.block_size)
     else:

@@ -47,6 +47,33 @@ def test_experts_cast_bitexact_F8_7(dtype, seed):
     assert got[1][2, 7].isnan()
 
 
+@pytest.mark.parametrize("grouping", sorted(OFFS) + ["no_groups"])
+def test_grouped_casts_with_dequant_write_reciprocals(grouping, seed):
+    """The grouped ops (what grouped_mm calls) on fast: the same payloads and scales as the
+    casts alone, and dequant factors written by the kernel with torch.reciprocal's bits
+    (empty groups, zero rows, NaN, and no groups at all included)."""
+    from qtrain import grouped_ops
+    fast_backend()
+    name = "fast-interpreter"
+    qbackend.register_backend(name, lambda: FastBackend(allow_interpreter=True))
+    offs = torch.tensor(OFFS.get(grouping, []), dtype=torch.int32, device=DEVICE)
+    x = (torch.randn(40, 48) * 5).to(torch.bfloat16).to(DEVICE)
+    x[5:17] = 0.0
+    x[30, 3] = float("nan")
+    w = (torch.randn(3, 40, 24) * 3).to(torch.bfloat16).to(DEVICE)
+    w[2, 5, 7] = float("nan")
+    cases = (("grouped_t", grouped_ops.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn",
+                                                                 True, name),
+              fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)),
+             ("experts_t", grouped_ops.quantize_float8_experts_t(w, "float8_e4m3fn", False, name),
+              fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)))
+    for what, (data, qs, dq), (want_data, want_qs) in cases:
+        assert torch.equal(data.view(torch.uint8), want_data.view(torch.uint8)), what
+        assert torch.equal(qs.view(torch.int32), want_qs.view(torch.int32)), what
+        assert dq.shape == qs.shape, (what, dq.shape, qs.shape)
+        assert torch.equal(dq.view(torch.int32), torch.reciprocal(qs).view(torch.int32)), what
+
+
 def test_experts_cast_is_rowwise_of_each_transpose(seed):
     """The reference's meaning: expert e's payload is quantize_float8(w[e].T, axis=-1)."""
     ref = ReferenceBackend()
