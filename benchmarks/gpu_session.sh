@@ -7,7 +7,8 @@
 #          (profiler table), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
 #          amaxab (tensorwise block compiled with QTRAIN_COMPILED_AMAX=kernel, then =torch),
 #          transposeab (tensorwise block eager with QTRAIN_FAST_TRANSPOSE=torch, then =tiles),
-#          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast; AB_BUDGET_S for both A/B steps),
+#          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast; AB_BUDGET_S for the A/B steps),
+#          dequantab (tensorwise, rowwise, blockwise block with QTRAIN_FAST_CAST_DEQUANT=0, then =1),
 #          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
 #          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
@@ -73,6 +74,11 @@ fi
 if has layoutab; then   # QTRAIN_TENSORWISE_TRANSPOSE: tensorwise block, payload copied transposed vs cast into both layouts
   for mode in copy cast; do
     step block_layout_$mode ${LAYOUTAB_LIMIT_S:-200} env QTRAIN_TENSORWISE_TRANSPOSE=$mode python3 -m benchmarks.block --recipes tensorwise --compile ${LAYOUTAB_COMPILE:-both} --large-only --no-torchao --budget-s ${AB_BUDGET_S:-160}
+  done
+fi
+if has dequantab; then   # QTRAIN_FAST_CAST_DEQUANT: dequant factors by torch.reciprocal (0) vs written by the casts (1)
+  for mode in 0 1; do
+    step block_dequant_$mode ${DEQUANTAB_LIMIT_S:-240} env QTRAIN_FAST_CAST_DEQUANT=$mode python3 -m benchmarks.block --recipes ${DEQUANTAB_RECIPES:-tensorwise,rowwise,blockwise} --compile ${DEQUANTAB_COMPILE:-both} --large-only --no-torchao --budget-s ${AB_BUDGET_S:-200}
   done
 fi
 if has profile; then

@@ -1,8 +1,22 @@
 """FastBackend: the brief's torch-level backend interface on Triton kernels and torch scaled
 products (the registry in qtrain/backend.py picks it by name "fast")."""
+import os
+
 import torch
 
 LAYER = "qtrain.fast.backend"
+# QTRAIN_FAST_CAST_DEQUANT: the float8 casts write each dequant factor 1 / quant_scale from the
+# kernel ("1", the default), or the caller computes it with torch.reciprocal, one launch per
+# operand ("0": the path before 2026-12-01's seventh session, kept to time the two against
+# each other). Same bits either way.
+CAST_DEQUANT_ENV = "QTRAIN_FAST_CAST_DEQUANT"
+CAST_DEQUANT = os.environ.get(CAST_DEQUANT_ENV, "1") != "0"
+
+
+def _with_dequant(out):
+    """(data, quant_scale, dequant) from a cast run with with_dequant=CAST_DEQUANT: its own
+    factors, or torch.reciprocal's when the kernel did not write them."""
+    return out if len(out) == 3 else (*out, torch.reciprocal(out[1]))
 
 
 def _call_on(counter_noise, device):
@@ -82,7 +96,7 @@ class FastBackend:
         if transposed:
             _need_2d(x)
         return quantize_float8_tensorwise(x, fmt, pow2_scale, transposed=transposed, amax=amax,
-                                          with_dequant=True)
+                                          with_dequant=CAST_DEQUANT)
 
     def quantize_float8_both_layouts(self, x, fmt, pow2_scale=False, amax=None):
         """Tensorwise x and x.T (row-major) from one amax pass and one cast pass:
@@ -90,7 +104,8 @@ class FastBackend:
         from .cast_float8 import quantize_float8_tensorwise_both
         self._check(x)
         _need_2d(x)
-        return quantize_float8_tensorwise_both(x, fmt, pow2_scale, amax=amax, with_dequant=True)
+        return quantize_float8_tensorwise_both(x, fmt, pow2_scale, amax=amax,
+                                               with_dequant=CAST_DEQUANT)
 
     def quantize_float8(self, x, fmt, axis=None, pow2_scale=False, transposed=False):
         """transposed=True: quantize x.T (2-D), its layout written directly from x."""
@@ -112,16 +127,18 @@ class FastBackend:
         from .cast_float8 import quantize_float8_columnwise, quantize_float8_rowwise
         self._check(x)
         if not transposed:
-            return quantize_float8_rowwise(x, fmt, pow2_scale, with_dequant=True)
+            return _with_dequant(quantize_float8_rowwise(x, fmt, pow2_scale,
+                                                         with_dequant=CAST_DEQUANT))
         _need_2d(x)
-        return quantize_float8_columnwise(x, fmt, pow2_scale, transposed=True, with_dequant=True)
+        return _with_dequant(quantize_float8_columnwise(x, fmt, pow2_scale, transposed=True,
+                                                        with_dequant=CAST_DEQUANT))
 
     def quantize_float8_dual(self, x, fmt, pow2_scale=False):
         """(data, quant_scale, data_t, quant_scale_t, dequant, dequant_t): the dequant factors
         written by the cast kernel (ops.quantize_float8_dual)."""
         from .cast_float8 import quantize_float8_dual
         self._check(x)
-        return quantize_float8_dual(x, fmt, pow2_scale, with_dequant=True)
+        return quantize_float8_dual(x, fmt, pow2_scale, with_dequant=CAST_DEQUANT)
 
     def quantize_mx(self, x, elem_fmt, block_size=32, axis=-1, scale_mode="floor",
                     transposed=False):
@@ -183,8 +200,8 @@ class FastBackend:
         from .cast_blockwise import quantize_blockwise, quantize_blockwise_t
         self._check(x)
         if transposed:
-            return quantize_blockwise_t(x, block, fmt, with_dequant=True)
-        return quantize_blockwise(x, block, fmt, with_dequant=True)
+            return _with_dequant(quantize_blockwise_t(x, block, fmt, with_dequant=CAST_DEQUANT))
+        return _with_dequant(quantize_blockwise(x, block, fmt, with_dequant=CAST_DEQUANT))
 
     def transpose_payload(self, p):
         """p.t().contiguous() for a 2-D row-major 1-byte payload (fast/transpose.py: torch's
@@ -220,9 +237,11 @@ class FastBackend:
         return dequantize_blockwise(data, quant_scale, block, out_dtype)
 
     # ---- grouped products (MM-5, RC-13): fast/grouped_mm.py
-    # the grouped casts take with_dequant=True and then also return 1 / quant_scale, written by
-    # the kernel (qtrain/grouped_ops.py's hint)
-    grouped_casts_write_dequant = True
+    @property
+    def grouped_casts_write_dequant(self):
+        """qtrain/grouped_ops.py's hint: the grouped casts take with_dequant=True and then also
+        return 1 / quant_scale, written by the kernel (QTRAIN_FAST_CAST_DEQUANT)."""
+        return CAST_DEQUANT
 
     def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None,
                                   with_dequant=False):

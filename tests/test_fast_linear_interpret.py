@@ -232,3 +232,43 @@ def test_tensorwise_both_layouts_cast_gives_the_copy_bits(compiled, monkeypatch)
         assert kept_cast == kept_copy, (kept_cast, kept_copy)
     for a, b, what in zip(want, got, ("output", "grad_input", "grad_weight")):
         assert torch.equal(a, b), f"{what} (QTRAIN_TEST_SEED={SEED})"
+
+
+# reciprocals left per fwd+bwd with the casts writing their factors: rowwise_with_gw_hp's
+# tensorwise w for grad_input goes through the generic tensorwise op (the one FSDP's gathered
+# float8 weight intercepts), which returns the quant scale only
+RECIPROCALS_LEFT = {"tensorwise": 0, "rowwise": 0, "rowwise_with_gw_hp": 1, "blockwise": 0}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPROCALS_LEFT))
+def test_cast_dequant_factors_same_bits_no_reciprocal(recipe, monkeypatch):
+    """QTRAIN_FAST_CAST_DEQUANT: with the float8 casts writing their dequant factors (the
+    default) a linear's fwd+bwd runs no torch.reciprocal but RECIPROCALS_LEFT's; with it off,
+    the caller computes every factor. Output and both gradients are the same bits either
+    way."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from qtrain.fast import backend as fast_backend_module
+
+    class CountReciprocal(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.reciprocal:
+                CountReciprocal.n += 1
+            return func(*args, **(kwargs or {}))
+
+    x, w, g = _inputs(128, 128, 256)
+    config = dataclasses.replace(qtrain.recipe_config(recipe), backend=NAME)
+    linear = lambda a, b: qtrain.linear(a, b, config=config)          # noqa: E731
+    got = {}
+    for written in (True, False):
+        monkeypatch.setattr(fast_backend_module, "CAST_DEQUANT", written)
+        CountReciprocal.n = 0
+        with CountReciprocal():
+            got[written] = _fwd_bwd(linear, x, w, g)
+        if written:
+            assert CountReciprocal.n == RECIPROCALS_LEFT[recipe], (recipe, CountReciprocal.n)
+        else:
+            assert CountReciprocal.n > RECIPROCALS_LEFT[recipe], (recipe, CountReciprocal.n)
+    for a, b, what in zip(got[True], got[False], ("output", "grad_input", "grad_weight")):
+        assert torch.equal(a, b), f"{recipe} {what} (QTRAIN_TEST_SEED={SEED})"
