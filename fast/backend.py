@@ -13,12 +13,6 @@ CAST_DEQUANT_ENV = "QTRAIN_FAST_CAST_DEQUANT"
 CAST_DEQUANT = os.environ.get(CAST_DEQUANT_ENV, "1") != "0"
 
 
-def _with_dequant(out):
-    """(data, quant_scale, dequant) from a cast run with with_dequant=CAST_DEQUANT: its own
-    factors, or torch.reciprocal's when the kernel did not write them."""
-    return out if len(out) == 3 else (*out, torch.reciprocal(out[1]))
-
-
 def _call_on(counter_noise, device):
     """counter_noise (seed, call index) with the call index on `device`, where the kernels read
     it: the functional qtrain.linear counts calls on the CPU (a host-to-device copy, not a
@@ -123,15 +117,15 @@ class FastBackend:
 
     def quantize_float8_axiswise(self, x, fmt, pow2_scale=False, transposed=False):
         """Along the last axis of x (transposed: of x.T, written from x): (data, quant_scale,
-        dequant), the dequant factors written by the cast kernel (ops.quantize_float8_axiswise)."""
+        dequant), the dequant factors written by the cast kernel; without them when
+        QTRAIN_FAST_CAST_DEQUANT=0 (ops.quantize_float8_axiswise then computes them)."""
         from .cast_float8 import quantize_float8_columnwise, quantize_float8_rowwise
         self._check(x)
         if not transposed:
-            return _with_dequant(quantize_float8_rowwise(x, fmt, pow2_scale,
-                                                         with_dequant=CAST_DEQUANT))
+            return quantize_float8_rowwise(x, fmt, pow2_scale, with_dequant=CAST_DEQUANT)
         _need_2d(x)
-        return _with_dequant(quantize_float8_columnwise(x, fmt, pow2_scale, transposed=True,
-                                                        with_dequant=CAST_DEQUANT))
+        return quantize_float8_columnwise(x, fmt, pow2_scale, transposed=True,
+                                          with_dequant=CAST_DEQUANT)
 
     def quantize_float8_dual(self, x, fmt, pow2_scale=False):
         """(data, quant_scale, data_t, quant_scale_t, dequant, dequant_t): the dequant factors
@@ -196,12 +190,13 @@ class FastBackend:
     def quantize_blockwise_with_dequant(self, x, block=(1, 128), fmt="float8_e4m3fn",
                                         transposed=False):
         """quantize_blockwise and its dequant factors 1 / quant_scale, written by the cast
-        kernels (ops.quantize_blockwise_with_dequant): (data, quant_scale, dequant)."""
+        kernels: (data, quant_scale, dequant); without them when QTRAIN_FAST_CAST_DEQUANT=0
+        (ops.quantize_blockwise_with_dequant then computes them)."""
         from .cast_blockwise import quantize_blockwise, quantize_blockwise_t
         self._check(x)
         if transposed:
-            return _with_dequant(quantize_blockwise_t(x, block, fmt, with_dequant=CAST_DEQUANT))
-        return _with_dequant(quantize_blockwise(x, block, fmt, with_dequant=CAST_DEQUANT))
+            return quantize_blockwise_t(x, block, fmt, with_dequant=CAST_DEQUANT)
+        return quantize_blockwise(x, block, fmt, with_dequant=CAST_DEQUANT)
 
     def transpose_payload(self, p):
         """p.t().contiguous() for a 2-D row-major 1-byte payload (fast/transpose.py: torch's

@@ -26,7 +26,7 @@ import torch
 from . import backend as _backend
 from ._dispatch import custom_op
 from .grouping import padded_rows
-from .ops import FLOAT8_DTYPES
+from .ops import FLOAT8_DTYPES, dequant_of
 
 
 def grouped_impl(name):
@@ -46,7 +46,7 @@ def _with_dequant(impl, method, *args):
     if getattr(impl, "grouped_casts_write_dequant", False):
         return getattr(impl, method)(*args, with_dequant=True)
     data, qs = getattr(impl, method)(*args)
-    return data, qs, torch.reciprocal(qs)
+    return data, qs, dequant_of(qs)
 
 
 @custom_op("qtrain::quantize_float8_grouped_t")

@@ -25,6 +25,19 @@ def _keepdims_shape(shape, axis):
     return shape
 
 
+def dequant_of(quant_scale: torch.Tensor) -> torch.Tensor:
+    """The product's dequant factors of float8 quant scales (MM-1): 1 / quant_scale as
+    torch.reciprocal rounds it (fp32 division), shaped like quant_scale, (1,) for a tensorwise
+    scale of shape (). For a backend whose cast does not write them."""
+    return torch.reciprocal(quant_scale).reshape(quant_scale.shape or (1,))
+
+
+def _with_dequant(out, n):
+    """A cast's n outputs (the quant scale last) and its dequant factors: the backend's own
+    when it returned n + 1 tensors, else dequant_of the quant scale."""
+    return tuple(out) if len(out) == n + 1 else (*out, dequant_of(out[-1]))
+
+
 # ---- quantize_float8 (F8-*) ----------------------------------------------------------------
 @custom_op("qtrain::quantize_float8")
 def quantize_float8(x: torch.Tensor, fmt: str, axis: Optional[int], pow2_scale: bool,
@@ -57,9 +70,10 @@ def quantize_float8_axiswise(x: torch.Tensor, fmt: str, pow2_scale: bool, backen
     quantize_float8 (FSDP's gathered float8 weight) is tensorwise and does not come here."""
     impl = _impl(backend)
     if hasattr(impl, "quantize_float8_axiswise"):
-        return impl.quantize_float8_axiswise(x, fmt, pow2_scale, transposed=transposed)
-    data, qs = impl.quantize_float8(x, fmt, -1, pow2_scale, transposed=transposed)
-    return data, qs, torch.reciprocal(qs)
+        out = impl.quantize_float8_axiswise(x, fmt, pow2_scale, transposed=transposed)
+    else:
+        out = impl.quantize_float8(x, fmt, -1, pow2_scale, transposed=transposed)
+    return _with_dequant(out, 2)
 
 
 @quantize_float8_axiswise.register_fake
@@ -91,12 +105,6 @@ def _(x, backend):
 
 
 # ---- quantize_float8_given_amax: the tensorwise cast, its amax computed by the caller (F8-1) -
-def _tensorwise_dequant(quant_scale: torch.Tensor) -> torch.Tensor:
-    """The dequant factor of a tensorwise quant scale, shape (1,): 1 / quant_scale as
-    torch.reciprocal rounds it (fp32 division), for a backend whose cast does not write it."""
-    return torch.reciprocal(quant_scale).reshape(1)
-
-
 @custom_op("qtrain::quantize_float8_given_amax")
 def quantize_float8_given_amax(x: torch.Tensor, amax: torch.Tensor, fmt: str, pow2_scale: bool,
                                backend: str, transposed: bool = False
@@ -114,9 +122,7 @@ def quantize_float8_given_amax(x: torch.Tensor, amax: torch.Tensor, fmt: str, po
         out = impl.quantize_float8_given_amax(x, amax, fmt, pow2_scale, transposed=transposed)
     else:
         out = impl.quantize_float8(x, fmt, None, pow2_scale, transposed=transposed)
-    if len(out) == 3:
-        return out
-    return out[0], out[1], _tensorwise_dequant(out[1])
+    return _with_dequant(out, 2)
 
 
 @quantize_float8_given_amax.register_fake
@@ -142,9 +148,9 @@ def quantize_float8_dual(x: torch.Tensor, fmt: str, pow2_scale: bool, backend: s
         out = (*impl.quantize_float8(x, fmt, -1, pow2_scale),
                *impl.quantize_float8(x, fmt, -1, pow2_scale, transposed=True))
     if len(out) == 6:
-        return out
+        return tuple(out)
     data, qs, data_t, qs_t = out
-    return data, qs, data_t, qs_t, torch.reciprocal(qs), torch.reciprocal(qs_t)
+    return data, qs, data_t, qs_t, dequant_of(qs), dequant_of(qs_t)
 
 
 @quantize_float8_dual.register_fake
@@ -169,15 +175,12 @@ def quantize_float8_both_layouts(x: torch.Tensor, fmt: str, pow2_scale: bool, ba
     has it (quantize_float8_given_amax). dequant as in quantize_float8_given_amax."""
     impl = _impl(backend)
     if hasattr(impl, "quantize_float8_both_layouts"):
-        out = impl.quantize_float8_both_layouts(x, fmt, pow2_scale, amax)
-        if len(out) == 4:
-            return out
-        return (*out, _tensorwise_dequant(out[2]))
+        return _with_dequant(impl.quantize_float8_both_layouts(x, fmt, pow2_scale, amax), 3)
     if amax is not None and hasattr(impl, "quantize_float8_given_amax"):
         data, qs = impl.quantize_float8_given_amax(x, amax, fmt, pow2_scale)[:2]
     else:
         data, qs = impl.quantize_float8(x, fmt, None, pow2_scale)
-    return data, data.t().contiguous(), qs, _tensorwise_dequant(qs)
+    return data, data.t().contiguous(), qs, dequant_of(qs)
 
 
 @quantize_float8_both_layouts.register_fake
@@ -284,12 +287,12 @@ def quantize_blockwise_with_dequant(x: torch.Tensor, block: List[int], fmt: str,
     recipe calls."""
     impl = _impl(backend)
     if hasattr(impl, "quantize_blockwise_with_dequant"):
-        return impl.quantize_blockwise_with_dequant(x, tuple(block), fmt, transposed=transposed)
-    if transposed:
-        data, qs = impl.quantize_blockwise(x, tuple(block), fmt, transposed=True)
+        out = impl.quantize_blockwise_with_dequant(x, tuple(block), fmt, transposed=transposed)
+    elif transposed:
+        out = impl.quantize_blockwise(x, tuple(block), fmt, transposed=True)
     else:
-        data, qs = impl.quantize_blockwise(x, tuple(block), fmt)
-    return data, qs, torch.reciprocal(qs)
+        out = impl.quantize_blockwise(x, tuple(block), fmt)
+    return _with_dequant(out, 2)
 
 
 @quantize_blockwise_with_dequant.register_fake
