@@ -340,11 +340,6 @@ def time_casts():
             cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True)), 3 * n + n // 32)
           for t in ((64, 64, 1), (64, 64, 2), (32, 64, 1), (32, 128, 2), (64, 128, 4), (32, 256, 4),
                     (128, 64, 8))],
-        # the 3-D kernel (cast_mx.DIM0_KERNEL = "3d": block exponents broadcast, no reshape)
-        *[(f"mx dim0 transposed, 3d kernel, tile {t}", lambda t=t: _with_setting("cast_mx", "DIM0_KERNEL", "3d", lambda:
-            _with_setting("cast_mx", "DIM0_TILE", t, lambda: cast_mx.quantize_mx_dim0(
-                x, "float8_e4m3fn", 32, "rceil", True))), 3 * n + n // 32)
-          for t in ((64, 64, 1), (32, 64, 1), (32, 128, 2), (64, 128, 4), (32, 256, 4))],
         *[(f"blockwise 128x1.T, tile {t}", lambda t=t: _with_setting("cast_blockwise", "COLUMN_BLOCKS_T_TILE", t, lambda:
             cast_blockwise.quantize_blockwise_t(x, (1, 128))), 3 * n + n // 32)
           for t in ((64, 4), (32, 1), (32, 2), (16, 1), (128, 4), (128, 8), (256, 8))],

@@ -88,40 +88,14 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
                     RCP_MAX: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
                     BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                     EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
-    """x (M, C) row-major, blocks of BLOCK_SIZE rows per column; tile (GROUPS * BLOCK_SIZE,
-    BLOCK_C). Scales (M / BLOCK_SIZE, C), data (M, C); TRANSPOSED: data (C, M) and scales
-    (C, M / BLOCK_SIZE), i.e. the MX dim -1 cast of x.T, ready as an NT operand."""
-    ROWS: tl.constexpr = GROUPS * BLOCK_SIZE
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (rows[:, None] < M) & (cols[None, :] < C)
-    x = widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
-                              other=0), IS_BF16)
-    bits = tl.reshape(abs_bits(x), (GROUPS, BLOCK_SIZE, BLOCK_C))
-    e, nan = _mx_exponent(tl.max(bits, axis=1), RCEIL, EMAX, RCP_MAX)        # (GROUPS, BLOCK_C)
-    e_rows = tl.reshape(tl.broadcast_to(e[:, None, :], (GROUPS, BLOCK_SIZE, BLOCK_C)), (ROWS, BLOCK_C))
-    nan_rows = tl.reshape(tl.broadcast_to(nan[:, None, :], (GROUPS, BLOCK_SIZE, BLOCK_C)),
-                          (ROWS, BLOCK_C))
-    code = _mx_scale_block(x, e_rows, nan_rows, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    if TRANSPOSED:
-        tl.store(data_ptr + cols[None, :].to(tl.int64) * M + rows[:, None], code, mask=mask)
-    else:
-        tl.store(data_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], code, mask=mask)
-    _store_dim0_scales(scale_ptr, e, nan, tl.program_id(0) * GROUPS + tl.arange(0, GROUPS), cols,
-                       M // BLOCK_SIZE, C, TRANSPOSED)
-
-
-@triton.jit
-def _mx_dim0_3d_kernel(x_ptr, data_ptr, scale_ptr, M, C,
-                       GROUPS: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr,
-                       TRANSPOSED: tl.constexpr, RCEIL: tl.constexpr, EMAX: tl.constexpr,
-                       RCP_MAX: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
-                       BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
-                       EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
-    """_mx_dim0_kernel's cast with the tile loaded as (GROUPS, BLOCK_SIZE, BLOCK_C): each
-    block's exponent and multiplier are computed once per (group, column) and broadcast along
-    the block's rows, with no reshape of the tile or of a per-element exponent
-    (DIM0_KERNEL = "3d"). Same bits."""
+    """x (M, C) row-major, blocks of BLOCK_SIZE rows per column, the tile loaded as (GROUPS,
+    BLOCK_SIZE, BLOCK_C): each block's exponent and multiplier are computed once per (group,
+    column) and broadcast along the block's rows, with no reshape of the tile or of a
+    per-element exponent. Scales (M / BLOCK_SIZE, C), data (M, C); TRANSPOSED: data (C, M)
+    and scales (C, M / BLOCK_SIZE), i.e. the MX dim -1 cast of x.T, ready as an NT operand.
+    H200, 8192^2 bf16 transposed, one run (2026-12-01, seventh session, gpu_fast_check
+    time_casts): 87 us, against 95 us for the earlier kernel that loaded a (ROWS, BLOCK_C)
+    tile and broadcast the block exponents back to every element through reshapes."""
     groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rows3 = groups[:, None, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :, None]
@@ -180,11 +154,6 @@ def quantize_mx_dim_last(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode=
 # unless one warp holds the tile. H200, 8192^2 bf16 transposed (2026-12-01): (64, 64, 1) 94 us,
 # (32, 128, 2) 96, (64, 64, 2) 99, (64, 64, 4) 132 (the earlier default), (128, 64, 8) 261.
 DIM0_TILE = (64, 64, 1)
-# Which dim-0 kernel: "2d" (the tile loaded (ROWS, BLOCK_C), the block exponents broadcast back
-# to every element) or "3d" (_mx_dim0_3d_kernel). H200, 8192^2 bf16 transposed, one run
-# (2026-12-01, seventh session, gpu_fast_check time_casts): 3d 87 us, 2d 95 us at (64, 64, 1);
-# equal at (32, 128, 2) (96 us).
-DIM0_KERNEL = "3d"
 
 
 def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor",
@@ -210,12 +179,9 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     groups = 1 << (groups.bit_length() - 1)
     block_c = pow2_at_most(C, cols_cap)
     grid = (cdiv(M, groups * block_size), cdiv(C, block_c))
-    if DIM0_KERNEL not in ("2d", "3d"):
-        raise ValueError(f"{LAYER}: DIM0_KERNEL must be '2d' or '3d', got {DIM0_KERNEL!r}")
-    kernel = _mx_dim0_3d_kernel if DIM0_KERNEL == "3d" else _mx_dim0_kernel
-    kernel[grid](kernel_input(x)[0], data.view(torch.uint8), scale, M, C, GROUPS=groups,
-                 BLOCK_SIZE=block_size, BLOCK_C=block_c, TRANSPOSED=transposed, **params,
-                 num_warps=warps)
+    _mx_dim0_kernel[grid](kernel_input(x)[0], data.view(torch.uint8), scale, M, C,
+                          GROUPS=groups, BLOCK_SIZE=block_size, BLOCK_C=block_c,
+                          TRANSPOSED=transposed, **params, num_warps=warps)
     return data, scale
 
 

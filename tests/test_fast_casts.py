@@ -411,18 +411,16 @@ def test_blockwise_transposed_on_other_tiles(tile, monkeypatch, seed):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("kernel", ["2d", "3d"])
 @pytest.mark.parametrize("tile", [(64, 64, 1), (32, 64, 1), (32, 128, 2), (32, 256, 4),
                                   (128, 64, 8)], ids=str)
-def test_mx_dim0_on_other_tiles_and_kernels(tile, kernel, dtype, monkeypatch, seed):
-    """The tiles and kernels gpu_fast_check times for the MX dim-0 cast (cast_mx.DIM0_TILE,
-    DIM0_KERNEL) give the reference's bits, written transposed (x.T's dim -1 cast) and in x's
-    layout, on shapes that cut them, floor and rceil, with NaN/Inf/zero rows, bf16 and fp32 x
-    (a kernel that writes a transposed layout gets a bit test per input dtype: the one-pass
-    tensorwise cast was right for bf16 and wrong for fp32 on the H200)."""
+def test_mx_dim0_on_other_tiles(tile, dtype, monkeypatch, seed):
+    """The tiles gpu_fast_check times for the MX dim-0 cast (cast_mx.DIM0_TILE) give the
+    reference's bits, written transposed (x.T's dim -1 cast) and in x's layout, on shapes that
+    cut them, floor and rceil, with NaN/Inf/zero rows, bf16 and fp32 x (a kernel that writes a
+    transposed layout gets a bit test per input dtype: the one-pass tensorwise cast was right
+    for bf16 and wrong for fp32 on the H200)."""
     from qtrain.fast import cast_mx
     monkeypatch.setattr(cast_mx, "DIM0_TILE", tile)
-    monkeypatch.setattr(cast_mx, "DIM0_KERNEL", kernel)
     fast_backend()
     for shape in ((96, 40), (64, 300)):
         x = _mx_input(shape, dtype, seed)
@@ -430,7 +428,7 @@ def test_mx_dim0_on_other_tiles_and_kernels(tile, kernel, dtype, monkeypatch, se
         x[40, 3] = np.inf
         x[64:, 9] = 0
         for mode in ("floor", "rceil"):
-            what = f"{shape} {tile} {kernel} {mode}"
+            what = f"{shape} {tile} {dtype} {mode}"
             data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, mode,
                                                   transposed=True)
             ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T),
@@ -441,14 +439,6 @@ def test_mx_dim0_on_other_tiles_and_kernels(tile, kernel, dtype, monkeypatch, se
             ref_data, ref_bits = reference.quantize_mx(x, "float8_e4m3fn", 32, 0, mode)
             assert_same(to_numpy(bits), ref_bits, "scale_bits " + what, seed)
             assert_same(to_numpy(data), ref_data, "data " + what, seed)
-
-
-def test_mx_dim0_kernel_setting_is_checked(monkeypatch):
-    from qtrain.fast import cast_mx
-    monkeypatch.setattr(cast_mx, "DIM0_KERNEL", "4d")
-    fast_backend()
-    with pytest.raises(ValueError, match="DIM0_KERNEL"):
-        cast_mx.quantize_mx_dim0(torch.randn(64, 32).to(DEVICE), "float8_e4m3fn", 32, "floor")
 
 
 @pytest.mark.parametrize("shape", [(256, 128), (128, 384)])
