@@ -9,6 +9,7 @@
 #          transposeab (tensorwise block eager with QTRAIN_FAST_TRANSPOSE=torch, then =tiles),
 #          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast; AB_BUDGET_S for the A/B steps),
 #          dequantab (tensorwise, rowwise, blockwise block with QTRAIN_FAST_CAST_DEQUANT=0, then =1),
+#          groupsweep (settings of the per-group column cast, benchmarks/group_cast_sweep.py; SWEEP_ARGS),
 #          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
 #          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
@@ -86,6 +87,9 @@ if has profile; then
 fi
 if has rooflinegraphs; then
   step roofline_graphs ${ROOFLINE_LIMIT_S:-200} python3 -m benchmarks.roofline --cuda-graphs ${ROOFLINE_ARGS:-}
+fi
+if has groupsweep; then
+  step group_cast_sweep ${SWEEP_LIMIT_S:-200} python3 -m benchmarks.group_cast_sweep ${SWEEP_ARGS:-}
 fi
 if has moe; then
   step moe_bench ${MOE_LIMIT_S:-150} python3 benchmarks/moe_bench.py

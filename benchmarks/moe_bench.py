@@ -93,28 +93,6 @@ def moe_inputs(seed=0):
     return x, w, g, offs
 
 
-def tune_group_casts():
-    """Tile sizes of the per-group column casts (fast/grouped_mm.py GROUP_TILE) on the
-    MoE shape: microseconds and GB/s of the bytes the kernel must move (two reads of the bf16
-    input, one write of the float8 payload)."""
-    from qtrain.fast import grouped_mm as fg
-    x, w, _, offs = moe_inputs()
-    default = dict(fg.GROUP_TILE)
-    jobs = {"tokens x (M, K)": (lambda: fg.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True), x),
-            "experts w (E, N, K)": (lambda: fg.quantize_float8_experts_t(w, "float8_e4m3fn", True), w)}
-    try:
-        for br, bc in ((32, 64), (64, 64), (128, 64), (64, 128), (32, 128), (128, 32)):
-            fg.GROUP_TILE.update(tokens=(br, bc), experts=(br, bc))
-            for label, (fn, src) in jobs.items():
-                t = time_fn(fn, warmup=2, reps=10, device="cuda")["median"]
-                gbs = 5 * src.numel() / (t * 1e-3) / 1e9
-                record("group_cast_tile", "fast", "rowwise", f"{label} BR{br} BC{bc}", "us_GBps",
-                       f"{t * 1e3:.0f} us {gbs:.0f} GB/s")
-    finally:
-        fg.GROUP_TILE.clear()
-        fg.GROUP_TILE.update(default)
-
-
 def bench(fast):
     import qtrain
     E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
@@ -193,7 +171,6 @@ def main():
     t0 = time.time()
     fast = _setup_backends()
     guarded("check", lambda: check_fast_vs_reference(fast))
-    guarded("tune", tune_group_casts)
     table = []
     guarded("bench", lambda: table.extend(bench(fast)))
     append_rows(ROWS)

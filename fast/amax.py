@@ -65,7 +65,7 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _program_budget(device: torch.device, per_sm: int) -> int:
+def program_budget(device: torch.device, per_sm: int) -> int:
     if device.type != "cuda":
         return _INTERPRETER_PROGRAMS
     return per_sm * _sm_count(device)
@@ -87,7 +87,7 @@ def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, co
     n_row_tiles, n_col_tiles = cdiv(R, block_r), cdiv(C, block_c)
     row_programs = n_row_tiles
     if per_sm:
-        row_programs = max(1, min(n_row_tiles, cdiv(_program_budget(x2d.device, per_sm),
+        row_programs = max(1, min(n_row_tiles, cdiv(program_budget(x2d.device, per_sm),
                                                      n_col_tiles)))
     x_in, is_bf16 = kernel_input(x2d)
     _amax_tiles_kernel[(row_programs, n_col_tiles)](

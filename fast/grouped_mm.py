@@ -36,6 +36,7 @@ from qtrain.grouping import (gather_rows, group_bounds, pad_index, padded_offset
 from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input,
                      device_capability, float8_params, is_interpreted, kernel_input,
                      pow2_at_most, use_soft_cast)
+from .amax import program_budget
 from .block_dequant import exact_values
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
@@ -46,81 +47,98 @@ FLOAT8_ALIGN = 16
 
 @triton.jit
 def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, dq_ptr, C,
-                                GROUP_ROWS, G_STRIDE, C_STRIDE, FROM_OFFS: tl.constexpr,
-                                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                                WITH_DQ: tl.constexpr, POW2: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
-                                BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
-                                EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
-    """Program (g, column tile): rows [start, end) of group g of row-major x (M, C); the groups
-    come from offs and the padded starts from pends (FROM_OFFS), or are GROUP_ROWS rows each
-    with no padding (the experts of a weight (E, N, K) seen as (E*N, K)).
-    Loop 1: column amax over the group's rows only (integer max of |x| bits, NaN on top, F8-1);
-    qs = F8-2/F8-3/F8-5 per column. Loop 2: data = rne(clamp(x * qs)) (F8-4), stored
-    transposed at data_t[g * G_STRIDE + c * C_STRIDE + pstart + (r - start)]: (C, Mp) for
-    token groups (G_STRIDE 0, C_STRIDE Mp, padding columns written as zeros), (E, C,
-    GROUP_ROWS) for experts. WITH_DQ: the dequant factors 1 / qs to dq_ptr, laid out like qs
-    (torch.reciprocal's rounding), so the product needs no reciprocal kernel."""
-    g = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_ok = cols < C
-    if FROM_OFFS:
-        end = tl.load(offs_ptr + g)
-        start = tl.load(offs_ptr + g - 1, mask=g > 0, other=0)
-        pstart = tl.load(pends_ptr + g - 1, mask=g > 0, other=0)
-        pend = tl.load(pends_ptr + g)
-        pend = tl.where(g == tl.num_programs(0) - 1, C_STRIDE, pend)   # last: up to Mp
-    else:
-        start = g * GROUP_ROWS
-        end = start + GROUP_ROWS
-        pstart = 0
-        pend = GROUP_ROWS
-    # element-wise max over the group's tiles, one reduction along axis 0 at the end (it crosses
-    # warps; per tile it halved the amax pass's bandwidth, fast/amax.py)
-    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.int32)
-    for r0 in range(start, end, BLOCK_R):
-        rows = r0 + tl.arange(0, BLOCK_R)
-        mask = (rows < end)[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
-        acc = tl.maximum(acc, abs_bits(widen_to_fp32(x, IS_BF16)))
-    amax = tl.max(acc, axis=0)
-    qs = float8_quant_scale(amax, MAX, POW2)          # amax 0 (empty group): F8-6 scale
-    tl.store(qs_ptr + g * C + cols, qs, mask=col_ok)
-    if WITH_DQ:
-        tl.store(dq_ptr + g * C + cols, tl.div_rn(1.0, qs), mask=col_ok)
-    # loop 2 also writes the zero padding after the group (up to the next padded start; the
-    # last group up to Mp), so the output needs no memset
-    base = g.to(tl.int64) * G_STRIDE + pstart
-    for r0 in range(start, start + (pend - pstart), BLOCK_R):
-        rows = r0 + tl.arange(0, BLOCK_R)
-        mask = (rows < end)[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
-        code = encode_float8(widen_to_fp32(x, IS_BF16) * qs[None, :], MAX, MBITS, BIAS, FNUZ,
-                             TL_DTYPE, EXACT_SOFT_CAST)
-        dst = base + cols[None, :].to(tl.int64) * C_STRIDE + (rows - start)[:, None]
-        keep = ((rows - start) < (pend - pstart))[:, None] & col_ok[None, :]
-        tl.store(data_t_ptr + dst, code, mask=keep)
+                                N_GROUPS, N_COL_TILES, GROUP_ROWS, G_STRIDE, C_STRIDE,
+                                FROM_OFFS: tl.constexpr, BLOCK_R: tl.constexpr,
+                                AMAX_BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                                WITH_DQ: tl.constexpr, POW2: tl.constexpr, MAX: tl.constexpr,
+                                MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
+                                TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
+                                IS_BF16: tl.constexpr):
+    """Work item (g, column tile), items g * N_COL_TILES + t taken by program_id(0),
+    program_id(0) + num_programs(0), ... (one item per program when the grid is every item):
+    rows [start, end) of group g of row-major x (M, C); the groups come from offs and the
+    padded starts from pends (FROM_OFFS), or are GROUP_ROWS rows each with no padding (the
+    experts of a weight (E, N, K) seen as (E*N, K)).
+    Loop 1 (AMAX_BLOCK_R rows a tile): column amax over the group's rows only (integer max of
+    |x| bits, NaN on top, F8-1); qs = F8-2/F8-3/F8-5 per column. Loop 2 (BLOCK_R rows a tile):
+    data = rne(clamp(x * qs)) (F8-4), stored transposed at
+    data_t[g * G_STRIDE + c * C_STRIDE + pstart + (r - start)]: (C, Mp) for token groups
+    (G_STRIDE 0, C_STRIDE Mp, padding columns written as zeros), (E, C, GROUP_ROWS) for
+    experts. WITH_DQ: the dequant factors 1 / qs to dq_ptr, laid out like qs (torch.reciprocal's
+    rounding), so the product needs no reciprocal kernel. The tiles and the grid change the
+    order of reads only: the max is order-free, so the bits are the same for any of them."""
+    for item in range(tl.program_id(0), N_GROUPS * N_COL_TILES, tl.num_programs(0)):
+        g = item // N_COL_TILES
+        cols = (item % N_COL_TILES) * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_ok = cols < C
+        if FROM_OFFS:
+            end = tl.load(offs_ptr + g)
+            start = tl.load(offs_ptr + g - 1, mask=g > 0, other=0)
+            pstart = tl.load(pends_ptr + g - 1, mask=g > 0, other=0)
+            pend = tl.load(pends_ptr + g)
+            pend = tl.where(g == N_GROUPS - 1, C_STRIDE, pend)   # last: up to Mp
+        else:
+            start = g * GROUP_ROWS
+            end = start + GROUP_ROWS
+            pstart = 0
+            pend = GROUP_ROWS
+        # element-wise max over the group's tiles, one reduction along axis 0 at the end (it
+        # crosses warps; per tile it halved the amax pass's bandwidth, fast/amax.py)
+        acc = tl.zeros((AMAX_BLOCK_R, BLOCK_C), dtype=tl.int32)
+        for r0 in range(start, end, AMAX_BLOCK_R):
+            rows = r0 + tl.arange(0, AMAX_BLOCK_R)
+            mask = (rows < end)[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
+                        other=0)
+            acc = tl.maximum(acc, abs_bits(widen_to_fp32(x, IS_BF16)))
+        amax = tl.max(acc, axis=0)
+        qs = float8_quant_scale(amax, MAX, POW2)          # amax 0 (empty group): F8-6 scale
+        tl.store(qs_ptr + g * C + cols, qs, mask=col_ok)
+        if WITH_DQ:
+            tl.store(dq_ptr + g * C + cols, tl.div_rn(1.0, qs), mask=col_ok)
+        # loop 2 also writes the zero padding after the group (up to the next padded start;
+        # the last group up to Mp), so the output needs no memset
+        base = g.to(tl.int64) * G_STRIDE + pstart
+        for r0 in range(start, start + (pend - pstart), BLOCK_R):
+            rows = r0 + tl.arange(0, BLOCK_R)
+            mask = (rows < end)[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
+                        other=0)
+            code = encode_float8(widen_to_fp32(x, IS_BF16) * qs[None, :], MAX, MBITS, BIAS,
+                                 FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+            # padding rows are code 0 even where qs is NaN (0 * NaN would encode NaN)
+            code = tl.where(mask, code, tl.zeros_like(code))
+            dst = base + cols[None, :].to(tl.int64) * C_STRIDE + (rows - start)[:, None]
+            keep = ((rows - start) < (pend - pstart))[:, None] & col_ok[None, :]
+            tl.store(data_t_ptr + dst, code, mask=keep)
 
 
-# (BLOCK_R, BLOCK_C) of the per-group column cast, per use. Measured on the H200 (moe_bench's
-# tile sweep, MoE shape E8 16384x4096 -> 2048) after the amax loop became an element-wise max
-# with one reduction per group (2026-12-01): token groups 32x64 145 us, 128x32 153 (the
-# earlier default; 166-247 us before that change), 128x64 309; expert weights 64x64 116 us
-# (137-142 before), 32x64 126.
-GROUP_TILE = {"tokens": (32, 64), "experts": (64, 64)}
+# Settings of the per-group column cast, per use: BLOCK_R (loop 2's rows a tile), BLOCK_C,
+# AMAX_BLOCK_R (loop 1's rows a tile), warps, and programs per SM (0: one program per
+# (group, column tile) item; else about that many times the SM count, each looping over
+# items). Measured on the H200 (moe_bench's tile sweep, MoE shape E8 16384x4096 -> 2048)
+# with one item per program and both loops on one tile (2026-12-01): token groups 32x64
+# 145 us, 128x32 153 (166-247 us before the amax loop became an element-wise max with one
+# reduction per group), 128x64 309; expert weights 64x64 116 us (137-142 before), 32x64 126.
+GROUP_CAST = {"tokens": (32, 64, 32, 4, 0), "experts": (64, 64, 64, 4, 0)}
 
 
 def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g_stride,
                          c_stride, fmt, pow2_scale, use):
     c = x.shape[-1]
-    block_r, block_c = GROUP_TILE[use]
+    block_r, block_c, amax_block_r, warps, per_sm = GROUP_CAST[use]
     block_c = pow2_at_most(c, block_c)
+    n_col_tiles = cdiv(c, block_c)
+    n_items = n_groups * n_col_tiles
+    programs = n_items if not per_sm else max(1, min(n_items, program_budget(x.device, per_sm)))
     x_in, is_bf16 = kernel_input(x)
-    _float8_group_cols_t_kernel[(n_groups, cdiv(c, block_c))](
+    _float8_group_cols_t_kernel[(programs,)](
         x_in, offs, pends, data_t.view(torch.uint8), qs, qs if dq is None else dq, c,
-        group_rows, g_stride, c_stride, FROM_OFFS=offs is not None, BLOCK_R=block_r,
-        BLOCK_C=block_c, WITH_DQ=dq is not None, POW2=pow2_scale, **float8_params(fmt),
+        n_groups, n_col_tiles, group_rows, g_stride, c_stride, FROM_OFFS=offs is not None,
+        BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c, WITH_DQ=dq is not None,
+        POW2=pow2_scale, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
-        IS_BF16=is_bf16)
+        IS_BF16=is_bf16, num_warps=warps)
 
 
 def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs=None,

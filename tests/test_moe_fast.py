@@ -47,6 +47,36 @@ def test_experts_cast_bitexact_F8_7(dtype, seed):
     assert got[1][2, 7].isnan()
 
 
+# settings of the per-group column cast other than the defaults (fast/grouped_mm.py
+# GROUP_CAST: BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs per SM): a looping grid (4
+# programs under the interpreter, fewer than the items), loop 1 on taller tiles than loop 2
+GROUP_CAST_VARIANTS = {"looping": (16, 16, 32, 4, 1), "tall_amax": (8, 32, 64, 4, 0),
+                       "looping_short_amax": (32, 16, 8, 4, 2)}
+
+
+@pytest.mark.parametrize("variant", sorted(GROUP_CAST_VARIANTS))
+def test_group_cast_settings_same_bits(variant, monkeypatch, seed):
+    """Tiles and grid change only the order of reads: token groups (uneven, empty) and
+    expert weights give the reference's bits under every setting."""
+    fast_backend()
+    for use in ("tokens", "experts"):
+        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
+    ref = ReferenceBackend()
+    for grouping in ("uneven", "empty_ends"):
+        offs = torch.tensor(OFFS[grouping], dtype=torch.int32, device=DEVICE)
+        x = (torch.randn(40, 48) * 5).to(torch.bfloat16).to(DEVICE)
+        x[11, 3] = float("nan")
+        got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
+        want = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
+        assert torch.equal(got[0].cpu().view(torch.uint8), want[0].view(torch.uint8)), grouping
+        assert torch.equal(got[1].cpu().view(torch.int32), want[1].view(torch.int32)), grouping
+    w = (torch.randn(3, 40, 24) * 3).to(torch.bfloat16).to(DEVICE)
+    got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
+    want = ref.quantize_float8_experts_t(w.cpu(), "float8_e4m3fn", False)
+    assert torch.equal(got[0].cpu().view(torch.uint8), want[0].view(torch.uint8))
+    assert torch.equal(got[1].cpu().view(torch.int32), want[1].view(torch.int32))
+
+
 @pytest.mark.parametrize("grouping", sorted(OFFS) + ["no_groups"])
 def test_grouped_casts_with_dequant_write_reciprocals(grouping, seed):
     """The grouped ops (what grouped_mm calls) on fast: the same payloads and scales as the

@@ -1,0 +1,106 @@
+"""Settings sweep of the per-group float8 column cast (fast/grouped_mm.py GROUP_CAST) on the
+MoE shape of moe_bench (E=8, 16384 tokens, K=4096, N=2048): token groups of x (M, K) and of
+g (M, N), and the expert weights w (E, N, K). Each setting is checked bit for bit against the
+default's output before it is timed. Prints a table last (fastest first per use) and appends
+rows to benchmarks/results/results.csv.
+
+    python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5]
+
+GB/s counts the bytes one pass must move when the second read of a group comes from HBM:
+two reads of the bf16 input and one write of the float8 payload (5 bytes an element); a
+kernel whose second read hits L2 can pass the copy bandwidth by this measure.
+"""
+import argparse
+import itertools
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import append_rows, format_table, time_fn  # noqa: E402
+from benchmarks.moe_bench import moe_inputs  # noqa: E402
+
+TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
+
+
+def settings():
+    """(BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs per SM) to time, the defaults first."""
+    from qtrain.fast import grouped_mm as fg
+    seen = []
+    for s in (fg.GROUP_CAST["tokens"], fg.GROUP_CAST["experts"]):
+        if s not in seen:
+            seen.append(s)
+    for (br, bc), tall, warps, per_sm in itertools.product(TILES, (False, True), (4, 8), (0, 2)):
+        abr = max(br, 8192 // bc) if tall else br          # loop 1 on 16 KB bf16 tiles
+        s = (br, bc, abr, warps, per_sm)
+        if s not in seen:
+            seen.append(s)
+    return seen
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget-s", type=float, default=150.0)
+    p.add_argument("--top", type=int, default=5, help="rows per use in the printed table")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("group_cast_sweep: no CUDA device; skipped")
+        return 0
+    from qtrain.fast import grouped_mm as fg
+    x, w, g, offs = moe_inputs()
+    fmt = "float8_e4m3fn"
+    jobs = {"tokens x (M, K)": ("tokens", x, lambda: fg.quantize_float8_grouped_t(x, offs, 16, fmt, True)),
+            "tokens g (M, N)": ("tokens", g, lambda: fg.quantize_float8_grouped_t(g, offs, 16, fmt, True)),
+            "experts w (E, N, K)": ("experts", w, lambda: fg.quantize_float8_experts_t(w, fmt, True))}
+    default = dict(fg.GROUP_CAST)
+    want = {label: [t.view(torch.uint8) if t.element_size() == 1 else t.view(torch.int32)
+                    for t in fn()] for label, (_, _, fn) in jobs.items()}
+    results, rows, t0 = {label: [] for label in jobs}, [], time.time()
+    dev = torch.cuda.get_device_name()
+    try:
+        for s in settings():
+            if time.time() - t0 > args.budget_s:
+                print(f"budget of {args.budget_s:.0f} s spent: later settings not timed")
+                break
+            for label, (use, src, fn) in jobs.items():
+                fg.GROUP_CAST[use] = s
+                try:
+                    got = fn()
+                    same = all(torch.equal(a.view(b.dtype), b) for a, b in zip(got, want[label]))
+                    t = time_fn(fn, warmup=2, reps=15, device="cuda")["median"]
+                except Exception as e:    # noqa: BLE001 (a setting that does not compile: report)
+                    print(f"{label} {s}: {type(e).__name__}: {str(e)[:120]}")
+                    continue
+                finally:
+                    fg.GROUP_CAST.update(default)
+                gbs = 5 * src.numel() / (t * 1e-3) / 1e9
+                results[label].append((t * 1e3, s, gbs, same))
+                rows.append(dict(op="group_cast_sweep", backend="fast", recipe="rowwise",
+                                 shape=f"{label} {s}", metric="us (bits same)",
+                                 value=f"{t * 1e3:.0f} ({same})"))
+    finally:
+        fg.GROUP_CAST.clear()
+        fg.GROUP_CAST.update(default)
+    append_rows(rows)
+    table = []
+    for label, res in results.items():
+        res.sort(key=lambda r: r[0])
+        base = next((r for r in res if r[1] == default[jobs[label][0]]), None)
+        for us, s, gbs, same in res[:args.top] + ([base] if base and base not in res[:args.top] else []):
+            tag = " (default)" if s == default[jobs[label][0]] else ""
+            table.append([label, f"{s}{tag}", f"{us:.0f}", f"{gbs:.0f}", "yes" if same else "NO"])
+    bad = [(label, r[1]) for label, res in results.items() for r in res if not r[3]]
+    print(f"\ngroup_cast_sweep on {dev}, torch {torch.__version__}, "
+          f"{sum(len(r) for r in results.values())} timings in {time.time() - t0:.0f} s; "
+          f"settings (BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs/SM)")
+    print(format_table(["use", "setting", "us", "GB/s (5 B/elem)", "bits = default"], table))
+    if bad:
+        print(f"BITS DIFFER for {len(bad)} settings: {bad[:8]}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
