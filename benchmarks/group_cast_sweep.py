@@ -1,14 +1,17 @@
-"""Settings sweep of the per-group float8 column cast (fast/grouped_mm.py GROUP_CAST) on the
-MoE shape of moe_bench (E=8, 16384 tokens, K=4096, N=2048): token groups of x (M, K) and of
-g (M, N), and the expert weights w (E, N, K). Each setting is checked bit for bit against the
-default's output before it is timed. Prints a table last (fastest first per use) and appends
-rows to benchmarks/results/results.csv.
+"""Settings sweep of the per-group float8 column casts on the MoE shape of moe_bench (E=8,
+16384 tokens, K=4096, N=2048): token groups of x (M, K) and of g (M, N), and the expert
+weights w (E, N, K). Both kernels: the one-kernel cast (fast/grouped_mm.py GROUP_CAST:
+BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs per SM) and the two-pass cast
+(fast/cast_float8_grouped.py AMAX_SETTING: CHUNK_R, BLOCK_R, BLOCK_C, warps; CAST_SETTING:
+BLOCK_R, BLOCK_C, warps). Each setting is checked bit for bit against the default's output,
+then timed as CUDA-graph replays (GPU time, no host time; the padded offsets are computed
+once outside). Prints a table last (fastest first per use) and appends rows to
+benchmarks/results/results.csv.
 
     python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5]
 
-GB/s counts the bytes one pass must move when the second read of a group comes from HBM:
-two reads of the bf16 input and one write of the float8 payload (5 bytes an element); a
-kernel whose second read hits L2 can pass the copy bandwidth by this measure.
+GB/s counts the bytes one cast must move when both reads of x come from HBM: two reads of
+the bf16 input and one write of the float8 payload (5 bytes an element).
 """
 import argparse
 import itertools
@@ -19,15 +22,26 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import append_rows, format_table, time_fn  # noqa: E402
+from benchmarks.common import append_rows, format_table  # noqa: E402
 from benchmarks.moe_bench import moe_inputs  # noqa: E402
 
 TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
 
 
 def settings():
-    """(BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs per SM) to time, the defaults first."""
+    """(label, overrides) to time, the defaults first. overrides: module settings by name."""
+    from qtrain.fast import cast_float8_grouped as cg
     from qtrain.fast import grouped_mm as fg
+    out = [("default", {})]
+    for chunk, (br, bc), warps in itertools.product((128, 256, 512), ((32, 128), (64, 64), (16, 256)),
+                                                    (4, 8)):
+        s = (chunk, br, bc, warps)
+        if s != cg.AMAX_SETTING:
+            out.append((f"two_pass amax {s}", {"GROUP_CAST_KERNEL": "two_pass", "AMAX_SETTING": s}))
+    for s in ((32, 64, 4), (64, 64, 4), (64, 128, 8), (128, 64, 8), (16, 128, 4), (32, 128, 8),
+              (32, 256, 8)):
+        if s != cg.CAST_SETTING:
+            out.append((f"two_pass cast {s}", {"GROUP_CAST_KERNEL": "two_pass", "CAST_SETTING": s}))
     seen = []
     for s in (fg.GROUP_CAST["tokens"], fg.GROUP_CAST["experts"]):
         if s not in seen:
@@ -37,7 +51,54 @@ def settings():
         s = (br, bc, abr, warps, per_sm)
         if s not in seen:
             seen.append(s)
-    return seen
+    for s in seen:
+        out.append((f"one_kernel {s}", {"GROUP_CAST_KERNEL": "one_kernel",
+                                        "GROUP_CAST": {"tokens": s, "experts": s}}))
+    return out
+
+
+class _Overrides:
+    """Set module settings for a block, restore them after."""
+    def __init__(self, overrides):
+        from qtrain.fast import cast_float8_grouped as cg
+        from qtrain.fast import grouped_mm as fg
+        self.items = [(cg if name in ("AMAX_SETTING", "CAST_SETTING") else fg, name, value)
+                      for name, value in overrides.items()]
+
+    def __enter__(self):
+        self.saved = [(mod, name, getattr(mod, name)) for mod, name, _ in self.items]
+        for mod, name, value in self.items:
+            setattr(mod, name, dict(value) if isinstance(value, dict) else value)
+
+    def __exit__(self, *exc):
+        for mod, name, value in self.saved:
+            setattr(mod, name, value)
+
+
+def graph_us(fn, calls=20, replays=5):
+    """GPU microseconds per fn() call: `calls` calls captured in one CUDA graph, replayed."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    del graph
+    return sorted(times)[len(times) // 2]
 
 
 def main(argv=None):
@@ -49,53 +110,52 @@ def main(argv=None):
         print("group_cast_sweep: no CUDA device; skipped")
         return 0
     from qtrain.fast import grouped_mm as fg
+    from qtrain.grouping import padded_offsets
     x, w, g, offs = moe_inputs()
+    pends = padded_offsets(offs, 16)
     fmt = "float8_e4m3fn"
-    jobs = {"tokens x (M, K)": ("tokens", x, lambda: fg.quantize_float8_grouped_t(x, offs, 16, fmt, True)),
-            "tokens g (M, N)": ("tokens", g, lambda: fg.quantize_float8_grouped_t(g, offs, 16, fmt, True)),
-            "experts w (E, N, K)": ("experts", w, lambda: fg.quantize_float8_experts_t(w, fmt, True))}
-    default = dict(fg.GROUP_CAST)
+    jobs = {"tokens x (M, K)": (x, lambda: fg.quantize_float8_grouped_t(
+                x, offs, 16, fmt, True, padded_offs=pends, with_dequant=True)),
+            "tokens g (M, N)": (g, lambda: fg.quantize_float8_grouped_t(
+                g, offs, 16, fmt, True, padded_offs=pends, with_dequant=True)),
+            "experts w (E, N, K)": (w, lambda: fg.quantize_float8_experts_t(
+                w, fmt, True, with_dequant=True))}
+    default = {"GROUP_CAST_KERNEL": fg.GROUP_CAST_KERNEL, **{k: v for k, v in fg.GROUP_CAST.items()}}
     want = {label: [t.view(torch.uint8) if t.element_size() == 1 else t.view(torch.int32)
-                    for t in fn()] for label, (_, _, fn) in jobs.items()}
+                    for t in fn()] for label, (_, fn) in jobs.items()}
     results, rows, t0 = {label: [] for label in jobs}, [], time.time()
     dev = torch.cuda.get_device_name()
-    try:
-        for s in settings():
-            if time.time() - t0 > args.budget_s:
-                print(f"budget of {args.budget_s:.0f} s spent: later settings not timed")
-                break
-            for label, (use, src, fn) in jobs.items():
-                fg.GROUP_CAST[use] = s
-                try:
+    for name, overrides in settings():
+        if time.time() - t0 > args.budget_s:
+            print(f"budget of {args.budget_s:.0f} s spent: later settings not timed")
+            break
+        for label, (src, fn) in jobs.items():
+            try:
+                with _Overrides(overrides):
                     got = fn()
                     same = all(torch.equal(a.view(b.dtype), b) for a, b in zip(got, want[label]))
-                    t = time_fn(fn, warmup=2, reps=15, device="cuda")["median"]
-                except Exception as e:    # noqa: BLE001 (a setting that does not compile: report)
-                    print(f"{label} {s}: {type(e).__name__}: {str(e)[:120]}")
-                    continue
-                finally:
-                    fg.GROUP_CAST.update(default)
-                gbs = 5 * src.numel() / (t * 1e-3) / 1e9
-                results[label].append((t * 1e3, s, gbs, same))
-                rows.append(dict(op="group_cast_sweep", backend="fast", recipe="rowwise",
-                                 shape=f"{label} {s}", metric="us (bits same)",
-                                 value=f"{t * 1e3:.0f} ({same})"))
-    finally:
-        fg.GROUP_CAST.clear()
-        fg.GROUP_CAST.update(default)
+                    us = graph_us(fn)
+            except Exception as e:    # noqa: BLE001 (a setting that does not compile: report)
+                print(f"{label} {name}: {type(e).__name__}: {str(e)[:160]}")
+                continue
+            gbs = 5 * src.numel() / (us * 1e-6) / 1e9
+            results[label].append((us, name, gbs, same))
+            rows.append(dict(op="group_cast_sweep", backend="fast", recipe="rowwise",
+                             shape=f"{label} {name}", metric="us graph (bits same)",
+                             value=f"{us:.1f} ({same})"))
     append_rows(rows)
     table = []
     for label, res in results.items():
         res.sort(key=lambda r: r[0])
-        base = next((r for r in res if r[1] == default[jobs[label][0]]), None)
-        for us, s, gbs, same in res[:args.top] + ([base] if base and base not in res[:args.top] else []):
-            tag = " (default)" if s == default[jobs[label][0]] else ""
-            table.append([label, f"{s}{tag}", f"{us:.0f}", f"{gbs:.0f}", "yes" if same else "NO"])
+        base = [r for r in res if r[1] == "default"]
+        for us, name, gbs, same in res[:args.top] + [r for r in base if r not in res[:args.top]]:
+            table.append([label, name, f"{us:.1f}", f"{gbs:.0f}", "yes" if same else "NO"])
     bad = [(label, r[1]) for label, res in results.items() for r in res if not r[3]]
     print(f"\ngroup_cast_sweep on {dev}, torch {torch.__version__}, "
           f"{sum(len(r) for r in results.values())} timings in {time.time() - t0:.0f} s; "
-          f"settings (BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs/SM)")
-    print(format_table(["use", "setting", "us", "GB/s (5 B/elem)", "bits = default"], table))
+          f"default: {default}")
+    print(format_table(["use", "setting", "us (graph)", "GB/s (5 B/elem)", "bits = default"],
+                       table))
     if bad:
         print(f"BITS DIFFER for {len(bad)} settings: {bad[:8]}")
         return 1

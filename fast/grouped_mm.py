@@ -26,6 +26,7 @@ Products (`scaled_grouped_mm`), all NT (MM-1):
   ~2^-117); fp32 otherwise.
 """
 import logging
+import os
 
 import torch
 import triton
@@ -38,6 +39,7 @@ from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input
                      pow2_at_most, use_soft_cast)
 from .amax import program_budget
 from .block_dequant import exact_values
+from .cast_float8_grouped import group_cols_t_two_pass
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
 LAYER = "qtrain.fast.grouped_mm"
@@ -123,8 +125,23 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
 GROUP_CAST = {"tokens": (32, 64, 32, 4, 0), "experts": (64, 64, 64, 4, 0)}
 
 
+# Which per-group column cast runs: "two_pass" (fast/cast_float8_grouped.py: a grid-wide
+# amax pass, then a tile cast pass) or "one_kernel" (_float8_group_cols_t_kernel above); the
+# environment variable QTRAIN_GROUP_CAST_KERNEL sets it at import (gpu_session.sh groupab).
+# The bits are the same (tests/test_moe_fast.py); benchmarks/group_cast_sweep.py times both.
+GROUP_CAST_KERNEL = os.environ.get("QTRAIN_GROUP_CAST_KERNEL", "two_pass")
+
+
 def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g_stride,
                          c_stride, fmt, pow2_scale, use):
+    if GROUP_CAST_KERNEL == "two_pass":
+        out_rows = c_stride if offs is not None else x.shape[0]
+        group_cols_t_two_pass(x, offs, pends, data_t, qs, dq, n_groups, max(group_rows, 1),
+                              g_stride, c_stride, out_rows, fmt, pow2_scale)
+        return
+    if GROUP_CAST_KERNEL != "one_kernel":
+        raise ValueError(f"{LAYER}: GROUP_CAST_KERNEL is {GROUP_CAST_KERNEL!r}; "
+                         f"'two_pass' or 'one_kernel'")
     c = x.shape[-1]
     block_r, block_c, amax_block_r, warps, per_sm = GROUP_CAST[use]
     block_c = pow2_at_most(c, block_c)
