@@ -10,7 +10,6 @@
 #          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast; AB_BUDGET_S for the A/B steps),
 #          dequantab (tensorwise, rowwise, blockwise block with QTRAIN_FAST_CAST_DEQUANT=0, then =1),
 #          groupsweep (settings of the per-group column cast, benchmarks/group_cast_sweep.py; SWEEP_ARGS),
-#          groupab (moe_bench with MOE_COMPILE_MODE=reduce-overhead: eager and CUDA-graph rows, with QTRAIN_GROUP_CAST_KERNEL=one_kernel, then =two_pass),
 #          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
 #          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
@@ -91,11 +90,6 @@ if has rooflinegraphs; then
 fi
 if has groupsweep; then
   step group_cast_sweep ${SWEEP_LIMIT_S:-200} python3 -m benchmarks.group_cast_sweep ${SWEEP_ARGS:-}
-fi
-if has groupab; then   # the per-group column cast: one kernel per (group, column tile) vs two grid-wide passes
-  for k in one_kernel two_pass; do
-    step moe_group_${k}_graphs ${GROUPAB_LIMIT_S:-120} env QTRAIN_GROUP_CAST_KERNEL=$k QTRAIN_FAST_AUTOTUNE=0 MOE_COMPILE_MODE=reduce-overhead python3 benchmarks/moe_bench.py
-  done
 fi
 if has moe; then
   step moe_bench ${MOE_LIMIT_S:-150} python3 benchmarks/moe_bench.py

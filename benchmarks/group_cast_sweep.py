@@ -1,11 +1,9 @@
-"""Settings sweep of the per-group float8 column casts on the MoE shape of moe_bench (E=8,
-16384 tokens, K=4096, N=2048): token groups of x (M, K) and of g (M, N), and the expert
-weights w (E, N, K). Both kernels: the one-kernel cast (fast/grouped_mm.py GROUP_CAST:
-BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs per SM) and the two-pass cast
-(fast/cast_float8_grouped.py AMAX_SETTING: CHUNK_R, BLOCK_R, BLOCK_C, warps; CAST_SETTING:
-BLOCK_R, BLOCK_C, warps). Each setting is checked bit for bit against the default's output,
-then timed as CUDA-graph replays (GPU time, no host time; the padded offsets are computed
-once outside). Prints a table last (fastest first per use) and appends rows to
+"""Settings sweep of the per-group float8 column cast (fast/grouped_mm.py GROUP_CAST: BLOCK_R,
+BLOCK_C, AMAX_BLOCK_R, warps, programs per SM) on the MoE shape of moe_bench (E=8, 16384
+tokens, K=4096, N=2048): token groups of x (M, K) and of g (M, N), and the expert weights
+w (E, N, K). Each setting is checked bit for bit against the default's output, then timed as
+CUDA-graph replays (GPU time, no host time; the padded offsets are computed once outside).
+Prints a table last (fastest first per use) and appends rows to
 benchmarks/results/results.csv.
 
     python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5]
@@ -29,50 +27,18 @@ TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
 
 
 def settings():
-    """(label, overrides) to time, the defaults first. overrides: module settings by name."""
-    from qtrain.fast import cast_float8_grouped as cg
+    """(label, GROUP_CAST setting) to time, the defaults first."""
     from qtrain.fast import grouped_mm as fg
-    out = [("default", {})]
-    for chunk, (br, bc), warps in itertools.product((128, 256, 512), ((32, 128), (64, 64), (16, 256)),
-                                                    (4, 8)):
-        s = (chunk, br, bc, warps)
-        if s != cg.AMAX_SETTING:
-            out.append((f"two_pass amax {s}", {"GROUP_CAST_KERNEL": "two_pass", "AMAX_SETTING": s}))
-    for s in ((32, 64, 4), (64, 64, 4), (64, 128, 8), (128, 64, 8), (16, 128, 4), (32, 128, 8),
-              (32, 256, 8)):
-        if s != cg.CAST_SETTING:
-            out.append((f"two_pass cast {s}", {"GROUP_CAST_KERNEL": "two_pass", "CAST_SETTING": s}))
     seen = []
     for s in (fg.GROUP_CAST["tokens"], fg.GROUP_CAST["experts"]):
         if s not in seen:
             seen.append(s)
     for (br, bc), tall, warps, per_sm in itertools.product(TILES, (False, True), (4, 8), (0, 2)):
         abr = max(br, 8192 // bc) if tall else br          # loop 1 on 16 KB bf16 tiles
-        s = (br, bc, abr, warps, per_sm)
-        if s not in seen:
-            seen.append(s)
-    for s in seen:
-        out.append((f"one_kernel {s}", {"GROUP_CAST_KERNEL": "one_kernel",
-                                        "GROUP_CAST": {"tokens": s, "experts": s}}))
-    return out
-
-
-class _Overrides:
-    """Set module settings for a block, restore them after."""
-    def __init__(self, overrides):
-        from qtrain.fast import cast_float8_grouped as cg
-        from qtrain.fast import grouped_mm as fg
-        self.items = [(cg if name in ("AMAX_SETTING", "CAST_SETTING") else fg, name, value)
-                      for name, value in overrides.items()]
-
-    def __enter__(self):
-        self.saved = [(mod, name, getattr(mod, name)) for mod, name, _ in self.items]
-        for mod, name, value in self.items:
-            setattr(mod, name, dict(value) if isinstance(value, dict) else value)
-
-    def __exit__(self, *exc):
-        for mod, name, value in self.saved:
-            setattr(mod, name, value)
+        for s in ((br, bc, abr, warps, per_sm), (br, bc, 256, warps, per_sm)):
+            if s not in seen:
+                seen.append(s)
+    return [(str(s), s) for s in seen]
 
 
 def graph_us(fn, calls=20, replays=5):
@@ -120,24 +86,26 @@ def main(argv=None):
                 g, offs, 16, fmt, True, padded_offs=pends, with_dequant=True)),
             "experts w (E, N, K)": (w, lambda: fg.quantize_float8_experts_t(
                 w, fmt, True, with_dequant=True))}
-    default = {"GROUP_CAST_KERNEL": fg.GROUP_CAST_KERNEL, **{k: v for k, v in fg.GROUP_CAST.items()}}
+    default = dict(fg.GROUP_CAST)
     want = {label: [t.view(torch.uint8) if t.element_size() == 1 else t.view(torch.int32)
                     for t in fn()] for label, (_, fn) in jobs.items()}
     results, rows, t0 = {label: [] for label in jobs}, [], time.time()
     dev = torch.cuda.get_device_name()
-    for name, overrides in settings():
+    for name, setting in settings():
         if time.time() - t0 > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s spent: later settings not timed")
             break
         for label, (src, fn) in jobs.items():
             try:
-                with _Overrides(overrides):
-                    got = fn()
-                    same = all(torch.equal(a.view(b.dtype), b) for a, b in zip(got, want[label]))
-                    us = graph_us(fn)
+                fg.GROUP_CAST.update(tokens=setting, experts=setting)
+                got = fn()
+                same = all(torch.equal(a.view(b.dtype), b) for a, b in zip(got, want[label]))
+                us = graph_us(fn)
             except Exception as e:    # noqa: BLE001 (a setting that does not compile: report)
                 print(f"{label} {name}: {type(e).__name__}: {str(e)[:160]}")
                 continue
+            finally:
+                fg.GROUP_CAST.update(default)
             gbs = 5 * src.numel() / (us * 1e-6) / 1e9
             results[label].append((us, name, gbs, same))
             rows.append(dict(op="group_cast_sweep", backend="fast", recipe="rowwise",
@@ -147,9 +115,10 @@ def main(argv=None):
     table = []
     for label, res in results.items():
         res.sort(key=lambda r: r[0])
-        base = [r for r in res if r[1] == "default"]
+        base = [r for r in res if r[1] == str(default[label.split()[0]])]
         for us, name, gbs, same in res[:args.top] + [r for r in base if r not in res[:args.top]]:
-            table.append([label, name, f"{us:.1f}", f"{gbs:.0f}", "yes" if same else "NO"])
+            tag = " (default)" if name == str(default[label.split()[0]]) else ""
+            table.append([label, name + tag, f"{us:.1f}", f"{gbs:.0f}", "yes" if same else "NO"])
     bad = [(label, r[1]) for label, res in results.items() for r in res if not r[3]]
     print(f"\ngroup_cast_sweep on {dev}, torch {torch.__version__}, "
           f"{sum(len(r) for r in results.values())} timings in {time.time() - t0:.0f} s; "

@@ -26,7 +26,6 @@ Products (`scaled_grouped_mm`), all NT (MM-1):
   ~2^-117); fp32 otherwise.
 """
 import logging
-import os
 
 import torch
 import triton
@@ -39,7 +38,6 @@ from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input
                      pow2_at_most, use_soft_cast)
 from .amax import program_budget
 from .block_dequant import exact_values
-from .cast_float8_grouped import group_cols_t_two_pass
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
 LAYER = "qtrain.fast.grouped_mm"
@@ -118,30 +116,17 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
 # Settings of the per-group column cast, per use: BLOCK_R (loop 2's rows a tile), BLOCK_C,
 # AMAX_BLOCK_R (loop 1's rows a tile), warps, and programs per SM (0: one program per
 # (group, column tile) item; else about that many times the SM count, each looping over
-# items). Measured on the H200 (moe_bench's tile sweep, MoE shape E8 16384x4096 -> 2048)
-# with one item per program and both loops on one tile (2026-12-01): token groups 32x64
-# 145 us, 128x32 153 (166-247 us before the amax loop became an element-wise max with one
-# reduction per group), 128x64 309; expert weights 64x64 116 us (137-142 before), 32x64 126.
-GROUP_CAST = {"tokens": (32, 64, 32, 4, 0), "experts": (64, 64, 64, 4, 0)}
-
-
-# Which per-group column cast runs: "two_pass" (fast/cast_float8_grouped.py: a grid-wide
-# amax pass, then a tile cast pass) or "one_kernel" (_float8_group_cols_t_kernel above); the
-# environment variable QTRAIN_GROUP_CAST_KERNEL sets it at import (gpu_session.sh groupab).
-# The bits are the same (tests/test_moe_fast.py); benchmarks/group_cast_sweep.py times both.
-GROUP_CAST_KERNEL = os.environ.get("QTRAIN_GROUP_CAST_KERNEL", "two_pass")
+# items). Timed as CUDA-graph replays on the H200 (benchmarks/group_cast_sweep.py, MoE shape
+# E8 16384x4096 -> 2048, 2026-12-01, eighth session), x (M, K) / g (M, N) / w (E, N, K) in us:
+# tokens (128, 32, 256, 8, 2) 125 / 65 against 134 / 107 for the earlier (32, 64, 32, 4, 0);
+# experts (64, 64, 64, 4, 0) 104, the fastest of 66 settings. A two-pass cast (a grid-wide
+# column-amax pass with atomics, then a tile cast finding each row's group) took 183 / 96 /
+# 133 us and was removed.
+GROUP_CAST = {"tokens": (128, 32, 256, 8, 2), "experts": (64, 64, 64, 4, 0)}
 
 
 def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g_stride,
                          c_stride, fmt, pow2_scale, use):
-    if GROUP_CAST_KERNEL == "two_pass":
-        out_rows = c_stride if offs is not None else x.shape[0]
-        group_cols_t_two_pass(x, offs, pends, data_t, qs, dq, n_groups, max(group_rows, 1),
-                              g_stride, c_stride, out_rows, fmt, pow2_scale)
-        return
-    if GROUP_CAST_KERNEL != "one_kernel":
-        raise ValueError(f"{LAYER}: GROUP_CAST_KERNEL is {GROUP_CAST_KERNEL!r}; "
-                         f"'two_pass' or 'one_kernel'")
     c = x.shape[-1]
     block_r, block_c, amax_block_r, warps, per_sm = GROUP_CAST[use]
     block_c = pow2_at_most(c, block_c)

@@ -47,36 +47,22 @@ def test_experts_cast_bitexact_F8_7(dtype, seed):
     assert got[1][2, 7].isnan()
 
 
-# settings of the per-group column casts other than the defaults: the one-kernel cast
-# (fast/grouped_mm.py GROUP_CAST: BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs per SM) with
-# a looping grid (4 programs under the interpreter, fewer than the items) and loop 1 on taller
-# tiles than loop 2; the two-pass cast (fast/cast_float8_grouped.py AMAX_SETTING: CHUNK_R,
-# BLOCK_R, BLOCK_C, warps; CAST_SETTING: BLOCK_R, BLOCK_C, warps) with chunks and tiles that
-# cross group boundaries
-GROUP_CAST_VARIANTS = {
-    "one_kernel_looping": ("one_kernel", (16, 16, 32, 4, 1), None, None),
-    "one_kernel_tall_amax": ("one_kernel", (8, 32, 64, 4, 0), None, None),
-    "one_kernel_looping_short_amax": ("one_kernel", (32, 16, 8, 4, 2), None, None),
-    "two_pass_small_chunks": ("two_pass", None, (16, 8, 16, 4), (8, 16, 4)),
-    "two_pass_chunk_of_one_tile": ("two_pass", None, (8, 8, 32, 4), (16, 32, 4)),
-    "two_pass_default": ("two_pass", None, None, None)}
+# settings of the per-group column cast other than the defaults (fast/grouped_mm.py
+# GROUP_CAST: BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs per SM): a looping grid (4
+# programs under the interpreter, fewer than the items), loop 1 on taller or shorter tiles
+# than loop 2, one item per program
+GROUP_CAST_VARIANTS = {"looping": (16, 16, 32, 4, 1), "tall_amax": (8, 32, 64, 4, 0),
+                       "looping_short_amax": (32, 16, 8, 4, 2), "one_item_each": (8, 16, 8, 4, 0)}
 
 
 def set_group_cast(monkeypatch, variant):
-    from qtrain.fast import cast_float8_grouped
-    kernel, setting, amax_setting, cast_setting = GROUP_CAST_VARIANTS[variant]
-    monkeypatch.setattr(fast_grouped, "GROUP_CAST_KERNEL", kernel)
-    for use in ("tokens", "experts") if setting else ():
-        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, setting)
-    if amax_setting:
-        monkeypatch.setattr(cast_float8_grouped, "AMAX_SETTING", amax_setting)
-    if cast_setting:
-        monkeypatch.setattr(cast_float8_grouped, "CAST_SETTING", cast_setting)
+    for use in ("tokens", "experts"):
+        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
 
 
 @pytest.mark.parametrize("variant", sorted(GROUP_CAST_VARIANTS))
 def test_group_cast_settings_same_bits(variant, monkeypatch, seed):
-    """Kernel, tiles and grid change only the order of reads: token groups (uneven, empty,
+    """Tiles and grid change only the order of reads: token groups (uneven, empty,
     a tail past the last group) and expert weights (a tile across two experts) give the
     reference's bits, NaN and inf columns and the dequant factors included."""
     fast_backend()
