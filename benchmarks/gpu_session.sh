@@ -10,7 +10,6 @@
 #          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast; AB_BUDGET_S for the A/B steps),
 #          dequantab (tensorwise, rowwise, blockwise block with QTRAIN_FAST_CAST_DEQUANT=0, then =1),
 #          groupsweep (settings of the per-group column cast, benchmarks/group_cast_sweep.py; SWEEP_ARGS),
-#          rowcopy (the fp32 one-pass both-layouts diagnosis, benchmarks/row_copy_fp32.py),
 #          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
 #          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
@@ -88,9 +87,6 @@ if has profile; then
 fi
 if has rooflinegraphs; then
   step roofline_graphs ${ROOFLINE_LIMIT_S:-200} python3 -m benchmarks.roofline --cuda-graphs ${ROOFLINE_ARGS:-}
-fi
-if has rowcopy; then
-  step row_copy_fp32 ${ROWCOPY_LIMIT_S:-120} python3 -m benchmarks.row_copy_fp32
 fi
 if has groupsweep; then
   step group_cast_sweep ${SWEEP_LIMIT_S:-200} python3 -m benchmarks.group_cast_sweep ${SWEEP_ARGS:-}

@@ -60,9 +60,7 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
                          row_amax_ptr, row_qs_ptr, row_dq_ptr, row_data_ptr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                          TENSORWISE: tl.constexpr, TRANSPOSED: tl.constexpr,
-                         DUAL: tl.constexpr, ROW_COPY: tl.constexpr,
-                         ROW_COPY_FIRST: tl.constexpr, ROW_COPY_BARRIER: tl.constexpr,
-                         WITH_DQ: tl.constexpr,
+                         DUAL: tl.constexpr, ROW_COPY: tl.constexpr, WITH_DQ: tl.constexpr,
                          POW2: tl.constexpr,
                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
@@ -71,9 +69,7 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
     TENSORWISE: one scale (amax_ptr[0]); else one scale per column (amax_ptr[c]). Data written
     (R, C) or, TRANSPOSED, (C, R) row-major. DUAL adds the row-scaled copy (row_amax_ptr[r])
     written (R, C): one read of x feeds both outputs. ROW_COPY (TENSORWISE and TRANSPOSED):
-    the same codes are also written (R, C) to row_data_ptr, so one pass gives x and x.T;
-    ROW_COPY_FIRST writes that copy before x.T, ROW_COPY_BARRIER puts a barrier between the
-    two stores (variants of the fp32 diagnosis, ROW_COPY_VARIANT below; same bits).
+    the same codes are also written (R, C) to row_data_ptr, so one pass gives x and x.T.
     WITH_DQ: each scale's dequant factor 1 / quant_scale goes to dq_ptr (row_dq_ptr for DUAL's
     row scales), rounded as torch.reciprocal rounds (IEEE division), so the product needs no
     reciprocal kernel per operand."""
@@ -102,19 +98,13 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
             if WITH_DQ:
                 tl.store(dq_ptr + cols, tl.div_rn(1.0, qs), mask=col_ok)
         code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    if ROW_COPY and ROW_COPY_FIRST:
-        tl.store(row_data_ptr + offs, code, mask=mask)
-        if ROW_COPY_BARRIER:
-            tl.debug_barrier()
     if TRANSPOSED:    # element-wise transposed store (measured faster on the H200 than
         # a tl.trans'd tile store: 143 us vs 210 us for an 8192^2 columnwise cast)
         offs_t = cols[None, :].to(tl.int64) * R + rows[:, None]
         tl.store(data_ptr + offs_t, code, mask=mask)
     else:
         tl.store(data_ptr + offs, code, mask=mask)
-    if ROW_COPY and not ROW_COPY_FIRST:
-        if ROW_COPY_BARRIER:
-            tl.debug_barrier()
+    if ROW_COPY:
         tl.store(row_data_ptr + offs, code, mask=mask)
     if DUAL:
         row_qs = float8_quant_scale(tl.load(row_amax_ptr + rows, mask=row_ok, other=0), MAX, POW2)
@@ -164,9 +154,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
         data.view(torch.uint8), r_bits if dual else qs, row_qs,
         row_qs if row_dq is None else row_dq, row_data.view(torch.uint8),
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
-        DUAL=dual, ROW_COPY=row_copy, ROW_COPY_FIRST=row_copy and ROW_COPY_VARIANT[0],
-        ROW_COPY_BARRIER=row_copy and ROW_COPY_VARIANT[1], WITH_DQ=with_dequant, POW2=pow2,
-        **float8_params(fmt),
+        DUAL=dual, ROW_COPY=row_copy, WITH_DQ=with_dequant, POW2=pow2, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev), IS_BF16=is_bf16)
     return data, qs, row_data, row_qs, dq, row_dq
 
@@ -226,14 +214,12 @@ def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None, with_de
 # The x dtypes whose ROW_COPY cast (x.T and x written by one pass) runs on CUDA. fp32 x gave
 # wrong x.T codes there (H200, Triton 3.6, 2026-12-01, seventh session: about half of x.T's
 # bytes differed from the transposed cast's at (256, 512), (256, 384) and (8192, 4096); x's
-# own bytes and every bf16 case exact; the interpreter exact for both). Other dtypes take the
-# cast plus the tiled transpose: the same bits, one more pass over the 1-byte payload.
+# own bytes and every bf16 case exact; the interpreter exact for both). Eighth session
+# (2026-12-01-s8-row-copy-fp32-h200.log, script in commit 1bc7e6d): a barrier between the two
+# stores left half of x.T's bytes wrong, and writing x first left a quarter wrong, so it is
+# not a race between the stores; the cause is not known. Other dtypes take the cast plus the
+# tiled transpose: the same bits, one more pass over the 1-byte payload.
 ROW_COPY_CUDA_DTYPES = (torch.bfloat16,)
-# (ROW_COPY_FIRST, ROW_COPY_BARRIER) of the one-pass kernel: the order of its two stores and a
-# barrier between them. Guess under test (benchmarks/row_copy_fp32.py times and checks each on
-# the GPU): the two stores' layout conversions share scratch memory without a barrier. The
-# default is what ran on the H200 so far.
-ROW_COPY_VARIANT = (False, False)
 _ROW_COPY_LOGGED = set()
 
 

@@ -166,26 +166,6 @@ def test_float8_tensorwise_both_layouts_without_row_copy_same_bits(monkeypatch, 
     assert sum("tiled copy writes x.T" in r.getMessage() for r in caplog.records) == 1
 
 
-@pytest.mark.parametrize("variant", [(False, True), (True, False), (True, True)],
-                         ids=["barrier", "row_first", "row_first_barrier"])
-@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float32], ids=["bf16", "fp32"])
-def test_float8_both_layouts_row_copy_variants_same_bits(variant, dtype, monkeypatch, seed):
-    """The one-pass kernel's store order and barrier (cast_float8.ROW_COPY_VARIANT, the fp32
-    diagnosis of benchmarks/row_copy_fp32.py) write the bits of the default, fp32 x on CUDA
-    included (ROW_COPY_CUDA_DTYPES widened for the test)."""
-    from qtrain.fast import cast_float8
-    fast = fast_backend()
-    xt = from_numpy(edge_rows((40, 130), dtype, seed))
-    want = fast.quantize_float8_both_layouts(xt, "float8_e4m3fn")
-    monkeypatch.setattr(cast_float8, "ROW_COPY_CUDA_DTYPES", (torch.bfloat16, torch.float32))
-    monkeypatch.setattr(cast_float8, "ROW_COPY_VARIANT", variant)
-    ref_data, _ = reference.quantize_float8(to_numpy(xt), "float8_e4m3fn", None, False)
-    got = fast.quantize_float8_both_layouts(xt, "float8_e4m3fn")
-    for a, b, what in zip(want, got, ("data", "data_t", "quant_scale")):    # bits: NaN rows
-        assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)), what
-    assert_same(to_numpy(got[1]), np.ascontiguousarray(ref_data.T), f"data_t {variant}", seed)
-
-
 @pytest.mark.parametrize("shape,transposed", [
     *[(s, t) for s in ((17, 32), (6, 96), (40, 130), (9, 300)) for t in (False, True)],
     ((3, 5, 64), False)], ids=str)          # x.T casts are 2-D
