@@ -20,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import append_rows, format_table  # noqa: E402
+from benchmarks.common import append_rows, capture_cuda_graph, format_table  # noqa: E402
 from benchmarks.moe_bench import moe_inputs  # noqa: E402
 
 TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
@@ -43,16 +43,7 @@ def settings():
 
 def graph_us(fn, calls=20, replays=5):
     """GPU microseconds per fn() call: `calls` calls captured in one CUDA graph, replayed."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
+    graph, _ = capture_cuda_graph(lambda: [fn() for _ in range(calls)], params=(), warmup=1)
     graph.replay()
     torch.cuda.synchronize()
     times = []

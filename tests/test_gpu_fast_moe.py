@@ -48,41 +48,36 @@ GROUP_CAST_VARIANTS = {"looping": (32, 64, 128, 8, 1), "tall_amax": (32, 32, 256
                        "looping_wide": (64, 128, 64, 8, 2), "earlier_default": (32, 64, 32, 4, 0)}
 
 
+def _assert_group_casts_bitexact(nan=False):
+    """Token groups (uneven, one empty, a tail) and expert weights: the reference's bits."""
+    gen = _gen()
+    x = (torch.randn(M, K, generator=gen, device="cuda") * 4).to(torch.bfloat16)
+    if nan:
+        x[40, 9] = float("nan")
+    w = torch.randn(E, N, K, generator=gen, device="cuda").to(torch.bfloat16)
+    offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
+    ref = ReferenceBackend()
+    got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
+    want = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
+    for a, b in zip(got, want):
+        assert torch.equal(_bits(a), _bits(b))
+    got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
+    want = ref.quantize_float8_experts_t(w.cpu(), "float8_e4m3fn", False)
+    for a, b in zip(got, want):
+        assert torch.equal(_bits(a), _bits(b))
+
+
 @pytest.mark.parametrize("variant", sorted(GROUP_CAST_VARIANTS))
 def test_group_cast_settings_same_bits(variant, monkeypatch):
     """Every setting the sweep may pick gives the reference's bits, NaN column included."""
     for use in ("tokens", "experts"):
         monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
-    gen = _gen()
-    x = (torch.randn(M, K, generator=gen, device="cuda") * 4).to(torch.bfloat16)
-    x[40, 9] = float("nan")
-    w = torch.randn(E, N, K, generator=gen, device="cuda").to(torch.bfloat16)
-    offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
-    ref = ReferenceBackend()
-    got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
-    want = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
-    for a, b in zip(got, want):
-        assert torch.equal(_bits(a), _bits(b))
-    got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
-    want = ref.quantize_float8_experts_t(w.cpu(), "float8_e4m3fn", False)
-    for a, b in zip(got, want):
-        assert torch.equal(_bits(a), _bits(b))
+    _assert_group_casts_bitexact(nan=True)
 
 
 def test_casts_bitexact_F8_7():
-    gen = _gen()
-    x = (torch.randn(M, K, generator=gen, device="cuda") * 4).to(torch.bfloat16)
-    w = torch.randn(E, N, K, generator=gen, device="cuda").to(torch.bfloat16)
-    offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
-    ref = ReferenceBackend()
-    got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
-    want = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
-    for a, b in zip(got, want):
-        assert torch.equal(_bits(a), _bits(b))
-    got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
-    want = ref.quantize_float8_experts_t(w.cpu(), "float8_e4m3fn", False)
-    for a, b in zip(got, want):
-        assert torch.equal(_bits(a), _bits(b))
+    _assert_group_casts_bitexact()
+    _assert_group_casts_bitexact(nan=True)
 
 
 @pytest.mark.parametrize("form", ["2d3d", "2d2d"])
