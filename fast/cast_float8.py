@@ -197,9 +197,11 @@ def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None, with_de
     if not _row_copy_ok(x):
         if x.dtype not in _ROW_COPY_LOGGED:
             _ROW_COPY_LOGGED.add(x.dtype)
-            log.info("%s: tensorwise both layouts of %s x on CUDA: the cast writes x, the tiled "
-                     "copy writes x.T (ROW_COPY is verified for %s only)", LAYER, x.dtype,
-                     [str(d) for d in ROW_COPY_CUDA_DTYPES])
+            log.info("%s: tensorwise both layouts of %s x on CUDA with Triton %s: the cast "
+                     "writes x, the tiled copy writes x.T (the one-pass kernel is verified for "
+                     "%s x on Triton %s only; triton-lang/triton#11111)", LAYER, x.dtype,
+                     triton.__version__, [str(d) for d in ROW_COPY_CUDA_DTYPES],
+                     ", ".join(ROW_COPY_TRITON))
         data, qs, _, _, dq, _ = _launch_tiles(x, fmt, pow2_scale, tensorwise=True, amax=amax,
                                               with_dequant=with_dequant)
         data_t = transposed_copy(data)
@@ -211,20 +213,32 @@ def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None, with_de
     return (data, data_t, qs, dq) if with_dequant else (data, data_t, qs)
 
 
-# The x dtypes whose ROW_COPY cast (x.T and x written by one pass) runs on CUDA. fp32 x gave
-# wrong x.T codes there (H200, Triton 3.6, 2026-12-01, seventh session: about half of x.T's
-# bytes differed from the transposed cast's at (256, 512), (256, 384) and (8192, 4096); x's
-# own bytes and every bf16 case exact; the interpreter exact for both). Eighth session
-# (2026-12-01-s8-row-copy-fp32-h200.log, script in commit 1bc7e6d): a barrier between the two
-# stores left half of x.T's bytes wrong, and writing x first left a quarter wrong, so it is
-# not a race between the stores; the cause is not known. Other dtypes take the cast plus the
-# tiled transpose: the same bits, one more pass over the 1-byte payload.
+# Where the ROW_COPY cast (x.T and x written by one pass) runs on CUDA: x dtypes and Triton
+# versions whose bits were checked on the H200. fp32 x gave wrong x.T codes on Triton 3.6
+# (seventh session: about half of x.T's bytes differed at (256, 512), (256, 384) and
+# (8192, 4096); x's own bytes and every bf16 case exact; the interpreter exact for both). A
+# barrier between the two stores, or x stored first, did not cure it (eighth session,
+# 2026-12-01-s8-row-copy-fp32-h200.log). The kernels compiled for sm_90 on a CPU show why
+# bf16 escapes: Triton 3.6 converts the bf16 x to the second layout and encodes it twice,
+# while for fp32 it stores the same 8-bit codes once directly and once through a layout
+# conversion. That is the pattern of triton-lang/triton#11111 (float8 codes stored in two
+# layouts, the converted store corrupted on Hopper; reported as a bug of the bundled ptxas
+# 12.9). Triton 3.9 converts the 8-bit codes for bf16 too, so other Triton versions are not
+# trusted until checked. Elsewhere the cast plus the tiled transpose run: the same bits, one
+# more pass over the 1-byte payload.
 ROW_COPY_CUDA_DTYPES = (torch.bfloat16,)
+ROW_COPY_TRITON = ("3.6.",)
 _ROW_COPY_LOGGED = set()
 
 
+def row_copy_verified(dtype, triton_version):
+    """Whether the one-pass both-layouts kernel's bits are checked on a GPU for x of `dtype`
+    compiled by Triton `triton_version` (ROW_COPY_CUDA_DTYPES, ROW_COPY_TRITON)."""
+    return dtype in ROW_COPY_CUDA_DTYPES and triton_version.startswith(ROW_COPY_TRITON)
+
+
 def _row_copy_ok(x):
-    return not x.is_cuda or x.dtype in ROW_COPY_CUDA_DTYPES
+    return not x.is_cuda or row_copy_verified(x.dtype, triton.__version__)
 
 
 def _amax_as_bits(amax, x):

@@ -147,6 +147,18 @@ def test_float8_tensorwise_both_layouts_is_the_cast_and_its_transpose(shape, edg
                 assert_dequant_is_reciprocal(qs, dq, what, seed)
 
 
+def test_row_copy_runs_on_cuda_only_where_verified():
+    """The one-pass both-layouts kernel runs on CUDA for the x dtypes and Triton versions
+    checked on the H200 (bf16, Triton 3.6); fp32 x, and any other Triton (whose kernel may store
+    the 8-bit codes through a layout conversion, triton-lang/triton#11111), take the cast plus
+    the tiled transpose."""
+    from qtrain.fast.cast_float8 import row_copy_verified
+    assert row_copy_verified(torch.bfloat16, "3.6.0")
+    assert not row_copy_verified(torch.float32, "3.6.0")
+    assert not row_copy_verified(torch.bfloat16, "3.9.0")
+    assert not row_copy_verified(torch.bfloat16, "3.10.1")
+
+
 def test_float8_tensorwise_both_layouts_without_row_copy_same_bits(monkeypatch, caplog, seed):
     """x dtypes whose ROW_COPY cast is not verified on CUDA (fp32: wrong x.T codes on the H200,
     cast_float8.ROW_COPY_CUDA_DTYPES) take the cast plus the tiled transpose: the same bits as
