@@ -1,0 +1,102 @@
+"""Guards that depend on how the installed Triton compiles our kernels, checked by compiling them
+for sm_90 on any machine (no GPU needed: Triton lowers to TTGIR and PTX on the CPU).
+
+The one-pass both-layouts float8 cast (fast/cast_float8.py ROW_COPY) writes the same 8-bit codes
+to x and x.T. Where Triton stores those codes once directly and once through a layout conversion,
+the converted store came out corrupted on the H200 (fp32 x on Triton 3.6; the pattern of
+triton-lang/triton#11111). So cast_float8.row_copy_verified must say False for any dtype and
+Triton version whose compiled kernel has that pattern.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import triton
+
+from qtrain.fast import cast_float8
+from qtrain.fast.common import float8_params
+
+_SIGNATURE = {"R": "i32", "C": "i32", "amax_ptr": "*i32", "qs_ptr": "*fp32", "dq_ptr": "*fp32",
+              "data_ptr": "*u8", "row_amax_ptr": "*i32", "row_qs_ptr": "*fp32",
+              "row_dq_ptr": "*fp32", "row_data_ptr": "*u8"}
+
+
+def _row_copy_ttgir(dtype):
+    """TTGIR of the ROW_COPY cast for x of `dtype`, compiled for sm_90 by the installed Triton;
+    None (with the reason) where this Triton cannot compile for it here."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    kernel = cast_float8._float8_tiles_kernel
+    consts = dict(BLOCK_R=32, BLOCK_C=128, TENSORWISE=True, TRANSPOSED=True, DUAL=False,
+                  ROW_COPY=True, WITH_DQ=True, POW2=False, EXACT_SOFT_CAST=False,
+                  IS_BF16=dtype == torch.bfloat16, **float8_params("float8_e4m3fn"))
+    signature = {"x_ptr": "*bf16" if dtype == torch.bfloat16 else "*fp32", **_SIGNATURE,
+                 **{name: "constexpr" for name in consts}}
+    src = ASTSource(fn=kernel, signature=signature,
+                    constexprs={(kernel.arg_names.index(n),): v for n, v in consts.items()})
+    try:
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ttgir"], None
+    except Exception as e:      # noqa: BLE001 (no CUDA backend or ptxas here: say so, skip)
+        return None, f"Triton {triton.__version__} cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}"
+
+
+def _stores_codes_through_a_conversion(ttgir):
+    """True when an 8-bit tensor is stored as is and also converted to another layout and
+    stored: the pattern of triton-lang/triton#11111."""
+    stored = set(re.findall(r"tt\.store %\w+, (%[\w.]+)", ttgir))
+    converted = {m.group(1): m.group(2) for m in re.finditer(
+        r"(%[\w.]+) = ttg\.convert_layout (%[\w.]+) : tensor<[0-9x]+xi8", ttgir)}
+    return any(dst in stored and src in stored for dst, src in converted.items())
+
+
+def _compiled_patterns():
+    """{dtype name: True/False (pattern found) or the reason it could not compile}, from a
+    child process without TRITON_INTERPRET (this process may hold interpreted kernels)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
+                         timeout=300)
+    if out.returncode:
+        raise AssertionError(f"compile child failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def compiled_patterns():
+    return _compiled_patterns()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_row_copy_guard_matches_the_compiled_kernel(dtype, compiled_patterns):
+    found = compiled_patterns[str(dtype)]
+    if isinstance(found, str):
+        pytest.skip(found)
+    if found:
+        assert not cast_float8.row_copy_verified(dtype, triton.__version__), (
+            f"Triton {triton.__version__} stores the {dtype} one-pass cast's 8-bit codes directly "
+            f"and through a layout conversion (triton-lang/triton#11111), but row_copy_verified "
+            f"allows it on CUDA")
+
+
+def test_pattern_finder_on_known_ttgir():
+    """The finder flags the same codes stored directly and converted, and only that."""
+    both = ("%c = tt.fp_to_fp %y\n%5 = ttg.convert_layout %c : tensor<32x128xi8, #b> -> "
+            "tensor<32x128xi8, #b1>\ntt.store %4, %5, %m\ntt.store %7, %c, %m2\n")
+    twice_encoded = ("%5 = ttg.convert_layout %x : tensor<32x128xbf16, #b1> -> "
+                     "tensor<32x128xbf16, #b>\ntt.store %4, %c1, %m\ntt.store %6, %c2, %m\n")
+    two_tensors = ("%5 = ttg.convert_layout %a : tensor<32x128xi8, #b> -> tensor<32x128xi8, #b1>\n"
+                   "tt.store %4, %5, %m\ntt.store %7, %b, %m2\n")
+    assert _stores_codes_through_a_conversion(both)
+    assert not _stores_codes_through_a_conversion(twice_encoded)
+    assert not _stores_codes_through_a_conversion(two_tensors)
+
+
+if __name__ == "__main__":     # the child of _compiled_patterns
+    result = {}
+    for dt in (torch.bfloat16, torch.float32):
+        ttgir, why = _row_copy_ttgir(dt)
+        result[str(dt)] = why if ttgir is None else _stores_codes_through_a_conversion(ttgir)
+    print(json.dumps(result))
