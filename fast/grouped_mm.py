@@ -48,7 +48,8 @@ FLOAT8_ALIGN = 16
 @triton.jit
 def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, dq_ptr, C,
                                 N_GROUPS, N_COL_TILES, GROUP_ROWS, G_STRIDE, C_STRIDE,
-                                FROM_OFFS: tl.constexpr, BLOCK_R: tl.constexpr,
+                                FROM_OFFS: tl.constexpr, ALIGN: tl.constexpr,
+                                BLOCK_R: tl.constexpr,
                                 AMAX_BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                                 WITH_DQ: tl.constexpr, POW2: tl.constexpr, MAX: tl.constexpr,
                                 MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
@@ -97,10 +98,16 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
         if WITH_DQ:
             tl.store(dq_ptr + g * C + cols, tl.div_rn(1.0, qs), mask=col_ok)
         # loop 2 also writes the zero padding after the group (up to the next padded start;
-        # the last group up to Mp), so the output needs no memset
+        # the last group up to Mp), so the output needs no memset. It counts output rows from
+        # the group's padded start, a multiple of ALIGN (the padding alignment): the compiler
+        # then sees aligned runs of output bytes and writes x.T with vector stores (counted
+        # from `start`, a value it cannot see, Triton 3.6 wrote byte by byte)
+        pstart = tl.multiple_of(pstart, ALIGN)
+        n_out = tl.multiple_of(pend - pstart, ALIGN)
         base = g.to(tl.int64) * G_STRIDE + pstart
-        for r0 in range(start, start + (pend - pstart), BLOCK_R):
-            rows = r0 + tl.arange(0, BLOCK_R)
+        for r0 in range(0, n_out, BLOCK_R):
+            rel = r0 + tl.arange(0, BLOCK_R)
+            rows = start + rel
             mask = (rows < end)[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
                         other=0)
@@ -108,8 +115,8 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
                                  FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
             # padding rows are code 0 even where qs is NaN (0 * NaN would encode NaN)
             code = tl.where(mask, code, tl.zeros_like(code))
-            dst = base + cols[None, :].to(tl.int64) * C_STRIDE + (rows - start)[:, None]
-            keep = ((rows - start) < (pend - pstart))[:, None] & col_ok[None, :]
+            dst = base + cols[None, :].to(tl.int64) * C_STRIDE + rel[:, None]
+            keep = (rel < n_out)[:, None] & col_ok[None, :]
             tl.store(data_t_ptr + dst, code, mask=keep)
 
 
@@ -126,7 +133,9 @@ GROUP_CAST = {"tokens": (128, 32, 256, 8, 2), "experts": (64, 64, 64, 4, 0)}
 
 
 def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g_stride,
-                         c_stride, fmt, pow2_scale, use):
+                         c_stride, fmt, pow2_scale, use, align=1):
+    """align: what the padded starts (pends) and c_stride are multiples of; its largest
+    power-of-two factor is the kernel's ALIGN hint."""
     c = x.shape[-1]
     block_r, block_c, amax_block_r, warps, per_sm = GROUP_CAST[use]
     block_c = pow2_at_most(c, block_c)
@@ -137,7 +146,7 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g
     _float8_group_cols_t_kernel[(programs,)](
         x_in, offs, pends, data_t.view(torch.uint8), qs, qs if dq is None else dq, c,
         n_groups, n_col_tiles, group_rows, g_stride, c_stride, FROM_OFFS=offs is not None,
-        BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c, WITH_DQ=dq is not None,
+        ALIGN=align & -align, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c, WITH_DQ=dq is not None,
         POW2=pow2_scale, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
         IS_BF16=is_bf16, num_warps=warps)
@@ -165,7 +174,7 @@ def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs
     else:
         data_t = torch.empty((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device)
         _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, 0, 0, mp, fmt,
-                             pow2_scale, "tokens")
+                             pow2_scale, "tokens", align=int(align))
     return (data_t, qs, dq) if with_dequant else (data_t, qs)
 
 

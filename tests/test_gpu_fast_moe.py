@@ -48,8 +48,9 @@ GROUP_CAST_VARIANTS = {"looping": (32, 64, 128, 8, 1), "tall_amax": (32, 32, 256
                        "looping_wide": (64, 128, 64, 8, 2), "earlier_default": (32, 64, 32, 4, 0)}
 
 
-def _assert_group_casts_bitexact(nan=False):
-    """Token groups (uneven, one empty, a tail) and expert weights: the reference's bits."""
+def _assert_group_casts_bitexact(nan=False, align=16):
+    """Token groups (uneven, one empty, a tail; padded to `align`) and expert weights: the
+    reference's bits."""
     gen = _gen()
     x = (torch.randn(M, K, generator=gen, device="cuda") * 4).to(torch.bfloat16)
     if nan:
@@ -57,8 +58,8 @@ def _assert_group_casts_bitexact(nan=False):
     w = torch.randn(E, N, K, generator=gen, device="cuda").to(torch.bfloat16)
     offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
     ref = ReferenceBackend()
-    got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
-    want = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
+    got = fast_grouped.quantize_float8_grouped_t(x, offs, align, "float8_e4m3fn", True)
+    want = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), align, "float8_e4m3fn", True)
     for a, b in zip(got, want):
         assert torch.equal(_bits(a), _bits(b))
     got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
@@ -75,9 +76,12 @@ def test_group_cast_settings_same_bits(variant, monkeypatch):
     _assert_group_casts_bitexact(nan=True)
 
 
-def test_casts_bitexact_F8_7():
-    _assert_group_casts_bitexact()
-    _assert_group_casts_bitexact(nan=True)
+@pytest.mark.parametrize("align", [16, 1, 48])
+def test_casts_bitexact_F8_7(align):
+    """Every padding alignment: the kernel's ALIGN hint (the largest power of two dividing
+    align) lets it store x.T in vectors only where the padded starts allow."""
+    _assert_group_casts_bitexact(align=align)
+    _assert_group_casts_bitexact(nan=True, align=align)
 
 
 @pytest.mark.parametrize("form", ["2d3d", "2d2d"])
