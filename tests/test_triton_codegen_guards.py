@@ -1,11 +1,14 @@
-"""Guards that depend on how the installed Triton compiles our kernels, checked by compiling them
-for sm_90 on any machine (no GPU needed: Triton lowers to TTGIR and PTX on the CPU).
+"""What the installed Triton makes of our kernels, checked by compiling them for sm_90 on any
+machine (no GPU needed: Triton lowers to TTGIR and PTX on the CPU).
 
 The one-pass both-layouts float8 cast (fast/cast_float8.py ROW_COPY) writes the same 8-bit codes
 to x and x.T. Where Triton stores those codes once directly and once through a layout conversion,
 the converted store came out corrupted on the H200 (fp32 x on Triton 3.6; the pattern of
 triton-lang/triton#11111). So cast_float8.row_copy_verified must say False for any dtype and
 Triton version whose compiled kernel has that pattern.
+
+The per-group column cast of token groups (fast/grouped_mm.py) must store x.T in 16-byte
+vectors: counted from a group start the compiler cannot see, Triton 3.6 stored it byte by byte.
 """
 import json
 import os
@@ -44,6 +47,34 @@ def _row_copy_ttgir(dtype):
         return None, f"Triton {triton.__version__} cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}"
 
 
+def _token_group_cast_ptx():
+    """PTX of the token-group column cast (default token setting) for sm_90, or the reason."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from qtrain.fast import grouped_mm
+    kernel = grouped_mm._float8_group_cols_t_kernel
+    block_r, block_c, amax_block_r, _, _ = grouped_mm.GROUP_CAST["tokens"]
+    consts = dict(FROM_OFFS=True, ALIGN=16, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r,
+                  BLOCK_C=block_c, WITH_DQ=True, POW2=True, EXACT_SOFT_CAST=False, IS_BF16=True,
+                  **float8_params("float8_e4m3fn"))
+    consts = {n: v for n, v in consts.items() if n in kernel.arg_names}   # a kernel without a hint
+    signature = {"x_ptr": "*bf16", "offs_ptr": "*i32", "pends_ptr": "*i32", "data_t_ptr": "*u8",
+                 "qs_ptr": "*fp32", "dq_ptr": "*fp32", "C": "i32", "N_GROUPS": "i32",
+                 "N_COL_TILES": "i32", "GROUP_ROWS": "i32", "G_STRIDE": "i32", "C_STRIDE": "i32",
+                 **{name: "constexpr" for name in consts}}
+    # what a launch on the MoE shape specializes: pointers, C, G_STRIDE (0), Mp all % 16 == 0
+    aligned = ("x_ptr", "offs_ptr", "pends_ptr", "data_t_ptr", "qs_ptr", "dq_ptr", "C",
+               "G_STRIDE", "C_STRIDE")
+    idx = kernel.arg_names.index
+    src = ASTSource(fn=kernel, signature=signature,
+                    constexprs={(idx(n),): v for n, v in consts.items()},
+                    attrs={(idx(n),): [["tt.divisibility", 16]] for n in aligned})
+    try:
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"], None
+    except Exception as e:      # noqa: BLE001 (no CUDA backend or ptxas here: say so, skip)
+        return None, f"Triton {triton.__version__} cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}"
+
+
 def _stores_codes_through_a_conversion(ttgir):
     """True when an 8-bit tensor is stored as is and also converted to another layout and
     stored: the pattern of triton-lang/triton#11111."""
@@ -54,8 +85,9 @@ def _stores_codes_through_a_conversion(ttgir):
 
 
 def _compiled_patterns():
-    """{dtype name: True/False (pattern found) or the reason it could not compile}, from a
-    child process without TRITON_INTERPRET (this process may hold interpreted kernels)."""
+    """{dtype name: True/False (pattern found) or the reason it could not compile,
+    "token_group_stores": {store op: count} or the reason}, from a child process without
+    TRITON_INTERPRET (this process may hold interpreted kernels)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
                          timeout=300)
@@ -81,6 +113,15 @@ def test_row_copy_guard_matches_the_compiled_kernel(dtype, compiled_patterns):
             f"allows it on CUDA")
 
 
+def test_token_group_cast_stores_vectors(compiled_patterns):
+    ptx_stores = compiled_patterns["token_group_stores"]
+    if isinstance(ptx_stores, str):
+        pytest.skip(ptx_stores)
+    assert ptx_stores.get("st.global.v4.b32", 0) >= 1 and not ptx_stores.get("st.global.b8"), (
+        f"token-group cast global stores on Triton {triton.__version__}: {ptx_stores} "
+        f"(x.T byte by byte: the output offset lost its alignment)")
+
+
 def test_pattern_finder_on_known_ttgir():
     """The finder flags the same codes stored directly and converted, and only that."""
     both = ("%c = tt.fp_to_fp %y\n%5 = ttg.convert_layout %c : tensor<32x128xi8, #b> -> "
@@ -99,4 +140,7 @@ if __name__ == "__main__":     # the child of _compiled_patterns
     for dt in (torch.bfloat16, torch.float32):
         ttgir, why = _row_copy_ttgir(dt)
         result[str(dt)] = why if ttgir is None else _stores_codes_through_a_conversion(ttgir)
+    ptx, why = _token_group_cast_ptx()
+    result["token_group_stores"] = why if ptx is None else {
+        op: len(re.findall(re.escape(op) + r"\b", ptx)) for op in ("st.global.v4.b32", "st.global.b8")}
     print(json.dumps(result))
