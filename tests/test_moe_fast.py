@@ -55,18 +55,14 @@ GROUP_CAST_VARIANTS = {"looping": (16, 16, 32, 4, 1), "tall_amax": (8, 32, 64, 4
                        "looping_short_amax": (32, 16, 8, 4, 2), "one_item_each": (8, 16, 8, 4, 0)}
 
 
-def set_group_cast(monkeypatch, variant):
-    for use in ("tokens", "experts"):
-        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
-
-
 @pytest.mark.parametrize("variant", sorted(GROUP_CAST_VARIANTS))
 def test_group_cast_settings_same_bits(variant, monkeypatch, seed):
     """Tiles and grid change only the order of reads: token groups (uneven, empty,
     a tail past the last group) and expert weights (a tile across two experts) give the
     reference's bits, NaN and inf columns and the dequant factors included."""
     fast_backend()
-    set_group_cast(monkeypatch, variant)
+    for use in ("tokens", "experts"):
+        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
     ref = ReferenceBackend()
     for grouping in ("uneven", "empty_ends", "single"):
         offs = torch.tensor(OFFS[grouping], dtype=torch.int32, device=DEVICE)

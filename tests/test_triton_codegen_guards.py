@@ -18,40 +18,49 @@ import sys
 
 import pytest
 import torch
-import triton
 
-from qtrain.fast import cast_float8
-from qtrain.fast.common import float8_params
+# Triton and qtrain.fast are imported by the child process only: imported here they would
+# decorate kernels for the GPU in this pytest process, before tests/test_fast_common.py sets
+# TRITON_INTERPRET for the interpreter tests that run later in it.
 
 _SIGNATURE = {"R": "i32", "C": "i32", "amax_ptr": "*i32", "qs_ptr": "*fp32", "dq_ptr": "*fp32",
               "data_ptr": "*u8", "row_amax_ptr": "*i32", "row_qs_ptr": "*fp32",
               "row_dq_ptr": "*fp32", "row_data_ptr": "*u8"}
 
 
-def _row_copy_ttgir(dtype):
-    """TTGIR of the ROW_COPY cast for x of `dtype`, compiled for sm_90 by the installed Triton;
-    None (with the reason) where this Triton cannot compile for it here."""
+def _compile_sm90(kernel, signature, consts, aligned, ir):
+    """The `ir` ("ttgir", "ptx") of `kernel` specialized with `consts` and 16-divisible
+    `aligned` arguments, compiled for sm_90 by the installed Triton: (text, None), or
+    (None, the reason) where this Triton cannot compile for sm_90 here."""
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    kernel = cast_float8._float8_tiles_kernel
+    idx = kernel.arg_names.index
+    src = ASTSource(fn=kernel, signature={**signature, **{n: "constexpr" for n in consts}},
+                    constexprs={(idx(n),): v for n, v in consts.items()},
+                    attrs={(idx(n),): [["tt.divisibility", 16]] for n in aligned})
+    try:
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm[ir], None
+    except Exception as e:      # noqa: BLE001 (no CUDA backend or ptxas here: say so, skip)
+        return None, (f"Triton {triton.__version__} cannot compile for sm_90 here: "
+                      f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def _row_copy_ttgir(dtype):
+    """TTGIR of the ROW_COPY cast for x of `dtype` (or the reason it cannot compile)."""
+    from qtrain.fast import cast_float8
+    from qtrain.fast.common import float8_params
     consts = dict(BLOCK_R=32, BLOCK_C=128, TENSORWISE=True, TRANSPOSED=True, DUAL=False,
                   ROW_COPY=True, WITH_DQ=True, POW2=False, EXACT_SOFT_CAST=False,
                   IS_BF16=dtype == torch.bfloat16, **float8_params("float8_e4m3fn"))
-    signature = {"x_ptr": "*bf16" if dtype == torch.bfloat16 else "*fp32", **_SIGNATURE,
-                 **{name: "constexpr" for name in consts}}
-    src = ASTSource(fn=kernel, signature=signature,
-                    constexprs={(kernel.arg_names.index(n),): v for n, v in consts.items()})
-    try:
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ttgir"], None
-    except Exception as e:      # noqa: BLE001 (no CUDA backend or ptxas here: say so, skip)
-        return None, f"Triton {triton.__version__} cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}"
+    signature = {"x_ptr": "*bf16" if dtype == torch.bfloat16 else "*fp32", **_SIGNATURE}
+    return _compile_sm90(cast_float8._float8_tiles_kernel, signature, consts, (), "ttgir")
 
 
 def _token_group_cast_ptx():
-    """PTX of the token-group column cast (default token setting) for sm_90, or the reason."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    """PTX of the token-group column cast (default token setting), or the reason."""
     from qtrain.fast import grouped_mm
+    from qtrain.fast.common import float8_params
     kernel = grouped_mm._float8_group_cols_t_kernel
     block_r, block_c, amax_block_r, _, _ = grouped_mm.GROUP_CAST["tokens"]
     consts = dict(FROM_OFFS=True, ALIGN=16, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r,
@@ -60,19 +69,11 @@ def _token_group_cast_ptx():
     consts = {n: v for n, v in consts.items() if n in kernel.arg_names}   # a kernel without a hint
     signature = {"x_ptr": "*bf16", "offs_ptr": "*i32", "pends_ptr": "*i32", "data_t_ptr": "*u8",
                  "qs_ptr": "*fp32", "dq_ptr": "*fp32", "C": "i32", "N_GROUPS": "i32",
-                 "N_COL_TILES": "i32", "GROUP_ROWS": "i32", "G_STRIDE": "i32", "C_STRIDE": "i32",
-                 **{name: "constexpr" for name in consts}}
+                 "N_COL_TILES": "i32", "GROUP_ROWS": "i32", "G_STRIDE": "i32", "C_STRIDE": "i32"}
     # what a launch on the MoE shape specializes: pointers, C, G_STRIDE (0), Mp all % 16 == 0
     aligned = ("x_ptr", "offs_ptr", "pends_ptr", "data_t_ptr", "qs_ptr", "dq_ptr", "C",
                "G_STRIDE", "C_STRIDE")
-    idx = kernel.arg_names.index
-    src = ASTSource(fn=kernel, signature=signature,
-                    constexprs={(idx(n),): v for n, v in consts.items()},
-                    attrs={(idx(n),): [["tt.divisibility", 16]] for n in aligned})
-    try:
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"], None
-    except Exception as e:      # noqa: BLE001 (no CUDA backend or ptxas here: say so, skip)
-        return None, f"Triton {triton.__version__} cannot compile for sm_90 here: {type(e).__name__}: {str(e)[:200]}"
+    return _compile_sm90(kernel, signature, consts, aligned, "ptx")
 
 
 def _stores_codes_through_a_conversion(ttgir):
@@ -86,6 +87,7 @@ def _stores_codes_through_a_conversion(ttgir):
 
 def _compiled_patterns():
     """{dtype name: True/False (pattern found) or the reason it could not compile,
+    "row_copy_verified": {dtype name: the guard's answer for this Triton}, "triton": its version,
     "token_group_stores": {store op: count} or the reason}, from a child process without
     TRITON_INTERPRET (this process may hold interpreted kernels)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -107,8 +109,8 @@ def test_row_copy_guard_matches_the_compiled_kernel(dtype, compiled_patterns):
     if isinstance(found, str):
         pytest.skip(found)
     if found:
-        assert not cast_float8.row_copy_verified(dtype, triton.__version__), (
-            f"Triton {triton.__version__} stores the {dtype} one-pass cast's 8-bit codes directly "
+        assert not compiled_patterns["row_copy_verified"][str(dtype)], (
+            f"Triton {compiled_patterns['triton']} stores the {dtype} one-pass cast's 8-bit codes directly "
             f"and through a layout conversion (triton-lang/triton#11111), but row_copy_verified "
             f"allows it on CUDA")
 
@@ -118,7 +120,7 @@ def test_token_group_cast_stores_vectors(compiled_patterns):
     if isinstance(ptx_stores, str):
         pytest.skip(ptx_stores)
     assert ptx_stores.get("st.global.v4.b32", 0) >= 1 and not ptx_stores.get("st.global.b8"), (
-        f"token-group cast global stores on Triton {triton.__version__}: {ptx_stores} "
+        f"token-group cast global stores on Triton {compiled_patterns['triton']}: {ptx_stores} "
         f"(x.T byte by byte: the output offset lost its alignment)")
 
 
@@ -136,10 +138,13 @@ def test_pattern_finder_on_known_ttgir():
 
 
 if __name__ == "__main__":     # the child of _compiled_patterns
-    result = {}
+    import triton
+    from qtrain.fast.cast_float8 import row_copy_verified
+    result = {"triton": triton.__version__, "row_copy_verified": {}}
     for dt in (torch.bfloat16, torch.float32):
         ttgir, why = _row_copy_ttgir(dt)
         result[str(dt)] = why if ttgir is None else _stores_codes_through_a_conversion(ttgir)
+        result["row_copy_verified"][str(dt)] = row_copy_verified(dt, triton.__version__)
     ptx, why = _token_group_cast_ptx()
     result["token_group_stores"] = why if ptx is None else {
         op: len(re.findall(re.escape(op) + r"\b", ptx)) for op in ("st.global.v4.b32", "st.global.b8")}
