@@ -20,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import append_rows, capture_cuda_graph, format_table  # noqa: E402
+from benchmarks.common import append_rows, capture_cuda_graph, format_table, time_fn  # noqa: E402
 from benchmarks.moe_bench import moe_inputs  # noqa: E402
 
 TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
@@ -42,20 +42,12 @@ def settings():
 
 
 def graph_us(fn, calls=20, replays=5):
-    """GPU microseconds per fn() call: `calls` calls captured in one CUDA graph, replayed."""
+    """GPU microseconds per fn() call: `calls` calls captured in one CUDA graph, the graph's
+    replays timed by benchmarks.common.time_fn (median)."""
     graph, _ = capture_cuda_graph(lambda: [fn() for _ in range(calls)], params=(), warmup=1)
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
+    ms = time_fn(graph.replay, warmup=1, reps=replays, device="cuda")["median"]
     del graph
-    return sorted(times)[len(times) // 2]
+    return ms * 1e3 / calls
 
 
 def main(argv=None):
