@@ -62,25 +62,23 @@ if has graphs; then
   step moe_graphs ${GRAPHS_MOE_LIMIT_S:-180} env QTRAIN_FAST_AUTOTUNE=0 MOE_COMPILE_MODE=reduce-overhead python3 benchmarks/moe_bench.py
   step block_graphs ${GRAPHS_BLOCK_LIMIT_S:-200} env QTRAIN_FAST_AUTOTUNE=0 python3 -m benchmarks.block --recipes rowwise,tensorwise --compile compiled --compile-mode reduce-overhead --large-only --no-torchao --budget-s 150
 fi
-if has amaxab; then   # QTRAIN_COMPILED_AMAX: tensorwise block compiled, amax pass vs a fusable torch reduction
-  for mode in kernel torch; do
-    step block_amax_$mode ${AMAXAB_LIMIT_S:-200} env QTRAIN_COMPILED_AMAX=$mode python3 -m benchmarks.block --recipes tensorwise --compile compiled --large-only --no-torchao --budget-s ${AB_BUDGET_S:-160}
+block_ab() {  # block_ab NAME ENV_VAR "MODE MODE" LIMIT_S BLOCK_ARGS...: the block once per mode
+  local name=$1 var=$2 modes=$3 limit=$4 mode; shift 4
+  for mode in $modes; do
+    step block_${name}_$mode "$limit" env "$var=$mode" python3 -m benchmarks.block --large-only --no-torchao "$@"
   done
+}
+if has amaxab; then   # QTRAIN_COMPILED_AMAX: tensorwise block compiled, amax pass vs a fusable torch reduction
+  block_ab amax QTRAIN_COMPILED_AMAX "kernel torch" ${AMAXAB_LIMIT_S:-200} --recipes tensorwise --compile compiled --budget-s ${AB_BUDGET_S:-160}
 fi
 if has transposeab; then   # QTRAIN_FAST_TRANSPOSE: eager tensorwise block, torch's copy vs the tiled kernel
-  for mode in torch tiles; do
-    step block_transpose_$mode ${TRANSPOSEAB_LIMIT_S:-150} env QTRAIN_FAST_TRANSPOSE=$mode python3 -m benchmarks.block --recipes tensorwise --compile eager --large-only --no-torchao --budget-s 120
-  done
+  block_ab transpose QTRAIN_FAST_TRANSPOSE "torch tiles" ${TRANSPOSEAB_LIMIT_S:-150} --recipes tensorwise --compile eager --budget-s 120
 fi
 if has layoutab; then   # QTRAIN_TENSORWISE_TRANSPOSE: tensorwise block, payload copied transposed vs cast into both layouts
-  for mode in copy cast; do
-    step block_layout_$mode ${LAYOUTAB_LIMIT_S:-200} env QTRAIN_TENSORWISE_TRANSPOSE=$mode python3 -m benchmarks.block --recipes tensorwise --compile ${LAYOUTAB_COMPILE:-both} --large-only --no-torchao --budget-s ${AB_BUDGET_S:-160}
-  done
+  block_ab layout QTRAIN_TENSORWISE_TRANSPOSE "copy cast" ${LAYOUTAB_LIMIT_S:-200} --recipes tensorwise --compile ${LAYOUTAB_COMPILE:-both} --budget-s ${AB_BUDGET_S:-160}
 fi
 if has dequantab; then   # QTRAIN_FAST_CAST_DEQUANT: dequant factors by torch.reciprocal (0) vs written by the casts (1)
-  for mode in 0 1; do
-    step block_dequant_$mode ${DEQUANTAB_LIMIT_S:-240} env QTRAIN_FAST_CAST_DEQUANT=$mode python3 -m benchmarks.block --recipes ${DEQUANTAB_RECIPES:-tensorwise,rowwise,blockwise} --compile ${DEQUANTAB_COMPILE:-both} --large-only --no-torchao --budget-s ${AB_BUDGET_S:-200}
-  done
+  block_ab dequant QTRAIN_FAST_CAST_DEQUANT "0 1" ${DEQUANTAB_LIMIT_S:-240} --recipes ${DEQUANTAB_RECIPES:-tensorwise,rowwise,blockwise} --compile ${DEQUANTAB_COMPILE:-both} --budget-s ${AB_BUDGET_S:-200}
 fi
 if has profile; then
   step block_profile ${PROFILE_LIMIT_S:-200} python3 -m benchmarks.block_profile ${PROFILE_ARGS:-}
