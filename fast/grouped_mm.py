@@ -126,7 +126,7 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
 # items). Timed as CUDA-graph replays on the H200 (benchmarks/group_cast_sweep.py, MoE shape
 # E8 16384x4096 -> 2048, 2026-12-01, eighth session), x (M, K) / g (M, N) / w (E, N, K) in us:
 # tokens (128, 32, 256, 8, 2) 125 / 65 against 134 / 107 for the earlier (32, 64, 32, 4, 0);
-# experts (64, 64, 64, 4, 0) 104, the fastest of 66 settings. A two-pass cast (a grid-wide
+# experts (64, 64, 64, 4, 0) 104, the fastest of the 73 timed. A two-pass cast (a grid-wide
 # column-amax pass with atomics, then a tile cast finding each row's group) took 183 / 96 /
 # 133 us and was removed.
 GROUP_CAST = {"tokens": (128, 32, 256, 8, 2), "experts": (64, 64, 64, 4, 0)}
