@@ -110,4 +110,8 @@ fi
 # the rows the steps appended to results.csv come back with the logs (merge them locally:
 # python -m benchmarks.merge_results $OUT/results.csv)
 cp benchmarks/results/results.csv "$OUT/results.csv" 2>/dev/null
+# the device tool returns at most 8 files from $OUT: past that, the logs travel as one archive
+if [ "$(find "$OUT" -maxdepth 1 -type f | wc -l)" -gt 8 ]; then
+  (cd "$OUT" && tar czf logs.tar.gz ./*.log && rm -f ./*.log)
+fi
 echo; echo "=== summary"; printf '%s\n' "${summary[@]}"
