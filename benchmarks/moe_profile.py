@@ -28,6 +28,9 @@ def main(argv=None):
     p.add_argument("--recipe", default="rowwise", choices=("rowwise", "mxfp8"))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rows", type=int, default=15, help="kernels listed per table")
+    p.add_argument("--host", action="store_true",
+                   help="instead: where the host time of the quantized eager step goes "
+                        "(synchronizing calls, then cProfile by own time)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/moe_profile.py: needs CUDA (it profiles the fast backend's kernels)")
@@ -39,6 +42,8 @@ def main(argv=None):
     config = dataclasses.replace(qtrain.recipe_config(args.recipe), backend="fast")
     variants = {"bf16": lambda a, b, o: torch._grouped_mm(a, b.transpose(-2, -1), offs=o),
                 f"qtrain {args.recipe}": lambda a, b, o: qtrain.grouped_mm(a, b, o, config)}
+    if args.host:
+        return host_breakdown(x, w, offs, g, variants[f"qtrain {args.recipe}"], args.rows)
     for name, fn in variants.items():
         for _ in range(3):                                   # warm-up: compile, autotune
             _step(x, w, offs, g, fn)
@@ -60,6 +65,40 @@ def main(argv=None):
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     host_costs()
+    return 0
+
+
+def host_breakdown(x, w, offs, g, fn, rows, steps=20):
+    """Does the eager step synchronize with the GPU (each such call warns once under
+    torch.cuda.set_sync_debug_mode), and which Python functions hold its host time."""
+    import cProfile
+    import pstats
+    import warnings
+    for _ in range(3):
+        _step(x, w, offs, g, fn)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        _step(x, w, offs, g, fn)
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(c.message).splitlines()[0] for c in caught]
+    print(f"synchronizing calls in one eager step: {len(syncs)}")
+    for line in syncs[:10]:
+        print("  ", line)
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(steps):
+        _step(x, w, offs, g, fn)
+    prof.disable()
+    t_host = (time.perf_counter() - t0) / steps
+    torch.cuda.synchronize()
+    print(f"host per step under cProfile: {t_host * 1e3:.3f} ms ({steps} steps)")
+    stats = pstats.Stats(prof)
+    stats.sort_stats("tottime").print_stats(rows)
+    stats.sort_stats("cumulative").print_stats(rows)
     return 0
 
 

@@ -124,12 +124,27 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
 # AMAX_BLOCK_R (loop 1's rows a tile), warps, and programs per SM (0: one program per
 # (group, column tile) item; else about that many times the SM count, each looping over
 # items). Timed as CUDA-graph replays on the H200 (benchmarks/group_cast_sweep.py, MoE shape
-# E8 16384x4096 -> 2048, 2026-12-01, eighth session), x (M, K) / g (M, N) / w (E, N, K) in us:
-# tokens (128, 32, 256, 8, 2) 125 / 65 against 134 / 107 for the earlier (32, 64, 32, 4, 0);
-# experts (64, 64, 64, 4, 0) 104, the fastest of the 73 timed. A two-pass cast (a grid-wide
-# column-amax pass with atomics, then a tile cast finding each row's group) took 183 / 96 /
-# 133 us and was removed.
-GROUP_CAST = {"tokens": (128, 32, 256, 8, 2), "experts": (64, 64, 64, 4, 0)}
+# E8 16384x4096 -> 2048, x (M, K) / g (M, N) / w (E, N, K); ninth session, 2026-12-01, with the
+# vector stores of x.T): the 64-column tile of the experts is the fastest for w (103 us) and
+# for x (104 us, 512 items: 3.9 waves of 132 SMs), but g has half x's columns, so 256 items
+# (1.9 waves), and there the 32-column tile wins (58 us, against 63+ for the 64-column one;
+# x with it: 114). Token groups therefore take the experts' wide tile when it gives at least
+# WIDE_TILE_WAVES items per SM, else the narrow "tokens" one. The eighth session's one token
+# setting (128, 32, 256, 8, 2) took 121 / 62 us. A two-pass cast (a grid-wide column-amax
+# pass with atomics, then a tile cast finding each row's group) took 183 / 96 / 133 us and
+# was removed.
+GROUP_CAST = {"tokens": (128, 32, 128, 4, 0), "experts": (64, 64, 64, 4, 0)}
+WIDE_TILE_WAVES = 3
+
+
+def _group_cast_setting(use, n_groups, c, device):
+    """GROUP_CAST's setting for `use`; token groups take the experts' wider tile when its
+    (group, column tile) items fill at least WIDE_TILE_WAVES waves of the GPU."""
+    wide = GROUP_CAST["experts"]
+    if use == "tokens" and n_groups * cdiv(c, pow2_at_most(c, wide[1])) >= (
+            WIDE_TILE_WAVES * program_budget(device, 1)):
+        return wide
+    return GROUP_CAST[use]
 
 
 def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g_stride,
@@ -137,7 +152,8 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g
     """align: what the padded starts (pends) and c_stride are multiples of; its largest
     power-of-two factor is the kernel's ALIGN hint."""
     c = x.shape[-1]
-    block_r, block_c, amax_block_r, warps, per_sm = GROUP_CAST[use]
+    block_r, block_c, amax_block_r, warps, per_sm = _group_cast_setting(use, n_groups, c,
+                                                                        x.device)
     block_c = pow2_at_most(c, block_c)
     n_col_tiles = cdiv(c, block_c)
     n_items = n_groups * n_col_tiles

@@ -57,12 +57,13 @@ def _row_copy_ttgir(dtype):
     return _compile_sm90(cast_float8._float8_tiles_kernel, signature, consts, (), "ttgir")
 
 
-def _token_group_cast_ptx():
-    """PTX of the token-group column cast (default token setting), or the reason."""
+def _token_group_cast_ptx(use):
+    """PTX of the token-group column cast with GROUP_CAST[use]'s tile (token groups take
+    either, fast/grouped_mm._group_cast_setting), or the reason."""
     from qtrain.fast import grouped_mm
     from qtrain.fast.common import float8_params
     kernel = grouped_mm._float8_group_cols_t_kernel
-    block_r, block_c, amax_block_r, _, _ = grouped_mm.GROUP_CAST["tokens"]
+    block_r, block_c, amax_block_r, _, _ = grouped_mm.GROUP_CAST[use]
     consts = dict(FROM_OFFS=True, ALIGN=16, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r,
                   BLOCK_C=block_c, WITH_DQ=True, POW2=True, EXACT_SOFT_CAST=False, IS_BF16=True,
                   **float8_params("float8_e4m3fn"))
@@ -115,12 +116,14 @@ def test_row_copy_guard_matches_the_compiled_kernel(dtype, compiled_patterns):
             f"allows it on CUDA")
 
 
-def test_token_group_cast_stores_vectors(compiled_patterns):
-    ptx_stores = compiled_patterns["token_group_stores"]
+@pytest.mark.parametrize("use", ["tokens", "experts"])
+def test_token_group_cast_stores_vectors(use, compiled_patterns):
+    ptx_stores = compiled_patterns["token_group_stores"][use]
     if isinstance(ptx_stores, str):
         pytest.skip(ptx_stores)
     assert ptx_stores.get("st.global.v4.b32", 0) >= 1 and not ptx_stores.get("st.global.b8"), (
-        f"token-group cast global stores on Triton {compiled_patterns['triton']}: {ptx_stores} "
+        f"token-group cast ({use} tile) global stores on Triton {compiled_patterns['triton']}: "
+        f"{ptx_stores} "
         f"(x.T byte by byte: the output offset lost its alignment)")
 
 
@@ -145,7 +148,10 @@ if __name__ == "__main__":     # the child of _compiled_patterns
         ttgir, why = _row_copy_ttgir(dt)
         result[str(dt)] = why if ttgir is None else _stores_codes_through_a_conversion(ttgir)
         result["row_copy_verified"][str(dt)] = row_copy_verified(dt, triton.__version__)
-    ptx, why = _token_group_cast_ptx()
-    result["token_group_stores"] = why if ptx is None else {
-        op: len(re.findall(re.escape(op) + r"\b", ptx)) for op in ("st.global.v4.b32", "st.global.b8")}
+    result["token_group_stores"] = {}
+    for use in ("tokens", "experts"):
+        ptx, why = _token_group_cast_ptx(use)
+        result["token_group_stores"][use] = why if ptx is None else {
+            op: len(re.findall(re.escape(op) + r"\b", ptx))
+            for op in ("st.global.v4.b32", "st.global.b8")}
     print(json.dumps(result))
