@@ -6,12 +6,13 @@ factors, bf16 out; forward and grad_input both have this form):
 - torch._scaled_grouped_mm (what fast/grouped_mm.py runs today);
 - torch._scaled_mm on the same M, K, N as one dense product (the rate a grouped kernel could
   reach at best);
-- a Triton kernel (below): tiles of BM x BN over every group's rows, each loading its tile with
-  tensor descriptors (TMA), a K loop of tl.dot on float8, the two factors applied in fp32 at
-  the end, rows past the group's end masked; persistent (PROGS programs looping over tiles) or
-  one tile per program. IMPRECISE: tl.dot's max_num_imprecise_acc (None: Triton's default on
-  sm90, no promotion of the tensor cores' partial sums; BK: promoted to fp32 once per K tile).
-Every variant is checked against torch._scaled_grouped_mm's output first (max relative error).
+- fast/grouped_mm_sm90.py's Triton kernels (persistent, TMA loads, tl.dot on float8, factors
+  in the epilogue) over tile settings (BM, BN, BK, stages, warps), with fast accumulation
+  (Triton's sm90 default, no promotion) or promotion to fp32 once per K tile;
+and the 2d x 2d product of grad_weight (groups along the contraction, 16-column aligned starts)
+with torch and with the Triton kernel (always promoting, RC-3).
+Every 2d x 3d variant is checked against torch._scaled_grouped_mm's output (max relative error
+of the whole output; 0 means the same bits), every 2d x 2d one against torch's 2d x 2d.
 
     python -m benchmarks.grouped_gemm_probe [--budget-s 150]
 """
@@ -22,71 +23,10 @@ import time
 
 import torch
 import triton
-import triton.language as tl
 
 from benchmarks.common import time_fn
 from benchmarks.moe_bench import SHAPE
-
-
-@triton.jit
-def _grouped_fp8_nt_kernel(a_desc, b_desc, sa_ptr, sb_ptr, offs_ptr, out_ptr, N, K, E,
-                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                           PROGS: tl.constexpr, IMPRECISE: tl.constexpr):
-    n_tiles = N // BN
-    m_tiles = 0
-    for e in range(E):
-        end = tl.load(offs_ptr + e)
-        start = tl.load(offs_ptr + e - 1, mask=e > 0, other=0)
-        m_tiles += (end - start + BM - 1) // BM
-    if PROGS == 0:
-        first, step = tl.program_id(0), m_tiles * n_tiles + 1
-    else:
-        first, step = tl.program_id(0), PROGS
-    for tile in range(first, m_tiles * n_tiles, step):
-        mt = tile // n_tiles
-        nt = tile % n_tiles
-        # the group holding row tile mt: walk the groups' tile counts
-        g = 0
-        g_start = 0
-        g_end = 0
-        seen = 0
-        for e in range(E):
-            end = tl.load(offs_ptr + e)
-            start = tl.load(offs_ptr + e - 1, mask=e > 0, other=0)
-            cnt = (end - start + BM - 1) // BM
-            hit = (mt >= seen) & (mt < seen + cnt)
-            g = tl.where(hit, e, g)
-            g_start = tl.where(hit, start + (mt - seen) * BM, g_start)
-            g_end = tl.where(hit, end, g_end)
-            seen += cnt
-        row0 = g_start
-        col0 = nt * BN
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k in range(0, K, BK):
-            a = a_desc.load([row0, k])
-            b = b_desc.load([g * N + col0, k])
-            acc = tl.dot(a, b.T, acc, max_num_imprecise_acc=IMPRECISE)
-        rows = row0 + tl.arange(0, BM)
-        cols = col0 + tl.arange(0, BN)
-        sa = tl.load(sa_ptr + rows, mask=rows < g_end, other=0.0)
-        sb = tl.load(sb_ptr + g * N + cols)
-        out = (acc * sa[:, None] * sb[None, :]).to(tl.bfloat16)
-        tl.store(out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], out,
-                 mask=(rows < g_end)[:, None])
-
-
-def triton_grouped(a, b, sa, sb, offs, bm, bn, bk, stages, warps, progs, imprecise):
-    from triton.tools.tensor_descriptor import TensorDescriptor
-    m, k = a.shape
-    e, n, _ = b.shape
-    out = torch.empty(m, n, device=a.device, dtype=torch.bfloat16)
-    a_desc = TensorDescriptor.from_tensor(a, [bm, bk])
-    b_desc = TensorDescriptor.from_tensor(b.view(e * n, k), [bn, bk])
-    grid = progs if progs else (triton.cdiv(m, bm) + e) * (n // bn)
-    _grouped_fp8_nt_kernel[(grid,)](a_desc, b_desc, sa, sb, offs, out, n, k, e, BM=bm, BN=bn,
-                                    BK=bk, PROGS=progs, IMPRECISE=imprecise, num_stages=stages,
-                                    num_warps=warps)
-    return out
+from qtrain.fast import grouped_mm_sm90 as sm90
 
 
 def main(argv=None):
@@ -109,7 +49,6 @@ def main(argv=None):
     assert int(sizes.sum()) == M and len(sizes) == E
     offs = torch.cumsum(sizes, 0).to(device=dev, dtype=torch.int32)
     flops = 2.0 * M * K * N
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
 
     ref = torch._scaled_grouped_mm(a, b.transpose(-2, -1), sa, sb, offs=offs,
                                    out_dtype=torch.bfloat16)
@@ -125,6 +64,9 @@ def main(argv=None):
 
     timed("torch._scaled_grouped_mm", lambda: torch._scaled_grouped_mm(
         a, b.transpose(-2, -1), sa, sb, offs=offs, out_dtype=torch.bfloat16), check=False)
+    timed("torch._scaled_grouped_mm use_fast_accum=True", lambda: torch._scaled_grouped_mm(
+        a, b.transpose(-2, -1), sa, sb, offs=offs, out_dtype=torch.bfloat16,
+        use_fast_accum=True))
     b0 = b[0].contiguous()
     timed("torch._scaled_mm dense (same M,K,N)", lambda: torch._scaled_mm(
         a, b0.t(), sa[:, None], sb[0][None, :], out_dtype=torch.bfloat16), check=False)
@@ -132,27 +74,54 @@ def main(argv=None):
     timed("bf16 torch._grouped_mm", lambda: torch._grouped_mm(
         abf, bbf.transpose(-2, -1), offs=offs), check=False)
 
-    settings = list(itertools.product(
-        [(128, 128, 128), (128, 256, 128), (256, 128, 128), (128, 256, 64)],   # BM, BN, BK
-        [3, 4], [8], [0, sms], [None, "BK"]))
-    for (bm, bn, bk), stages, warps, progs, imp in settings:
+    # grad_weight's 2d x 2d form: out[g] = a_t[:, group g].T-contracted, a_t (N, Mp), b_t (K, Mp)
+    a_t = (torch.randn(N, M, device=dev) * 30).clamp(-448, 448).to(f8)
+    b_t = (torch.randn(K, M, device=dev) * 30).clamp(-448, 448).to(f8)
+    sa2 = torch.rand(E * N, device=dev) * 1e-3 + 1e-4
+    sb2 = torch.rand(E * K, device=dev) * 1e-3 + 1e-4
+    offs16 = (torch.div(offs, 16, rounding_mode="floor") * 16).to(torch.int32)
+    offs16[-1] = M
+    for fast in (False, True):
+        timed(f"2d x 2d: torch._scaled_grouped_mm use_fast_accum={fast}",
+              lambda: torch._scaled_grouped_mm(a_t, b_t.t(), sa2, sb2, offs=offs16,
+                                               out_dtype=torch.bfloat16, use_fast_accum=fast),
+              check=False)
+    at_bf, bt_bf = a_t.to(torch.bfloat16), b_t.to(torch.bfloat16)
+    timed("2d x 2d: bf16 torch._grouped_mm", lambda: torch._grouped_mm(
+        at_bf, bt_bf.t(), offs=offs16), check=False)
+
+    tiles = [(128, 256, 128, 3, 8), (128, 256, 128, 4, 8), (128, 128, 128, 3, 8),
+             (256, 128, 128, 3, 8), (128, 256, 64, 4, 8)]
+    default = dict(sm90.SETTINGS)
+    ref2 = torch._scaled_grouped_mm(a_t, b_t.t(), sa2, sb2, offs=offs16, out_dtype=torch.bfloat16)
+    for tile, form, fast in itertools.chain(
+            ((t, "2d3d", f) for t in tiles[:4] for f in (True, False)),
+            ((t, "2d2d", False) for t in tiles)):
         if time.perf_counter() - t_start > args.budget_s:
             print(f"budget of {args.budget_s} s spent; {len(rows)} timed")
             break
-        imprecise = bk if imp == "BK" else None
-        name = (f"triton BM{bm} BN{bn} BK{bk} s{stages} w{warps} "
-                f"{'persistent' if progs else 'tile/prog'} acc={'promote/BK' if imp else 'sm90 default'}")
+        sm90.SETTINGS[form] = tile
+        acc = "fast" if fast else "promote/BK"
+        name = f"{'' if form == '2d3d' else '2d x 2d: '}triton {tile} acc={acc}"
         try:
-            timed(name, lambda: triton_grouped(a, b, sa, sb, offs, bm, bn, bk, stages, warps,
-                                               progs, imprecise))
+            if form == "2d3d":
+                timed(name, lambda: sm90.grouped_2d3d(a, sa, b, sb, offs, fast))
+            else:
+                got = sm90.grouped_2d2d(a_t, sa2.view(E, N), b_t, sb2.view(E, K), offs16)
+                err = ((got.float() - ref2.float()).abs().max() / ref2.float().abs().max()).item()
+                timed(name, lambda: sm90.grouped_2d2d(a_t, sa2.view(E, N), b_t,
+                                                      sb2.view(E, K), offs16), check=False)
+                rows[-1] = rows[-1][:3] + (err,)
         except Exception as ex:           # a setting that does not compile (shared memory)
             print(f"{name}: {type(ex).__name__}: {str(ex).splitlines()[0][:120]}")
+        finally:
+            sm90.SETTINGS.update(default)
 
     print(f"\n2d x 3d float8 rowwise grouped product, E{E} M{M} K{K} N{N}, "
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}, Triton {triton.__version__}")
-    print(f"{'variant':70s} {'ms':>7s} {'TFLOP/s':>8s} {'max rel err':>12s}")
-    for name, ms, tf, err in sorted(rows, key=lambda r: r[1]):
-        print(f"{name:70s} {ms:7.3f} {tf:8.0f} {err:12.2e}")
+    print(f"{'variant':62s} {'ms':>7s} {'TFLOP/s':>8s} {'max rel err':>12s}")
+    for name, ms, tf, err in sorted(rows, key=lambda r: (r[0].startswith("2d x 2d"), r[1])):
+        print(f"{name:62s} {ms:7.3f} {tf:8.0f} {err:12.2e}")
     return 0
 
 

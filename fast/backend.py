@@ -250,12 +250,14 @@ class FastBackend:
         self._check(w)
         return quantize_float8_experts_t(w, fmt, pow2_scale, with_dequant=with_dequant)
 
+    takes_fast_accum = True            # qtrain/grouped_ops.py scaled_grouped_mm's RC-3 hint
+
     def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1,
-                          pow2_factors=False):
+                          pow2_factors=False, use_fast_accum=False):
         from .grouped_mm import scaled_grouped_mm
         self._check(a)
         return scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype, group_align,
-                                 pow2_factors)
+                                 pow2_factors, use_fast_accum)
 
 
 class InterpretedFastBackend:

@@ -3,7 +3,12 @@ column casts (token groups for grad_weight, experts of a weight for grad_input; 
 the grouped product routing.
 
 Products (`scaled_grouped_mm`), all NT (MM-1):
-- float8 with per-row / per-group factors, bf16 out, on sm90+: torch._scaled_grouped_mm.
+- float8_e4m3fn with per-row / per-group factors, bf16 out, on sm90 exactly: the Triton kernels
+  of fast/grouped_mm_sm90.py for the 2d x 3d output product with fast accumulation (RC-3) and
+  for 2d x 2d (grad_weight, promoting every 128 columns), where they were faster on the H200
+  (QTRAIN_FAST_GROUPED_GEMM: auto, the default; triton, every form they can run; torch, none).
+- otherwise float8 with per-row / per-group factors, bf16 out, on sm90+: torch._scaled_grouped_mm
+  (use_fast_accum where the caller says RC-3 allows it).
   Its layout facts: 2d x 3d takes A (M, K) row-major and B (E, K, N) column-major, which is
   `b.transpose(-2, -1)` of our row-major (E, N, K) payload (no copy); fp32 scales A (M,) and
   B (E, N); 2d x 2d takes A (M, T) row-major, B (T, N) column-major (= our (N, T) payload
@@ -25,7 +30,9 @@ Products (`scaled_grouped_mm`), all NT (MM-1):
   does (exact unless a value falls below bf16's 2^-133, i.e. an MX block amax under
   ~2^-117); fp32 otherwise.
 """
+import functools
 import logging
+import os
 
 import torch
 import triton
@@ -37,12 +44,16 @@ from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input
                      device_capability, float8_params, is_interpreted, kernel_input,
                      pow2_at_most, use_soft_cast)
 from .amax import program_budget
+from . import grouped_mm_sm90 as sm90
 from .block_dequant import exact_values
 from .encode import abs_bits, encode_float8, float8_quant_scale, widen_to_fp32
 
 LAYER = "qtrain.fast.grouped_mm"
 log = logging.getLogger("qtrain")
 FLOAT8_ALIGN = 16
+# which kernels run the rowwise float8 products on sm90 (see _sm90_triton_ok): auto | triton | torch
+GROUPED_GEMM_ENV = "QTRAIN_FAST_GROUPED_GEMM"
+GROUPED_GEMM = os.environ.get(GROUPED_GEMM_ENV, "auto")
 
 
 @triton.jit
@@ -324,21 +335,61 @@ def _pad_columns(a, b, offs, align):
     return pad(a), pad(b), padded_offsets(offs, align)
 
 
+def _sm90_triton_ok(a, b, out_dtype, is_3d, fast_accum, group_align):
+    """Whether fast/grouped_mm_sm90.py runs this rowwise product: QTRAIN_FAST_GROUPED_GEMM
+    "auto" (default) takes it on sm90 for the forms it wins (2d x 3d with fast accumulation,
+    2d x 2d), "triton" for every form it can run (and on CPU tensors under the interpreter,
+    for the tests), "torch" never."""
+    if GROUPED_GEMM == "torch" or (is_3d and not fast_accum and GROUPED_GEMM != "triton"):
+        return False
+    if out_dtype != torch.bfloat16 or not a.dtype == b.dtype == torch.float8_e4m3fn:
+        return False
+    if not (a.is_contiguous() and b.is_contiguous()):
+        return False
+    if a.device.type == "cuda":
+        if device_capability(a.device) != (9, 0):
+            return False
+    elif not (GROUPED_GEMM == "triton" and is_interpreted(sm90._grouped_2d2d_kernel)):
+        return False
+    if sm90.tensor_descriptor_class() is None:
+        _log_no_descriptors_once()
+        return False
+    if is_3d:     # N whole column tiles (b's rows of one expert never mix with the next's)
+        return sm90.column_tile_2d3d(b.shape[1]) is not None and a.shape[1] % 16 == 0
+    # 2d x 2d: TMA reads each group from its first column, which must sit on a 16-byte address
+    return a.shape[1] % 16 == 0 and group_align % 16 == 0
+
+
+@functools.lru_cache(maxsize=None)
+def _log_no_descriptors_once():
+    log.info("%s: Triton %s has no triton.tools.tensor_descriptor; grouped float8 products run "
+             "on torch._scaled_grouped_mm", LAYER, triton.__version__)
+
+
 def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32, group_align=1,
-                      pow2_factors=False):
+                      pow2_factors=False, use_fast_accum=False):
     """Backend interface (qtrain/grouped_ops.py): MM-5, routed as the module docstring says.
     group_align: the caller's promise that every group of a 2d x 2d product starts at a
     multiple of it (the grouped layer's padded layout); otherwise the operands are padded here.
     pow2_factors: the caller's promise that every factor is a power of two (see the emulated
-    product)."""
+    product). use_fast_accum: RC-3 allows this product fast accumulation (the output product)."""
     is_3d = b.dim() == 3
     n_groups = offs.shape[0]
+    rowwise = n_groups and (_rowwise_2d3d(a, a_dequant, b, b_dequant) if is_3d
+                            else _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups))
+    if rowwise and _sm90_triton_ok(a, b, out_dtype, is_3d, use_fast_accum, group_align):
+        da = _fp32(a_dequant.reshape(-1) if is_3d else a_dequant.reshape(n_groups, -1))
+        db = _fp32(b_dequant.reshape(n_groups, -1)).contiguous()
+        if is_3d:
+            out = sm90.grouped_2d3d(a, da.contiguous(), b, db, offs, use_fast_accum)
+            return _zero_outside(out, offs, True)
+        return sm90.grouped_2d2d(a, da.contiguous(), b, db, offs)
     if _torch_scaled_ok(a, b, out_dtype) and n_groups:
         if is_3d and _rowwise_2d3d(a, a_dequant, b, b_dequant):
             # 2d x 3d: groups along M need no alignment (only K, N multiples of 16)
             out = torch._scaled_grouped_mm(a, b.transpose(-2, -1), _fp32(a_dequant.reshape(-1)),
                                            _fp32(b_dequant.reshape(n_groups, -1)), offs=offs,
-                                           out_dtype=out_dtype)
+                                           out_dtype=out_dtype, use_fast_accum=use_fast_accum)
             return _zero_outside(out, offs, True)
         if not is_3d and _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups):
             if group_align % FLOAT8_ALIGN:

@@ -89,18 +89,25 @@ def _(w, fmt, pow2_scale, backend):
 def scaled_grouped_mm(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
                       b_dequant: torch.Tensor, offs: torch.Tensor, out_dtype: torch.dtype,
                       backend: str, group_align: int = 1,
-                      pow2_factors: bool = False) -> torch.Tensor:
+                      pow2_factors: bool = False, use_fast_accum: bool = False) -> torch.Tensor:
     """pow2_factors: the caller's promise that every factor is a power of two (rowwise pow2,
-    MX), handed to a backend that declares `takes_pow2_factors` (see qtrain/ops.py)."""
+    MX), handed to a backend that declares `takes_pow2_factors` (see qtrain/ops.py).
+    use_fast_accum: RC-3 allows this product fast accumulation (the output product of the
+    float8 recipes), handed to a backend that declares `takes_fast_accum`; the others
+    accumulate in fp32, which is always allowed."""
     impl = grouped_impl(backend)
+    hints = {}
     if pow2_factors and getattr(impl, "takes_pow2_factors", False):
-        return impl.scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype, group_align,
-                                      pow2_factors=True)
-    return impl.scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype, group_align)
+        hints["pow2_factors"] = True
+    if use_fast_accum and getattr(impl, "takes_fast_accum", False):
+        hints["use_fast_accum"] = True
+    return impl.scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype, group_align,
+                                  **hints)
 
 
 @scaled_grouped_mm.register_fake
-def _(a, a_dequant, b, b_dequant, offs, out_dtype, backend, group_align=1, pow2_factors=False):
+def _(a, a_dequant, b, b_dequant, offs, out_dtype, backend, group_align=1, pow2_factors=False,
+      use_fast_accum=False):
     if b.dim() == 3:                                   # 2d x 3d: (M, N)
         return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
     return a.new_empty((offs.shape[0], a.shape[0], b.shape[0]), dtype=out_dtype)   # (E, M, N)

@@ -97,7 +97,8 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
         qx = quantize_operand(x, plan.output[0], 1, backend)
         qw, dw = _quantize_3d(w, plan.output[1], True, backend)
         out = grouped_ops.scaled_grouped_mm(qx.payload, qx.dequant_fp32(), qw, dw, offs,
-                                            out_dtype, backend, 1, _pow2(plan.output))
+                                            out_dtype, backend, 1, _pow2(plan.output),
+                                            plan.fast_accum_output)
         gw = plan.grad_weight
         if not ctx.needs_input_grad[1]:
             x_saved = ()
