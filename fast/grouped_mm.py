@@ -3,10 +3,10 @@ column casts (token groups for grad_weight, experts of a weight for grad_input; 
 the grouped product routing.
 
 Products (`scaled_grouped_mm`), all NT (MM-1):
-- float8_e4m3fn with per-row / per-group factors, bf16 out, on sm90 exactly: the Triton kernels
-  of fast/grouped_mm_sm90.py for the 2d x 3d output product with fast accumulation (RC-3) and
-  for 2d x 2d (grad_weight, promoting every 128 columns), where they were faster on the H200
-  (QTRAIN_FAST_GROUPED_GEMM: auto, the default; triton, every form they can run; torch, none).
+- float8_e4m3fn 2d x 3d with per-row / per-expert factors, bf16 out, fast accumulation allowed
+  (RC-3: the forward), on sm90 exactly: the Triton kernel of fast/grouped_mm_sm90.py (205 us
+  against torch's 237 on the MoE shape; QTRAIN_FAST_GROUPED_GEMM: auto, the default; triton,
+  also the promoted products; torch, never).
 - otherwise float8 with per-row / per-group factors, bf16 out, on sm90+: torch._scaled_grouped_mm
   (use_fast_accum where the caller says RC-3 allows it).
   Its layout facts: 2d x 3d takes A (M, K) row-major and B (E, K, N) column-major, which is
@@ -335,12 +335,12 @@ def _pad_columns(a, b, offs, align):
     return pad(a), pad(b), padded_offsets(offs, align)
 
 
-def _sm90_triton_ok(a, b, out_dtype, is_3d, fast_accum, group_align):
-    """Whether fast/grouped_mm_sm90.py runs this rowwise product: QTRAIN_FAST_GROUPED_GEMM
-    "auto" (default) takes it on sm90 for the forms it wins (2d x 3d with fast accumulation,
-    2d x 2d), "triton" for every form it can run (and on CPU tensors under the interpreter,
-    for the tests), "torch" never."""
-    if GROUPED_GEMM == "torch" or (is_3d and not fast_accum and GROUPED_GEMM != "triton"):
+def _sm90_triton_ok(a, b, out_dtype, fast_accum):
+    """Whether fast/grouped_mm_sm90.py runs this rowwise 2d x 3d product: QTRAIN_FAST_GROUPED_GEMM
+    "auto" (default) on sm90 for the product with fast accumulation (where it is faster),
+    "triton" also for the promoted one (and on CPU tensors under the interpreter, for the
+    tests), "torch" never."""
+    if GROUPED_GEMM == "torch" or (not fast_accum and GROUPED_GEMM != "triton"):
         return False
     if out_dtype != torch.bfloat16 or not a.dtype == b.dtype == torch.float8_e4m3fn:
         return False
@@ -349,15 +349,14 @@ def _sm90_triton_ok(a, b, out_dtype, is_3d, fast_accum, group_align):
     if a.device.type == "cuda":
         if device_capability(a.device) != (9, 0):
             return False
-    elif not (GROUPED_GEMM == "triton" and is_interpreted(sm90._grouped_2d2d_kernel)):
+    elif not (GROUPED_GEMM == "triton" and is_interpreted(sm90._grouped_2d3d_kernel)):
         return False
     if sm90.tensor_descriptor_class() is None:
         _log_no_descriptors_once()
         return False
-    if is_3d:     # N whole column tiles (b's rows of one expert never mix with the next's)
-        return sm90.column_tile_2d3d(b.shape[1]) is not None and a.shape[1] % 16 == 0
-    # 2d x 2d: TMA reads each group from its first column, which must sit on a 16-byte address
-    return a.shape[1] % 16 == 0 and group_align % 16 == 0
+    # whole column tiles (b's rows of one expert never mix with the next's); TMA rows of a and
+    # b start on 16-byte addresses
+    return sm90.column_tile_2d3d(b.shape[1]) is not None and a.shape[1] % 16 == 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -375,15 +374,12 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
     product). use_fast_accum: RC-3 allows this product fast accumulation (the output product)."""
     is_3d = b.dim() == 3
     n_groups = offs.shape[0]
-    rowwise = n_groups and (_rowwise_2d3d(a, a_dequant, b, b_dequant) if is_3d
-                            else _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups))
-    if rowwise and _sm90_triton_ok(a, b, out_dtype, is_3d, use_fast_accum, group_align):
-        da = _fp32(a_dequant.reshape(-1) if is_3d else a_dequant.reshape(n_groups, -1))
-        db = _fp32(b_dequant.reshape(n_groups, -1)).contiguous()
-        if is_3d:
-            out = sm90.grouped_2d3d(a, da.contiguous(), b, db, offs, use_fast_accum)
-            return _zero_outside(out, offs, True)
-        return sm90.grouped_2d2d(a, da.contiguous(), b, db, offs)
+    if (is_3d and n_groups and _rowwise_2d3d(a, a_dequant, b, b_dequant)
+            and _sm90_triton_ok(a, b, out_dtype, use_fast_accum)):
+        out = sm90.grouped_2d3d(a, _fp32(a_dequant.reshape(-1)).contiguous(), b,
+                                _fp32(b_dequant.reshape(n_groups, -1)).contiguous(), offs,
+                                use_fast_accum)
+        return _zero_outside(out, offs, True)
     if _torch_scaled_ok(a, b, out_dtype) and n_groups:
         if is_3d and _rowwise_2d3d(a, a_dequant, b, b_dequant):
             # 2d x 3d: groups along M need no alignment (only K, N multiples of 16)
