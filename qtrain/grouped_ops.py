@@ -18,6 +18,9 @@ Backend interface (three methods, same names and signatures in every backend):
   exactly as qtrain.reference.scaled_grouped_mm (2d x 3d, or 2d x 2d grouped along the
   contraction, with per-group (E, R, 1) or block-form factors). group_align is a layout
   promise only (every 2d x 2d group starts at a multiple of it); it never changes the result.
+  Optional hints, passed only to a backend that declares it takes them: pow2_factors=True
+  (`takes_pow2_factors`) and use_fast_accum=True (`takes_fast_accum`: RC-3 allows this product
+  fast accumulation; the result stays within MM-4 with that accumulation's bound).
 """
 from typing import Optional
 
