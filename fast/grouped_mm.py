@@ -359,6 +359,12 @@ def _sm90_triton_ok(a, b, out_dtype, fast_accum):
     return sm90.column_tile_2d3d(b.shape[1]) is not None and a.shape[1] % 16 == 0
 
 
+def _fast_accum_tested(a):
+    """torch._scaled_grouped_mm's use_fast_accum=True was checked (conformance, H200) on sm90
+    only; elsewhere the product accumulates in fp32, which RC-3 always allows."""
+    return device_capability(a.device) == (9, 0)
+
+
 @functools.lru_cache(maxsize=None)
 def _log_no_descriptors_once():
     log.info("%s: Triton %s has no triton.tools.tensor_descriptor; grouped float8 products run "
@@ -385,7 +391,8 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
             # 2d x 3d: groups along M need no alignment (only K, N multiples of 16)
             out = torch._scaled_grouped_mm(a, b.transpose(-2, -1), _fp32(a_dequant.reshape(-1)),
                                            _fp32(b_dequant.reshape(n_groups, -1)), offs=offs,
-                                           out_dtype=out_dtype, use_fast_accum=use_fast_accum)
+                                           out_dtype=out_dtype,
+                                           use_fast_accum=use_fast_accum and _fast_accum_tested(a))
             return _zero_outside(out, offs, True)
         if not is_3d and _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups):
             if group_align % FLOAT8_ALIGN:
