@@ -362,7 +362,7 @@ def _sm90_triton_ok(a, b, out_dtype, fast_accum):
 def _fast_accum_tested(a):
     """torch._scaled_grouped_mm's use_fast_accum=True was checked (conformance, H200) on sm90
     only; elsewhere the product accumulates in fp32, which RC-3 always allows."""
-    return device_capability(a.device) == (9, 0)
+    return a.device.type == "cuda" and device_capability(a.device) == (9, 0)
 
 
 @functools.lru_cache(maxsize=None)
