@@ -54,6 +54,9 @@ FLOAT8_ALIGN = 16
 # which kernels run the rowwise float8 products on sm90 (see _sm90_triton_ok): auto | triton | torch
 GROUPED_GEMM_ENV = "QTRAIN_FAST_GROUPED_GEMM"
 GROUPED_GEMM = os.environ.get(GROUPED_GEMM_ENV, "auto")
+if GROUPED_GEMM not in ("auto", "triton", "torch"):
+    raise ValueError(f"{LAYER}: {GROUPED_GEMM_ENV}={GROUPED_GEMM!r} is not one of 'auto', "
+                     f"'triton', 'torch'")
 
 
 @triton.jit

@@ -110,3 +110,16 @@ def test_bf16_layer_matches_reference(small_tiles, seed):
     for got, want, what in zip(got_all, want_all, ("output", "grad_input", "grad_weight")):
         torch.testing.assert_close(got.float().cpu(), want.float().cpu(), rtol=2 ** -6,
                                    atol=1e-3, msg=what)
+
+
+def test_route_setting_is_checked():
+    """A misspelt QTRAIN_FAST_GROUPED_GEMM stops the import with the variable's name, rather
+    than running some route silently."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, QTRAIN_FAST_GROUPED_GEMM="tritn")
+    proc = subprocess.run([sys.executable, "-c", "import qtrain.fast.grouped_mm"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "QTRAIN_FAST_GROUPED_GEMM='tritn' is not one of" in proc.stderr
