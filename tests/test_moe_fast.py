@@ -85,6 +85,30 @@ def test_group_cast_settings_same_bits(variant, monkeypatch, seed):
     assert torch.equal(got[1].cpu().view(torch.int32), want[1].view(torch.int32))
 
 
+def test_token_groups_take_the_wide_tile_when_it_fills_the_gpu(seed):
+    """fast/grouped_mm._group_cast_setting: token groups take the experts' wider tile once its
+    (group, column tile) items fill WIDE_TILE_WAVES waves of the device's programs (the
+    interpreter counts 4), the narrow one below that; the wide tile gives the reference's bits
+    on token groups too."""
+    fast_backend()
+    dev = torch.device(DEVICE)
+    wide, narrow = fast_grouped.GROUP_CAST["experts"], fast_grouped.GROUP_CAST["tokens"]
+    need = fast_grouped.WIDE_TILE_WAVES * fast_grouped.program_budget(dev, 1)
+    tiles = -(-need // 4)                                   # 4 groups
+    c_wide, c_narrow = wide[1] * tiles, wide[1] * (tiles - 1)
+    assert fast_grouped._group_cast_setting("tokens", 4, c_wide, dev) == wide
+    assert fast_grouped._group_cast_setting("tokens", 4, c_narrow, dev) == narrow
+    assert fast_grouped._group_cast_setting("experts", 1, 16, dev) == wide
+    offs = torch.tensor(OFFS["uneven"], dtype=torch.int32, device=DEVICE)
+    x = (torch.randn(40, c_wide) * 5).to(torch.bfloat16).to(DEVICE)
+    x[11, 3] = float("nan")
+    got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
+    want = ReferenceBackend().quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn",
+                                                        True)
+    assert torch.equal(got[0].cpu().view(torch.uint8), want[0].view(torch.uint8))
+    assert torch.equal(got[1].cpu().view(torch.int32), want[1].view(torch.int32))
+
+
 @pytest.mark.parametrize("grouping", sorted(OFFS) + ["no_groups"])
 def test_grouped_casts_with_dequant_write_reciprocals(grouping, seed):
     """The grouped ops (what grouped_mm calls) on fast: the same payloads and scales as the
