@@ -10,6 +10,8 @@
 #          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast; AB_BUDGET_S for the A/B steps),
 #          dequantab (tensorwise, rowwise, blockwise block with QTRAIN_FAST_CAST_DEQUANT=0, then =1),
 #          groupsweep (settings of the per-group column cast, benchmarks/group_cast_sweep.py; SWEEP_ARGS),
+#          moeab (MoE step as CUDA-graph replays with QTRAIN_FAST_GROUPED_GEMM=torch, then =auto),
+#          gemmprobe (benchmarks/grouped_gemm_probe.py: the Triton grouped product against torch's; PROBE_ARGS),
 #          rooflinegraphs (the roofline sweep timed as CUDA-graph replays), nccl (distributed_tests
 #          and the distributed conformance cases on NCCL, every GPU; run it alone), gates (pytest-benchmark GPU gates), roofline, demo (GPU preset,
 #          short), convergence (medium model; CONV_ARGS adds arguments)
@@ -36,7 +38,7 @@ step() {  # step NAME LIMIT_S CMD...
 }
 has() { case "$what" in *,$1,*) return 0;; esac; return 1; }
 if has checks || has pytest; then
-  step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu_fast_linear.py tests/test_gpu_fast_moe.py tests/test_gpu_cuda_graphs.py tests/test_fast_common.py tests/test_fast_casts.py tests/test_fast_scaled_mm.py}
+  step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu_fast_linear.py tests/test_gpu_fast_moe.py tests/test_grouped_mm_sm90.py tests/test_gpu_cuda_graphs.py tests/test_fast_common.py tests/test_fast_casts.py tests/test_fast_scaled_mm.py}
 fi
 if has checks; then
   step conformance ${CONF_LIMIT_S:-200} python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json" ${CONF_ARGS:-}
@@ -88,6 +90,14 @@ if has rooflinegraphs; then
 fi
 if has groupsweep; then
   step group_cast_sweep ${SWEEP_LIMIT_S:-200} python3 -m benchmarks.group_cast_sweep ${SWEEP_ARGS:-}
+fi
+if has moeab; then   # QTRAIN_FAST_GROUPED_GEMM: every MoE product on torch vs the Triton forward
+  for route in torch auto; do
+    step moe_graphs_$route ${MOEAB_LIMIT_S:-180} env QTRAIN_FAST_GROUPED_GEMM=$route QTRAIN_FAST_AUTOTUNE=0 MOE_COMPILE_MODE=reduce-overhead python3 benchmarks/moe_bench.py
+  done
+fi
+if has gemmprobe; then
+  step grouped_gemm_probe ${PROBE_LIMIT_S:-180} python3 -m benchmarks.grouped_gemm_probe ${PROBE_ARGS:-}
 fi
 if has moe; then
   step moe_bench ${MOE_LIMIT_S:-150} python3 benchmarks/moe_bench.py

@@ -20,7 +20,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import append_rows, capture_cuda_graph, format_table, time_fn  # noqa: E402
+from benchmarks.common import (append_rows, capture_cuda_graph, format_table,  # noqa: E402
+                               module_settings, time_fn)
 from benchmarks.moe_bench import moe_inputs  # noqa: E402
 
 TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
@@ -80,15 +81,14 @@ def main(argv=None):
             break
         for label, (src, fn) in jobs.items():
             try:
-                fg.GROUP_CAST.update(tokens=setting, experts=setting)
-                got = fn()
-                same = all(torch.equal(a.view(b.dtype), b) for a, b in zip(got, want[label]))
-                us = graph_us(fn)
+                with module_settings(fg, GROUP_CAST={"tokens": setting, "experts": setting}):
+                    got = fn()
+                    same = all(torch.equal(a.view(b.dtype), b)
+                               for a, b in zip(got, want[label]))
+                    us = graph_us(fn)
             except Exception as e:    # noqa: BLE001 (a setting that does not compile: report)
                 print(f"{label} {name}: {type(e).__name__}: {str(e)[:160]}")
                 continue
-            finally:
-                fg.GROUP_CAST.update(default)
             gbs = 5 * src.numel() / (us * 1e-6) / 1e9
             results[label].append((us, name, gbs, same))
             rows.append(dict(op="group_cast_sweep", backend="fast", recipe="rowwise",

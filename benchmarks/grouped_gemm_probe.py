@@ -25,7 +25,7 @@ import time
 import torch
 import triton
 
-from benchmarks.common import time_fn
+from benchmarks.common import module_settings, time_fn
 from benchmarks.moe_bench import SHAPE
 from qtrain.fast import grouped_mm_sm90 as sm90
 
@@ -93,19 +93,16 @@ def main(argv=None):
 
     tiles = [(128, 256, 128, 3, 8), (128, 256, 128, 4, 8), (128, 128, 128, 3, 8),
              (256, 128, 128, 3, 8)]
-    default = dict(sm90.SETTINGS)
     for tile, fast in itertools.product(tiles, (True, False)):
         if time.perf_counter() - t_start > args.budget_s:
             print(f"budget of {args.budget_s} s spent; {len(rows)} timed")
             break
-        sm90.SETTINGS["2d3d"] = tile
         name = f"triton {tile} acc={'fast' if fast else 'promote/BK'}"
         try:
-            timed(name, lambda: sm90.grouped_2d3d(a, sa, b, sb, offs, fast))
+            with module_settings(sm90, SETTINGS={"2d3d": tile}):
+                timed(name, lambda: sm90.grouped_2d3d(a, sa, b, sb, offs, fast))
         except Exception as ex:           # a setting that does not compile (shared memory)
             print(f"{name}: {type(ex).__name__}: {str(ex).splitlines()[0][:120]}")
-        finally:
-            sm90.SETTINGS.update(default)
 
     print(f"\n2d x 3d float8 rowwise grouped product, E{E} M{M} K{K} N{N}, "
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}, Triton {triton.__version__}")

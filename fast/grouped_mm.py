@@ -354,7 +354,7 @@ def _sm90_triton_ok(a, b, out_dtype, fast_accum):
             return False
     elif not (GROUPED_GEMM == "triton" and is_interpreted(sm90._grouped_2d3d_kernel)):
         return False
-    if sm90.tensor_descriptor_class() is None:
+    if sm90.TensorDescriptor is None:
         _log_no_descriptors_once()
         return False
     # whole column tiles (b's rows of one expert never mix with the next's); TMA rows of a and

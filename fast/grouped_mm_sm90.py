@@ -33,13 +33,12 @@ SETTINGS = {"2d3d": (128, 256, 128, 3, 8)}
 PROMOTE_EVERY = 128          # RC-3: promoted products add to fp32 at least every 128 terms
 
 
-def tensor_descriptor_class():
-    """triton.tools.tensor_descriptor.TensorDescriptor, or None on a Triton without it."""
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-    except ImportError:
-        return None
-    return TensorDescriptor
+# Host-side TMA descriptors, resolved once (the routing asks on every call); None on a Triton
+# without them, and then fast/grouped_mm.py routes these products to torch.
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
 
 
 @triton.jit
@@ -106,7 +105,6 @@ def grouped_2d3d(a, da, b, db, offs, fast_accum):
     """a (M, K), b (E, N, K) float8 row-major; da (M,), db (E, N) fp32; offs int32 (E,) ends.
     Returns bf16 (M, N); rows past offs[-1] unwritten. fast_accum: RC-3's P = K (the output
     product), else promotion every min(BK, PROMOTE_EVERY) columns."""
-    TensorDescriptor = tensor_descriptor_class()
     bm, _, bk, stages, warps = SETTINGS["2d3d"]
     m, k = a.shape
     e, n, _ = b.shape

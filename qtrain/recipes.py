@@ -159,7 +159,7 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None, amax=None):
         elif spec.tensorwise:
             data, quant_scale = ops.quantize_float8(t, spec.fmt, None, spec.pow2_scale, backend,
                                                     transposed=transpose)
-            dequant = torch.reciprocal(quant_scale).reshape(1, 1)
+            dequant = ops.dequant_of(quant_scale).reshape(1, 1)
         else:                     # the cast gives its dequant factors (no reciprocal launch)
             data, _, dequant = ops.quantize_float8_axiswise(t, spec.fmt, spec.pow2_scale,
                                                             backend, transposed=transpose)

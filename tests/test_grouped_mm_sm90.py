@@ -26,7 +26,7 @@ def small_tiles(monkeypatch):
     fast_backend()
     if DEVICE == "cuda" and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the sm90 kernels run on compute capability 9.0 only")
-    if sm90.tensor_descriptor_class() is None:
+    if sm90.TensorDescriptor is None:
         pytest.skip("this Triton has no triton.tools.tensor_descriptor")
     monkeypatch.setattr(sm90, "SETTINGS", SMALL)
     monkeypatch.setattr(fast_grouped, "GROUPED_GEMM", "triton")
