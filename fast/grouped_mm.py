@@ -176,8 +176,8 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g
     _float8_group_cols_t_kernel[(programs,)](
         x_in, offs, pends, data_t.view(torch.uint8), qs, qs if dq is None else dq, c,
         n_groups, n_col_tiles, group_rows, g_stride, c_stride, FROM_OFFS=offs is not None,
-        ALIGN=align & -align, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c, WITH_DQ=dq is not None,
-        POW2=pow2_scale, **float8_params(fmt),
+        ALIGN=align & -align, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c,
+        WITH_DQ=dq is not None, POW2=pow2_scale, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
         IS_BF16=is_bf16, num_warps=warps)
 
