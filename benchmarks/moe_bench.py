@@ -72,8 +72,9 @@ def check_fast_vs_reference(fast):
     record("grouped_cast_f8_cols", "fast", "rowwise", shape, "bitexact", same)
     for name, config in (("rowwise", qtrain.Float8LinearConfig(recipe="rowwise")),
                          ("mxfp8-rceil", qtrain.MXLinearConfig(scale_mode="rceil"))):
-        fast_res = _run(fast, x, w, offs, g, config.plan())
-        ref_res = _run("reference", x.cpu(), w.cpu(), offs.cpu(), g.cpu(), config.plan())
+        plan = config.plan(grouped=True)
+        fast_res = _run(fast, x, w, offs, g, plan)
+        ref_res = _run("reference", x.cpu(), w.cpu(), offs.cpu(), g.cpu(), plan)
         for what, a, b in zip(("out", "grad_input", "grad_weight"), fast_res, ref_res):
             rel = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
             record("grouped_mm_vs_ref", "fast", name, shape, f"{what} maxrel",
@@ -93,8 +94,70 @@ def moe_inputs(seed=0):
     return x, w, g, offs
 
 
-def bench(fast):
+def _variants():
+    """(label, config) of the timed qtrain variants: the default (RC-15: every grouped product
+    may accumulate fast), the gradient products promoted, mxfp8 emulated."""
     import qtrain
+    return (("float8 rowwise", qtrain.Float8LinearConfig(recipe="rowwise")),
+            ("float8 rowwise, promoted grads",
+             qtrain.Float8LinearConfig(recipe="rowwise", fast_accum_grads=False)),
+            ("mxfp8 emulated", qtrain.MXLinearConfig(scale_mode="rceil")))
+
+
+def _sqnr_db(approx, exact):
+    err = (approx.double() - exact.double()).square().sum()
+    return float(10 * torch.log10(exact.double().square().sum() / err))
+
+
+def sqnr_at_scale(fast):
+    """Output and gradient SQNR (dB) against fp32 products (per group, no TF32) on the timed
+    MoE problem: bf16, each qtrain float8 variant, torchao's. Fast accumulation is a hardware
+    effect, so only a GPU run can say what it costs here (RC-15's default)."""
+    from qtrain.qgrouped_mm import _QuantizedGroupedMMFn
+    E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
+    shape = f"E{E} M{M} K{K} N{N}"
+    x, w, g, offs = moe_inputs(seed=1)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        ends = offs.tolist()
+        groups = list(enumerate(zip([0] + ends[:-1], ends)))
+        xf, wf, gf = x.float(), w.float(), g.float()
+        want_out = torch.cat([xf[s:e] @ wf[i].t() for i, (s, e) in groups])
+        want_gx = torch.cat([gf[s:e] @ wf[i] for i, (s, e) in groups])
+        want_gw = torch.stack([gf[s:e].t() @ xf[s:e] for _, (s, e) in groups])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    def run(fn):
+        xi, wi = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        out = fn(xi, wi)
+        out.backward(g)
+        return out, xi.grad, wi.grad
+
+    runs = {"bf16": lambda a, b: torch._grouped_mm(a, b.transpose(-2, -1), offs=offs)}
+    for name, config in _variants():
+        if "float8" in name:
+            runs[f"qtrain {name}"] = (lambda a, b, plan=config.plan(grouped=True):
+                                      _QuantizedGroupedMMFn.apply(a, b, offs, plan, fast))
+    try:
+        from torchao.prototype.moe_training import _to_fp8_rowwise_then_scaled_grouped_mm as ao
+        runs["torchao fp8 rowwise"] = lambda a, b: ao(a, b.transpose(-2, -1), offs=offs,
+                                                      out_dtype=torch.bfloat16,
+                                                      pad_token_groups_for_grouped_mm=False)
+    except Exception as e:    # noqa: BLE001
+        print(f"torchao grouped mm SQNR not measured: {type(e).__name__}: {e}")
+    table = []
+    for label, fn in runs.items():
+        got = run(fn)
+        dbs = [_sqnr_db(a, b) for a, b in zip(got, (want_out, want_gx, want_gw))]
+        for what, db in zip(("out", "grad_input", "grad_weight"), dbs):
+            record("moe_sqnr_vs_fp32", label, "-", shape, f"{what} sqnr_db", f"{db:.2f}")
+        table.append([label] + [f"{db:.2f}" for db in dbs])
+    return table
+
+
+def bench(fast):
     E, M, K, N = SHAPE["E"], SHAPE["M"], SHAPE["K"], SHAPE["N"]
     shape = f"E{E} M{M} K{K} N{N}"
     flops = 3 * 2 * M * K * N
@@ -113,9 +176,8 @@ def bench(fast):
     bf16 = lambda: torch._grouped_mm(xr, w.transpose(-2, -1), offs=offs)
     cases = {"bf16 torch._grouped_mm": ("torch", "bf16", step(bf16))}
     variants = {}
-    for name, config in (("float8 rowwise", qtrain.Float8LinearConfig(recipe="rowwise")),
-                         ("mxfp8 emulated", qtrain.MXLinearConfig(scale_mode="rceil"))):
-        plan = config.plan()
+    for name, config in _variants():
+        plan = config.plan(grouped=True)
         variants[f"qtrain {name}"] = ("qtrain-fast", config.short_id, (
             lambda plan=plan: _QuantizedGroupedMMFn.apply(xr, w, offs, plan, fast)))
     try:
@@ -172,11 +234,14 @@ def main():
     fast = _setup_backends()
     guarded("check", lambda: check_fast_vs_reference(fast))
     table = []
+    sqnr = []
+    guarded("sqnr", lambda: sqnr.extend(sqnr_at_scale(fast)))
     guarded("bench", lambda: table.extend(bench(fast)))
     append_rows(ROWS)
     if os.environ.get("OUT"):
         append_rows(ROWS, os.path.join(os.environ["OUT"], "moe_bench.csv"))
     print(f"\nmoe_bench done in {time.time() - t0:.0f}s on {torch.cuda.get_device_name()}")
+    print(format_table(["SQNR dB vs fp32", "out", "grad_input", "grad_weight"], sqnr))
     print(format_table(["fwd+bwd, one expert product", "ms", "TFLOP/s", "vs bf16"], table))
     return 0
 

@@ -4,11 +4,12 @@ the grouped product routing.
 
 Products (`scaled_grouped_mm`), all NT (MM-1):
 - float8_e4m3fn 2d x 3d with per-row / per-expert factors, bf16 out, fast accumulation allowed
-  (RC-3: the forward), on sm90 exactly: the Triton kernel of fast/grouped_mm_sm90.py (205 us
-  against torch's 237 on the MoE shape; QTRAIN_FAST_GROUPED_GEMM: auto, the default; triton,
-  also the promoted products; torch, never).
+  (RC-3: the forward; RC-15: grad_input too, by default for grouped products), on sm90
+  exactly: the Triton kernel of fast/grouped_mm_sm90.py (205 us against torch's 237 on the
+  MoE forward shape; QTRAIN_FAST_GROUPED_GEMM: auto, the default; triton, also the promoted
+  products; torch, never).
 - otherwise float8 with per-row / per-group factors, bf16 out, on sm90+: torch._scaled_grouped_mm
-  (use_fast_accum where the caller says RC-3 allows it).
+  (use_fast_accum where the caller says RC-3 / RC-15 allow it, on sm90, where it was checked).
   Its layout facts: 2d x 3d takes A (M, K) row-major and B (E, K, N) column-major, which is
   `b.transpose(-2, -1)` of our row-major (E, N, K) payload (no copy); fp32 scales A (M,) and
   B (E, N); 2d x 2d takes A (M, T) row-major, B (T, N) column-major (= our (N, T) payload
@@ -402,7 +403,8 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
                 a, b, offs = _pad_columns(a, b, offs, FLOAT8_ALIGN)
             out = torch._scaled_grouped_mm(a, b.t(), _fp32(a_dequant.reshape(-1)),
                                            _fp32(b_dequant.reshape(-1)), offs=offs,
-                                           out_dtype=out_dtype)
+                                           out_dtype=out_dtype,
+                                           use_fast_accum=use_fast_accum and _fast_accum_tested(a))
             return _zero_outside(out, offs, False)
     if a.dtype != torch.int8 and (_rowwise_2d3d(a, a_dequant, b, b_dequant) if is_3d
                                   else _rowwise_2d2d(a, a_dequant, b, b_dequant, n_groups)):

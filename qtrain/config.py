@@ -4,6 +4,7 @@ Every setting is a field; `__post_init__` validates and names the bad field. `sh
 compact label benchmark rows use. `backend=None` defers to $QTRAIN_BACKEND.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 from .formats import FLOAT8_FORMATS, MX_ELEM_FORMATS, MX_SCALE_MODES
 from .recipes import QuantSpec, RecipePlan
@@ -40,6 +41,9 @@ class Float8LinearConfig:
     e4m3_format: str = "float8_e4m3fn"   # float8_e4m3fnuz on hardware that wants fnuz
     e5m2_format: str = "float8_e5m2"     # tensorwise grad_output only
     keep_quantized_weight: bool = False  # tensorwise only: RC-14
+    # RC-15: the gradient products may accumulate fast; None: linears promote, grouped
+    # products (MoE) accumulate fast, as torchao's dense and grouped float8 paths do
+    fast_accum_grads: Optional[bool] = None
     backend: str = None
 
     def __post_init__(self):
@@ -57,6 +61,8 @@ class Float8LinearConfig:
             raise ValueError(f"Float8LinearConfig.keep_quantized_weight applies to the "
                              f"tensorwise recipe only (RC-14: {self.recipe} quantizes w along "
                              f"a different axis for grad_input), got recipe {self.recipe!r}")
+        if self.fast_accum_grads is not None:
+            _check_bool("Float8LinearConfig", "fast_accum_grads", self.fast_accum_grads)
         _check_backend("Float8LinearConfig", self.backend)
 
     @classmethod
@@ -79,21 +85,25 @@ class Float8LinearConfig:
     def short_id(self):
         fnuz = "-fnuz" if self.e4m3_format.endswith("fnuz") else ""
         keep = "-keepw" if self.keep_quantized_weight else ""
-        return f"{self.recipe}{fnuz}{keep}{_suffix(self.backend)}"
+        grads = {None: "", True: "-fastgrads", False: "-promotedgrads"}[self.fast_accum_grads]
+        return f"{self.recipe}{fnuz}{keep}{grads}{_suffix(self.backend)}"
 
-    def plan(self):
+    def plan(self, grouped=False):
+        """The recipe table; grouped: for grouped products (RC-13), which changes only RC-15's
+        default accumulation of the gradient products."""
         e4m3, p2 = self.e4m3_format, self.pow2_scale
+        fast_grads = grouped if self.fast_accum_grads is None else self.fast_accum_grads
+        accum = dict(fast_accum_output=True, fast_accum_grads=fast_grads)        # RC-3, RC-15
         if self.recipe == "tensorwise":
             xw = QuantSpec("float8", e4m3, tensorwise=True)
             g = QuantSpec("float8", self.e5m2_format, tensorwise=True)
-            return RecipePlan((xw, xw), (g, xw), (g, xw), fast_accum_output=True,   # RC-3
+            return RecipePlan((xw, xw), (g, xw), (g, xw), **accum,
                               keep_quantized_weight=self.keep_quantized_weight)
         row = QuantSpec("float8", e4m3, pow2_scale=p2)
         if self.recipe == "rowwise":
-            return RecipePlan((row, row), (row, row), (row, row), fast_accum_output=True)
+            return RecipePlan((row, row), (row, row), (row, row), **accum)
         # rowwise_with_gw_hp: grad_input's w is TENSORWISE; grad_weight in high precision.
-        return RecipePlan((row, row), (row, QuantSpec("float8", e4m3, True, p2)), None,
-                          fast_accum_output=True)
+        return RecipePlan((row, row), (row, QuantSpec("float8", e4m3, True, p2)), None, **accum)
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,9 @@ class MXLinearConfig:
             parts.append("gwhp")
         return "-".join(parts) + _suffix(self.backend)
 
-    def plan(self):
+    def plan(self, grouped=False):
+        """The recipe table (the same for grouped products: MX products promote at every
+        block, RC-3)."""
         s = QuantSpec("mx", self.elem_format, block_size=self.block_size,
                       scale_mode=self.scale_mode)
         return RecipePlan((s, s), (s, s), None if self.grad_weight_hp else (s, s))

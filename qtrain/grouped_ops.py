@@ -19,8 +19,8 @@ Backend interface (three methods, same names and signatures in every backend):
   contraction, with per-group (E, R, 1) or block-form factors). group_align is a layout
   promise only (every 2d x 2d group starts at a multiple of it); it never changes the result.
   Optional hints, passed only to a backend that declares it takes them: pow2_factors=True
-  (`takes_pow2_factors`) and use_fast_accum=True (`takes_fast_accum`: RC-3 allows this product
-  fast accumulation; the result stays within MM-4 with that accumulation's bound).
+  (`takes_pow2_factors`) and use_fast_accum=True (`takes_fast_accum`: RC-3 / RC-15 allow this
+  product fast accumulation; the result stays within MM-4 with that accumulation's bound).
 """
 from typing import Optional
 
@@ -95,8 +95,8 @@ def scaled_grouped_mm(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
                       pow2_factors: bool = False, use_fast_accum: bool = False) -> torch.Tensor:
     """pow2_factors: the caller's promise that every factor is a power of two (rowwise pow2,
     MX), handed to a backend that declares `takes_pow2_factors` (see qtrain/ops.py).
-    use_fast_accum: RC-3 allows this product fast accumulation (the output product of the
-    float8 recipes), handed to a backend that declares `takes_fast_accum`; the others
+    use_fast_accum: RC-3 / RC-15 allow this product fast accumulation (the output product of
+    the float8 recipes; the gradient products where the config says so), handed to a backend that declares `takes_fast_accum`; the others
     accumulate in fp32, which is always allowed."""
     impl = grouped_impl(backend)
     hints = {}

@@ -6,8 +6,8 @@ nn.Linear-style weight per expert, offs int32 (E,) cumulative group ends (MM-5).
 (M, N) with out[r] = x[r] @ w[g].T for the rows r of group g and +0 for rows past offs[-1]
 (the MM-5 rule; torch._grouped_mm(x, w.transpose(-2, -1), offs=offs) leaves them unwritten).
 
-The three products follow the linear recipe table (config.plan(), RC-5 / RC-7) with RC-13's
-grouping:
+The three products follow the linear recipe table (config.plan(grouped=True), RC-5 / RC-7)
+with RC-13's grouping; RC-15's default lets all three accumulate fast on fp8 tensor cores:
 | product     | A                                   | B                                       |
 |-------------|-------------------------------------|-----------------------------------------|
 | output      | x along K, per token (M, 1) / MX    | w[g] along K, per (expert, n) / MX      |
@@ -125,8 +125,8 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
             qg = quantize_operand(g, gi[0], 1, backend)
             qwt, dwt = _quantize_3d(w, gi[1], False, backend)
             grad_x = grouped_ops.scaled_grouped_mm(qg.payload, qg.dequant_fp32(), qwt, dwt,
-                                                   offs, out_dtype, backend, 1,
-                                                   _pow2(gi)).to(ctx.x_dtype)
+                                                   offs, out_dtype, backend, 1, _pow2(gi),
+                                                   plan.fast_accum_grads).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             gw = plan.grad_weight
             if gw is None:
@@ -139,7 +139,7 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
                 da, db = QOperand(a, da).dequant_fp32(), QOperand(b, db).dequant_fp32()
                 align = FLOAT8_ALIGN if gw[0].kind == "float8" else gw[0].block_size
                 grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype, backend,
-                                                       align, _pow2(gw))
+                                                       align, _pow2(gw), plan.fast_accum_grads)
             grad_w = grad_w.to(w.dtype)
         return grad_x, grad_w, None, None, None
 
@@ -167,5 +167,5 @@ def grouped_mm(x, w, offs, config):
     backend = resolve_backend_name(config.backend)
     if w.dtype != x.dtype:
         w = w.to(x.dtype)
-    return _QuantizedGroupedMMFn.apply(x.contiguous(), w.contiguous(), offs, config.plan(),
-                                       backend)
+    return _QuantizedGroupedMMFn.apply(x.contiguous(), w.contiguous(), offs,
+                                       config.plan(grouped=True), backend)

@@ -244,7 +244,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 else:
                     qwt = quantize_operand(w_saved[0], gi[1], 0, backend,
                                            amax=w_saved[1] if ctx.w_mode == "hp+amax" else None)
-                grad_x = _scaled_mm(qg, qwt, ctx.x_dtype, backend)
+                grad_x = _scaled_mm(qg, qwt, ctx.x_dtype, backend, plan.fast_accum_grads)
         if ctx.needs_input_grad[1]:
             if gw is None:
                 grad_w = g.t().to(ctx.w_dtype) @ x_saved[0].to(ctx.w_dtype)
@@ -258,7 +258,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 qxt = QOperand(*x_saved, gw[1].pow2_factors)
                 if ctx.x_mode == "reuse":
                     qxt = qxt.t()
-                grad_w = _scaled_mm(qgt, qxt, ctx.w_dtype, backend)
+                grad_w = _scaled_mm(qgt, qxt, ctx.w_dtype, backend, plan.fast_accum_grads)
         return grad_x, grad_w, None, None, None, None, None, None, None
 
 

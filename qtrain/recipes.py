@@ -56,6 +56,7 @@ class RecipePlan:
     grad_input: Optional[tuple]      # A = g (M,N), B = w.T (K,N), along N
     grad_weight: Optional[tuple]     # A = g.T (N,M), B = x.T (K,M), along M
     fast_accum_output: bool = False  # RC-3: the output product may use fast accumulation
+    fast_accum_grads: bool = False   # RC-15: grad_input / grad_weight may too
     # RC-14: keep the forward's quantized w for grad_input when its quantization is axis free
     # (tensorwise, square blocks) instead of re-quantizing the parameter in backward
     keep_quantized_weight: bool = False

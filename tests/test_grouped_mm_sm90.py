@@ -96,7 +96,7 @@ def test_bf16_layer_matches_reference(small_tiles, seed):
     MM-4, so within a bf16 rounding or two. (The interpreter of Triton 3.9 converts fp32 to
     bf16 by truncation, not to nearest: up to one bf16 ulp, inside MM-4's 2 u_out.)"""
     qbackend.register_backend("fast-interpreter", lambda: FastBackend(allow_interpreter=True))
-    plan = qtrain.Float8LinearConfig(recipe="rowwise").plan()
+    plan = qtrain.Float8LinearConfig(recipe="rowwise").plan(grouped=True)
     offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32, device=DEVICE)
     x, w, g = (t.to(DEVICE, torch.bfloat16) for t in
                (torch.randn(40, 64), torch.randn(4, 64, 64), torch.randn(40, 64)))

@@ -182,7 +182,7 @@ def test_fast_layer_matches_reference(recipe, seed):
     results = {}
     for name in ("fast-interpreter", "reference"):
         xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = _QuantizedGroupedMMFn.apply(xr, wr, offs, config.plan(), name)
+        y = _QuantizedGroupedMMFn.apply(xr, wr, offs, config.plan(grouped=True), name)
         y.backward(g)
         results[name] = (y.detach(), xr.grad, wr.grad)
     for got, want, what in zip(results["fast-interpreter"], results["reference"],
