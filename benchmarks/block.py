@@ -3,6 +3,7 @@
     python -m benchmarks.block --recipes all --compile both            # Llama3-8B block + small one
     python -m benchmarks.block --small --device cpu --compile eager    # CPU smoke run (reference)
     python -m benchmarks.block --recipes tensorwise,blockwise --keep-weight-variants   # RC-14 both ways
+    python -m benchmarks.block --recipes tensorwise,rowwise --fast-grads-variants       # RC-15 both ways
 
 Times are medians of many steps taken with CUDA events, spread p20..p80; speedups are bf16 time /
 variant time in the same run. Rows go to benchmarks/results/results.csv; a table prints last.
@@ -100,12 +101,17 @@ def _step_fn(block, x, grad_out, params):
 
 KEEP_WEIGHT = "+keepw"       # recipe suffix: the same recipe with keep_quantized_weight (RC-14)
 KEEP_WEIGHT_RECIPES = ("tensorwise", "blockwise")
+FAST_GRADS = "+fastgrads"    # recipe suffix: the same recipe with fast_accum_grads=True (RC-15)
+FAST_GRADS_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+SUFFIX_FIELDS = {KEEP_WEIGHT: "keep_quantized_weight", FAST_GRADS: "fast_accum_grads"}
 
 
 def qtrain_config(recipe):
-    """recipe_config of a benchmark recipe name: a recipe, or a recipe + KEEP_WEIGHT."""
-    if recipe.endswith(KEEP_WEIGHT):
-        return recipe_config(recipe[:-len(KEEP_WEIGHT)], keep_quantized_weight=True)
+    """recipe_config of a benchmark recipe name: a recipe, or a recipe + one SUFFIX_FIELDS
+    suffix (that config field set to True)."""
+    for suffix, field in SUFFIX_FIELDS.items():
+        if recipe.endswith(suffix):
+            return recipe_config(recipe[:-len(suffix)], **{field: True})
     return recipe_config(recipe)
 
 
@@ -150,25 +156,28 @@ def measure(shape, base_block, mode, impl, recipe, device, reps, warmup):
     return m
 
 
-def variants(recipes, with_torchao, keep_weight_variants=False):
+def variants(recipes, with_torchao, keep_weight_variants=False, fast_grads_variants=False):
     yield "bf16", "bf16"
     for r in recipes:
         yield "qtrain", r
         if keep_weight_variants and r in KEEP_WEIGHT_RECIPES:
             yield "qtrain", r + KEEP_WEIGHT
+        if fast_grads_variants and r in FAST_GRADS_RECIPES:
+            yield "qtrain", r + FAST_GRADS
         if with_torchao:
             yield "torchao", r
 
 
 def run_shape(shape, recipes, modes, device, reps, warmup, with_torchao=True, log=print, deadline=None,
-              keep_weight_variants=False):
+              keep_weight_variants=False, fast_grads_variants=False):
     """Measure every variant of `shape`; variants not started before `deadline` (monotonic s) are
     listed as skipped so a table still prints inside the caller's time limit."""
     torch.manual_seed(0)
     base = Block(shape.cfg).to(device=device, dtype=torch.bfloat16)
     results = []
     for mode in modes:
-        for impl, recipe in variants(recipes, with_torchao, keep_weight_variants):
+        for impl, recipe in variants(recipes, with_torchao, keep_weight_variants,
+                                     fast_grads_variants):
             if impl == "torchao" and recipe not in TORCHAO_RECIPES:
                 log(f"  skip torchao {recipe}: this benchmark compares torchao's float8 recipes only "
                     f"({', '.join(TORCHAO_RECIPES)})")
@@ -250,6 +259,9 @@ def parse_args(argv):
                    help=f"also time {', '.join(KEEP_WEIGHT_RECIPES)} with keep_quantized_weight "
                         f"(recipe{KEEP_WEIGHT}, RC-14): one cast of w less per step against one "
                         f"byte per weight element kept for backward")
+    p.add_argument("--fast-grads-variants", action="store_true",
+                   help=f"also time {', '.join(FAST_GRADS_RECIPES)} with fast_accum_grads=True "
+                        f"(recipe{FAST_GRADS}, RC-15): the gradient GEMMs with fast accumulation")
     return p.parse_args(argv)
 
 
@@ -279,7 +291,8 @@ def main(argv=None):
     results = []
     for shape in shapes:
         results += run_shape(shape, recipes, modes, device, reps, warmup, not args.no_torchao,
-                             deadline=deadline, keep_weight_variants=args.keep_weight_variants)
+                             deadline=deadline, keep_weight_variants=args.keep_weight_variants,
+                             fast_grads_variants=args.fast_grads_variants)
     path = common.append_rows(csv_rows(results), args.csv)
     skipped = [m for m in results if m.skipped]
     if skipped:

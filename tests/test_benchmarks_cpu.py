@@ -78,13 +78,16 @@ def test_block_refuses_big_shape_on_cpu(capsys):
 def test_block_cpu_smoke(tmp_path, capsys):
     path = tmp_path / "r.csv"
     rc = block.main(["--small", "--device", "cpu", "--compile", "eager", "--recipes",
-                     "rowwise,tensorwise", "--keep-weight-variants", "--reps", "2", "--no-torchao",
-                     "--csv", str(path)])
+                     "rowwise,tensorwise,int8", "--keep-weight-variants", "--fast-grads-variants",
+                     "--reps", "2", "--no-torchao", "--csv", str(path)])
     out = capsys.readouterr().out
     assert rc == 0, out
     rows = common.read_rows(str(path))
-    # RC-14 variants only for the axis-free recipes
-    assert {r["recipe"] for r in rows} == {"bf16", "rowwise", "tensorwise", "tensorwise+keepw"}, out
+    # RC-14 variants only for the axis-free recipes, RC-15 ones for the float8 recipes
+    assert {r["recipe"] for r in rows} == {"bf16", "rowwise", "tensorwise", "int8", "tensorwise+keepw",
+                                           "rowwise+fastgrads", "tensorwise+fastgrads"}, out
+    assert block.qtrain_config("rowwise+fastgrads").fast_accum_grads is True
+    assert block.qtrain_config("tensorwise+keepw").keep_quantized_weight is True
     assert out.strip().splitlines()[-1].startswith("tiny")  # the table prints last
 
 
@@ -199,7 +202,9 @@ def _median_ms(fn):
 @needs_cuda
 @pytest.mark.parametrize("gate", [g for g in GATES if g.workload == "grouped_mm"], ids=lambda g: g.name)
 def test_gpu_gate_grouped_mm(gate):
-    """8 experts, 16384 tokens, 4096 -> 2048, fwd+bwd: bf16 torch._grouped_mm over qtrain."""
+    """8 experts, 16384 tokens, 4096 -> 2048, fwd+bwd: bf16 torch._grouped_mm over qtrain, both
+    compiled as the gate says (mode reduce-overhead: CUDA-graph replays, as moe_bench's compiled
+    rows; eager, the layer is host-bound on the H200 host)."""
     import dataclasses
     import qtrain
     from benchmarks.moe_bench import moe_inputs
@@ -214,8 +219,10 @@ def test_gpu_gate_grouped_mm(gate):
             fn().backward(g)
         return run
 
-    bf16 = _median_ms(step(lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)))
-    quant = _median_ms(step(lambda: qtrain.grouped_mm(x, w, offs, config)))
+    mode = "reduce-overhead" if gate.compiled else None
+    wrap = (lambda f: torch.compile(f, mode=mode)) if gate.compiled else (lambda f: f)
+    bf16 = _median_ms(step(wrap(lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs))))
+    quant = _median_ms(step(wrap(lambda: qtrain.grouped_mm(x, w, offs, config))))
     assert gate.passes(bf16 / quant), f"{gate.name}: {bf16 / quant:.3f}x vs gate {gate.gate} ({gate.why})"
 
 
