@@ -1,18 +1,16 @@
 """Settings sweep of the per-group float8 column cast (fast/grouped_mm.py GROUP_CAST: BLOCK_R,
-BLOCK_C, AMAX_BLOCK_R, warps, programs per SM, HOLD_R) on the MoE shape of moe_bench (E=8, 16384
+BLOCK_C, AMAX_BLOCK_R, warps, programs per SM) on the MoE shape of moe_bench (E=8, 16384
 tokens, K=4096, N=2048): token groups of x (M, K) and of g (M, N), and the expert weights
 w (E, N, K). Each setting is checked bit for bit against the default's output, then timed as
 CUDA-graph replays (GPU time, no host time; the padded offsets are computed once outside).
 Prints a table last (fastest first per use) and appends rows to
 benchmarks/results/results.csv.
 
-    python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5] [--held]
+    python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5] [--experts E]
 
---held times the defaults and the one-read settings only (HOLD_R > 0: a group's rows loaded
-once and held on chip; at this shape every group has 2048 rows).
+--experts E splits the same 16384 tokens into E groups (the weights become (E, N, K)).
 GB/s counts the bytes one cast must move when both reads of x come from HBM: two reads of
-the bf16 input and one write of the float8 payload (5 bytes an element); the one-read path
-moves 3 of them, so its GB/s column overstates its bandwidth by 5/3.
+the bf16 input and one write of the float8 payload (5 bytes an element).
 """
 import argparse
 import itertools
@@ -28,30 +26,18 @@ from benchmarks.common import (append_rows, capture_cuda_graph, format_table,  #
 from benchmarks.moe_bench import moe_inputs  # noqa: E402
 
 TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
-# one-read candidates: (BLOCK_C, warps, programs per SM, HOLD_R); the held tile is
-# HOLD_R x BLOCK_C fp32, so 2048 x 16 is 64 registers a thread at 16 warps
-HELD = ((16, 16, 0, 2048), (16, 8, 0, 2048), (16, 32, 0, 2048), (8, 8, 0, 2048),
-        (8, 16, 0, 2048), (32, 16, 0, 2048), (32, 32, 0, 2048), (16, 16, 1, 2048),
-        (16, 16, 2, 2048), (16, 32, 0, 4096))
 
 
-def settings(held=False):
-    """(label, GROUP_CAST setting) to time, the defaults first; held: then the one-read
-    candidates only, else the two-read grid."""
+def settings():
+    """(label, GROUP_CAST setting) to time: the defaults first, then the grid."""
     from qtrain.fast import grouped_mm as fg
     seen = []
     for s in (fg.GROUP_CAST["tokens"], fg.GROUP_CAST["experts"]):
         if s not in seen:
             seen.append(s)
-    if held:
-        for bc, warps, per_sm, hold_r in HELD:
-            s = (64, bc, 64, warps, per_sm, hold_r)        # BLOCK_R / AMAX_BLOCK_R: longer groups
-            if s not in seen:
-                seen.append(s)
-        return [(str(s), s) for s in seen]
     for (br, bc), tall, warps, per_sm in itertools.product(TILES, (False, True), (4, 8), (0, 2)):
         abr = max(br, 8192 // bc) if tall else br          # loop 1 on 16 KB bf16 tiles
-        for s in ((br, bc, abr, warps, per_sm, 0), (br, bc, 256, warps, per_sm, 0)):
+        for s in ((br, bc, abr, warps, per_sm), (br, bc, 256, warps, per_sm)):
             if s not in seen:
                 seen.append(s)
     return [(str(s), s) for s in seen]
@@ -70,14 +56,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=float, default=150.0)
     p.add_argument("--top", type=int, default=5, help="rows per use in the printed table")
-    p.add_argument("--held", action="store_true", help="the one-read (HOLD_R) settings only")
+    p.add_argument("--experts", type=int, default=None, help="groups (default moe_bench's E)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("group_cast_sweep: no CUDA device; skipped")
         return 0
+    from benchmarks import moe_bench
     from qtrain.fast import grouped_mm as fg
     from qtrain.grouping import padded_offsets
-    x, w, g, offs = moe_inputs()
+    shape = dict(moe_bench.SHAPE, E=args.experts or moe_bench.SHAPE["E"])
+    with module_settings(moe_bench, SHAPE=shape):
+        x, w, g, offs = moe_inputs()
     pends = padded_offsets(offs, 16)
     fmt = "float8_e4m3fn"
     jobs = {"tokens x (M, K)": (x, lambda: fg.quantize_float8_grouped_t(
@@ -91,7 +80,7 @@ def main(argv=None):
                     for t in fn()] for label, (_, fn) in jobs.items()}
     results, rows, t0 = {label: [] for label in jobs}, [], time.time()
     dev = torch.cuda.get_device_name()
-    for name, setting in settings(args.held):
+    for name, setting in settings():
         if time.time() - t0 > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s spent: later settings not timed")
             break
@@ -119,7 +108,7 @@ def main(argv=None):
             tag = " (default)" if name == str(default[label.split()[0]]) else ""
             table.append([label, name + tag, f"{us:.1f}", f"{gbs:.0f}", "yes" if same else "NO"])
     bad = [(label, r[1]) for label, res in results.items() for r in res if not r[3]]
-    print(f"\ngroup_cast_sweep on {dev}, torch {torch.__version__}, "
+    print(f"\ngroup_cast_sweep on {dev}, torch {torch.__version__}, shape {shape}, "
           f"{sum(len(r) for r in results.values())} timings in {time.time() - t0:.0f} s; "
           f"default: {default}")
     print(format_table(["use", "setting", "us (graph)", "GB/s (5 B/elem)", "bits = default"],

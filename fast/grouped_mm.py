@@ -61,86 +61,11 @@ if GROUPED_GEMM not in ("auto", "triton", "torch"):
 
 
 @triton.jit
-def _store_scales(qs_ptr, dq_ptr, amax, g, C, cols, col_ok, WITH_DQ: tl.constexpr,
-                  POW2: tl.constexpr, MAX: tl.constexpr):
-    """qs = F8-2/F8-3/F8-5 of each column's amax bits (amax 0, an empty group: F8-6), stored
-    with its dequant factor (WITH_DQ); returns qs."""
-    qs = float8_quant_scale(amax, MAX, POW2)
-    tl.store(qs_ptr + g * C + cols, qs, mask=col_ok)
-    if WITH_DQ:
-        tl.store(dq_ptr + g * C + cols, tl.div_rn(1.0, qs), mask=col_ok)
-    return qs
-
-
-@triton.jit
-def _store_codes_t(data_t_ptr, x, qs, mask, base, cols, col_ok, rel, n_out, C_STRIDE,
-                   MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
-                   FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr):
-    """codes of fp32 x (rows rel of the item, `mask` where data) stored transposed at
-    base + c * C_STRIDE + rel, rel < n_out; padding rows are code 0 even where qs is NaN
-    (0 * NaN would encode NaN)."""
-    code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    code = tl.where(mask, code, tl.zeros_like(code))
-    dst = base + cols[None, :].to(tl.int64) * C_STRIDE + rel[:, None]
-    tl.store(data_t_ptr + dst, code, mask=(rel < n_out)[:, None] & col_ok[None, :])
-
-
-@triton.jit
-def _group_cols_two_reads(x_ptr, data_t_ptr, qs_ptr, dq_ptr, g, C, cols, col_ok, start, end,
-                          base, n_out, C_STRIDE, BLOCK_R: tl.constexpr,
-                          AMAX_BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                          WITH_DQ: tl.constexpr, POW2: tl.constexpr, MAX: tl.constexpr,
-                          MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
-                          TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
-                          IS_BF16: tl.constexpr):
-    """Loop 1 (AMAX_BLOCK_R rows a tile): the column amax as an element-wise max over the
-    tiles, one reduction along axis 0 at the end (it crosses warps; per tile it halved the
-    amax pass's bandwidth, fast/amax.py). Loop 2 (BLOCK_R rows a tile): the rows read again
-    (mostly from L2) for the codes, n_out output rows."""
-    acc = tl.zeros((AMAX_BLOCK_R, BLOCK_C), dtype=tl.int32)
-    for r0 in range(start, end, AMAX_BLOCK_R):
-        rows = r0 + tl.arange(0, AMAX_BLOCK_R)
-        mask = (rows < end)[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
-        acc = tl.maximum(acc, abs_bits(widen_to_fp32(x, IS_BF16)))
-    qs = _store_scales(qs_ptr, dq_ptr, tl.max(acc, axis=0), g, C, cols, col_ok, WITH_DQ, POW2,
-                       MAX)
-    for r0 in range(0, n_out, BLOCK_R):
-        rel = r0 + tl.arange(0, BLOCK_R)
-        rows = start + rel
-        mask = (rows < end)[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
-        _store_codes_t(data_t_ptr, widen_to_fp32(x, IS_BF16), qs, mask, base, cols, col_ok,
-                       rel, n_out, C_STRIDE, MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
-                       EXACT_SOFT_CAST)
-
-
-@triton.jit
-def _group_cols_held(x_ptr, data_t_ptr, qs_ptr, dq_ptr, g, C, cols, col_ok, start, end, base,
-                     n_out, C_STRIDE, HOLD_R: tl.constexpr, WITH_DQ: tl.constexpr,
-                     POW2: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
-                     BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
-                     EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
-    """One read: the item's rows (n_out <= HOLD_R) loaded as one (HOLD_R, BLOCK_C) tile and
-    held for the amax and the codes."""
-    rel = tl.arange(0, HOLD_R)
-    rows = start + rel
-    mask = (rows < end)[:, None] & col_ok[None, :]
-    x = widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
-                              other=0), IS_BF16)
-    qs = _store_scales(qs_ptr, dq_ptr, tl.max(abs_bits(x), axis=0), g, C, cols, col_ok,
-                       WITH_DQ, POW2, MAX)
-    _store_codes_t(data_t_ptr, x, qs, mask, base, cols, col_ok, rel, n_out, C_STRIDE, MAX,
-                   MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-
-
-@triton.jit
 def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, dq_ptr, C,
                                 N_GROUPS, N_COL_TILES, GROUP_ROWS, G_STRIDE, C_STRIDE,
                                 FROM_OFFS: tl.constexpr, ALIGN: tl.constexpr,
                                 BLOCK_R: tl.constexpr,
                                 AMAX_BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                                HOLD_R: tl.constexpr,
                                 WITH_DQ: tl.constexpr, POW2: tl.constexpr, MAX: tl.constexpr,
                                 MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
                                 TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
@@ -150,15 +75,14 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
     rows [start, end) of group g of row-major x (M, C); the groups come from offs and the
     padded starts from pends (FROM_OFFS), or are GROUP_ROWS rows each with no padding (the
     experts of a weight (E, N, K) seen as (E*N, K)).
-    One read (HOLD_R > 0 and the group's padded rows fit in HOLD_R, _group_cols_held), else
-    two (_group_cols_two_reads). Either way: column amax over the group's rows only (integer
-    max of |x| bits, NaN on top, F8-1); qs = F8-2/F8-3/F8-5 per column; data =
-    rne(clamp(x * qs)) (F8-4), stored transposed at
+    Loop 1 (AMAX_BLOCK_R rows a tile): column amax over the group's rows only (integer max of
+    |x| bits, NaN on top, F8-1); qs = F8-2/F8-3/F8-5 per column. Loop 2 (BLOCK_R rows a tile):
+    data = rne(clamp(x * qs)) (F8-4), stored transposed at
     data_t[g * G_STRIDE + c * C_STRIDE + pstart + (r - start)]: (C, Mp) for token groups
     (G_STRIDE 0, C_STRIDE Mp, padding columns written as zeros), (E, C, GROUP_ROWS) for
     experts. WITH_DQ: the dequant factors 1 / qs to dq_ptr, laid out like qs (torch.reciprocal's
-    rounding), so the product needs no reciprocal kernel. The tiles, the path and the grid
-    change the order of reads only: the max is order-free, so the bits are the same for any."""
+    rounding), so the product needs no reciprocal kernel. The tiles and the grid change the
+    order of reads only: the max is order-free, so the bits are the same for any of them."""
     for item in range(tl.program_id(0), N_GROUPS * N_COL_TILES, tl.num_programs(0)):
         g = item // N_COL_TILES
         cols = (item % N_COL_TILES) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -174,46 +98,62 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
             end = start + GROUP_ROWS
             pstart = 0
             pend = GROUP_ROWS
-        # the codes also fill the zero padding after the group (up to the next padded start;
-        # the last group up to Mp), so the output needs no memset. Output rows count from the
-        # group's padded start, a multiple of ALIGN (the padding alignment): the compiler then
-        # sees aligned runs of output bytes and writes x.T with vector stores (counted from
-        # `start`, a value it cannot see, Triton 3.6 wrote byte by byte)
+        # element-wise max over the group's tiles, one reduction along axis 0 at the end (it
+        # crosses warps; per tile it halved the amax pass's bandwidth, fast/amax.py)
+        acc = tl.zeros((AMAX_BLOCK_R, BLOCK_C), dtype=tl.int32)
+        for r0 in range(start, end, AMAX_BLOCK_R):
+            rows = r0 + tl.arange(0, AMAX_BLOCK_R)
+            mask = (rows < end)[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
+                        other=0)
+            acc = tl.maximum(acc, abs_bits(widen_to_fp32(x, IS_BF16)))
+        amax = tl.max(acc, axis=0)
+        qs = float8_quant_scale(amax, MAX, POW2)          # amax 0 (empty group): F8-6 scale
+        tl.store(qs_ptr + g * C + cols, qs, mask=col_ok)
+        if WITH_DQ:
+            tl.store(dq_ptr + g * C + cols, tl.div_rn(1.0, qs), mask=col_ok)
+        # loop 2 also writes the zero padding after the group (up to the next padded start;
+        # the last group up to Mp), so the output needs no memset. It counts output rows from
+        # the group's padded start, a multiple of ALIGN (the padding alignment): the compiler
+        # then sees aligned runs of output bytes and writes x.T with vector stores (counted
+        # from `start`, a value it cannot see, Triton 3.6 wrote byte by byte)
         pstart = tl.multiple_of(pstart, ALIGN)
         n_out = tl.multiple_of(pend - pstart, ALIGN)
         base = g.to(tl.int64) * G_STRIDE + pstart
-        if HOLD_R > 0:
-            if n_out <= HOLD_R:
-                _group_cols_held(x_ptr, data_t_ptr, qs_ptr, dq_ptr, g, C, cols, col_ok, start,
-                                 end, base, n_out, C_STRIDE, HOLD_R, WITH_DQ, POW2, MAX, MBITS,
-                                 BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST, IS_BF16)
-            else:
-                _group_cols_two_reads(x_ptr, data_t_ptr, qs_ptr, dq_ptr, g, C, cols, col_ok,
-                                      start, end, base, n_out, C_STRIDE, BLOCK_R, AMAX_BLOCK_R,
-                                      BLOCK_C, WITH_DQ, POW2, MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
-                                      EXACT_SOFT_CAST, IS_BF16)
-        else:
-            _group_cols_two_reads(x_ptr, data_t_ptr, qs_ptr, dq_ptr, g, C, cols, col_ok, start,
-                                  end, base, n_out, C_STRIDE, BLOCK_R, AMAX_BLOCK_R, BLOCK_C,
-                                  WITH_DQ, POW2, MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
-                                  EXACT_SOFT_CAST, IS_BF16)
+        for r0 in range(0, n_out, BLOCK_R):
+            rel = r0 + tl.arange(0, BLOCK_R)
+            rows = start + rel
+            mask = (rows < end)[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
+                        other=0)
+            code = encode_float8(widen_to_fp32(x, IS_BF16) * qs[None, :], MAX, MBITS, BIAS,
+                                 FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+            # padding rows are code 0 even where qs is NaN (0 * NaN would encode NaN)
+            code = tl.where(mask, code, tl.zeros_like(code))
+            dst = base + cols[None, :].to(tl.int64) * C_STRIDE + rel[:, None]
+            keep = (rel < n_out)[:, None] & col_ok[None, :]
+            tl.store(data_t_ptr + dst, code, mask=keep)
 
 
 # Settings of the per-group column cast, per use: BLOCK_R (loop 2's rows a tile), BLOCK_C,
-# AMAX_BLOCK_R (loop 1's rows a tile), warps, programs per SM (0: one program per (group, column
-# tile) item; else about that many times the SM count, each looping over items), and HOLD_R (below).
-# Timed as CUDA-graph replays on the H200 (benchmarks/group_cast_sweep.py, MoE shape E8 16384x4096
-# -> 2048, x (M, K) / g (M, N) / w (E, N, K); ninth session, 2026-12-01, with the vector stores of
-# x.T): the 64-column tile of the experts is the fastest for w (103 us) and for x (104 us, 512
-# items: 3.9 waves of 132 SMs), but g has half x's columns, so 256 items (1.9 waves), and there the
-# 32-column tile wins (58 us, against 63+ for the 64-column one; x with it: 114). Token groups
-# therefore take the experts' wide tile when it gives at least WIDE_TILE_WAVES items per SM, else
-# the narrow "tokens" one. The eighth session's one token setting (128, 32, 256, 8, 2) took 121 / 62
-# us. A two-pass cast (a grid-wide column-amax pass with atomics, then a tile cast finding each
-# row's group) took 183 / 96 / 133 us and was removed.
-# Last, HOLD_R: the one-read path's rows (0: two reads always). A group whose padded rows fit
-# is loaded once, as one (HOLD_R, BLOCK_C) tile held on chip; a longer one takes the two reads.
-GROUP_CAST = {"tokens": (128, 32, 128, 4, 0, 0), "experts": (64, 64, 64, 4, 0, 0)}
+# AMAX_BLOCK_R (loop 1's rows a tile), warps, and programs per SM (0: one program per
+# (group, column tile) item; else about that many times the SM count, each looping over
+# items). Timed as CUDA-graph replays on the H200 (benchmarks/group_cast_sweep.py, MoE shape
+# E8 16384x4096 -> 2048, x (M, K) / g (M, N) / w (E, N, K); ninth session, 2026-12-01, with the
+# vector stores of x.T): the 64-column tile of the experts is the fastest for w (103 us) and
+# for x (104 us, 512 items: 3.9 waves of 132 SMs), but g has half x's columns, so 256 items
+# (1.9 waves), and there the 32-column tile wins (58 us, against 63+ for the 64-column one;
+# x with it: 114). Token groups therefore take the experts' wide tile when it gives at least
+# WIDE_TILE_WAVES items per SM, else the narrow "tokens" one. The eighth session's one token
+# setting (128, 32, 256, 8, 2) took 121 / 62 us. A two-pass cast (a grid-wide column-amax
+# pass with atomics, then a tile cast finding each row's group) took 183 / 96 / 133 us and
+# was removed. A one-read cast (eleventh session: a group's padded rows loaded once as one
+# (rows, BLOCK_C) tile and held on chip for the amax and the codes; bits equal) lost at every
+# shape and setting tried, best of 12 settings against these defaults: E8 x 139.0 us vs 103.8,
+# g 74.3 vs 58.3, w 133.9 vs 102.8; E64 x 103.5 vs 100.4, g 57.2 vs 54.8, w 921 vs 781; E128
+# x 148.2 vs 117.9, g 82.3 vs 68.1, w 1777 vs 1536. Loop 2's second read mostly hits L2, so
+# one read saves little HBM traffic, while the held tile costs occupancy; it was removed.
+GROUP_CAST = {"tokens": (128, 32, 128, 4, 0), "experts": (64, 64, 64, 4, 0)}
 WIDE_TILE_WAVES = 3
 
 
@@ -232,8 +172,8 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g
     """align: what the padded starts (pends) and c_stride are multiples of; its largest
     power-of-two factor is the kernel's ALIGN hint."""
     c = x.shape[-1]
-    block_r, block_c, amax_block_r, warps, per_sm, hold_r = _group_cast_setting(
-        use, n_groups, c, x.device)
+    block_r, block_c, amax_block_r, warps, per_sm = _group_cast_setting(use, n_groups, c,
+                                                                        x.device)
     block_c = pow2_at_most(c, block_c)
     n_col_tiles = cdiv(c, block_c)
     n_items = n_groups * n_col_tiles
@@ -243,7 +183,7 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g
         x_in, offs, pends, data_t.view(torch.uint8), qs, qs if dq is None else dq, c,
         n_groups, n_col_tiles, group_rows, g_stride, c_stride, FROM_OFFS=offs is not None,
         ALIGN=align & -align, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c,
-        HOLD_R=hold_r, WITH_DQ=dq is not None, POW2=pow2_scale, **float8_params(fmt),
+        WITH_DQ=dq is not None, POW2=pow2_scale, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
         IS_BF16=is_bf16, num_warps=warps)
 

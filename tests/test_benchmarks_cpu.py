@@ -415,15 +415,12 @@ def test_module_settings_restores_after_the_block_and_on_error():
     assert amax.AMAX_TILE == before[0]
 
 
-@pytest.mark.parametrize("held", [False, True])
-def test_group_cast_sweep_settings_fit_the_launcher(held):
-    """Each swept setting has GROUP_CAST's fields (the launcher unpacks six), the defaults come
-    first, none repeats, and --held times one-read settings (HOLD_R > 0) only after them."""
+def test_group_cast_sweep_settings_fit_the_launcher():
+    """Each swept setting has GROUP_CAST's fields (the launcher unpacks them), the defaults
+    come first, and none repeats."""
     from benchmarks import group_cast_sweep
     from qtrain.fast import grouped_mm as fg
-    got = [s for _, s in group_cast_sweep.settings(held)]
+    got = [s for _, s in group_cast_sweep.settings()]
     defaults = list(dict.fromkeys(fg.GROUP_CAST.values()))
-    assert got[:len(defaults)] == defaults and len(set(got)) == len(got)
-    assert all(len(s) == len(fg.GROUP_CAST["tokens"]) == 6 for s in got)
-    rest = got[len(defaults):]
-    assert rest and all((s[5] > 0) == held for s in rest)
+    assert got[:len(defaults)] == defaults and len(set(got)) == len(got) > len(defaults)
+    assert all(len(s) == len(fg.GROUP_CAST["tokens"]) == 5 for s in got)

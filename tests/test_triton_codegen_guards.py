@@ -66,10 +66,9 @@ def _token_group_cast_ptx(use):
     from qtrain.fast import grouped_mm
     from qtrain.fast.common import float8_params
     kernel = grouped_mm._float8_group_cols_t_kernel
-    block_r, block_c, amax_block_r, _, _, hold_r = grouped_mm.GROUP_CAST[use]
+    block_r, block_c, amax_block_r, _, _ = grouped_mm.GROUP_CAST[use]
     consts = dict(FROM_OFFS=True, ALIGN=16, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r,
-                  BLOCK_C=block_c, HOLD_R=hold_r, WITH_DQ=True, POW2=True, EXACT_SOFT_CAST=False,
-                  IS_BF16=True,
+                  BLOCK_C=block_c, WITH_DQ=True, POW2=True, EXACT_SOFT_CAST=False, IS_BF16=True,
                   **float8_params("float8_e4m3fn"))
     consts = {n: v for n, v in consts.items() if n in kernel.arg_names}   # a kernel without a hint
     signature = {"x_ptr": "*bf16", "offs_ptr": "*i32", "pends_ptr": "*i32", "data_t_ptr": "*u8",
