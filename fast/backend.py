@@ -37,8 +37,16 @@ class FastBackend:
     def __init__(self, allow_interpreter: bool = False):
         self.allow_interpreter = allow_interpreter
         self._runnable = {}
+        self._available = None
 
     def available(self):
+        """(ok, reason), asked once: every layer call resolves its backend (qtrain/backend.py)
+        and the answer cannot change within a process."""
+        if self._available is None:
+            self._available = self._ask_available()
+        return self._available
+
+    def _ask_available(self):
         try:
             import triton  # noqa: F401
         except ImportError as e:
@@ -237,6 +245,13 @@ class FastBackend:
         """qtrain/grouped_ops.py's hint: the grouped casts take with_dequant=True and then also
         return 1 / quant_scale, written by the kernel (QTRAIN_FAST_CAST_DEQUANT)."""
         return CAST_DEQUANT
+
+    def padded_offsets(self, offs, align):
+        """qtrain/grouped_ops.py's optional method: qtrain.grouping.padded_offsets in one
+        launch (the torch ops take six)."""
+        from .grouped_mm import padded_offsets_one_launch
+        self._check(offs)
+        return padded_offsets_one_launch(offs, align)
 
     def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None,
                                   with_dequant=False):

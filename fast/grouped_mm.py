@@ -43,7 +43,7 @@ from qtrain.grouping import (gather_rows, group_bounds, pad_index, padded_offset
                              rows_in_groups)
 from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input,
                      device_capability, float8_params, is_interpreted, kernel_input,
-                     pow2_at_most, use_soft_cast)
+                     next_pow2, pow2_at_most, use_soft_cast)
 from .amax import program_budget
 from . import grouped_mm_sm90 as sm90
 from .block_dequant import exact_values
@@ -135,6 +135,38 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
             tl.store(data_t_ptr + dst, code, mask=keep)
 
 
+@triton.jit
+def _padded_offsets_kernel(offs_ptr, pends_ptr, E, ALIGN: tl.constexpr, BLOCK_E: tl.constexpr):
+    """qtrain.grouping.padded_offsets for a power-of-two ALIGN in one program (BLOCK_E >= E):
+    each group's size offs[g] - offs[g-1] rounded up by (size + ALIGN - 1) & -ALIGN, as the
+    torch ops round it (negative sizes of a malformed offs included), then the running sum."""
+    idx = tl.arange(0, BLOCK_E)
+    ok = idx < E
+    end = tl.load(offs_ptr + idx, mask=ok, other=0)
+    start = tl.load(offs_ptr + idx - 1, mask=ok & (idx > 0), other=0)
+    padded = (end - start + (ALIGN - 1)) & -ALIGN
+    tl.store(pends_ptr + idx, tl.cumsum(padded, 0), mask=ok)
+
+
+PADDED_OFFSETS_MAX_GROUPS = 1 << 14     # one program holds every group's offset
+
+
+def padded_offsets_one_launch(offs, align):
+    """padded_offsets(offs, align) (int32, same values) in one launch instead of the torch ops'
+    six, for the eager grouped layer (host time per launch counts there: benchmarks/NOTES.md,
+    twelfth session). Power-of-two align and up to PADDED_OFFSETS_MAX_GROUPS groups on a
+    device the kernels run on; anything else goes to the torch ops (same values)."""
+    n = offs.shape[0]
+    if (align & (align - 1) or not 0 < n <= PADDED_OFFSETS_MAX_GROUPS or offs.dim() != 1
+            or offs.dtype != torch.int32
+            or not (offs.device.type == "cuda" or is_interpreted(_padded_offsets_kernel))):
+        return padded_offsets(offs, align)
+    pends = torch.empty_like(offs)
+    _padded_offsets_kernel[(1,)](offs.contiguous(), pends, n, ALIGN=align,
+                                 BLOCK_E=max(16, next_pow2(n)), num_warps=4)
+    return pends
+
+
 # Settings of the per-group column cast, per use: BLOCK_R (loop 2's rows a tile), BLOCK_C,
 # AMAX_BLOCK_R (loop 1's rows a tile), warps, and programs per SM (0: one program per
 # (group, column tile) item; else about that many times the SM count, each looping over
@@ -202,7 +234,7 @@ def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs
     (m, c), n_groups = x.shape, offs.shape[0]
     mp = padded_rows(m, n_groups, align)
     offs = offs.contiguous()
-    pends = padded_offsets(offs, align) if padded_offs is None else padded_offs
+    pends = padded_offsets_one_launch(offs, align) if padded_offs is None else padded_offs
     qs = torch.empty((n_groups, c), dtype=torch.float32, device=x.device)
     dq = torch.empty_like(qs) if with_dequant else None
     if n_groups == 0:
@@ -392,10 +424,9 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=torch.float32,
     n_groups = offs.shape[0]
     if (is_3d and n_groups and _rowwise_2d3d(a, a_dequant, b, b_dequant)
             and _sm90_triton_ok(a, b, out_dtype, use_fast_accum)):
-        out = sm90.grouped_2d3d(a, _fp32(a_dequant.reshape(-1)).contiguous(), b,
-                                _fp32(b_dequant.reshape(n_groups, -1)).contiguous(), offs,
-                                use_fast_accum)
-        return _zero_outside(out, offs, True)
+        return sm90.grouped_2d3d(a, _fp32(a_dequant.reshape(-1)).contiguous(), b,
+                                 _fp32(b_dequant.reshape(n_groups, -1)).contiguous(), offs,
+                                 use_fast_accum)             # rows past offs[-1] zeroed too
     if _torch_scaled_ok(a, b, out_dtype) and n_groups:
         if is_3d and _rowwise_2d3d(a, a_dequant, b, b_dequant):
             # 2d x 3d: groups along M need no alignment (only K, N multiples of 16)

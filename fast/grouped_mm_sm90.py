@@ -4,9 +4,11 @@ accumulation rule: per-row / per-(expert, column) factors, float8_e4m3fn payload
 `grouped_2d3d`: out[r] = (a[r] . b[g]) * da[r] * db[g, n] for the rows r of group g. Tiles
 BM x BN over every group's rows, loaded with tensor descriptors (TMA); a row tile may reach into
 the next group or past M: those rows are loaded (TMA fills past M with zeros) but never stored.
-Rows past offs[-1] are left to the caller (MM-5 zeroes them). IMPRECISE is tl.dot's
-max_num_imprecise_acc: None (Triton's sm90 default: no promotion, RC-3's P = K, allowed on the
-output product only) or BK (promotion to fp32 once per K tile, P = BK <= 128).
+Rows past offs[-1] are written as +0 by the same programs after their tiles (MM-5; one launch
+fewer per product than a separate zeroing kernel: the eager step's host time feels each launch).
+IMPRECISE is tl.dot's max_num_imprecise_acc: None (Triton's sm90 default: no promotion, RC-3's
+P = K, allowed on the output product only) or BK (promotion to fp32 once per K tile,
+P = BK <= 128).
 
 Why: on the MoE shape of issue 6 (E8, 16384 tokens, 4096 -> 2048; H200, torch 2.11, Triton 3.6,
 ninth session, benchmarks/grouped_gemm_probe.py, results 2026-12-01-s9-grouped-gemm-probe)
@@ -61,10 +63,11 @@ def _group_of_row_tile(offs_ptr, E, mt, BM: tl.constexpr):
 
 
 @triton.jit
-def _grouped_2d3d_kernel(a_desc, b_desc, sa_ptr, sb_ptr, offs_ptr, out_ptr, N, K, E,
+def _grouped_2d3d_kernel(a_desc, b_desc, sa_ptr, sb_ptr, offs_ptr, out_ptr, M, N, K, E,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                          IMPRECISE: tl.constexpr):
-    """Programs loop over the tiles (row tile, column tile), row tiles counted per group."""
+    """Programs loop over the tiles (row tile, column tile), row tiles counted per group, then
+    over the tiles of rows [offs[E-1], M), stored as zeros."""
     n_tiles = N // BN
     m_tiles = 0
     for e in range(E):
@@ -87,6 +90,13 @@ def _grouped_2d3d_kernel(a_desc, b_desc, sa_ptr, sb_ptr, offs_ptr, out_ptr, N, K
         out = (acc * sa[:, None] * sb[None, :]).to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], out,
                  mask=keep[:, None])
+    m_end = tl.load(offs_ptr + E - 1)
+    zeros = tl.zeros((BM, BN), dtype=out_ptr.dtype.element_ty)
+    for tile in range(tl.program_id(0), tl.cdiv(M - m_end, BM) * n_tiles, tl.num_programs(0)):
+        rows = m_end + (tile // n_tiles) * BM + tl.arange(0, BM)
+        cols = (tile % n_tiles) * BN + tl.arange(0, BN)
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], zeros,
+                 mask=(rows < M)[:, None])
 
 
 def column_tile_2d3d(n):
@@ -103,7 +113,7 @@ def _programs(device, n_tiles_bound):
 
 def grouped_2d3d(a, da, b, db, offs, fast_accum):
     """a (M, K), b (E, N, K) float8 row-major; da (M,), db (E, N) fp32; offs int32 (E,) ends.
-    Returns bf16 (M, N); rows past offs[-1] unwritten. fast_accum: RC-3's P = K (the output
+    Returns bf16 (M, N), rows past offs[-1] +0 (MM-5). fast_accum: RC-3's P = K (the output
     product), else promotion every min(BK, PROMOTE_EVERY) columns."""
     bm, _, bk, stages, warps = SETTINGS["2d3d"]
     m, k = a.shape
@@ -114,6 +124,6 @@ def grouped_2d3d(a, da, b, db, offs, fast_accum):
     b_desc = TensorDescriptor.from_tensor(b.view(e * n, k), [bn, bk])
     grid = _programs(a.device, (-(-m // bm) + e) * (n // bn))
     imprecise = None if fast_accum else min(bk, PROMOTE_EVERY)
-    _grouped_2d3d_kernel[(grid,)](a_desc, b_desc, da, db, offs, out, n, k, e, BM=bm, BN=bn,
+    _grouped_2d3d_kernel[(grid,)](a_desc, b_desc, da, db, offs, out, m, n, k, e, BM=bm, BN=bn,
                                   BK=bk, IMPRECISE=imprecise, num_stages=stages, num_warps=warps)
     return out

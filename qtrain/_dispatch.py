@@ -24,7 +24,15 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _plain(values):
-    return all(type(v) in _PLAIN for v in values if isinstance(v, torch.Tensor))
+    for v in values:
+        if isinstance(v, torch.Tensor) and type(v) not in _PLAIN:
+            return False
+    return True
+
+
+def plain_eager(values):
+    """An eager call (not under torch.compile / export tracing) whose tensors are all plain."""
+    return DIRECT and not torch.compiler.is_compiling() and _plain(values)
 
 
 class EagerDirectOp:
@@ -39,7 +47,7 @@ class EagerDirectOp:
         return getattr(self._op, name)
 
     def __call__(self, *args, **kwargs):
-        if DIRECT and not torch.compiler.is_compiling() and _plain(args) and _plain(kwargs.values()):
+        if plain_eager(args) and _plain(kwargs.values()):
             if torch.is_grad_enabled():          # a custom op's outputs never carry autograd
                 with torch.no_grad():
                     return self._fn(*args, **kwargs)

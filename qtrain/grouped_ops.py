@@ -2,7 +2,7 @@
 qtrain/ops.py: the concrete backend name travels as a string and fake kernels give exact
 shapes, so torch.compile traces the grouped layer with opaque calls and no graph breaks.
 
-Backend interface (three methods, same names and signatures in every backend):
+Backend interface (three methods, same names and signatures in every backend, and one optional):
 - quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale, padded_offs=None)
   -> (data_t, quant_scale):
   x (M, C) quantized along axis 0 WITHIN each token group (F8-7 applied to every slice
@@ -21,13 +21,16 @@ Backend interface (three methods, same names and signatures in every backend):
   Optional hints, passed only to a backend that declares it takes them: pow2_factors=True
   (`takes_pow2_factors`) and use_fast_accum=True (`takes_fast_accum`: RC-3 / RC-15 allow this
   product fast accumulation; the result stays within MM-4 with that accumulation's bound).
+- optional: padded_offsets(offs, align) -> qtrain.grouping.padded_offsets(offs, align) (the same
+  int32 values) in fewer launches, for eager calls (`padded_offsets` below).
 """
 from typing import Optional
 
 import torch
 
 from . import backend as _backend
-from ._dispatch import custom_op
+from . import grouping
+from ._dispatch import custom_op, plain_eager
 from .grouping import padded_rows
 from .ops import FLOAT8_DTYPES, dequant_of
 
@@ -50,6 +53,15 @@ def _with_dequant(impl, method, *args):
         return getattr(impl, method)(*args, with_dequant=True)
     data, qs = getattr(impl, method)(*args)
     return data, qs, dequant_of(qs)
+
+
+def padded_offsets(offs, align, backend):
+    """grouping.padded_offsets(offs, align): the backend's own (one launch on fast) for an eager
+    call on a plain tensor, else the torch ops (under torch.compile inductor fuses them)."""
+    impl = grouped_impl(backend)
+    if hasattr(impl, "padded_offsets") and plain_eager((offs,)):
+        return impl.padded_offsets(offs, align)
+    return grouping.padded_offsets(offs, align)
 
 
 @custom_op("qtrain::quantize_float8_grouped_t")
@@ -96,8 +108,8 @@ def scaled_grouped_mm(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
     """pow2_factors: the caller's promise that every factor is a power of two (rowwise pow2,
     MX), handed to a backend that declares `takes_pow2_factors` (see qtrain/ops.py).
     use_fast_accum: RC-3 / RC-15 allow this product fast accumulation (the output product of
-    the float8 recipes; the gradient products where the config says so), handed to a backend that declares `takes_fast_accum`; the others
-    accumulate in fp32, which is always allowed."""
+    the float8 recipes; the gradient products where the config says so), handed to a backend
+    that declares `takes_fast_accum`; the others accumulate in fp32, which is always allowed."""
     impl = grouped_impl(backend)
     hints = {}
     if pow2_factors and getattr(impl, "takes_pow2_factors", False):

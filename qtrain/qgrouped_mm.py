@@ -28,7 +28,7 @@ import torch
 from . import grouped_ops, ops  # noqa: F401  (ops registers the qtrain:: quantize ops)
 from .backend import resolve_backend_name
 from .config import Float8LinearConfig, MXLinearConfig
-from .grouping import pad_groups, pad_layout, padded_offsets
+from .grouping import pad_groups, pad_layout
 from .qlinear import _mm_dtype
 from .recipes import QOperand, quantize_operand
 
@@ -57,7 +57,8 @@ def _grad_weight_operand(t, offs, spec, backend, layout=None):
     (padded offs,) for float8 and (padded offs, pad index) for MX. `layout`: when already
     known (x's, reused for g: same groups, same layout)."""
     if spec.kind == "float8":
-        pends = padded_offsets(offs, FLOAT8_ALIGN) if layout is None else layout[0]
+        pends = (grouped_ops.padded_offsets(offs, FLOAT8_ALIGN, backend) if layout is None
+                 else layout[0])
         data_t, _, dq = grouped_ops.quantize_float8_grouped_t(t, offs, FLOAT8_ALIGN, spec.fmt,
                                                               spec.pow2_scale, backend, pends)
         return data_t, dq.unsqueeze(-1), (pends,)

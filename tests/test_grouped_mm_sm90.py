@@ -59,6 +59,25 @@ def test_2d3d_within_MM_4(fast_accum, small_tiles, seed):
         start = end
 
 
+@pytest.mark.parametrize("offs", [[17, 17, 60, 90], [5, 5, 30, 30], [0, 0, 0, 0]],
+                         ids=["tail_in_one_tile", "tail_over_three_tiles", "all_empty"])
+def test_2d3d_rows_past_the_end_are_zero(offs, small_tiles, monkeypatch, seed):
+    """MM-5: the kernel itself writes +0 to rows [offs[-1], M), over memory that held NaN (the
+    output is allocated uninitialized); the groups' rows are the products."""
+    real_empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.dtype == torch.bfloat16 else t
+    monkeypatch.setattr(sm90.torch, "empty", nan_empty)
+    m, k, n = 100, 64, 64
+    a, b = _payload((m, k)), _payload((4, n, k))
+    offs_t = torch.tensor(offs, dtype=torch.int32, device=DEVICE)
+    out = sm90.grouped_2d3d(a, _factors((m,)), b, _factors((4, n)), offs_t, True).cpu()
+    assert torch.equal(out[offs[-1]:], torch.zeros(m - offs[-1], n, dtype=torch.bfloat16))
+    assert not out[:offs[-1]].isnan().any()
+
+
 def test_routing(small_tiles, monkeypatch, seed):
     """fast/grouped_mm.scaled_grouped_mm sends rowwise bf16-out 2d x 3d products here: with
     fast accumulation under "auto" (on sm90; the CPU interpreter only under "triton"), the

@@ -265,3 +265,51 @@ def test_grouped_layer_promises_pow2_factors(recipe):
     offs = torch.tensor([20, 64], dtype=torch.int32)
     qtrain.grouped_mm(x, w, offs, config).sum().backward()
     assert seen == [True, True, True], seen
+
+
+@pytest.mark.parametrize("align", [1, 8, 16, 32, 12])
+def test_padded_offsets_in_one_launch_RC_13(align, seed):
+    """fast's padded_offsets (one Triton program; what the eager grouped layer calls through
+    grouped_ops.padded_offsets) gives qtrain.grouping's int32 values: empty groups, groups of
+    exact multiples, a malformed decreasing offs (the torch ops' rounding of negative sizes),
+    up to 300 groups (several tiles of the cumsum); align 12 takes the torch ops."""
+    from qtrain import grouped_ops
+    from qtrain.grouping import padded_offsets
+    fast_backend()
+    backend = "fast-interpreter"
+    qbackend.register_backend(backend, lambda: FastBackend(allow_interpreter=True))
+    gen = torch.Generator().manual_seed(align)
+    cases = [torch.tensor([10, 5, 40, 3])]
+    for n_groups in (1, 3, 8, 300):
+        sizes = torch.tensor([0, 1, 15, 16, 17, 33, 100])[
+            torch.randint(0, 7, (n_groups,), generator=gen)]
+        cases.append(torch.cumsum(sizes, 0))
+    for offs in cases:
+        offs = offs.to(torch.int32).to(DEVICE)
+        want = padded_offsets(offs.cpu(), align)
+        for got in (fast_grouped.padded_offsets_one_launch(offs, align),
+                    grouped_ops.padded_offsets(offs, align, backend)):
+            assert got.dtype == torch.int32 and torch.equal(got.cpu(), want), (align, offs)
+
+
+def test_padded_offsets_launches_once(monkeypatch):
+    """The eager layer's padded offsets: one launch of the kernel for a power-of-two align,
+    none for another align (the torch ops)."""
+    from qtrain import grouped_ops
+    fast_backend()
+    backend = "fast-interpreter"
+    qbackend.register_backend(backend, lambda: FastBackend(allow_interpreter=True))
+    launches = []
+    kernel = fast_grouped._padded_offsets_kernel
+    real_run = type(kernel).run
+
+    def counted_run(self, *args, grid, **kwargs):
+        if self is kernel:
+            launches.append(grid)
+        return real_run(self, *args, grid=grid, **kwargs)
+    monkeypatch.setattr(type(kernel), "run", counted_run)
+    offs = torch.tensor([3, 3, 40], dtype=torch.int32, device=DEVICE)
+    grouped_ops.padded_offsets(offs, 16, backend)
+    assert launches == [(1,)]
+    grouped_ops.padded_offsets(offs, 12, backend)
+    assert launches == [(1,)]
