@@ -335,8 +335,10 @@ HOST_BUDGET = {   # (workload, recipe) -> (aten ops that launch a kernel, Triton
     # and its casts write their dequant factors (seventh session: six reciprocal launches fewer)
     ("linear", "blockwise"): (4, 7),
     # grouped rowwise: every float8 cast writes its dequant factors (seventh session: six
-    # reciprocal launches fewer)
-    ("grouped", "rowwise"): (8, 9),
+    # reciprocal launches fewer); the padded offsets take one Triton launch instead of six aten
+    # ops (twelfth session). Left: the two gradient accumulations. (On sm90 the 2d x 3d kernel
+    # also zeroes the rows past the end: one launch fewer there than this CPU count shows.)
+    ("grouped", "rowwise"): (2, 10),
     ("grouped", "mxfp8"): (50, 15),
 }
 
