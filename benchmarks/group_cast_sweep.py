@@ -6,9 +6,11 @@ CUDA-graph replays (GPU time, no host time; the padded offsets are computed once
 Prints a table last (fastest first per use) and appends rows to
 benchmarks/results/results.csv.
 
-    python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5] [--experts E]
+    python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5] [--experts E] [--stages]
 
 --experts E splits the same 16384 tokens into E groups (the weights become (E, N, K)).
+--stages times the default settings only, each with the row loops' software pipelining
+(GROUP_CAST_STAGES) None, 2, 3 and 4.
 GB/s counts the bytes one cast must move when both reads of x come from HBM: two reads of
 the bf16 input and one write of the float8 payload (5 bytes an element).
 """
@@ -28,19 +30,25 @@ from benchmarks.moe_bench import moe_inputs  # noqa: E402
 TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
 
 
-def settings():
-    """(label, GROUP_CAST setting) to time: the defaults first, then the grid."""
+STAGES = (None, 2, 3, 4)
+
+
+def settings(stages=False):
+    """(label, GROUP_CAST setting, GROUP_CAST_STAGES) to time: the defaults first (stages:
+    only they, with each of STAGES), then the grid."""
     from qtrain.fast import grouped_mm as fg
     seen = []
     for s in (fg.GROUP_CAST["tokens"], fg.GROUP_CAST["experts"]):
         if s not in seen:
             seen.append(s)
+    if stages:
+        return [(f"{s} stages={st}", s, st) for s in seen for st in STAGES]
     for (br, bc), tall, warps, per_sm in itertools.product(TILES, (False, True), (4, 8), (0, 2)):
         abr = max(br, 8192 // bc) if tall else br          # loop 1 on 16 KB bf16 tiles
         for s in ((br, bc, abr, warps, per_sm), (br, bc, 256, warps, per_sm)):
             if s not in seen:
                 seen.append(s)
-    return [(str(s), s) for s in seen]
+    return [(str(s), s, fg.GROUP_CAST_STAGES) for s in seen]
 
 
 def graph_us(fn, calls=20, replays=5):
@@ -57,6 +65,7 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=150.0)
     p.add_argument("--top", type=int, default=5, help="rows per use in the printed table")
     p.add_argument("--experts", type=int, default=None, help="groups (default moe_bench's E)")
+    p.add_argument("--stages", action="store_true", help="the defaults with each loop pipelining")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("group_cast_sweep: no CUDA device; skipped")
@@ -80,13 +89,14 @@ def main(argv=None):
                     for t in fn()] for label, (_, fn) in jobs.items()}
     results, rows, t0 = {label: [] for label in jobs}, [], time.time()
     dev = torch.cuda.get_device_name()
-    for name, setting in settings():
+    for name, setting, stages in settings(args.stages):
         if time.time() - t0 > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s spent: later settings not timed")
             break
         for label, (src, fn) in jobs.items():
             try:
-                with module_settings(fg, GROUP_CAST={"tokens": setting, "experts": setting}):
+                with module_settings(fg, GROUP_CAST={"tokens": setting, "experts": setting},
+                                     GROUP_CAST_STAGES=stages):
                     got = fn()
                     same = all(torch.equal(a.view(b.dtype), b)
                                for a, b in zip(got, want[label]))
@@ -103,9 +113,11 @@ def main(argv=None):
     table = []
     for label, res in results.items():
         res.sort(key=lambda r: r[0])
-        base = [r for r in res if r[1] == str(default[label.split()[0]])]
+        mine = str(default[label.split()[0]])
+        is_default = lambda name: name in (mine, f"{mine} stages={fg.GROUP_CAST_STAGES}")  # noqa: E731
+        base = [r for r in res if is_default(r[1])]
         for us, name, gbs, same in res[:args.top] + [r for r in base if r not in res[:args.top]]:
-            tag = " (default)" if name == str(default[label.split()[0]]) else ""
+            tag = " (default)" if is_default(name) else ""
             table.append([label, name + tag, f"{us:.1f}", f"{gbs:.0f}", "yes" if same else "NO"])
     bad = [(label, r[1]) for label, res in results.items() for r in res if not r[3]]
     print(f"\ngroup_cast_sweep on {dev}, torch {torch.__version__}, shape {shape}, "

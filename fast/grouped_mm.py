@@ -66,6 +66,7 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
                                 FROM_OFFS: tl.constexpr, ALIGN: tl.constexpr,
                                 BLOCK_R: tl.constexpr,
                                 AMAX_BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                                STAGES: tl.constexpr,
                                 WITH_DQ: tl.constexpr, POW2: tl.constexpr, MAX: tl.constexpr,
                                 MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
                                 TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
@@ -101,7 +102,7 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
         # element-wise max over the group's tiles, one reduction along axis 0 at the end (it
         # crosses warps; per tile it halved the amax pass's bandwidth, fast/amax.py)
         acc = tl.zeros((AMAX_BLOCK_R, BLOCK_C), dtype=tl.int32)
-        for r0 in range(start, end, AMAX_BLOCK_R):
+        for r0 in tl.range(start, end, AMAX_BLOCK_R, num_stages=STAGES):
             rows = r0 + tl.arange(0, AMAX_BLOCK_R)
             mask = (rows < end)[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
@@ -120,7 +121,7 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
         pstart = tl.multiple_of(pstart, ALIGN)
         n_out = tl.multiple_of(pend - pstart, ALIGN)
         base = g.to(tl.int64) * G_STRIDE + pstart
-        for r0 in range(0, n_out, BLOCK_R):
+        for r0 in tl.range(0, n_out, BLOCK_R, num_stages=STAGES):
             rel = r0 + tl.arange(0, BLOCK_R)
             rows = start + rel
             mask = (rows < end)[:, None] & col_ok[None, :]
@@ -186,6 +187,11 @@ def padded_offsets_one_launch(offs, align):
 # x 148.2 vs 117.9, g 82.3 vs 68.1, w 1777 vs 1536. Loop 2's second read mostly hits L2, so
 # one read saves little HBM traffic, while the held tile costs occupancy; it was removed.
 GROUP_CAST = {"tokens": (128, 32, 128, 4, 0), "experts": (64, 64, 64, 4, 0)}
+# Software pipelining of both row loops (tl.range's num_stages: loads of later tiles issued
+# while the current one is reduced or encoded); None leaves the loops as Triton builds a loop
+# without a dot. Untimed on a GPU (twelfth session: no device time left); the sweep's
+# --stages times 2, 3 and 4 against None. Any value gives the same bits (order of reads only).
+GROUP_CAST_STAGES = None
 WIDE_TILE_WAVES = 3
 
 
@@ -215,7 +221,7 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g
         x_in, offs, pends, data_t.view(torch.uint8), qs, qs if dq is None else dq, c,
         n_groups, n_col_tiles, group_rows, g_stride, c_stride, FROM_OFFS=offs is not None,
         ALIGN=align & -align, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c,
-        WITH_DQ=dq is not None, POW2=pow2_scale, **float8_params(fmt),
+        STAGES=GROUP_CAST_STAGES, WITH_DQ=dq is not None, POW2=pow2_scale, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
         IS_BF16=is_bf16, num_warps=warps)
 

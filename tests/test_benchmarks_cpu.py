@@ -419,10 +419,13 @@ def test_module_settings_restores_after_the_block_and_on_error():
 
 def test_group_cast_sweep_settings_fit_the_launcher():
     """Each swept setting has GROUP_CAST's fields (the launcher unpacks them), the defaults
-    come first, and none repeats."""
+    come first, none repeats; --stages times the defaults only, each with every STAGES."""
     from benchmarks import group_cast_sweep
     from qtrain.fast import grouped_mm as fg
-    got = [s for _, s in group_cast_sweep.settings()]
+    got = [s for _, s, _ in group_cast_sweep.settings()]
     defaults = list(dict.fromkeys(fg.GROUP_CAST.values()))
     assert got[:len(defaults)] == defaults and len(set(got)) == len(got) > len(defaults)
     assert all(len(s) == len(fg.GROUP_CAST["tokens"]) == 5 for s in got)
+    staged = [(s, st) for _, s, st in group_cast_sweep.settings(stages=True)]
+    assert staged == [(s, st) for s in defaults for st in group_cast_sweep.STAGES]
+    assert fg.GROUP_CAST_STAGES in group_cast_sweep.STAGES

@@ -76,6 +76,17 @@ def test_group_cast_settings_same_bits(variant, monkeypatch):
     _assert_group_casts_bitexact(nan=True)
 
 
+@pytest.mark.parametrize("stages", [2, 3, 4])
+def test_group_cast_pipelined_loops_same_bits(stages, monkeypatch):
+    """GROUP_CAST_STAGES (both row loops software-pipelined: cp.async loads) with the defaults
+    and a looping grid: the reference's bits, NaN column included."""
+    monkeypatch.setattr(fast_grouped, "GROUP_CAST_STAGES", stages)
+    _assert_group_casts_bitexact(nan=True)
+    for use in ("tokens", "experts"):
+        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS["looping"])
+    _assert_group_casts_bitexact(nan=True, align=48)
+
+
 @pytest.mark.parametrize("align", [16, 1, 48])
 def test_casts_bitexact_F8_7(align):
     """Every padding alignment: the kernel's ALIGN hint (the largest power of two dividing

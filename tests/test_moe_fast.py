@@ -63,6 +63,20 @@ def test_group_cast_settings_same_bits(variant, monkeypatch, seed):
     fast_backend()
     for use in ("tokens", "experts"):
         monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
+    _assert_group_casts_as_reference()
+
+
+def test_group_cast_pipelined_loops_same_bits(monkeypatch, seed):
+    """GROUP_CAST_STAGES (the row loops software-pipelined on a GPU; the interpreter runs the
+    same loops) with a looping grid: the reference's bits."""
+    fast_backend()
+    monkeypatch.setattr(fast_grouped, "GROUP_CAST_STAGES", 3)
+    for use in ("tokens", "experts"):
+        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS["looping"])
+    _assert_group_casts_as_reference()
+
+
+def _assert_group_casts_as_reference():
     ref = ReferenceBackend()
     for grouping in ("uneven", "empty_ends", "single"):
         offs = torch.tensor(OFFS[grouping], dtype=torch.int32, device=DEVICE)

@@ -60,15 +60,17 @@ def _row_copy_ttgir(dtype):
     return _compile_sm90(cast_float8._float8_tiles_kernel, signature, consts, (), "ttgir")
 
 
-def _token_group_cast_ptx(use):
+def _token_group_cast_ptx(use, stages=None):
     """PTX of the token-group column cast with GROUP_CAST[use]'s tile (token groups take
-    either, fast/grouped_mm._group_cast_setting), or the reason."""
+    either, fast/grouped_mm._group_cast_setting) and `stages` (GROUP_CAST_STAGES), or the
+    reason."""
     from qtrain.fast import grouped_mm
     from qtrain.fast.common import float8_params
     kernel = grouped_mm._float8_group_cols_t_kernel
     block_r, block_c, amax_block_r, _, _ = grouped_mm.GROUP_CAST[use]
     consts = dict(FROM_OFFS=True, ALIGN=16, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r,
-                  BLOCK_C=block_c, WITH_DQ=True, POW2=True, EXACT_SOFT_CAST=False, IS_BF16=True,
+                  BLOCK_C=block_c, STAGES=stages, WITH_DQ=True, POW2=True,
+                  EXACT_SOFT_CAST=False, IS_BF16=True,
                   **float8_params("float8_e4m3fn"))
     consts = {n: v for n, v in consts.items() if n in kernel.arg_names}   # a kernel without a hint
     signature = {"x_ptr": "*bf16", "offs_ptr": "*i32", "pends_ptr": "*i32", "data_t_ptr": "*u8",
@@ -130,6 +132,17 @@ def test_token_group_cast_stores_vectors(use, compiled_patterns):
         f"(x.T byte by byte: the output offset lost its alignment)")
 
 
+def test_group_cast_stages_pipeline_the_loads(compiled_patterns):
+    """GROUP_CAST_STAGES is a real knob: with stages the row loops' loads become asynchronous
+    copies (cp.async, issued ahead of their use), without them plain loads."""
+    counts = compiled_patterns["token_group_cp_async"]
+    if isinstance(counts, str):
+        pytest.skip(counts)
+    assert counts["None"] == 0 and counts["3"] > 0, (
+        f"cp.async in the token-group cast's PTX by GROUP_CAST_STAGES on Triton "
+        f"{compiled_patterns['triton']}: {counts}")
+
+
 def test_pattern_finder_on_known_ttgir():
     """The finder flags the same codes stored directly and converted, and only that."""
     both = ("%c = tt.fp_to_fp %y\n%5 = ttg.convert_layout %c : tensor<32x128xi8, #b> -> "
@@ -157,4 +170,11 @@ if __name__ == "__main__":     # the child of _compiled_patterns
         result["token_group_stores"][use] = why if ptx is None else {
             op: len(re.findall(re.escape(op) + r"\b", ptx))
             for op in ("st.global.v4.b32", "st.global.b8")}
+    result["token_group_cp_async"] = {}
+    for stages in (None, 3):
+        ptx, why = _token_group_cast_ptx("experts", stages)
+        if ptx is None:
+            result["token_group_cp_async"] = why
+            break
+        result["token_group_cp_async"][str(stages)] = len(re.findall(r"cp\.async\.", ptx))
     print(json.dumps(result))
