@@ -80,6 +80,9 @@ def _check(x, w, offs, config):
     if x.dim() != 2 or w.dim() != 3 or x.shape[1] != w.shape[2]:
         raise ValueError(f"{LAYER}: expected x (M, K) and w (E, N, K), got x {tuple(x.shape)} "
                          f"and w {tuple(w.shape)}")
+    if w.device != x.device or offs.device != x.device:
+        raise ValueError(f"{LAYER}: x, w and offs must be on one device, got x on {x.device}, "
+                         f"w on {w.device}, offs on {offs.device}")
     if offs.dtype != torch.int32 or offs.shape != (w.shape[0],):
         raise ValueError(f"{LAYER}: offs must be int32 of shape (E,) = ({w.shape[0]},) "
                          f"cumulative group ends (MM-5), got {offs.dtype} {tuple(offs.shape)}")

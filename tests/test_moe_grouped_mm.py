@@ -166,6 +166,10 @@ def test_errors_name_the_layer():
         grouped_mm(torch.randn(8, 40), torch.randn(2, 32, 40), _offs([4, 8]), config)
     with pytest.raises(NotImplementedError, match="rowwise"):
         grouped_mm(x, w, _offs([4, 8]), qtrain.Float8LinearConfig(recipe="tensorwise"))
+    with pytest.raises(ValueError, match="one device.*offs on meta"):
+        grouped_mm(x, w, _offs([4, 8]).to("meta"), config)
+    with pytest.raises(ValueError, match="one device.*w on meta"):
+        grouped_mm(x, w.to("meta"), _offs([4, 8]), config)
 
 
 def test_padded_width_agrees_with_reference_RC_13():
