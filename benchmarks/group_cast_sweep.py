@@ -6,11 +6,19 @@ CUDA-graph replays (GPU time, no host time; the padded offsets are computed once
 Prints a table last (fastest first per use) and appends rows to
 benchmarks/results/results.csv.
 
-    python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5] [--experts E] [--stages]
+    python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5] [--experts E]
+                                          [--stages | --grid-stages N | --one-read]
 
 --experts E splits the same 16384 tokens into E groups (the weights become (E, N, K)).
 --stages times the default settings only, each with the row loops' software pipelining
 (GROUP_CAST_STAGES) None, 2, 3 and 4.
+--grid-stages N times the defaults with stages None and N, then a smaller grid (the tiles,
+programs per SM 0, 1 and 2, 4 and 8 warps) all with stages N: with loads in flight, fewer
+programs each holding their group in L2 for the second read may win.
+--one-read times the grouped layer's one-read pair against the separate casts, per tensor:
+the rowwise cast with group amax (fast/grouped_mm.py, for ROWWISE_GROUP_AMAX_PER_SM in
+ONE_READ_PER_SM) then the grouped cast given that amax, against the plain rowwise cast and the
+grouped cast that reads its input twice (bits checked equal first).
 GB/s counts the bytes one cast must move when both reads of x come from HBM: two reads of
 the bf16 input and one write of the float8 payload (5 bytes an element).
 """
@@ -33,9 +41,10 @@ TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
 STAGES = (None, 2, 3, 4)
 
 
-def settings(stages=False):
+def settings(stages=False, grid_stages=None):
     """(label, GROUP_CAST setting, GROUP_CAST_STAGES) to time: the defaults first (stages:
-    only they, with each of STAGES), then the grid."""
+    only they, with each of STAGES), then the grid (grid_stages: the defaults with stages None
+    and grid_stages, then the pipelined grid)."""
     from qtrain.fast import grouped_mm as fg
     seen = []
     for s in (fg.GROUP_CAST["tokens"], fg.GROUP_CAST["experts"]):
@@ -43,6 +52,14 @@ def settings(stages=False):
             seen.append(s)
     if stages:
         return [(f"{s} stages={st}", s, st) for s in seen for st in STAGES]
+    if grid_stages is not None:
+        out = [(f"{s} stages={st}", s, st) for s in seen for st in (None, grid_stages)]
+        for (br, bc), warps, per_sm in itertools.product(TILES, (4, 8), (0, 1, 2)):
+            s = (br, bc, br, warps, per_sm)
+            if s not in seen:
+                seen.append(s)
+                out.append((f"{s} stages={grid_stages}", s, grid_stages))
+        return out
     for (br, bc), tall, warps, per_sm in itertools.product(TILES, (False, True), (4, 8), (0, 2)):
         abr = max(br, 8192 // bc) if tall else br          # loop 1 on 16 KB bf16 tiles
         for s in ((br, bc, abr, warps, per_sm), (br, bc, 256, warps, per_sm)):
@@ -60,12 +77,45 @@ def graph_us(fn, calls=20, replays=5):
     return ms * 1e3 / calls
 
 
+ONE_READ_PER_SM = (0, 2, 4, 8, 16)
+
+
+def one_read(jobs_in, budget_s):
+    """Rows (use, variant, us) of --one-read; jobs_in: {label: (x2d, rowwise(), amax_cast(),
+    column_cast(amax))}."""
+    from qtrain.fast import grouped_mm as fg
+    rows, t0 = [], time.time()
+    for label, (x2d, rowwise, fused, column) in jobs_in.items():
+        plain = [t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8)
+                 for t in rowwise() + column(None)]
+        got = fused()
+        mine = [t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8)
+                for t in got[:3] + column(got[3])]
+        same = all(torch.equal(a, b) for a, b in zip(plain, mine))
+        rows.append((label, "rowwise cast", graph_us(rowwise), same))
+        rows.append((label, "grouped cast (two reads)", graph_us(lambda: column(None)), same))
+        amax = got[3]
+        rows.append((label, "grouped cast given amax", graph_us(lambda: column(amax)), same))
+        for per_sm in ONE_READ_PER_SM:
+            if time.time() - t0 > budget_s:
+                break
+            with module_settings(fg, ROWWISE_GROUP_AMAX_PER_SM=per_sm):
+                rows.append((label, f"rowwise cast + group amax, per_sm={per_sm}",
+                             graph_us(fused), same))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=float, default=150.0)
     p.add_argument("--top", type=int, default=5, help="rows per use in the printed table")
     p.add_argument("--experts", type=int, default=None, help="groups (default moe_bench's E)")
-    p.add_argument("--stages", action="store_true", help="the defaults with each loop pipelining")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--stages", action="store_true", help="the defaults with each loop pipelining")
+    how.add_argument("--grid-stages", type=int, default=None,
+                     help="the defaults, then a grid of settings, with this loop pipelining")
+    how.add_argument("--one-read", action="store_true",
+                     help="the rowwise cast with group amax + given-amax casts vs separate casts")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("group_cast_sweep: no CUDA device; skipped")
@@ -84,12 +134,42 @@ def main(argv=None):
                 g, offs, 16, fmt, True, padded_offs=pends, with_dequant=True)),
             "experts w (E, N, K)": (w, lambda: fg.quantize_float8_experts_t(
                 w, fmt, True, with_dequant=True))}
+    if args.one_read:
+        from qtrain.fast.cast_float8 import quantize_float8_rowwise
+        e, n, k = w.shape
+        w2d = w.reshape(e * n, k)
+        jobs_in = {
+            "tokens x (M, K)": (x, lambda: quantize_float8_rowwise(x, fmt, True, True),
+                                lambda: fg.quantize_float8_rowwise_group_amax(
+                                    x, offs, None, fmt, True, True),
+                                lambda a: fg.quantize_float8_grouped_t(
+                                    x, offs, 16, fmt, True, pends, True, a)),
+            "tokens g (M, N)": (g, lambda: quantize_float8_rowwise(g, fmt, True, True),
+                                lambda: fg.quantize_float8_rowwise_group_amax(
+                                    g, offs, None, fmt, True, True),
+                                lambda a: fg.quantize_float8_grouped_t(
+                                    g, offs, 16, fmt, True, pends, True, a)),
+            "experts w (E, N, K)": (w2d, lambda: quantize_float8_rowwise(w2d, fmt, True, True),
+                                    lambda: fg.quantize_float8_rowwise_group_amax(
+                                        w2d, None, n, fmt, True, True),
+                                    lambda a: fg.quantize_float8_experts_t(w, fmt, True, True,
+                                                                           a))}
+        res = one_read(jobs_in, args.budget_s)
+        append_rows([dict(op="group_cast_one_read", backend="fast", recipe="rowwise",
+                          shape=f"{label} {variant}", metric="us graph (bits same)",
+                          value=f"{us:.1f} ({same})") for label, variant, us, same in res])
+        print(f"\ngroup_cast_sweep --one-read on {torch.cuda.get_device_name()}, torch "
+              f"{torch.__version__}, shape {shape}")
+        print(format_table(["use", "variant", "us (graph)", "bits = separate casts"],
+                           [[lb, v, f"{us:.1f}", "yes" if same else "NO"]
+                            for lb, v, us, same in res]))
+        return 0 if all(r[3] for r in res) else 1
     default = dict(fg.GROUP_CAST)
     want = {label: [t.view(torch.uint8) if t.element_size() == 1 else t.view(torch.int32)
                     for t in fn()] for label, (_, fn) in jobs.items()}
     results, rows, t0 = {label: [] for label in jobs}, [], time.time()
     dev = torch.cuda.get_device_name()
-    for name, setting, stages in settings(args.stages):
+    for name, setting, stages in settings(args.stages, args.grid_stages):
         if time.time() - t0 > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s spent: later settings not timed")
             break

@@ -152,6 +152,113 @@ def test_grouped_casts_with_dequant_write_reciprocals(grouping, seed):
         assert torch.equal(dq.view(torch.int32), torch.reciprocal(qs).view(torch.int32)), what
 
 
+def _bits(t):
+    return t.view(torch.uint8) if t.element_size() == 1 else t.view(torch.int32)
+
+
+def _group_amax_want(x, ends):
+    """amax[g, k] = max |x[r, k]| over group g's rows, NaN where one is NaN, 0 when empty."""
+    rows, start = [], 0
+    for end in ends:
+        part = x[start:end].float().abs()
+        rows.append(torch.where(part.isnan().any(0), float("nan"), part.amax(0))
+                    if end > start else torch.zeros(x.shape[1]))
+        start = end
+    return torch.stack(rows) if rows else torch.zeros(0, x.shape[1])
+
+
+@pytest.mark.parametrize("grouping", sorted(OFFS) + ["no_groups", "tail_past_end", "experts"])
+def test_rowwise_cast_with_group_amax_same_bits(grouping, seed):
+    """One read of x gives the rowwise cast (the bits of the plain rowwise kernel) and every
+    group's column amax (F8-1 within the group: NaN, Inf, empty groups, rows past offs[-1]
+    in none); the grouped casts given that amax write the bits they write without it. The
+    interpreter's 4 programs split the rows mid-group, so segments cross programs."""
+    from qtrain.fast.cast_float8 import quantize_float8_rowwise
+    fast_backend()
+    x = (torch.randn(40, 48) * 5).to(torch.bfloat16)
+    x[5:9] = 0.0
+    x[30, 3], x[12, 40], x[22, 1] = float("nan"), float("inf"), -float("inf")
+    x = x.to(DEVICE)
+    if grouping == "experts":
+        ends, offs, rows = [8, 16, 24, 32, 40], None, 8
+    else:
+        ends = {"no_groups": [], "tail_past_end": [3, 11, 26]}.get(grouping, OFFS.get(grouping))
+        offs, rows = torch.tensor(ends, dtype=torch.int32, device=DEVICE), None
+    data, qs, dq, amax = fast_grouped.quantize_float8_rowwise_group_amax(
+        x, offs, rows, "float8_e4m3fn", True, with_dequant=True)
+    for got, want in zip((data, qs, dq),
+                         quantize_float8_rowwise(x, "float8_e4m3fn", True, with_dequant=True)):
+        assert torch.equal(_bits(got), _bits(want))
+    want = _group_amax_want(x.cpu(), ends)
+    assert amax.shape == want.shape and amax.dtype == torch.float32
+    assert torch.equal(amax.cpu().isnan(), want.isnan())
+    assert torch.equal(amax.cpu().nan_to_num(-1.0), want.nan_to_num(-1.0))
+    if grouping == "experts":
+        w = x.reshape(5, 8, 48)
+        pairs = [(fast_grouped.quantize_float8_experts_t(w, "float8_e5m2", False, True, a),
+                  None) for a in (None, amax)]
+    else:
+        pairs = [(fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e5m2", False,
+                                                         with_dequant=True, amax=a), None)
+                 for a in (None, amax)]
+    for plain, given in zip(pairs[0][0], pairs[1][0]):
+        assert torch.equal(_bits(plain), _bits(given))
+
+
+def test_rowwise_cast_with_group_amax_rejects_bad_input():
+    fast_backend()
+    x = torch.randn(8, 16, device=DEVICE)
+    offs = torch.tensor([4, 8], dtype=torch.int32, device=DEVICE)
+    cast = fast_grouped.quantize_float8_rowwise_group_amax
+    with pytest.raises(ValueError, match="exactly one of offs, group_rows"):
+        cast(x, offs, 4, "float8_e4m3fn")
+    with pytest.raises(ValueError, match="group_rows 3 must divide the 8 rows"):
+        cast(x, None, 3, "float8_e4m3fn")
+    with pytest.raises(ValueError, match="offs must be int32"):
+        cast(x, offs.long(), None, "float8_e4m3fn")
+    with pytest.raises(ValueError, match="amax must be float32 of shape"):
+        fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn",
+                                               amax=torch.zeros(3, 16, device=DEVICE))
+    assert not fast_grouped.rowwise_group_amax_fits(fast_grouped.ROW_IN_REGISTERS + 1)
+
+
+def test_grouped_layer_reads_x_g_w_once_for_two_casts(monkeypatch, seed):
+    """grouped_mm on fast takes the rowwise cast with group amax for x, w (forward) and g
+    (backward), and hands each amax to the grouped cast of the same tensor; outputs and
+    gradients are bit for bit those of the separate casts."""
+    from qtrain import grouped_ops
+    fast_backend()
+    name = "fast-interpreter"
+    qbackend.register_backend(name, lambda: FastBackend(allow_interpreter=True))
+    plan = qtrain.Float8LinearConfig(recipe="rowwise").plan(grouped=True)
+    offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32, device=DEVICE)
+    x, w, g = (t.to(DEVICE) for t in (torch.randn(40, 64), torch.randn(4, 32, 64),
+                                      torch.randn(40, 32)))
+    calls = []
+    fused = grouped_ops.quantize_float8_rowwise_group_amax
+
+    def counted(t, offs_, group_rows, *args):
+        calls.append((tuple(t.shape), offs_ is None, group_rows))
+        return fused(t, offs_, group_rows, *args)
+
+    def run():
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = _QuantizedGroupedMMFn.apply(xr, wr, offs, plan, name)
+        y.backward(g)
+        return y.detach(), xr.grad, wr.grad
+
+    monkeypatch.setattr(grouped_ops, "quantize_float8_rowwise_group_amax", counted)
+    got = run()
+    assert sorted(calls) == sorted([((40, 64), False, 0), ((128, 64), True, 32),
+                                    ((40, 32), False, 0)])
+    monkeypatch.setattr(FastBackend, "takes_group_amax", lambda self, k: False)
+    calls.clear()
+    want = run()
+    assert not calls
+    for a, b, what in zip(got, want, ("output", "grad_input", "grad_weight")):
+        assert torch.equal(a, b), what
+
+
 def test_experts_cast_is_rowwise_of_each_transpose(seed):
     """The reference's meaning: expert e's payload is quantize_float8(w[e].T, axis=-1)."""
     ref = ReferenceBackend()
