@@ -147,7 +147,8 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
 def _float8_rowwise_group_amax_kernel(x_ptr, offs_ptr, data_ptr, qs_ptr, dq_ptr, amax_ptr, R, K,
                                       N_GROUPS, GROUP_ROWS, ROWS_PER_PROGRAM,
                                       FROM_OFFS: tl.constexpr, BLOCK_R: tl.constexpr,
-                                      BLOCK_K: tl.constexpr, WITH_DQ: tl.constexpr,
+                                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+                                      WITH_DQ: tl.constexpr,
                                       POW2: tl.constexpr, MAX: tl.constexpr,
                                       MBITS: tl.constexpr, BIAS: tl.constexpr,
                                       FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
@@ -186,7 +187,7 @@ def _float8_rowwise_group_amax_kernel(x_ptr, offs_ptr, data_ptr, qs_ptr, dq_ptr,
             end = (g + 1) * GROUP_ROWS
         end = tl.maximum(tl.minimum(end, r1), start)   # offs non-decreasing (MM-5)
         acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.int32)
-        for rb in range(start, end, BLOCK_R):
+        for rb in tl.range(start, end, BLOCK_R, num_stages=STAGES):
             rows = rb + tl.arange(0, BLOCK_R)
             row_ok = rows < end
             ptrs = rows[:, None].to(tl.int64) * K + cols[None, :]
@@ -309,9 +310,11 @@ def _amax_bits(amax, shape):
     return amax.contiguous().view(torch.int32)
 
 
-# Programs per SM of the rowwise cast with group amax (each takes a run of rows and issues one
-# atomic max per column and group segment; 0: one BLOCK_R-row block per program).
-ROWWISE_GROUP_AMAX_PER_SM = 8
+# Setting of the rowwise cast with group amax: (programs per SM, elements a tile (BLOCK_R rows
+# of next_pow2(K)), warps, STAGES of the row loop (tl.range num_stages; None: not pipelined)).
+# Each program takes a run of rows and issues one atomic max per column and group segment
+# (programs per SM 0: one BLOCK_R-row block per program, the most atomics).
+ROWWISE_GROUP_AMAX = (2, 8192, 8, None)
 
 
 def rowwise_group_amax_fits(k):
@@ -357,19 +360,20 @@ def quantize_float8_rowwise_group_amax(x, offs=None, group_rows=None, fmt="float
     if r:
         block_k = next_pow2(k)
         interpreted = is_interpreted(_float8_rowwise_group_amax_kernel)
-        block_r = max(1, min((16 if interpreted else 8192) // block_k, next_pow2(r)))
-        warps = max(4, min(16, block_r * block_k // 1024))
+        per_sm, tile, warps, stages = ROWWISE_GROUP_AMAX
+        block_r = max(1, min((16 if interpreted else tile) // block_k, next_pow2(r)))
         n_blocks = cdiv(r, block_r)
         programs = n_blocks
-        if ROWWISE_GROUP_AMAX_PER_SM:
-            programs = max(1, min(n_blocks, program_budget(x.device, ROWWISE_GROUP_AMAX_PER_SM)))
+        if per_sm:
+            programs = max(1, min(n_blocks, program_budget(x.device, per_sm)))
         rows_per_program = cdiv(n_blocks, programs) * block_r
         x_in, is_bf16 = kernel_input(x)
         from_offs = offs is not None and n_groups > 0    # no groups: every row in none
         _float8_rowwise_group_amax_kernel[(cdiv(r, rows_per_program),)](
             x_in, offs if from_offs else x_in, data.view(torch.uint8), qs,
             qs if dq is None else dq, amax, r, k, n_groups, group_rows or r, rows_per_program,
-            FROM_OFFS=from_offs, BLOCK_R=block_r, BLOCK_K=block_k, WITH_DQ=with_dequant,
+            FROM_OFFS=from_offs, BLOCK_R=block_r, BLOCK_K=block_k, STAGES=stages,
+            WITH_DQ=with_dequant,
             POW2=pow2_scale, **float8_params(fmt),
             EXACT_SOFT_CAST=use_soft_cast(_float8_rowwise_group_amax_kernel, fmt, x.device),
             IS_BF16=is_bf16, num_warps=warps)
