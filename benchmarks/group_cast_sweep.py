@@ -77,11 +77,11 @@ def graph_us(fn, calls=20, replays=5):
     return ms * 1e3 / calls
 
 
-# (programs per SM, tile elements, warps, stages): fast/grouped_mm.ROWWISE_GROUP_AMAX
-ONE_READ_SETTINGS = tuple((per_sm, tile, warps, stages)
+# (programs per SM, tile elements, warps, stages, fold): fast/grouped_mm.ROWWISE_GROUP_AMAX
+ONE_READ_SETTINGS = tuple((per_sm, tile, warps, stages, fold)
                           for per_sm in (1, 2, 4) for tile, warps in ((8192, 8), (16384, 16),
                                                                        (32768, 16))
-                          for stages in (None, 2, 3))
+                          for stages in (None, 3) for fold in (False, True))
 
 
 def one_read(jobs_in, budget_s):

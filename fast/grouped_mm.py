@@ -148,7 +148,7 @@ def _float8_rowwise_group_amax_kernel(x_ptr, offs_ptr, data_ptr, qs_ptr, dq_ptr,
                                       N_GROUPS, GROUP_ROWS, ROWS_PER_PROGRAM,
                                       FROM_OFFS: tl.constexpr, BLOCK_R: tl.constexpr,
                                       BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-                                      WITH_DQ: tl.constexpr,
+                                      FOLD_ROWS: tl.constexpr, WITH_DQ: tl.constexpr,
                                       POW2: tl.constexpr, MAX: tl.constexpr,
                                       MBITS: tl.constexpr, BIAS: tl.constexpr,
                                       FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
@@ -186,7 +186,10 @@ def _float8_rowwise_group_amax_kernel(x_ptr, offs_ptr, data_ptr, qs_ptr, dq_ptr,
         else:
             end = (g + 1) * GROUP_ROWS
         end = tl.maximum(tl.minimum(end, r1), start)   # offs non-decreasing (MM-5)
-        acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.int32)
+        if FOLD_ROWS:    # each block's column max folded at once: a (BLOCK_K,) running max
+            acc = tl.zeros((BLOCK_K,), dtype=tl.int32)
+        else:            # element-wise running max, one reduction along the rows at the end
+            acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.int32)
         for rb in tl.range(start, end, BLOCK_R, num_stages=STAGES):
             rows = rb + tl.arange(0, BLOCK_R)
             row_ok = rows < end
@@ -201,10 +204,14 @@ def _float8_rowwise_group_amax_kernel(x_ptr, offs_ptr, data_ptr, qs_ptr, dq_ptr,
             code = encode_float8(x * qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
                                  EXACT_SOFT_CAST)
             tl.store(data_ptr + ptrs, code, mask=mask)
-            acc = tl.maximum(acc, bits)             # masked-out elements are 0: never win
+            if FOLD_ROWS:                           # masked-out elements are 0: never win
+                acc = tl.maximum(acc, tl.max(bits, axis=0))
+            else:
+                acc = tl.maximum(acc, bits)
         if (g < N_GROUPS) & (end > start):
-            tl.atomic_max(amax_ptr + g.to(tl.int64) * K + cols, tl.max(acc, axis=0),
-                          mask=col_ok, sem="relaxed")
+            col_max = acc if FOLD_ROWS else tl.max(acc, axis=0)
+            tl.atomic_max(amax_ptr + g.to(tl.int64) * K + cols, col_max, mask=col_ok,
+                          sem="relaxed")
         start = end
         g += 1
 
@@ -311,10 +318,11 @@ def _amax_bits(amax, shape):
 
 
 # Setting of the rowwise cast with group amax: (programs per SM, elements a tile (BLOCK_R rows
-# of next_pow2(K)), warps, STAGES of the row loop (tl.range num_stages; None: not pipelined)).
+# of next_pow2(K)), warps, STAGES of the row loop (tl.range num_stages; None: not pipelined),
+# FOLD_ROWS (each block's column max taken at once instead of an element-wise running max)).
 # Each program takes a run of rows and issues one atomic max per column and group segment
 # (programs per SM 0: one BLOCK_R-row block per program, the most atomics).
-ROWWISE_GROUP_AMAX = (2, 8192, 8, None)
+ROWWISE_GROUP_AMAX = (2, 8192, 8, None, False)
 
 
 def rowwise_group_amax_fits(k):
@@ -360,7 +368,7 @@ def quantize_float8_rowwise_group_amax(x, offs=None, group_rows=None, fmt="float
     if r:
         block_k = next_pow2(k)
         interpreted = is_interpreted(_float8_rowwise_group_amax_kernel)
-        per_sm, tile, warps, stages = ROWWISE_GROUP_AMAX
+        per_sm, tile, warps, stages, fold = ROWWISE_GROUP_AMAX
         block_r = max(1, min((16 if interpreted else tile) // block_k, next_pow2(r)))
         n_blocks = cdiv(r, block_r)
         programs = n_blocks
@@ -372,7 +380,7 @@ def quantize_float8_rowwise_group_amax(x, offs=None, group_rows=None, fmt="float
         _float8_rowwise_group_amax_kernel[(cdiv(r, rows_per_program),)](
             x_in, offs if from_offs else x_in, data.view(torch.uint8), qs,
             qs if dq is None else dq, amax, r, k, n_groups, group_rows or r, rows_per_program,
-            FROM_OFFS=from_offs, BLOCK_R=block_r, BLOCK_K=block_k, STAGES=stages,
+            FROM_OFFS=from_offs, BLOCK_R=block_r, BLOCK_K=block_k, STAGES=stages, FOLD_ROWS=fold,
             WITH_DQ=with_dequant,
             POW2=pow2_scale, **float8_params(fmt),
             EXACT_SOFT_CAST=use_soft_cast(_float8_rowwise_group_amax_kernel, fmt, x.device),

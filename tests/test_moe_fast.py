@@ -167,14 +167,24 @@ def _group_amax_want(x, ends):
     return torch.stack(rows) if rows else torch.zeros(0, x.shape[1])
 
 
+# ROWWISE_GROUP_AMAX settings besides the default: a block per program with each block's
+# column max folded at once, and few programs with a pipelined row loop
+ROWWISE_GROUP_AMAX_VARIANTS = {"default": None, "block_each_folded": (0, 8192, 4, None, True),
+                               "pipelined": (1, 8192, 4, 2, False)}
+
+
+@pytest.mark.parametrize("variant", sorted(ROWWISE_GROUP_AMAX_VARIANTS))
 @pytest.mark.parametrize("grouping", sorted(OFFS) + ["no_groups", "tail_past_end", "experts"])
-def test_rowwise_cast_with_group_amax_same_bits(grouping, seed):
+def test_rowwise_cast_with_group_amax_same_bits(grouping, variant, monkeypatch, seed):
     """One read of x gives the rowwise cast (the bits of the plain rowwise kernel) and every
     group's column amax (F8-1 within the group: NaN, Inf, empty groups, rows past offs[-1]
     in none); the grouped casts given that amax write the bits they write without it. The
     interpreter's 4 programs split the rows mid-group, so segments cross programs."""
     from qtrain.fast.cast_float8 import quantize_float8_rowwise
     fast_backend()
+    if ROWWISE_GROUP_AMAX_VARIANTS[variant] is not None:
+        monkeypatch.setattr(fast_grouped, "ROWWISE_GROUP_AMAX",
+                            ROWWISE_GROUP_AMAX_VARIANTS[variant])
     x = (torch.randn(40, 48) * 5).to(torch.bfloat16)
     x[5:9] = 0.0
     x[30, 3], x[12, 40], x[22, 1] = float("nan"), float("inf"), -float("inf")
