@@ -7,7 +7,7 @@ Prints a table last (fastest first per use) and appends rows to
 benchmarks/results/results.csv.
 
     python -m benchmarks.group_cast_sweep [--budget-s 150] [--top 5] [--experts E]
-                                          [--stages | --grid-stages N | --one-read]
+                                          [--stages | --grid-stages N]
 
 --experts E splits the same 16384 tokens into E groups (the weights become (E, N, K)).
 --stages times the default settings only, each with the row loops' software pipelining
@@ -15,10 +15,6 @@ benchmarks/results/results.csv.
 --grid-stages N times the defaults with stages None and N, then a smaller grid (the tiles,
 programs per SM 0, 1 and 2, 4 and 8 warps) all with stages N: with loads in flight, fewer
 programs each holding their group in L2 for the second read may win.
---one-read times the grouped layer's one-read pair against the separate casts, per tensor:
-the rowwise cast with group amax (fast/grouped_mm.py, for each ROWWISE_GROUP_AMAX setting in
-ONE_READ_SETTINGS) then the grouped cast given that amax, against the plain rowwise cast and the
-grouped cast that reads its input twice (bits checked equal first).
 GB/s counts the bytes one cast must move when both reads of x come from HBM: two reads of
 the bf16 input and one write of the float8 payload (5 bytes an element).
 """
@@ -77,44 +73,6 @@ def graph_us(fn, calls=20, replays=5):
     return ms * 1e3 / calls
 
 
-# (programs per SM, tile elements, warps, stages, fold): fast/grouped_mm.ROWWISE_GROUP_AMAX
-ONE_READ_SETTINGS = tuple((per_sm, tile, warps, stages, fold)
-                          for per_sm in (1, 2, 4) for tile, warps in ((8192, 8), (16384, 16),
-                                                                       (32768, 16))
-                          for stages in (None, 3) for fold in (False, True))
-
-
-def one_read(jobs_in, budget_s):
-    """Rows (use, variant, us) of --one-read; jobs_in: {label: (x2d, rowwise(), amax_cast(),
-    column_cast(amax))}."""
-    from qtrain.fast import grouped_mm as fg
-    rows, t0 = [], time.time()
-    for label, (x2d, rowwise, fused, column) in jobs_in.items():
-        plain = [t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8)
-                 for t in rowwise() + column(None)]
-        got = fused()
-        mine = [t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8)
-                for t in got[:3] + column(got[3])]
-        same = all(torch.equal(a, b) for a, b in zip(plain, mine))
-        rows.append((label, "rowwise cast", graph_us(rowwise), same))
-        rows.append((label, "grouped cast (two reads)", graph_us(lambda: column(None)), same))
-        amax = got[3]
-        rows.append((label, "grouped cast given amax", graph_us(lambda: column(amax)), same))
-        for setting in ONE_READ_SETTINGS:
-            if time.time() - t0 > budget_s:
-                break
-            try:
-                with module_settings(fg, ROWWISE_GROUP_AMAX=setting):
-                    bits = [t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8)
-                            for t in fused()]
-                    ok = same and all(torch.equal(a, b) for a, b in zip(bits, mine[:3]))
-                    rows.append((label, f"rowwise cast + group amax {setting}",
-                                 graph_us(fused), ok))
-            except Exception as e:    # noqa: BLE001 (a setting that does not compile: report)
-                print(f"{label} {setting}: {type(e).__name__}: {str(e)[:160]}")
-    return rows
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=float, default=150.0)
@@ -124,8 +82,6 @@ def main(argv=None):
     how.add_argument("--stages", action="store_true", help="the defaults with each loop pipelining")
     how.add_argument("--grid-stages", type=int, default=None,
                      help="the defaults, then a grid of settings, with this loop pipelining")
-    how.add_argument("--one-read", action="store_true",
-                     help="the rowwise cast with group amax + given-amax casts vs separate casts")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("group_cast_sweep: no CUDA device; skipped")
@@ -144,36 +100,6 @@ def main(argv=None):
                 g, offs, 16, fmt, True, padded_offs=pends, with_dequant=True)),
             "experts w (E, N, K)": (w, lambda: fg.quantize_float8_experts_t(
                 w, fmt, True, with_dequant=True))}
-    if args.one_read:
-        from qtrain.fast.cast_float8 import quantize_float8_rowwise
-        e, n, k = w.shape
-        w2d = w.reshape(e * n, k)
-        jobs_in = {
-            "tokens x (M, K)": (x, lambda: quantize_float8_rowwise(x, fmt, True, True),
-                                lambda: fg.quantize_float8_rowwise_group_amax(
-                                    x, offs, None, fmt, True, True),
-                                lambda a: fg.quantize_float8_grouped_t(
-                                    x, offs, 16, fmt, True, pends, True, a)),
-            "tokens g (M, N)": (g, lambda: quantize_float8_rowwise(g, fmt, True, True),
-                                lambda: fg.quantize_float8_rowwise_group_amax(
-                                    g, offs, None, fmt, True, True),
-                                lambda a: fg.quantize_float8_grouped_t(
-                                    g, offs, 16, fmt, True, pends, True, a)),
-            "experts w (E, N, K)": (w2d, lambda: quantize_float8_rowwise(w2d, fmt, True, True),
-                                    lambda: fg.quantize_float8_rowwise_group_amax(
-                                        w2d, None, n, fmt, True, True),
-                                    lambda a: fg.quantize_float8_experts_t(w, fmt, True, True,
-                                                                           a))}
-        res = one_read(jobs_in, args.budget_s)
-        append_rows([dict(op="group_cast_one_read", backend="fast", recipe="rowwise",
-                          shape=f"{label} {variant}", metric="us graph (bits same)",
-                          value=f"{us:.1f} ({same})") for label, variant, us, same in res])
-        print(f"\ngroup_cast_sweep --one-read on {torch.cuda.get_device_name()}, torch "
-              f"{torch.__version__}, shape {shape}")
-        print(format_table(["use", "variant", "us (graph)", "bits = separate casts"],
-                           [[lb, v, f"{us:.1f}", "yes" if same else "NO"]
-                            for lb, v, us, same in res]))
-        return 0 if all(r[3] for r in res) else 1
     default = dict(fg.GROUP_CAST)
     want = {label: [t.view(torch.uint8) if t.element_size() == 1 else t.view(torch.int32)
                     for t in fn()] for label, (_, fn) in jobs.items()}

@@ -42,8 +42,7 @@ OPS = {
                                      required=("block", "block_t", "input")),
     **{name: OpDef(grouped_casts.inputs, grouped_casts.reference, grouped_casts.backend,
                    required=("format", "input") + (("offs", "align") if "grouped" in name else ()))
-       for name in ("quantize_float8_grouped_t", "quantize_float8_experts_t",
-                    grouped_casts.ROWWISE_AMAX)},
+       for name in ("quantize_float8_grouped_t", "quantize_float8_experts_t")},
     "uniform_noise": OpDef(ops.noise_inputs, ops.noise_reference, ops.noise_backend,
                            ops.noise_python, required=("seed", "call")),
     "scaled_mm_nt": OpDef(products.mm_inputs, products.mm_reference, products.mm_backend,

@@ -253,31 +253,17 @@ class FastBackend:
         self._check(offs)
         return padded_offsets_one_launch(offs, align)
 
-    def takes_group_amax(self, k):
-        """qtrain/grouped_ops.py's optional pair: quantize_float8_rowwise_group_amax takes rows
-        of length k, and the grouped casts take its amax (x read once by each)."""
-        from .grouped_mm import rowwise_group_amax_fits
-        return rowwise_group_amax_fits(k)
-
-    def quantize_float8_rowwise_group_amax(self, x, offs, group_rows, fmt, pow2_scale,
-                                           with_dequant=False):
-        from .grouped_mm import quantize_float8_rowwise_group_amax
-        self._check(x)
-        return quantize_float8_rowwise_group_amax(x, offs, group_rows, fmt, pow2_scale,
-                                                  with_dequant)
-
     def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None,
-                                  with_dequant=False, amax=None):
+                                  with_dequant=False):
         from .grouped_mm import quantize_float8_grouped_t
         self._check(x)
         return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale, padded_offs,
-                                         with_dequant=with_dequant, amax=amax)
+                                         with_dequant=with_dequant)
 
-    def quantize_float8_experts_t(self, w, fmt, pow2_scale, with_dequant=False, amax=None):
+    def quantize_float8_experts_t(self, w, fmt, pow2_scale, with_dequant=False):
         from .grouped_mm import quantize_float8_experts_t
         self._check(w)
-        return quantize_float8_experts_t(w, fmt, pow2_scale, with_dequant=with_dequant,
-                                         amax=amax)
+        return quantize_float8_experts_t(w, fmt, pow2_scale, with_dequant=with_dequant)
 
     takes_fast_accum = True            # qtrain/grouped_ops.py scaled_grouped_mm's RC-3 hint
 

@@ -41,9 +41,9 @@ import triton.language as tl
 
 from qtrain.grouping import (gather_rows, group_bounds, pad_index, padded_offsets, padded_rows,
                              rows_in_groups)
-from .common import (ROW_IN_REGISTERS, TORCH_FLOAT8, cdiv, check_device, check_format,
-                     check_input, device_capability, float8_params, is_interpreted,
-                     kernel_input, next_pow2, pow2_at_most, use_soft_cast)
+from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input,
+                     device_capability, float8_params, is_interpreted, kernel_input,
+                     next_pow2, pow2_at_most, use_soft_cast)
 from .amax import program_budget
 from . import grouped_mm_sm90 as sm90
 from .block_dequant import exact_values
@@ -61,10 +61,9 @@ if GROUPED_GEMM not in ("auto", "triton", "torch"):
 
 
 @triton.jit
-def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, dq_ptr,
-                                amax_ptr, C, N_GROUPS, N_COL_TILES, GROUP_ROWS, G_STRIDE,
-                                C_STRIDE, FROM_OFFS: tl.constexpr, AMAX_GIVEN: tl.constexpr,
-                                ALIGN: tl.constexpr,
+def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, dq_ptr, C,
+                                N_GROUPS, N_COL_TILES, GROUP_ROWS, G_STRIDE, C_STRIDE,
+                                FROM_OFFS: tl.constexpr, ALIGN: tl.constexpr,
                                 BLOCK_R: tl.constexpr,
                                 AMAX_BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                                 STAGES: tl.constexpr,
@@ -78,9 +77,7 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
     padded starts from pends (FROM_OFFS), or are GROUP_ROWS rows each with no padding (the
     experts of a weight (E, N, K) seen as (E*N, K)).
     Loop 1 (AMAX_BLOCK_R rows a tile): column amax over the group's rows only (integer max of
-    |x| bits, NaN on top, F8-1); qs = F8-2/F8-3/F8-5 per column. AMAX_GIVEN: no loop 1, the
-    amax bits are read from amax_ptr (E, C), as _float8_rowwise_group_amax_kernel wrote them
-    (the same integer max over the same rows: the same bits), so x is read once here. Loop 2 (BLOCK_R rows a tile):
+    |x| bits, NaN on top, F8-1); qs = F8-2/F8-3/F8-5 per column. Loop 2 (BLOCK_R rows a tile):
     data = rne(clamp(x * qs)) (F8-4), stored transposed at
     data_t[g * G_STRIDE + c * C_STRIDE + pstart + (r - start)]: (C, Mp) for token groups
     (G_STRIDE 0, C_STRIDE Mp, padding columns written as zeros), (E, C, GROUP_ROWS) for
@@ -104,18 +101,14 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
             pend = GROUP_ROWS
         # element-wise max over the group's tiles, one reduction along axis 0 at the end (it
         # crosses warps; per tile it halved the amax pass's bandwidth, fast/amax.py)
-        if AMAX_GIVEN:
-            # sign cleared: any fp32 amax reads as |amax| (the kernel's own are positive)
-            amax = tl.load(amax_ptr + g * C + cols, mask=col_ok, other=0) & 0x7FFFFFFF
-        else:
-            acc = tl.zeros((AMAX_BLOCK_R, BLOCK_C), dtype=tl.int32)
-            for r0 in tl.range(start, end, AMAX_BLOCK_R, num_stages=STAGES):
-                rows = r0 + tl.arange(0, AMAX_BLOCK_R)
-                mask = (rows < end)[:, None] & col_ok[None, :]
-                x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
-                            other=0)
-                acc = tl.maximum(acc, abs_bits(widen_to_fp32(x, IS_BF16)))
-            amax = tl.max(acc, axis=0)
+        acc = tl.zeros((AMAX_BLOCK_R, BLOCK_C), dtype=tl.int32)
+        for r0 in tl.range(start, end, AMAX_BLOCK_R, num_stages=STAGES):
+            rows = r0 + tl.arange(0, AMAX_BLOCK_R)
+            mask = (rows < end)[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
+                        other=0)
+            acc = tl.maximum(acc, abs_bits(widen_to_fp32(x, IS_BF16)))
+        amax = tl.max(acc, axis=0)
         qs = float8_quant_scale(amax, MAX, POW2)          # amax 0 (empty group): F8-6 scale
         tl.store(qs_ptr + g * C + cols, qs, mask=col_ok)
         if WITH_DQ:
@@ -141,79 +134,6 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
             dst = base + cols[None, :].to(tl.int64) * C_STRIDE + rel[:, None]
             keep = (rel < n_out)[:, None] & col_ok[None, :]
             tl.store(data_t_ptr + dst, code, mask=keep)
-
-
-@triton.jit
-def _float8_rowwise_group_amax_kernel(x_ptr, offs_ptr, data_ptr, qs_ptr, dq_ptr, amax_ptr, R, K,
-                                      N_GROUPS, GROUP_ROWS, ROWS_PER_PROGRAM,
-                                      FROM_OFFS: tl.constexpr, BLOCK_R: tl.constexpr,
-                                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-                                      FOLD_ROWS: tl.constexpr, WITH_DQ: tl.constexpr,
-                                      POW2: tl.constexpr, MAX: tl.constexpr,
-                                      MBITS: tl.constexpr, BIAS: tl.constexpr,
-                                      FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
-                                      EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
-    """Rows [r0, r0 + ROWS_PER_PROGRAM) of row-major x (R, K), r0 = program_id(0) *
-    ROWS_PER_PROGRAM, BLOCK_K >= K (each row held whole: one read). Every row is cast along
-    its own axis as fast/cast_float8._float8_rowwise_kernel casts it (F8-7 along K: same
-    scale, same codes, same dequant factor), and the same loaded |x| bits also give each
-    group's column amax: the program walks its rows one group segment at a time (groups from
-    offs, FROM_OFFS, MM-5: the first group found by a binary search; else GROUP_ROWS rows
-    each), keeps the element-wise max of a segment's rows, and folds it into amax_ptr (E, K)
-    int32 (zero-initialised; integer max of |x| bits, NaN on top, F8-1) with one atomic max
-    per column. Rows past offs[-1] are cast and belong to no group. The max is order-free, so
-    amax holds the bits the column cast's own amax loop would compute."""
-    r0 = tl.program_id(0) * ROWS_PER_PROGRAM
-    r1 = tl.minimum(r0 + ROWS_PER_PROGRAM, R)
-    cols = tl.arange(0, BLOCK_K)
-    col_ok = cols < K
-    if FROM_OFFS:            # g: the first group whose end is past r0 (N_GROUPS: none)
-        lo = r0 * 0
-        hi = lo + N_GROUPS
-        while lo < hi:
-            mid = (lo + hi) // 2
-            past = tl.load(offs_ptr + mid) <= r0
-            lo = tl.where(past, mid + 1, lo)
-            hi = tl.where(past, hi, mid)
-        g = lo
-    else:
-        g = r0 // GROUP_ROWS
-    start = r0
-    while start < r1:
-        if FROM_OFFS:
-            end = tl.load(offs_ptr + tl.minimum(g, N_GROUPS - 1))  # N_GROUPS >= 1 here
-            end = tl.where(g < N_GROUPS, end, R)
-        else:
-            end = (g + 1) * GROUP_ROWS
-        end = tl.maximum(tl.minimum(end, r1), start)   # offs non-decreasing (MM-5)
-        if FOLD_ROWS:    # each block's column max folded at once: a (BLOCK_K,) running max
-            acc = tl.zeros((BLOCK_K,), dtype=tl.int32)
-        else:            # element-wise running max, one reduction along the rows at the end
-            acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.int32)
-        for rb in tl.range(start, end, BLOCK_R, num_stages=STAGES):
-            rows = rb + tl.arange(0, BLOCK_R)
-            row_ok = rows < end
-            ptrs = rows[:, None].to(tl.int64) * K + cols[None, :]
-            mask = row_ok[:, None] & col_ok[None, :]
-            x = widen_to_fp32(tl.load(x_ptr + ptrs, mask=mask, other=0), IS_BF16)
-            bits = abs_bits(x)
-            qs = float8_quant_scale(tl.max(bits, axis=1), MAX, POW2)
-            tl.store(qs_ptr + rows, qs, mask=row_ok)
-            if WITH_DQ:
-                tl.store(dq_ptr + rows, tl.div_rn(1.0, qs), mask=row_ok)
-            code = encode_float8(x * qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
-                                 EXACT_SOFT_CAST)
-            tl.store(data_ptr + ptrs, code, mask=mask)
-            if FOLD_ROWS:                           # masked-out elements are 0: never win
-                acc = tl.maximum(acc, tl.max(bits, axis=0))
-            else:
-                acc = tl.maximum(acc, bits)
-        if (g < N_GROUPS) & (end > start):
-            col_max = acc if FOLD_ROWS else tl.max(acc, axis=0)
-            tl.atomic_max(amax_ptr + g.to(tl.int64) * K + cols, col_max, mask=col_ok,
-                          sem="relaxed")
-        start = end
-        g += 1
 
 
 @triton.jit
@@ -269,8 +189,20 @@ def padded_offsets_one_launch(offs, align):
 GROUP_CAST = {"tokens": (128, 32, 128, 4, 0), "experts": (64, 64, 64, 4, 0)}
 # Software pipelining of both row loops (tl.range's num_stages: loads of later tiles issued
 # while the current one is reduced or encoded); None leaves the loops as Triton builds a loop
-# without a dot. Untimed on a GPU (twelfth session: no device time left); the sweep's
-# --stages times 2, 3 and 4 against None. Any value gives the same bits (order of reads only).
+# without a dot. Any value gives the same bits (order of reads only). Timed on the H200
+# (thirteenth session, 2026-12-02, group_cast_sweep --stages / --grid-stages 3): no gain for
+# token groups (x 104.0 us with None against 109.8 / 114.5 / 117.1 with 3 / 4 / 2; g 58.5
+# against 67.9+; best of a 36-setting pipelined grid x 104.6, g 57.1), 4% for the experts
+# (w 103.1 -> 98.9 with 3). The casts are not short of loads in flight: counting both reads
+# of the bf16 input and the float8 write (5 bytes an element) they move ~3.2 TB/s, 77% of
+# copy. So None. Making the second read unnecessary does not pay either: a rowwise cast that
+# also folds each group's column amax (atomic max per column and group segment) so that the
+# grouped cast reads its input once measured, at its best setting per tensor, x 71.8 us
+# (plain rowwise 52.3) + 74.5 (given amax; 103.7 two reads), g 47.4 (28.0) + 41.0 (58.4),
+# w 68.8 (52.3) + 70.2 (102.8): ~24 us of ~400 per step, with three more zero-fill
+# launches; a step A/B in CUDA graphs (its best single setting for all three) was within
+# noise (1.306 / 1.292 against 1.288 / 1.311 ms). Removed (benchmarks/NOTES.md, thirteenth
+# session).
 GROUP_CAST_STAGES = None
 WIDE_TILE_WAVES = 3
 
@@ -286,10 +218,9 @@ def _group_cast_setting(use, n_groups, c, device):
 
 
 def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g_stride,
-                         c_stride, fmt, pow2_scale, use, align=1, amax=None):
+                         c_stride, fmt, pow2_scale, use, align=1):
     """align: what the padded starts (pends) and c_stride are multiples of; its largest
-    power-of-two factor is the kernel's ALIGN hint. amax: the groups' column amax (E, C)
-    already computed (quantize_float8_rowwise_group_amax), so the kernel skips its amax loop."""
+    power-of-two factor is the kernel's ALIGN hint."""
     c = x.shape[-1]
     block_r, block_c, amax_block_r, warps, per_sm = _group_cast_setting(use, n_groups, c,
                                                                         x.device)
@@ -299,103 +230,19 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g
     programs = n_items if not per_sm else max(1, min(n_items, program_budget(x.device, per_sm)))
     x_in, is_bf16 = kernel_input(x)
     _float8_group_cols_t_kernel[(programs,)](
-        x_in, offs, pends, data_t.view(torch.uint8), qs, qs if dq is None else dq,
-        qs if amax is None else _amax_bits(amax, (n_groups, c)), c, n_groups, n_col_tiles,
-        group_rows, g_stride, c_stride, FROM_OFFS=offs is not None,
-        AMAX_GIVEN=amax is not None, ALIGN=align & -align, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c,
+        x_in, offs, pends, data_t.view(torch.uint8), qs, qs if dq is None else dq, c,
+        n_groups, n_col_tiles, group_rows, g_stride, c_stride, FROM_OFFS=offs is not None,
+        ALIGN=align & -align, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c,
         STAGES=GROUP_CAST_STAGES, WITH_DQ=dq is not None, POW2=pow2_scale, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
         IS_BF16=is_bf16, num_warps=warps)
 
 
-def _amax_bits(amax, shape):
-    """A given group amax (fp32, `shape`, on the kernel's device) as the int32 bits the
-    kernels read."""
-    if amax.dtype != torch.float32 or tuple(amax.shape) != tuple(shape):
-        raise ValueError(f"{LAYER}: amax must be float32 of shape {tuple(shape)}, got "
-                         f"{amax.dtype} {tuple(amax.shape)}")
-    return amax.contiguous().view(torch.int32)
-
-
-# Setting of the rowwise cast with group amax: (programs per SM, elements a tile (BLOCK_R rows
-# of next_pow2(K)), warps, STAGES of the row loop (tl.range num_stages; None: not pipelined),
-# FOLD_ROWS (each block's column max taken at once instead of an element-wise running max)).
-# Each program takes a run of rows and issues one atomic max per column and group segment
-# (programs per SM 0: one BLOCK_R-row block per program, the most atomics).
-ROWWISE_GROUP_AMAX = (2, 8192, 8, None, False)
-
-
-def rowwise_group_amax_fits(k):
-    """Whether quantize_float8_rowwise_group_amax takes rows of length k (held whole)."""
-    return 0 < k <= ROW_IN_REGISTERS
-
-
-def quantize_float8_rowwise_group_amax(x, offs=None, group_rows=None, fmt="float8_e4m3fn",
-                                       pow2_scale=False, with_dequant=False):
-    """Backend interface (qtrain/grouped_ops.py): x (R, K) cast rowwise (F8-7 along K, the same
-    bits as fast/cast_float8.quantize_float8_rowwise) and, from the same read of x, the column
-    amax of every group: (data (R, K), quant_scale (R, 1)[, dequant (R, 1)], amax fp32 (E, K)),
-    amax[g, k] = max |x[r, k]| over the rows r of group g (F8-1: NaN if any is NaN; 0 for an
-    empty group). Groups: offs (E,) int32 cumulative ends (MM-5; rows past offs[-1] are cast
-    and belong to none), or group_rows rows each (R = E * group_rows: expert weights (E, N, K)
-    seen as (E*N, K)). The grouped casts take this amax instead of reading x for it. Rows up
-    to ROW_IN_REGISTERS long (rowwise_group_amax_fits); one memset and one launch."""
-    check_format(fmt, LAYER)
-    check_input(x, LAYER)
-    check_device(_float8_rowwise_group_amax_kernel, x, LAYER)
-    if x.dim() != 2 or (offs is None) == (group_rows is None):
-        raise ValueError(f"{LAYER}: rowwise cast with group amax needs 2-D x and exactly one "
-                         f"of offs, group_rows; got x {tuple(x.shape)}, offs "
-                         f"{None if offs is None else tuple(offs.shape)}, group_rows {group_rows}")
-    r, k = x.shape
-    if not rowwise_group_amax_fits(k):
-        raise ValueError(f"{LAYER}: rowwise cast with group amax holds rows of up to "
-                         f"{ROW_IN_REGISTERS} elements, got K = {k}")
-    if offs is not None:
-        if offs.dtype != torch.int32 or offs.dim() != 1 or offs.device != x.device:
-            raise ValueError(f"{LAYER}: offs must be int32 1-D on {x.device}, got "
-                             f"{offs.dtype} {tuple(offs.shape)} on {offs.device}")
-        n_groups = offs.shape[0]
-        offs = offs.contiguous()
-    else:
-        if group_rows < 1 or r % group_rows:
-            raise ValueError(f"{LAYER}: group_rows {group_rows} must divide the {r} rows")
-        n_groups = r // group_rows
-    data = torch.empty((r, k), dtype=TORCH_FLOAT8[fmt], device=x.device)
-    qs = torch.empty((r, 1), dtype=torch.float32, device=x.device)
-    dq = torch.empty_like(qs) if with_dequant else None
-    amax = torch.zeros((n_groups, k), dtype=torch.int32, device=x.device)
-    if r:
-        block_k = next_pow2(k)
-        interpreted = is_interpreted(_float8_rowwise_group_amax_kernel)
-        per_sm, tile, warps, stages, fold = ROWWISE_GROUP_AMAX
-        block_r = max(1, min((16 if interpreted else tile) // block_k, next_pow2(r)))
-        n_blocks = cdiv(r, block_r)
-        programs = n_blocks
-        if per_sm:
-            programs = max(1, min(n_blocks, program_budget(x.device, per_sm)))
-        rows_per_program = cdiv(n_blocks, programs) * block_r
-        x_in, is_bf16 = kernel_input(x)
-        from_offs = offs is not None and n_groups > 0    # no groups: every row in none
-        _float8_rowwise_group_amax_kernel[(cdiv(r, rows_per_program),)](
-            x_in, offs if from_offs else x_in, data.view(torch.uint8), qs,
-            qs if dq is None else dq, amax, r, k, n_groups, group_rows or r, rows_per_program,
-            FROM_OFFS=from_offs, BLOCK_R=block_r, BLOCK_K=block_k, STAGES=stages, FOLD_ROWS=fold,
-            WITH_DQ=with_dequant,
-            POW2=pow2_scale, **float8_params(fmt),
-            EXACT_SOFT_CAST=use_soft_cast(_float8_rowwise_group_amax_kernel, fmt, x.device),
-            IS_BF16=is_bf16, num_warps=warps)
-    out = (data, qs, dq) if with_dequant else (data, qs)
-    return out + (amax.view(torch.float32),)
-
-
 def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs=None,
-                              with_dequant=False, amax=None):
+                              with_dequant=False):
     """Backend interface (qtrain/grouped_ops.py): x (M, C) along axis 0 within each group ->
     (data_t (C, Mp) in the padded layout, quant_scale fp32 (E, C)). One launch, no host sync.
-    with_dequant: also the dequant factors 1 / quant_scale (E, C), written by the kernel.
-    amax: the groups' column amax (E, C) fp32 as quantize_float8_rowwise_group_amax gives it;
-    the kernel then reads x once instead of twice (same bits when it is x's)."""
+    with_dequant: also the dequant factors 1 / quant_scale (E, C), written by the kernel."""
     check_format(fmt, LAYER)
     check_input(x, LAYER)
     check_device(_float8_group_cols_t_kernel, x, LAYER)
@@ -413,17 +260,15 @@ def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs
     else:
         data_t = torch.empty((c, mp), dtype=TORCH_FLOAT8[fmt], device=x.device)
         _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, 0, 0, mp, fmt,
-                             pow2_scale, "tokens", align=int(align), amax=amax)
+                             pow2_scale, "tokens", align=int(align))
     return (data_t, qs, dq) if with_dequant else (data_t, qs)
 
 
-def quantize_float8_experts_t(w, fmt, pow2_scale=False, with_dequant=False, amax=None):
+def quantize_float8_experts_t(w, fmt, pow2_scale=False, with_dequant=False):
     """Backend interface (qtrain/grouped_ops.py): w (E, N, K) along N within each expert ->
     (data (E, K, N) row-major, quant_scale fp32 (E, K)), i.e. every w[e].T quantized rowwise,
     written straight from w (no transpose copy). One launch. with_dequant: also the dequant
-    factors 1 / quant_scale (E, K), written by the kernel. amax: the experts' column amax
-    (E, K) fp32 (quantize_float8_rowwise_group_amax of w as (E*N, K), group_rows N); the
-    kernel then reads w once instead of twice."""
+    factors 1 / quant_scale (E, K), written by the kernel."""
     check_format(fmt, LAYER)
     check_input(w, LAYER)
     check_device(_float8_group_cols_t_kernel, w, LAYER)
@@ -434,7 +279,7 @@ def quantize_float8_experts_t(w, fmt, pow2_scale=False, with_dequant=False, amax
     qs = torch.empty((e, k), dtype=torch.float32, device=w.device)
     dq = torch.empty_like(qs) if with_dequant else None
     _launch_group_cols_t(w.reshape(e * n, k), None, None, data, qs, dq, e, n, k * n, n, fmt,
-                         pow2_scale, "experts", amax=amax)
+                         pow2_scale, "experts")
     return (data, qs, dq) if with_dequant else (data, qs)
 
 

@@ -23,14 +23,6 @@ Backend interface (three methods, same names and signatures in every backend, an
   product fast accumulation; the result stays within MM-4 with that accumulation's bound).
 - optional: padded_offsets(offs, align) -> qtrain.grouping.padded_offsets(offs, align) (the same
   int32 values) in fewer launches, for eager calls (`padded_offsets` below).
-- optional, together: takes_group_amax(k) -> bool, and
-  quantize_float8_rowwise_group_amax(x, offs, group_rows, fmt, pow2_scale) ->
-  (data, quant_scale, amax): x (R, K) cast rowwise (F8-7 along K, the bits of the ops.py
-  rowwise cast) and each group's column amax, fp32 (E, K) (F8-1 over the group's rows; groups
-  from offs, MM-5, or group_rows rows each), from one read of x; the two grouped casts then
-  take `amax=` (that amax, for the same x) and read their input once instead of twice. Same
-  bits either way; the grouped layer uses the pair where the backend says it takes rows of
-  length k.
 """
 from typing import Optional
 
@@ -53,13 +45,13 @@ def grouped_impl(name):
         f"use 'reference' or 'fast'")
 
 
-def _with_dequant(impl, method, *args, **kwargs):
+def _with_dequant(impl, method, *args):
     """(data, quant_scale, dequant) of a grouped cast: dequant = 1 / quant_scale, written by
     the backend's kernel where it says it can (grouped_casts_write_dequant), else
     torch.reciprocal's (the same bits)."""
     if getattr(impl, "grouped_casts_write_dequant", False):
-        return getattr(impl, method)(*args, with_dequant=True, **kwargs)
-    data, qs = getattr(impl, method)(*args, **kwargs)
+        return getattr(impl, method)(*args, with_dequant=True)
+    data, qs = getattr(impl, method)(*args)
     return data, qs, dequant_of(qs)
 
 
@@ -72,56 +64,19 @@ def padded_offsets(offs, align, backend):
     return grouping.padded_offsets(offs, align)
 
 
-def takes_group_amax(backend, k):
-    """Whether `backend` has the rowwise cast with group amax, for rows of length k."""
-    impl = grouped_impl(backend)
-    return hasattr(impl, "takes_group_amax") and impl.takes_group_amax(k)
-
-
-@custom_op("qtrain::quantize_float8_rowwise_group_amax")
-def quantize_float8_rowwise_group_amax(x: torch.Tensor, offs: Optional[torch.Tensor],
-                                       group_rows: int, fmt: str, pow2_scale: bool, backend: str
-                                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                  torch.Tensor]:
-    """(data (R, K), quant_scale (R, 1), dequant (R, 1), amax (E, K)): x rowwise and the groups'
-    column amax (offs, or group_rows rows each when offs is None); see the module docstring."""
-    impl = grouped_impl(backend)
-    rows = None if offs is not None else group_rows
-    if getattr(impl, "grouped_casts_write_dequant", False):
-        return impl.quantize_float8_rowwise_group_amax(x, offs, rows, fmt, pow2_scale,
-                                                       with_dequant=True)
-    data, qs, amax = impl.quantize_float8_rowwise_group_amax(x, offs, rows, fmt, pow2_scale)
-    return data, qs, dequant_of(qs), amax
-
-
-@quantize_float8_rowwise_group_amax.register_fake
-def _(x, offs, group_rows, fmt, pow2_scale, backend):
-    r, k = x.shape
-    n_groups = offs.shape[0] if offs is not None else r // group_rows
-    return (x.new_empty((r, k), dtype=FLOAT8_DTYPES[fmt]),
-            x.new_empty((r, 1), dtype=torch.float32), x.new_empty((r, 1), dtype=torch.float32),
-            x.new_empty((n_groups, k), dtype=torch.float32))
-
-
-def _amax_kw(amax):
-    return {} if amax is None else {"amax": amax}
-
-
 @custom_op("qtrain::quantize_float8_grouped_t")
 def quantize_float8_grouped_t(x: torch.Tensor, offs: torch.Tensor, align: int, fmt: str,
                               pow2_scale: bool, backend: str,
-                              padded_offs: Optional[torch.Tensor] = None,
-                              amax: Optional[torch.Tensor] = None
+                              padded_offs: Optional[torch.Tensor] = None
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(data_t (C, Mp), quant_scale (E, C), dequant (E, C)): x along tokens within each group
-    (RC-13), in the padded layout, and the product's factors 1 / quant_scale. amax: x's group
-    column amax from quantize_float8_rowwise_group_amax (a backend with takes_group_amax)."""
+    (RC-13), in the padded layout, and the product's factors 1 / quant_scale."""
     return _with_dequant(grouped_impl(backend), "quantize_float8_grouped_t", x, offs, align,
-                         fmt, pow2_scale, padded_offs, **_amax_kw(amax))
+                         fmt, pow2_scale, padded_offs)
 
 
 @quantize_float8_grouped_t.register_fake
-def _(x, offs, align, fmt, pow2_scale, backend, padded_offs=None, amax=None):
+def _(x, offs, align, fmt, pow2_scale, backend, padded_offs=None):
     m, c = x.shape
     n_groups = offs.shape[0]
     return (x.new_empty((c, padded_rows(m, n_groups, align)), dtype=FLOAT8_DTYPES[fmt]),
@@ -130,18 +85,16 @@ def _(x, offs, align, fmt, pow2_scale, backend, padded_offs=None, amax=None):
 
 
 @custom_op("qtrain::quantize_float8_experts_t")
-def quantize_float8_experts_t(w: torch.Tensor, fmt: str, pow2_scale: bool, backend: str,
-                              amax: Optional[torch.Tensor] = None
+def quantize_float8_experts_t(w: torch.Tensor, fmt: str, pow2_scale: bool, backend: str
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(data (E, K, N), quant_scale (E, K), dequant (E, K)): every w[e].T along N, and the
-    product's factors 1 / quant_scale. amax: the experts' column amax (E, K) from
-    quantize_float8_rowwise_group_amax of w as (E*N, K) with group_rows N."""
+    product's factors 1 / quant_scale."""
     return _with_dequant(grouped_impl(backend), "quantize_float8_experts_t", w, fmt,
-                         pow2_scale, **_amax_kw(amax))
+                         pow2_scale)
 
 
 @quantize_float8_experts_t.register_fake
-def _(w, fmt, pow2_scale, backend, amax=None):
+def _(w, fmt, pow2_scale, backend):
     e, n, k = w.shape
     return (w.new_empty((e, k, n), dtype=FLOAT8_DTYPES[fmt]),
             w.new_empty((e, k), dtype=torch.float32), w.new_empty((e, k), dtype=torch.float32))

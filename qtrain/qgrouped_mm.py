@@ -36,51 +36,31 @@ LAYER = "qtrain.grouped_mm"
 FLOAT8_ALIGN = 16         # torch._scaled_grouped_mm needs 16-token aligned groups (2d x 2d)
 
 
-def _float8_axiswise(spec):
-    return spec is not None and spec.kind == "float8" and not spec.tensorwise
-
-
-def _rows_with_group_amax(t, offs, group_rows, row_spec, col_spec, backend):
-    """(QOperand of 2-D t along its rows, the groups' column amax or None): the amax comes
-    from the same read of t (grouped_ops.quantize_float8_rowwise_group_amax) when t is cast
-    along its rows AND later along the tokens / experts of each group (col_spec) by float8
-    axiswise specs, and the backend has that cast; else the plain rowwise cast and None.
-    Same bits either way."""
-    if not (_float8_axiswise(row_spec) and _float8_axiswise(col_spec)
-            and grouped_ops.takes_group_amax(backend, t.shape[1])):
-        return quantize_operand(t, row_spec, 1, backend), None
-    data, _, dq, amax = grouped_ops.quantize_float8_rowwise_group_amax(
-        t, offs, group_rows, row_spec.fmt, row_spec.pow2_scale, backend)
-    return QOperand(data, dq, row_spec.pow2_factors), amax
-
-
-def _quantize_experts_along_n(w, spec, backend, amax=None):
-    """w (E, N, K) per expert along N, as grad_input's B = w[g].T (K, N): (payload (E, K, N),
-    fp32 factors (E, K, N / block)) in NT form. amax: the experts' column amax from the
-    forward's cast of w (_rows_with_group_amax), float8 only."""
+def _quantize_3d(w, spec, along_k, backend):
+    """w (E, N, K) per expert, along K (output) or along N (grad_input, as B = w[g].T (K, N)).
+    Returns (payload (E, R, C), fp32 factors (E, R, C / block)) in NT form."""
     e, n, k = w.shape
-    if _float8_axiswise(spec):
+    if not along_k and spec.kind == "float8" and not spec.tensorwise:
         # one pass over w writes every w[g].T quantized (no transpose copy of w first)
         data, _, dq = grouped_ops.quantize_float8_experts_t(w, spec.fmt, spec.pow2_scale,
-                                                            backend, amax)
+                                                            backend)
         return data, dq.unsqueeze(-1)
-    src = w.transpose(1, 2).contiguous()
-    q = quantize_operand(src.reshape(-1, n), spec, 1, backend)
-    return q.payload.reshape(e, k, n), q.dequant_fp32().reshape(e, k, -1)
+    src = w if along_k else w.transpose(1, 2).contiguous()
+    q = quantize_operand(src.reshape(-1, src.shape[-1]), spec, 1, backend)
+    rows, cols = src.shape[1], src.shape[2]
+    return q.payload.reshape(e, rows, cols), q.dequant_fp32().reshape(e, rows, -1)
 
 
-def _grad_weight_operand(t, offs, spec, backend, layout=None, amax=None):
+def _grad_weight_operand(t, offs, spec, backend, layout=None):
     """t (M, C) (g or x) quantized along tokens within each group, in NT form for the 2d x 2d
     product over the padded token layout: (payload (C, Mp), factors, layout), layout =
     (padded offs,) for float8 and (padded offs, pad index) for MX. `layout`: when already
-    known (x's, reused for g: same groups, same layout). amax: t's group column amax
-    (_rows_with_group_amax), float8 only."""
+    known (x's, reused for g: same groups, same layout)."""
     if spec.kind == "float8":
         pends = (grouped_ops.padded_offsets(offs, FLOAT8_ALIGN, backend) if layout is None
                  else layout[0])
         data_t, _, dq = grouped_ops.quantize_float8_grouped_t(t, offs, FLOAT8_ALIGN, spec.fmt,
-                                                              spec.pow2_scale, backend, pends,
-                                                              amax)
+                                                              spec.pow2_scale, backend, pends)
         return data_t, dq.unsqueeze(-1), (pends,)
     if layout is None:
         index, pends = pad_layout(offs, t.shape[0], spec.block_size)
@@ -118,32 +98,21 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, offs, plan, backend):
         out_dtype = _mm_dtype(x.dtype)
-        gw, gi = plan.grad_weight, plan.grad_input
-        # x and w are each read once for two casts where the backend can (same bits): x's
-        # rowwise cast also gives its group column amax for grad_weight's cast of x, w's
-        # gives each expert's column amax for grad_input's cast of w (saved: E x K floats)
-        e, n, k = w.shape
-        qx, x_amax = _rows_with_group_amax(x, offs, 0, plan.output[0],
-                                           gw[1] if gw and ctx.needs_input_grad[1] else None,
-                                           backend)
-        qw2, w_amax = _rows_with_group_amax(w.reshape(e * n, k), None, n, plan.output[1],
-                                            gi[1] if gi and ctx.needs_input_grad[0] else None,
-                                            backend)
-        qw, dw = qw2.payload.reshape(e, n, k), qw2.dequant_fp32().reshape(e, n, -1)
+        qx = quantize_operand(x, plan.output[0], 1, backend)
+        qw, dw = _quantize_3d(w, plan.output[1], True, backend)
         out = grouped_ops.scaled_grouped_mm(qx.payload, qx.dequant_fp32(), qw, dw, offs,
                                             out_dtype, backend, 1, _pow2(plan.output),
                                             plan.fast_accum_output)
+        gw = plan.grad_weight
         if not ctx.needs_input_grad[1]:
             x_saved = ()
         elif gw is None:
             x_saved = (x,)
         else:
-            payload, dequant, layout = _grad_weight_operand(x, offs, gw[1], backend,
-                                                            amax=x_amax)
+            payload, dequant, layout = _grad_weight_operand(x, offs, gw[1], backend)
             x_saved = (payload, dequant, *layout)
         ctx.n_x = len(x_saved)
-        ctx.w_amax = w_amax is not None
-        ctx.save_for_backward(*x_saved, w, offs, *(() if w_amax is None else (w_amax,)))
+        ctx.save_for_backward(*x_saved, w, offs)
         ctx.plan, ctx.backend, ctx.x_dtype = plan, backend, x.dtype
         return out.to(x.dtype)
 
@@ -152,27 +121,24 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
         plan, backend = ctx.plan, ctx.backend
         saved = ctx.saved_tensors
         x_saved, w, offs = saved[:ctx.n_x], saved[ctx.n_x], saved[ctx.n_x + 1]
-        w_amax = saved[ctx.n_x + 2] if ctx.w_amax else None
         g = grad_out.contiguous().to(ctx.x_dtype)
         out_dtype = _mm_dtype(ctx.x_dtype)
-        grad_x = grad_w = g_amax = None
-        gw = plan.grad_weight
+        grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             gi = plan.grad_input
-            qg, g_amax = _rows_with_group_amax(
-                g, offs, 0, gi[0], gw[0] if gw and ctx.needs_input_grad[1] else None, backend)
-            qwt, dwt = _quantize_experts_along_n(w, gi[1], backend, w_amax)
+            qg = quantize_operand(g, gi[0], 1, backend)
+            qwt, dwt = _quantize_3d(w, gi[1], False, backend)
             grad_x = grouped_ops.scaled_grouped_mm(qg.payload, qg.dequant_fp32(), qwt, dwt,
                                                    offs, out_dtype, backend, 1, _pow2(gi),
                                                    plan.fast_accum_grads).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
+            gw = plan.grad_weight
             if gw is None:
                 grad_w = _grad_weight_hp(g, x_saved[0], offs)
             else:
                 b, db, x_layout = x_saved[0], x_saved[1], x_saved[2:]
                 a, da, layout = _grad_weight_operand(g, offs, gw[0], backend,
-                                                     x_layout if gw[0] == gw[1] else None,
-                                                     g_amax)
+                                                     x_layout if gw[0] == gw[1] else None)
                 pends = layout[0]
                 da, db = QOperand(a, da).dequant_fp32(), QOperand(b, db).dequant_fp32()
                 align = FLOAT8_ALIGN if gw[0].kind == "float8" else gw[0].block_size

@@ -10,8 +10,6 @@ a group boundary.
   (M, E, align) only, so a kernel knows the shape without reading offs.
 - quantize_float8_experts_t: expert weights w (E, N, K) quantized along N within each expert
   (one scale per (expert, k)), the payload written as (E, K, N): w[e].T quantized rowwise.
-- group_column_amax: the F8-1 amax of each group's columns, the quantity both casts above
-  scale by (a fast backend may compute it while it casts the same rows along the other axis).
 """
 import numpy as np
 
@@ -24,27 +22,6 @@ def padded_width(m, n_groups, align):
     """Mp of the padded layout (module docstring)."""
     bound = m + n_groups * (align - 1)
     return max(align, -(-bound // align) * align)
-
-
-def group_column_amax(x, offs=None, group_rows=None):
-    """float32 (E, C): amax[g, c] = max |x[r, c]| over the rows r of group g of x (R, C)
-    (F8-1: NaN when one of them is NaN; 0 for an empty group). Groups from offs (MM-5; rows
-    past offs[-1] belong to none), or group_rows rows each (R = E * group_rows)."""
-    x32 = as_float32(x, "grouped.group_column_amax")
-    if x32.ndim != 2 or (offs is None) == (group_rows is None):
-        raise ValueError(f"qtrain.reference.grouped.group_column_amax: x must be 2-D and exactly "
-                         f"one of offs, group_rows given, got x {x32.shape}")
-    if offs is None:
-        ends = list(range(group_rows, x32.shape[0] + 1, group_rows))
-    else:
-        ends = np.asarray(offs, dtype=np.int64).reshape(-1).tolist()
-    amax = np.zeros((len(ends), x32.shape[1]), dtype=np.float32)
-    start = 0
-    for g, end in enumerate(ends):
-        if end > start:
-            amax[g] = np.max(np.abs(x32[start:end]), axis=0)     # NaN propagates
-        start = end
-    return amax
 
 
 def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False):

@@ -68,15 +68,13 @@ def _token_group_cast_ptx(use, stages=None):
     from qtrain.fast.common import float8_params
     kernel = grouped_mm._float8_group_cols_t_kernel
     block_r, block_c, amax_block_r, _, _ = grouped_mm.GROUP_CAST[use]
-    consts = dict(FROM_OFFS=True, AMAX_GIVEN=False, ALIGN=16, BLOCK_R=block_r,
-                  AMAX_BLOCK_R=amax_block_r,
+    consts = dict(FROM_OFFS=True, ALIGN=16, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r,
                   BLOCK_C=block_c, STAGES=stages, WITH_DQ=True, POW2=True,
                   EXACT_SOFT_CAST=False, IS_BF16=True,
                   **float8_params("float8_e4m3fn"))
     consts = {n: v for n, v in consts.items() if n in kernel.arg_names}   # a kernel without a hint
     signature = {"x_ptr": "*bf16", "offs_ptr": "*i32", "pends_ptr": "*i32", "data_t_ptr": "*u8",
-                 "qs_ptr": "*fp32", "dq_ptr": "*fp32", "amax_ptr": "*i32", "C": "i32",
-                 "N_GROUPS": "i32",
+                 "qs_ptr": "*fp32", "dq_ptr": "*fp32", "C": "i32", "N_GROUPS": "i32",
                  "N_COL_TILES": "i32", "GROUP_ROWS": "i32", "G_STRIDE": "i32", "C_STRIDE": "i32"}
     # what a launch on the MoE shape specializes: pointers, C, G_STRIDE (0), Mp all % 16 == 0
     aligned = ("x_ptr", "offs_ptr", "pends_ptr", "data_t_ptr", "qs_ptr", "dq_ptr", "C",
