@@ -31,7 +31,8 @@ from benchmarks.common import (append_rows, capture_cuda_graph, format_table,  #
                                module_settings, time_fn)
 from benchmarks.moe_bench import moe_inputs  # noqa: E402
 
-TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32))
+TILES = ((32, 64), (64, 64), (16, 128), (32, 128), (64, 32), (128, 32), (128, 64), (256, 32),
+         (256, 64), (128, 128))
 
 
 STAGES = (None, 2, 3, 4)
