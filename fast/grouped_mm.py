@@ -186,6 +186,9 @@ def padded_offsets_one_launch(offs, align):
 # g 74.3 vs 58.3, w 133.9 vs 102.8; E64 x 103.5 vs 100.4, g 57.2 vs 54.8, w 921 vs 781; E128
 # x 148.2 vs 117.9, g 82.3 vs 68.1, w 1777 vs 1536. Loop 2's second read mostly hits L2, so
 # one read saves little HBM traffic, while the held tile costs occupancy; it was removed.
+# Tiles of 128 and 256 rows (whole 128-byte lines of x.T per column; thirteenth session) did
+# not beat these either: x 105.8 us for (128, 128, 128, 4, 0), g 57.1 for (128, 64, 128, 8, 0)
+# against 58.4, w 103.3 against 102.6.
 GROUP_CAST = {"tokens": (128, 32, 128, 4, 0), "experts": (64, 64, 64, 4, 0)}
 # Software pipelining of both row loops (tl.range's num_stages: loads of later tiles issued
 # while the current one is reduced or encoded); None leaves the loops as Triton builds a loop
