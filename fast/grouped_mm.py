@@ -184,8 +184,10 @@ def padded_offsets_one_launch(offs, align):
 # (rows, BLOCK_C) tile and held on chip for the amax and the codes; bits equal) lost at every
 # shape and setting tried, best of 12 settings against these defaults: E8 x 139.0 us vs 103.8,
 # g 74.3 vs 58.3, w 133.9 vs 102.8; E64 x 103.5 vs 100.4, g 57.2 vs 54.8, w 921 vs 781; E128
-# x 148.2 vs 117.9, g 82.3 vs 68.1, w 1777 vs 1536. Loop 2's second read mostly hits L2, so
-# one read saves little HBM traffic, while the held tile costs occupancy; it was removed.
+# x 148.2 vs 117.9, g 82.3 vs 68.1, w 1777 vs 1536: the held tile costs occupancy; it was
+# removed. (The eleventh session read the loss as loop 2's second read hitting L2; with the
+# amax given, the thirteenth session timed loop 2 alone at 74.5 us for x, so loop 1's read
+# costs ~29 us, ~4.6 TB/s: both reads come from HBM.)
 # Tiles of 128 and 256 rows (whole 128-byte lines of x.T per column; thirteenth session) did
 # not beat these either: x 105.8 us for (128, 128, 128, 4, 0), g 57.1 for (128, 64, 128, 8, 0)
 # against 58.4, w 103.3 against 102.6.
