@@ -13,8 +13,7 @@ benchmarks/results/results.csv.
 --stages times the default settings only, each with the row loops' software pipelining
 (GROUP_CAST_STAGES) None, 2, 3 and 4.
 --grid-stages N times the defaults with stages None and N, then a smaller grid (the tiles,
-programs per SM 0, 1 and 2, 4 and 8 warps) all with stages N: with loads in flight, fewer
-programs each holding their group in L2 for the second read may win.
+programs per SM 0, 1 and 2, 4 and 8 warps) all with stages N.
 GB/s counts the bytes one cast must move when both reads of x come from HBM: two reads of
 the bf16 input and one write of the float8 payload (5 bytes an element).
 """

@@ -200,14 +200,9 @@ GROUP_CAST = {"tokens": (128, 32, 128, 4, 0), "experts": (64, 64, 64, 4, 0)}
 # against 67.9+; best of a 36-setting pipelined grid x 104.6, g 57.1), 4% for the experts
 # (w 103.1 -> 98.9 with 3). The casts are not short of loads in flight: counting both reads
 # of the bf16 input and the float8 write (5 bytes an element) they move ~3.2 TB/s, 77% of
-# copy. So None. Making the second read unnecessary does not pay either: a rowwise cast that
-# also folds each group's column amax (atomic max per column and group segment) so that the
-# grouped cast reads its input once measured, at its best setting per tensor, x 71.8 us
-# (plain rowwise 52.3) + 74.5 (given amax; 103.7 two reads), g 47.4 (28.0) + 41.0 (58.4),
-# w 68.8 (52.3) + 70.2 (102.8): ~24 us of ~400 per step, with three more zero-fill
-# launches; a step A/B in CUDA graphs (its best single setting for all three) was within
-# noise (1.306 / 1.292 against 1.288 / 1.311 ms). Removed (benchmarks/NOTES.md, thirteenth
-# session).
+# copy. So None. Making the second read unnecessary did not pay either: a rowwise cast that
+# also folded each group's column amax, so that this cast read its input once, saved ~24 us
+# of ~400 per step and was removed (numbers in benchmarks/NOTES.md, thirteenth session).
 GROUP_CAST_STAGES = None
 WIDE_TILE_WAVES = 3
 
