@@ -10,19 +10,21 @@ names (bf16, a recipe, recipe+keepw for RC-14's kept weight). Rows go to results
 """
 import argparse
 import copy
+import os
 import sys
+import tempfile
 import time
 
 import torch
 
 from qtrain import convert_to_quantized_training
 
-from . import common
+from . import common, trace_gaps
 from .block import KEEP_WEIGHT, SHAPES, block_step, qtrain_config
 from qtrain.tiny_llama import Block
 
 
-def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda"):
+def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda", gaps=0):
     block = copy.deepcopy(base)
     if name != "bf16":
         convert_to_quantized_training(block, qtrain_config(name))
@@ -44,6 +46,12 @@ def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda")
         for _ in range(steps):
             step()
         sync()
+    gap_report = None
+    if gaps:                      # where the GPU waits, charged to the late kernel's launcher
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "trace.json")
+            prof.export_chrome_trace(path)
+            gap_report = trace_gaps.summarize(trace_gaps.load(path), steps, gaps)
     kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
     busy = sum(e.self_device_time_total for e in kernels) / steps / 1e3
     kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
@@ -52,7 +60,7 @@ def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda")
     torch._dynamo.reset()
     if device == "cuda":
         torch.cuda.empty_cache()
-    return dict(name=name, enqueue=enqueue, wall=wall, busy=busy, top=top)
+    return dict(name=name, enqueue=enqueue, wall=wall, busy=busy, top=top, gaps=gap_report)
 
 
 def main(argv=None):
@@ -65,6 +73,9 @@ def main(argv=None):
     p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
     p.add_argument("--steps", type=int, default=3, help="profiled steps per variant")
     p.add_argument("--rows", type=int, default=12, help="kernels listed per variant")
+    p.add_argument("--gaps", type=int, default=0,
+                   help="also list the GPU's idle gaps (benchmarks/trace_gaps.py): this many "
+                        "launchers and largest gaps per variant")
     p.add_argument("--csv", default=common.RESULTS_CSV, help="results CSV to append to")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -76,12 +87,15 @@ def main(argv=None):
     names = ["bf16"] + [r for r in args.recipes.split(",") if r and r != "bf16"]
     results = []
     for name in names:
-        r = profile_variant(base, shape, name, args.compile, args.steps, args.rows)
+        r = profile_variant(base, shape, name, args.compile, args.steps, args.rows,
+                            gaps=args.gaps)
         results.append(r)
         print(f"\n=== {name} ({args.compile}): per step wall {r['wall']:.3f} ms, host enqueue "
               f"{r['enqueue']:.3f} ms, GPU busy {r['busy']:.3f} ms")
         print(common.format_table(["kernel", "calls/step", "ms/step"],
                                   [[k, str(c), f"{t:.3f}"] for k, c, t in r["top"]]))
+        if r["gaps"]:
+            print(r["gaps"])
     rows = [dict(op=f"block_profile_{args.compile}", backend="torch" if r["name"] == "bf16" else "fast",
                  recipe=r["name"], shape=shape.describe(), metric=k, value=f"{r[v]:.6g}")
             for r in results for k, v in (("wall_ms", "wall"), ("host_enqueue_ms", "enqueue"),

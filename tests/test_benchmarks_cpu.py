@@ -436,3 +436,39 @@ def test_group_cast_sweep_settings_fit_the_launcher():
     rest = pairs[2 * len(defaults):]
     assert rest and all(st == 3 and len(s) == 5 for s, st in rest)
     assert len(set(pairs)) == len(pairs) and {s[4] for s, _ in rest} == {0, 1, 2}
+
+
+def _trace_event(cat, name, ts, dur, tid, corr=None):
+    e = dict(ph="X", cat=cat, name=name, ts=ts, dur=dur, pid=1, tid=tid)
+    if corr is not None:
+        e["args"] = {"correlation": corr}
+    return e
+
+
+def test_trace_gaps_charges_each_gap_to_the_late_kernels_innermost_launcher():
+    from benchmarks import trace_gaps
+    events = [_trace_event("cpu_op", "outer", 0, 100, 1),
+              _trace_event("cpu_op", "qtrain::cast", 10, 20, 1),
+              _trace_event("cpu_op", "aten::zeros", 40, 10, 1),
+              _trace_event("cuda_runtime", "cudaLaunchKernel", 15, 2, 1, 1),
+              _trace_event("cuda_driver", "cuLaunchKernelEx", 45, 2, 1, 2),
+              _trace_event("cuda_driver", "cuLaunchKernelEx", 60, 2, 1, 3),
+              _trace_event("kernel", "k1", 20, 10, 7, 1),
+              _trace_event("gpu_memset", "memset", 50, 5, 7, 2),
+              _trace_event("kernel", "k3", 54, 1, 8, 3),      # overlaps the memset: no gap
+              _trace_event("kernel", "k4", 70, 5, 7, 99)]     # its launch is not in the trace
+    assert trace_gaps.gaps(events) == [(20, "k1", "memset", "aten::zeros"),
+                                       (15, "memset", "k4", trace_gaps.NO_LAUNCHER)]
+    report = trace_gaps.summarize(events, steps=1)
+    assert report.splitlines()[0] == "idle 0.035 ms per step in 2 gaps per step"
+    assert "aten::zeros" in report
+
+
+def test_block_profile_cpu_smoke_lists_gaps(capsys):
+    from benchmarks import block_profile
+    from benchmarks.block import SHAPES
+    from qtrain.tiny_llama import Block
+    base = Block(SHAPES["tiny"].cfg).to(dtype=torch.bfloat16)
+    r = block_profile.profile_variant(base, SHAPES["tiny"], "bf16", "eager", 1, 3, device="cpu",
+                                      gaps=3)
+    assert r["gaps"].startswith("idle "), r["gaps"]

@@ -1,5 +1,5 @@
 """qtrain/_dispatch.py: eager calls on plain tensors skip the dispatcher; fake tensors, tensor
-subclasses and traced calls go through the registered custom op; both give the same bits."""
+subclasses and traced calls go through the registered op (DefinedOp); both give the same bits."""
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -22,10 +22,24 @@ def test_eager_plain_tensors_run_directly(monkeypatch):
                            b.view(torch.uint8) if b.element_size() == 1 else b)
 
 
-def test_outputs_never_carry_autograd():
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "op"])
+def test_outputs_never_carry_autograd(monkeypatch, direct):
+    monkeypatch.setattr(_dispatch, "DIRECT", direct)
     x = torch.randn(8, 32, requires_grad=True)
     data, qs = ops.quantize_float8(x, "float8_e4m3fn", -1, False, "reference")
     assert not data.requires_grad and not qs.requires_grad
+
+
+def test_ops_are_defined_from_their_signatures():
+    """DefinedOp: the schema inferred from the annotations (defaults kept), no autograd kernel
+    of its own, the fake kernel registered."""
+    schema = str(ops.quantize_float8._op._overload._schema)
+    assert schema == ("qtrain::quantize_float8(Tensor x, str fmt, SymInt? axis, bool pow2_scale, "
+                      "str backend, bool transposed=False) -> (Tensor, Tensor)")
+    with FakeTensorMode():
+        data, qs = torch.ops.qtrain.quantize_float8.default(torch.empty(4, 16), "float8_e5m2",
+                                                            None, True, "reference")
+    assert data.dtype == torch.float8_e5m2 and qs.shape == ()
 
 
 def test_fake_tensors_go_through_the_op(monkeypatch):
