@@ -3,9 +3,10 @@
 Every quantize / product op is a torch.library op (DefinedOp) so that torch.compile sees one
 opaque call with an exact fake kernel. In eager mode the dispatcher round trip buys nothing and
 costs host time on every call, which small and launch-bound layers (MoE experts) feel: measured
-on the H200 host, see benchmarks/NOTES.md. So `custom_op` below defines the op and returns a callable that runs the Python implementation directly when the call is eager
-(not under torch.compile / export tracing) and every tensor argument is a plain torch.Tensor
-(or nn.Parameter).
+on the H200 host, see benchmarks/NOTES.md. So `custom_op` below defines the op and returns a
+callable that runs the Python implementation directly when the call is eager (not under
+torch.compile / export tracing) and every tensor argument is a plain torch.Tensor (or
+nn.Parameter).
 Anything else (FakeTensor, FunctionalTensor, a tensor subclass that intercepts the op such as
 qtrain.fsdp's gathered float8 weight) goes through the registered op. Same code, same bits.
 
