@@ -472,3 +472,14 @@ def test_block_profile_cpu_smoke_lists_gaps(capsys):
     r = block_profile.profile_variant(base, SHAPES["tiny"], "bf16", "eager", 1, 3, device="cpu",
                                       gaps=3)
     assert r["gaps"].startswith("idle "), r["gaps"]
+
+
+def test_ab_trees_refuses_without_the_old_tree(tmp_path):
+    """benchmarks/ab_trees.sh needs the old tree's archive before it installs anything."""
+    import subprocess
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks", "ab_trees.sh")
+    run = subprocess.run(["bash", script, "true"], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, OUT=str(tmp_path / "out")))
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "ab_old.tar missing" in run.stdout
