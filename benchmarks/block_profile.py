@@ -41,8 +41,11 @@ def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda",
     enqueue = (time.perf_counter() - t0) / n * 1e3
     sync()
     wall = (time.perf_counter() - t0) / n * 1e3
-    activity = torch.profiler.ProfilerActivity.CUDA if device == "cuda" else torch.profiler.ProfilerActivity.CPU
-    with torch.profiler.profile(activities=[activity]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CUDA if device == "cuda"
+                  else torch.profiler.ProfilerActivity.CPU]
+    if gaps and device == "cuda":     # host ops too, so that each gap names the op that launched
+        activities.append(torch.profiler.ProfilerActivity.CPU)   # (slows the host: wider gaps)
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
             step()
         sync()

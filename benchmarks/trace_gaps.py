@@ -7,8 +7,10 @@ left the GPU idle 1.0 ms a step against bf16's 0.5).
 A gap is the time from one device event's end (kernel, memset, memcpy) to the next one's start
 on the same device, both ordered by start. The kernel after a gap was late: the host op that
 enqueued it (the innermost `cpu_op` around the runtime or driver call with the same
-correlation id) is where the host spent the gap. Kernels whose launch is not found are charged
-to "(launch not in trace)".
+correlation id) is where the host spent the gap. A trace without CPU activity has no cpu_op
+events: the gap is then charged to the runtime or driver call itself (cudaLaunchKernel for aten
+kernels, cuLaunchKernelEx for Triton's and cuBLAS's, cudaMemsetAsync for zero-fills). Kernels
+whose launch is not found are charged to "(launch not in trace)".
 """
 import argparse
 import bisect
