@@ -7,7 +7,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Without CUDA the fast backend's Triton kernels run in the CPU interpreter, which must be
 # chosen before qtrain.fast is first imported; set here so that any subset of the test files,
-# in any order, imports it that way (tests/test_fast_common.py did it, for the files after it).
+# in any order, imports it that way.
 import torch  # noqa: E402
 
 if not torch.cuda.is_available():

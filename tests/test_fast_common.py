@@ -2,27 +2,23 @@
 check of the software float8 rounding (EXACT_SOFT_CAST, every bf16 input, every format).
 
 On a machine without CUDA the Triton kernels run in the CPU interpreter: TRITON_INTERPRET=1 must
-be set before qtrain.fast is imported, which this module does. Shapes stay tiny (the
+be set before qtrain.fast is imported, which the root conftest.py does. Shapes stay tiny (the
 interpreter is slow); benchmarks/gpu_fast_check.py runs the real shapes on a GPU.
 """
 import os
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import ml_dtypes  # noqa: E402
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-from qtrain import reference  # noqa: E402
-from qtrain.fast.backend import FastBackend  # noqa: E402
-from qtrain.fast.common import float8_params  # noqa: E402
-from qtrain.fast.encode import encode_float8  # noqa: E402
-from qtrain.formats import FLOAT8_FORMATS  # noqa: E402
+from qtrain import reference
+from qtrain.fast.backend import FastBackend
+from qtrain.fast.common import float8_params
+from qtrain.fast.encode import encode_float8
+from qtrain.formats import FLOAT8_FORMATS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FORMATS = sorted(FLOAT8_FORMATS)

@@ -6,12 +6,8 @@ import contextlib
 import dataclasses
 import os
 
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")     # before qtrain.fast is imported
-
 import pytest
+import torch
 
 import qtrain
 from qtrain.backend import register_backend

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_fast_common import DEVICE, fast_backend  # noqa: F401  (sets TRITON_INTERPRET first)
+from test_fast_common import DEVICE, fast_backend  # noqa: F401
 import qtrain
 from qtrain import backend as qbackend
 from qtrain.fast import grouped_mm as fast_grouped
