@@ -69,8 +69,9 @@ class DefinedOp:
     autograd kernel: the qtrain ops run inside autograd.Functions and compiled graphs, never
     differentiated themselves. Calls go through the dispatcher to fn. Against
     torch.library.custom_op this skips its Python autograd and backend wrappers and their
-    dynamo-disable frames: a two-tensor op took 55 us a call through custom_op and 12 us
-    through define / impl against 10 us direct (dev CPU, torch 2.13, 2026-12-02; the H200's
+    dynamo-disable frames: a two-tensor op took 40-55 us a call through custom_op and 10-18
+    through define / impl against 6-11 direct (dev CPU, torch 2.13, 2026-12-02,
+    benchmarks/op_call_cost.py; the H200's
     compiled tensorwise block spent 14.4 ms of host per step against 2.7 for bf16,
     benchmarks/NOTES.md fourteenth session)."""
 

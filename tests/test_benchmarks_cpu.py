@@ -483,3 +483,10 @@ def test_ab_trees_refuses_without_the_old_tree(tmp_path):
                          env=dict(os.environ, OUT=str(tmp_path / "out")))
     assert run.returncode == 2, run.stdout + run.stderr
     assert "ab_old.tar missing" in run.stdout
+
+
+def test_op_call_cost_times_the_three_registrations(capsys):
+    from benchmarks import op_call_cost
+    assert op_call_cost.main(["--calls", "20", "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["custom_op", "define", "direct"]
