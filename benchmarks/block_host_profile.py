@@ -20,6 +20,7 @@ import time
 import torch
 
 from qtrain import convert_to_quantized_training
+from qtrain.backend import resolve_backend_name
 
 from .block import SHAPES, block_step, qtrain_config
 from qtrain.tiny_llama import Block
@@ -39,6 +40,12 @@ def main(argv=None):
         print("benchmarks.block_host_profile: needs CUDA (it times the host beside a GPU)",
               file=sys.stderr)
         return 2
+    if args.recipe != "bf16":
+        backend = resolve_backend_name(qtrain_config(args.recipe).backend)
+        if backend != "fast":       # the reference backend's host time says nothing here
+            print(f"benchmarks.block_host_profile: qtrain backend is {backend!r}, not 'fast'",
+                  file=sys.stderr)
+            return 2
     shape = SHAPES[args.shape]
     torch.manual_seed(0)
     block = copy.deepcopy(Block(shape.cfg).to(device="cuda", dtype=torch.bfloat16))

@@ -5,6 +5,7 @@
 #          block, keepw (RC-14: tensorwise/blockwise with and without the kept weight, time and
 #          peak memory; mxfp8 too, for its bf16-GEMM products), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
 #          (profiler table), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
+#          hostprof (benchmarks.block_host_profile per recipe in HOSTPROF_RECIPES; HOSTPROF_ARGS),
 #          amaxab (tensorwise block compiled with QTRAIN_COMPILED_AMAX=kernel, then =torch),
 #          transposeab (tensorwise block eager with QTRAIN_FAST_TRANSPOSE=torch, then =tiles),
 #          layoutab (tensorwise block with QTRAIN_TENSORWISE_TRANSPOSE=copy, then =cast; AB_BUDGET_S for the A/B steps),
@@ -84,6 +85,11 @@ if has dequantab; then   # QTRAIN_FAST_CAST_DEQUANT: dequant factors by torch.re
 fi
 if has profile; then
   step block_profile ${PROFILE_LIMIT_S:-200} python3 -m benchmarks.block_profile ${PROFILE_ARGS:-}
+fi
+if has hostprof; then   # where the host's time goes in a block step (cProfile + profiler's CPU table)
+  for r in ${HOSTPROF_RECIPES:-tensorwise}; do
+    step host_profile_$r ${HOSTPROF_LIMIT_S:-200} python3 -m benchmarks.block_host_profile --recipe $r ${HOSTPROF_ARGS:-}
+  done
 fi
 if has rooflinegraphs; then
   step roofline_graphs ${ROOFLINE_LIMIT_S:-200} python3 -m benchmarks.roofline --cuda-graphs ${ROOFLINE_ARGS:-}

@@ -2,7 +2,13 @@
 
 `QTRAIN_BACKEND` = reference | fast | auto (default auto). A config's `backend` field beats the
 variable. `auto` takes "fast" when it says it can serve, else "reference", and logs the choice
-once. An explicit backend that cannot serve raises a RuntimeError naming the others.
+once. Given the device of the tensors, `auto` takes "fast" only where fast can run tensors of
+that device (a CPU model on a GPU machine runs on "reference"), and logs that choice once per
+device type. An explicit backend that cannot serve raises a RuntimeError naming the others.
+
+Layers hold their resolution with `bind_backend` and look it up per call with
+`backend_for_input`: an `auto` layer follows its input to another device type (a model
+converted on the CPU and then moved to the GPU, or the reverse).
 """
 import importlib
 import logging
@@ -74,10 +80,34 @@ def _others(name):
     return ", ".join(rows)
 
 
-def resolve_backend_name(name=None):
-    """The concrete backend name for `name` (None -> $QTRAIN_BACKEND -> "auto")."""
-    requested = name if name is not None else os.environ.get(ENV_VAR, "auto")
-    requested = requested.strip().lower()
+def _requested(name):
+    return (name if name is not None else os.environ.get(ENV_VAR, "auto")).strip().lower()
+
+
+def _known_device(device):
+    """torch.device of `device`, or None where it tells nothing about where kernels run."""
+    if device is None:
+        return None
+    import torch
+    device = torch.device(device)
+    return None if device.type == "meta" else device
+
+
+def _fast_runs_on(device):
+    """(ok, reason) of the fast backend for tensors of `device`."""
+    runnable_on = getattr(_instance("fast"), "runnable_on", None)
+    if runnable_on is None:          # a registered stand-in that does not say: trust available()
+        return True, ""
+    try:
+        return runnable_on(device)
+    except Exception as e:
+        return False, f"{type(e).__name__}: {e}"
+
+
+def resolve_backend_name(name=None, device=None):
+    """The concrete backend name for `name` (None -> $QTRAIN_BACKEND -> "auto"); `device`: where
+    the tensors are, when known (`auto` then answers for that device)."""
+    requested = _requested(name)
     if requested != "auto":
         if requested not in _FACTORIES and requested not in _LAZY_MODULES:
             source = "config" if name is not None else ENV_VAR
@@ -90,6 +120,16 @@ def resolve_backend_name(name=None):
                 f"{_others(requested)}. Set {ENV_VAR}=auto to pick one automatically.")
         return requested
     ok, reason = _status("fast")
+    device = _known_device(device)
+    if ok and device is not None:
+        ok, reason = _fast_runs_on(device)
+        if not ok:
+            key = ("reference", device.type)
+            if key not in _AUTO_LOGGED:
+                _AUTO_LOGGED.add(key)
+                log.warning("qtrain: %s=auto -> 'reference' backend for %s tensors (fast "
+                            "cannot run them: %s)", ENV_VAR, device.type, reason)
+            return "reference"
     chosen = "fast" if ok else "reference"
     if chosen not in _AUTO_LOGGED:
         _AUTO_LOGGED.add(chosen)
@@ -99,6 +139,30 @@ def resolve_backend_name(name=None):
             log.warning("qtrain: %s=auto -> 'reference' backend (fast unavailable: %s)",
                         ENV_VAR, reason)
     return chosen
+
+
+def bind_backend(owner, name, device=None):
+    """Resolve `name` for tensors on `device` and keep the answer on `owner` (a layer):
+    owner.backend, plus what backend_for_input needs to answer again on another device. An
+    explicit backend is resolved now (and raises now if it cannot serve); `auto` on an unknown
+    device (meta) stays "auto" until the first call says where the tensors are."""
+    device = _known_device(device)
+    owner._backend_requested = name
+    owner._backend_auto = _requested(name) == "auto"
+    owner._backend_device = None if device is None else device.type
+    if owner._backend_auto and device is None:
+        owner.backend = "auto"
+    else:
+        owner.backend = resolve_backend_name(name, device)
+
+
+def backend_for_input(owner, device):
+    """owner.backend for an input on `device`: an `auto` layer whose input arrives on another
+    device type resolves again (and keeps that answer); an explicit backend stays as it is, and
+    refuses tensors it cannot run with its own clear error."""
+    if owner._backend_auto and device.type != owner._backend_device:
+        bind_backend(owner, owner._backend_requested, device)
+    return owner.backend
 
 
 def get_backend(name=None):

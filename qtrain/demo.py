@@ -114,7 +114,7 @@ def build_model(settings, recipe=None):
     if recipe is not None:
         config = recipe_config(recipe) if isinstance(recipe, str) else recipe
         convert_to_quantized_training(model, config, module_filter_fn=skip_output_head)
-        backend = resolve_backend_name(config.backend)
+        backend = resolve_backend_name(config.backend, settings.device)
     return model, backend
 
 

@@ -12,7 +12,7 @@ precision (int8 with output=False) serve with int8 rowwise x and w.
 import torch
 from torch import nn
 
-from .backend import resolve_backend_name
+from .backend import backend_for_input, bind_backend
 from .config import recipe_config
 from .convert import (eligibility_error, ineligible_layer, kept_label,
                       log_kept_in_high_precision, swap_post_order)
@@ -29,7 +29,7 @@ class InferenceLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.config, self.fqn = config, fqn
-        self.backend = resolve_backend_name(config.backend)
+        bind_backend(self, config.backend, weight.device)
         specs = config.plan().output or (_INT8, _INT8)
         self.x_spec, w_spec = specs
         self.w_pow2 = w_spec.pow2_factors
@@ -43,10 +43,11 @@ class InferenceLinear(nn.Module):
     def forward(self, input):
         dtype = _compute_dtype(input)
         x = input.to(dtype).reshape(-1, self.in_features)
+        backend = backend_for_input(self, x.device)
         with torch.autocast(x.device.type, enabled=False):
-            qx = quantize_operand(x, self.x_spec, 1, self.backend)
+            qx = quantize_operand(x, self.x_spec, 1, backend)
             qw = QOperand(self.weight_payload, self.weight_dequant, self.w_pow2)
-            out = _scaled_mm(qx, qw, dtype, self.backend)
+            out = _scaled_mm(qx, qw, dtype, backend)
             out = out.reshape(*input.shape[:-1], self.out_features)
             if self.bias is not None:
                 out = out + self.bias.to(dtype)

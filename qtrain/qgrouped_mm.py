@@ -168,7 +168,7 @@ def grouped_mm(x, w, offs, config):
     """Quantized `x @ w[g].T` per token group (see the module docstring). x (M, K), w (E, N, K),
     offs int32 (E,) cumulative ends; returns (M, N) in x's dtype, differentiable in x and w."""
     _check(x, w, offs, config)
-    backend = resolve_backend_name(config.backend)
+    backend = resolve_backend_name(config.backend, x.device)
     if w.dtype != x.dtype:
         w = w.to(x.dtype)
     return _QuantizedGroupedMMFn.apply(x.contiguous(), w.contiguous(), offs,

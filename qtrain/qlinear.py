@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from . import ops
-from .backend import _instance as _backend_impl, resolve_backend_name
+from .backend import (_instance as _backend_impl, backend_for_input, bind_backend,
+                      resolve_backend_name)
 from .recipes import (CounterNoise, QOperand, quantize_operand, quantize_operand_both_axes,
                       quantize_operand_tensorwise_both)
 
@@ -340,12 +341,14 @@ def _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed, shared=No
 
 def linear(input, weight, bias=None, *, config):
     """Drop-in for torch.nn.functional.linear running the quantized recipe of `config`."""
-    return quantized_linear(input, weight, bias, config, resolve_backend_name(config.backend))
+    return quantized_linear(input, weight, bias, config,
+                            resolve_backend_name(config.backend, input.device))
 
 
 class QuantizedLinear(nn.Linear):
     """nn.Linear whose three products follow `config`'s recipe; same Parameters, same
-    state_dict as the nn.Linear it replaces. The backend is resolved at construction."""
+    state_dict as the nn.Linear it replaces. The backend is resolved at construction for the
+    weight's device; with `auto`, again when an input arrives on another device type."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  config, fqn=""):
@@ -355,7 +358,7 @@ class QuantizedLinear(nn.Linear):
     def _setup(self, config, fqn, device):
         self.config = config
         self.fqn = fqn
-        self.backend = resolve_backend_name(config.backend)
+        bind_backend(self, config.backend, self.weight.device)
         # Stochastic-rounding call index (I8-5 noise seed); not part of the state_dict.
         self.register_buffer("sr_calls", torch.zeros((), dtype=torch.int64, device=device),
                              persistent=False)
@@ -368,6 +371,7 @@ class QuantizedLinear(nn.Linear):
         new.weight = mod.weight
         new.bias = mod.bias
         new.sr_calls = torch.zeros((), dtype=torch.int64, device=mod.weight.device)
+        bind_backend(new, config.backend, mod.weight.device)
         new.train(mod.training)
         return new
 
@@ -381,7 +385,8 @@ class QuantizedLinear(nn.Linear):
         if uses_stochastic_rounding(plan_of(self.config)):
             self.sr_calls.add_(1)
             sr_call = self.sr_calls.clone()
-        return quantized_linear(input, weight, bias, self.config, self.backend, self.fqn, sr_call)
+        return quantized_linear(input, weight, bias, self.config,
+                                backend_for_input(self, input.device), self.fqn, sr_call)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, recipe={self.config.short_id}, backend={self.backend}"

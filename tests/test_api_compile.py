@@ -1,6 +1,5 @@
 """torch.compile (CPU inductor, fullgraph: no graph breaks in the quantized path) and
 activation checkpointing."""
-import os
 
 import pytest
 import torch
@@ -8,15 +7,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import qtrain
-
-
-@pytest.fixture(autouse=True)
-def _cpu_backend(monkeypatch):
-    """These models live on the CPU. Without CUDA, QTRAIN_BACKEND=auto picks the fast backend in
-    the Triton interpreter; on a CUDA machine (no interpreter) auto picks fast for CUDA tensors,
-    which refuses CPU ones by design, so there the reference backend runs them."""
-    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        monkeypatch.setenv("QTRAIN_BACKEND", "reference")
 
 
 def _model(recipe):

@@ -75,3 +75,89 @@ def test_config_backend_override_runs(monkeypatch, registry):
     qtrain.linear(x, w, config=qtrain.Float8LinearConfig(backend="spy")).sum().backward()
     assert len(calls) == 3                       # output, grad_input, grad_weight
     assert set(qtrain.list_backends()) >= {"reference", "fast", "spy"}
+
+
+class _DeviceBoundFast(type(qb._instance("reference"))):
+    """A "fast" stand-in that serves (available) but runs only the device types in RUNS; its
+    products run the reference arithmetic and are counted."""
+    name = "fast"
+    RUNS = set()
+    calls = []
+
+    def runnable_on(self, device):
+        device = torch.device(device)
+        if device.type in self.RUNS:
+            return True, ""
+        return False, f"stand-in: device {device} not supported"
+
+    def scaled_mm_nt(self, *args, **kwargs):
+        self.calls.append(1)
+        return super().scaled_mm_nt(*args, **kwargs)
+
+
+@pytest.fixture
+def device_bound_fast(monkeypatch, registry):
+    _DeviceBoundFast.RUNS, _DeviceBoundFast.calls = set(), []
+    qtrain.register_backend("fast", _DeviceBoundFast)
+    qb._AUTO_LOGGED.clear()
+    monkeypatch.delenv("QTRAIN_BACKEND", raising=False)
+    return _DeviceBoundFast
+
+
+def _layer_and_input(device="cpu", config=None):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 16, device=device)
+    q = qtrain.QuantizedLinear.from_float(lin, config or qtrain.recipe_config("rowwise"))
+    return q, torch.randn(4, 32, device=device)
+
+
+def test_auto_answers_for_the_tensors_device(device_bound_fast, caplog):
+    """A GPU machine (fast serves) with the model on the CPU: auto runs it on the reference
+    backend, with one log line naming the device and fast's reason, instead of fast's error."""
+    with caplog.at_level(logging.INFO, logger="qtrain"):
+        q, x = _layer_and_input()
+        assert q.backend == "reference"
+        out = q(x)
+        out.sum().backward()
+        y = qtrain.linear(x, q.weight, q.bias, config=qtrain.recipe_config("rowwise"))
+    assert device_bound_fast.calls == []
+    assert torch.equal(out, y)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1, msgs
+    assert "'reference' backend for cpu tensors" in msgs[0] and "stand-in" in msgs[0]
+    # where fast runs the device, auto takes fast, as before
+    device_bound_fast.RUNS.add("cpu")
+    q2, x2 = _layer_and_input()
+    assert q2.backend == "fast"
+    q2(x2)
+    assert len(device_bound_fast.calls) == 1
+
+
+def test_auto_layer_follows_its_input_to_another_device_type(device_bound_fast):
+    """Built on the meta device (nothing known yet: "auto"), then materialized on the CPU: the
+    first call answers for the CPU and keeps that answer."""
+    q = qtrain.QuantizedLinear(32, 16, device="meta", config=qtrain.recipe_config("int8"))
+    assert q.backend == "auto"
+    q = q.to_empty(device="cpu")
+    torch.nn.init.normal_(q.weight), torch.nn.init.zeros_(q.bias)
+    q(torch.randn(4, 32))
+    assert q.backend == "reference" and device_bound_fast.calls == []
+    # an explicit backend is never re-resolved: it stays (the real fast backend then refuses
+    # CPU tensors with its own error; test_gpu_fast_linear.py)
+    qe, x = _layer_and_input(config=qtrain.Float8LinearConfig(recipe="rowwise", backend="fast"))
+    assert qe.backend == "fast"
+    qe(x)
+    assert qe.backend == "fast" and len(device_bound_fast.calls) == 1
+
+
+def test_auto_grouped_and_inference_answer_for_the_device(device_bound_fast):
+    x = torch.randn(24, 32)
+    w = torch.randn(3, 16, 32)
+    offs = torch.tensor([8, 8, 24], dtype=torch.int32)
+    out = qtrain.grouped_mm(x, w, offs, qtrain.Float8LinearConfig(recipe="rowwise"))
+    assert out.shape == (24, 16) and device_bound_fast.calls == []
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16))
+    qtrain.to_inference(model, "rowwise")
+    assert model[0].backend == "reference"
+    model(x)
+    assert device_bound_fast.calls == []

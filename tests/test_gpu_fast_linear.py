@@ -90,3 +90,27 @@ def test_RC_fast_sqnr_mx():
     assert sqnr_db(out, out_hp) >= TOLERANCES["sqnr_mx_output_db"]
     assert sqnr_db(gx, x_hp.grad) >= TOLERANCES["sqnr_mx_grad_input_db"]
     assert sqnr_db(gw, w_hp.grad) >= TOLERANCES["sqnr_mx_grad_weight_db"]
+
+
+def test_auto_backend_follows_the_model_between_cpu_and_gpu(monkeypatch):
+    """QTRAIN_BACKEND=auto on a GPU machine: a model converted on the CPU runs there on the
+    reference backend, and moved to the GPU its next call runs on fast (and back); an
+    explicit fast backend refuses CPU tensors with a clear error."""
+    monkeypatch.delenv("QTRAIN_BACKEND", raising=False)
+    torch.manual_seed(0)
+    m = qtrain.convert_to_quantized_training(torch.nn.Sequential(torch.nn.Linear(64, 32)),
+                                             qtrain.recipe_config("rowwise"))
+    x = torch.randn(16, 64)
+    out_cpu = m(x)
+    assert m[0].backend == "reference"
+    m.cuda()
+    out_gpu = m(x.cuda())
+    assert m[0].backend == "fast"
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=0.05, atol=0.05)
+    m.cpu()
+    m(x)
+    assert m[0].backend == "reference"
+    explicit = qtrain.convert_to_quantized_training(
+        torch.nn.Sequential(torch.nn.Linear(64, 32)), _config("rowwise"))
+    with pytest.raises(RuntimeError, match="not supported"):
+        explicit(x)
