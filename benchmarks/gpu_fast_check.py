@@ -335,11 +335,11 @@ def time_casts():
         ("float8 columnwise.T", lambda: cast_float8.quantize_float8_columnwise(x, "float8_e4m3fn", True, True),
          3 * n + 4 * K),
         # the casts whose block amax is a reduction along axis 0 of the tile (across warps):
-        # other tiles and warp counts (cast_mx.DIM0_TILE, cast_blockwise.COLUMN_BLOCKS_T_TILE)
-        *[(f"mx dim0 transposed, tile {t}", lambda t=t: _with_setting("cast_mx", "DIM0_TILE", t, lambda:
+        # other tiles and warp counts (cast_mx.DIM0_TILE_T, cast_blockwise.COLUMN_BLOCKS_T_TILE)
+        *[(f"mx dim0 transposed, tile {t}", lambda t=t: _with_setting("cast_mx", "DIM0_TILE_T", t, lambda:
             cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True)), 3 * n + n // 32)
-          for t in ((64, 64, 1), (64, 64, 2), (32, 64, 1), (32, 128, 2), (64, 128, 4), (32, 256, 4),
-                    (128, 64, 8))],
+          for t in ((64, 128, 2), (64, 64, 1), (64, 64, 2), (32, 64, 1), (32, 128, 2), (64, 128, 4),
+                    (32, 256, 4), (128, 64, 8))],
         *[(f"blockwise 128x1.T, tile {t}", lambda t=t: _with_setting("cast_blockwise", "COLUMN_BLOCKS_T_TILE", t, lambda:
             cast_blockwise.quantize_blockwise_t(x, (1, 128))), 3 * n + n // 32)
           for t in ((64, 4), (32, 1), (32, 2), (16, 1), (128, 4), (128, 8), (256, 8))],

@@ -95,7 +95,8 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     and scales (C, M / BLOCK_SIZE), i.e. the MX dim -1 cast of x.T, ready as an NT operand.
     H200, 8192^2 bf16 transposed, one run (2026-12-01, seventh session, gpu_fast_check
     time_casts): 87 us, against 95 us for the earlier kernel that loaded a (ROWS, BLOCK_C)
-    tile and broadcast the block exponents back to every element through reshapes."""
+    tile and broadcast the block exponents back to every element through reshapes; the
+    transposed store below took it to 73 us (2026-12-02)."""
     groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rows3 = groups[:, None, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :, None]
@@ -107,7 +108,15 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
                            EXACT_SOFT_CAST)
     if TRANSPOSED:
-        tl.store(data_ptr + cols3.to(tl.int64) * M + rows3, code, mask=mask3)
+        # the code tile as (rows, columns), transposed before its store: each program then
+        # writes rows of x.T in runs along its contiguous axis (Triton moves the tile through
+        # shared memory). H200, 2026-12-02 (benchmarks/transposed_cast_variants.py, same bits):
+        # 73 us for an 8192^2 bf16 x at (64 rows, 128 columns, 2 warps), against 83 us for the
+        # element-wise x.T store of the (64, 64, 1) tile.
+        rows = tl.program_id(0) * GROUPS * BLOCK_SIZE + tl.arange(0, GROUPS * BLOCK_SIZE)
+        code_t = tl.trans(tl.reshape(code, (GROUPS * BLOCK_SIZE, BLOCK_C)))
+        tl.store(data_ptr + cols[:, None].to(tl.int64) * M + rows[None, :], code_t,
+                 mask=(cols[:, None] < C) & (rows[None, :] < M))
     else:
         tl.store(data_ptr + rows3.to(tl.int64) * C + cols3, code, mask=mask3)
     _store_dim0_scales(scale_ptr, e, nan, groups, cols, M // BLOCK_SIZE, C, TRANSPOSED)
@@ -154,6 +163,11 @@ def quantize_mx_dim_last(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode=
 # unless one warp holds the tile. H200, 8192^2 bf16 transposed (2026-12-01): (64, 64, 1) 94 us,
 # (32, 128, 2) 96, (64, 64, 2) 99, (64, 64, 4) 132 (the earlier default), (128, 64, 8) 261.
 DIM0_TILE = (64, 64, 1)
+# The same for the cast written transposed (x.T, the grad_weight operand), whose code tile is
+# transposed before its store. H200, 2026-12-02, 8192^2 / 8192x14336 bf16 (the sweep in
+# benchmarks/transposed_cast_variants.py): (64, 128, 2) 73 / 122 us, (128, 64, 1) 81 / 135,
+# (64, 64, 2) 79 / 134, (128, 128, 4) 89 / 151; 8 warps 138-213 / 236-366.
+DIM0_TILE_T = (64, 128, 2)
 
 
 def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor",
@@ -174,7 +188,7 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     else:
         data = torch.empty(x.shape, dtype=TORCH_FLOAT8[elem_fmt], device=dev)
         scale = torch.empty((M // block_size,) + tuple(x.shape[1:]), dtype=torch.uint8, device=dev)
-    rows_cap, cols_cap, warps = DIM0_TILE
+    rows_cap, cols_cap, warps = DIM0_TILE_T if transposed else DIM0_TILE
     groups = max(1, min(rows_cap // block_size, M // block_size)) if block_size <= rows_cap else 1
     groups = 1 << (groups.bit_length() - 1)
     block_c = pow2_at_most(C, cols_cap)

@@ -490,3 +490,13 @@ def test_op_call_cost_times_the_three_registrations(capsys):
     assert op_call_cost.main(["--calls", "20", "--rounds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["custom_op", "define", "direct"]
+
+
+def test_transposed_cast_variants_write_the_shipped_bits(capsys):
+    """The x.T cast variants (benchmarks/transposed_cast_variants.py) against the shipped
+    kernels, bits only (in the interpreter on a CPU): the script returns non-zero on any
+    difference."""
+    from benchmarks import transposed_cast_variants
+    assert transposed_cast_variants.main(["--check-only", "--shapes", "256x192"]) == 0
+    out = capsys.readouterr().out
+    assert "DIFFERENT" not in out and out.count("same bits") >= 30

@@ -424,15 +424,16 @@ def test_blockwise_transposed_on_other_tiles(tile, monkeypatch, seed):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("tile", [(64, 64, 1), (32, 64, 1), (32, 128, 2), (32, 256, 4),
-                                  (128, 64, 8)], ids=str)
+                                  (128, 64, 8), (64, 128, 2)], ids=str)
 def test_mx_dim0_on_other_tiles(tile, dtype, monkeypatch, seed):
-    """The tiles gpu_fast_check times for the MX dim-0 cast (cast_mx.DIM0_TILE) give the
-    reference's bits, written transposed (x.T's dim -1 cast) and in x's layout, on shapes that
-    cut them, floor and rceil, with NaN/Inf/zero rows, bf16 and fp32 x (a kernel that writes a
+    """The tiles gpu_fast_check times for the MX dim-0 cast (cast_mx.DIM0_TILE, and
+    DIM0_TILE_T for the transposed write) give the reference's bits, written transposed (x.T's
+    dim -1 cast) and in x's layout, on shapes that cut them, floor and rceil, with NaN/Inf/zero rows, bf16 and fp32 x (a kernel that writes a
     transposed layout gets a bit test per input dtype: the one-pass tensorwise cast was right
     for bf16 and wrong for fp32 on the H200)."""
     from qtrain.fast import cast_mx
     monkeypatch.setattr(cast_mx, "DIM0_TILE", tile)
+    monkeypatch.setattr(cast_mx, "DIM0_TILE_T", tile)
     fast_backend()
     for shape in ((96, 40), (64, 300)):
         x = _mx_input(shape, dtype, seed)

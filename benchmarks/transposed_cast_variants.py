@@ -1,0 +1,184 @@
+"""Do the single-pass casts that write x.T lose their bandwidth in the transposed store? Times
+variants of two such casts beside the shipped kernels and torch's copy, and checks that every
+variant writes the shipped kernel's bits. An experiment for issue 8 (cast kernels >= 85% of
+copy; on 2026-12-01 the (128, 1)-block float8 cast written as x.T ran at 63% and the MX dim-0
+cast written as x.T at 59%, against ~92% for the same casts along the last axis).
+
+    python benchmarks/transposed_cast_variants.py [--shapes 8192x8192,8192x14336]
+    TRITON_INTERPRET=1 python benchmarks/transposed_cast_variants.py --check-only   # CPU: bits
+
+Both shipped kernels hold a tile of x as loaded (rows x columns, the columns contiguous),
+reduce each block along the rows, and store every code at its x.T address, so a thread's codes
+land a whole row of x.T apart. The variants reduce the same way and then hand the code tile to
+tl.trans before the store: the store's addresses run along the tile's contiguous axis, and
+Triton moves the tile through shared memory to store it in long runs (as fast/transpose.py's
+payload transpose does, at 85% of copy). Tile widths and warps are swept."""
+import argparse
+import os
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import capture_cuda_graph, format_table  # noqa: E402
+from qtrain.fast import cast_blockwise, cast_mx  # noqa: E402
+from qtrain.fast.cast_mx import _mx_exponent, _mx_params, _mx_scale_block  # noqa: E402
+from qtrain.fast.common import (TORCH_FLOAT8, float8_params, kernel_input,  # noqa: E402
+                                use_soft_cast)
+from qtrain.fast.encode import (abs_bits, encode_float8, float8_quant_scale,  # noqa: E402
+                                widen_to_fp32)
+
+
+@triton.jit
+def _column_blocks_t_trans(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constexpr,
+                           BLOCK_C: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
+                           BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
+                           EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
+    """(B0, 1) blocks of x (R, C), written as x.T (C, R): the shipped kernel's arithmetic, the
+    code tile transposed before its store."""
+    pid_r = tl.program_id(0)
+    rows = pid_r * B0 + tl.arange(0, B0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    x = widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :],
+                              mask=col_ok[None, :], other=0), IS_BF16)
+    qs = float8_quant_scale(tl.max(abs_bits(x), axis=0), MAX, False)
+    tl.store(qs_ptr + cols.to(tl.int64) * tl.num_programs(0) + pid_r, qs, mask=col_ok)
+    code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+    tl.store(data_ptr + cols[:, None].to(tl.int64) * R + rows[None, :], tl.trans(code),
+             mask=col_ok[:, None])
+
+
+def blockwise_t_trans(x, block_c, warps, b0=128, fmt="float8_e4m3fn"):
+    R, C = x.shape
+    data = torch.empty((C, R), dtype=TORCH_FLOAT8[fmt], device=x.device)
+    qs = torch.empty((C, R // b0), dtype=torch.float32, device=x.device)
+    x_in, is_bf16 = kernel_input(x)
+    _column_blocks_t_trans[(R // b0, triton.cdiv(C, block_c))](
+        x_in, data.view(torch.uint8), qs, R, C, B0=b0, BLOCK_C=block_c, **float8_params(fmt),
+        EXACT_SOFT_CAST=use_soft_cast(_column_blocks_t_trans, fmt, x.device), IS_BF16=is_bf16,
+        num_warps=warps)
+    return data, qs
+
+
+@triton.jit
+def _mx_dim0_t_trans(x_ptr, data_ptr, scale_ptr, M, C, GROUPS: tl.constexpr,
+                     BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr, RCEIL: tl.constexpr,
+                     EMAX: tl.constexpr, RCP_MAX: tl.constexpr, MAX: tl.constexpr,
+                     MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
+                     TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
+                     IS_BF16: tl.constexpr):
+    """MX dim-0 blocks of x (M, C) written as x.T (C, M) with scales (C, M / BLOCK_SIZE): the
+    shipped 3-D tile's arithmetic; the codes reshaped to (rows, columns) and transposed before
+    their store. M divides by GROUPS * BLOCK_SIZE here (the sweep's shapes)."""
+    groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows3 = groups[:, None, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :, None]
+    cols3 = cols[None, None, :]
+    x = widen_to_fp32(tl.load(x_ptr + rows3.to(tl.int64) * C + cols3, mask=cols3 < C, other=0),
+                      IS_BF16)
+    e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)
+    code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
+                           EXACT_SOFT_CAST)
+    code2 = tl.reshape(code, (GROUPS * BLOCK_SIZE, BLOCK_C))
+    rows = tl.program_id(0) * GROUPS * BLOCK_SIZE + tl.arange(0, GROUPS * BLOCK_SIZE)
+    tl.store(data_ptr + cols[:, None].to(tl.int64) * M + rows[None, :], tl.trans(code2),
+             mask=cols[:, None] < C)
+    byte = tl.where(nan, 0xFF, e + 127).to(tl.uint8)
+    tl.store(scale_ptr + cols[None, :] * (M // BLOCK_SIZE) + groups[:, None], byte,
+             mask=cols[None, :] < C)
+
+
+def mx_dim0_t_trans(x, groups, block_c, warps, fmt="float8_e4m3fn", block=32, mode="rceil"):
+    params = _mx_params(_mx_dim0_t_trans, x, fmt, block, mode)
+    M, C = x.shape
+    assert M % (groups * block) == 0, (M, groups, block)
+    data = torch.empty((C, M), dtype=TORCH_FLOAT8[fmt], device=x.device)
+    scale = torch.empty((C, M // block), dtype=torch.uint8, device=x.device)
+    _mx_dim0_t_trans[(M // (groups * block), triton.cdiv(C, block_c))](
+        kernel_input(x)[0], data.view(torch.uint8), scale, M, C, GROUPS=groups,
+        BLOCK_SIZE=block, BLOCK_C=block_c, **params, num_warps=warps)
+    return data, scale
+
+
+def variants():
+    """(name, family, fn(x) -> (data, scales)); family "bw" or "mx" (the shipped one first)."""
+    out = [("blockwise 128x1.T shipped", "bw",
+            lambda x: cast_blockwise.quantize_blockwise_t(x, (1, 128)))]
+    out += [(f"blockwise 128x1.T trans, {c} cols, {w} warps", "bw",
+             lambda x, c=c, w=w: blockwise_t_trans(x, c, w))
+            for c in (32, 64, 128) for w in (1, 2, 4, 8) if c * 128 // (32 * w) >= 16]
+    out += [("mx dim0.T shipped", "mx",
+             lambda x: cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True))]
+    out += [(f"mx dim0.T trans, {g * 32} rows, {c} cols, {w} warps", "mx",
+             lambda x, g=g, c=c, w=w: mx_dim0_t_trans(x, g, c, w))
+            for g in (2, 4) for c in (32, 64, 128) for w in (1, 2, 4, 8)
+            if g * 32 * c // (32 * w) >= 16]
+    return out
+
+
+def _graph_us(fn, reps=50):
+    graph, _ = capture_cuda_graph(fn, params=())
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(7):
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / reps)
+    return sorted(times)[len(times) // 2]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="8192x8192,8192x14336,16384x4096")
+    p.add_argument("--check-only", action="store_true",
+                   help="bits of every variant against the shipped kernel, no timing (CPU ok)")
+    args = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.check_only and device == "cpu":
+        shapes = [(256, 192)]
+    torch.manual_seed(0)
+    rows, failures = [], 0
+    for shape in shapes:
+        x = torch.randn(shape, device=device).to(torch.bfloat16)
+        x[3, 5] = 3.0e4                                          # a block with a large amax
+        x[7] = 0                                                 # an all-zero row (zero blocks)
+        nbytes = x.numel() * 3 + x.numel() // 32                 # read 2, write 1, scales
+        copy_us = None
+        if not args.check_only:
+            y = torch.empty_like(x)
+            copy_us = _graph_us(lambda: y.copy_(x))
+            rows.append([f"{shape[0]}x{shape[1]}", "torch copy_", f"{copy_us:.1f}", "1.00", ""])
+        shipped = {}
+        for name, family, fn in variants():
+            try:
+                got = fn(x)
+            except Exception as e:       # a variant that does not compile is a finding, not a stop
+                rows.append([f"{shape[0]}x{shape[1]}", name, "-", "-", f"error {type(e).__name__}"])
+                failures += 1
+                continue
+            ref = shipped.setdefault(family, got)
+            same = all(torch.equal(a.view(torch.uint8) if a.dtype != torch.float32 else a,
+                                   b.view(torch.uint8) if b.dtype != torch.float32 else b)
+                       for a, b in zip(got, ref))
+            failures += not same
+            if args.check_only:
+                rows.append([f"{shape[0]}x{shape[1]}", name, "-", "-", "same bits" if same
+                             else "DIFFERENT BITS"])
+                continue
+            us = _graph_us(lambda: fn(x))
+            frac = (nbytes / us) / (4 * x.numel() / copy_us)     # copy moves 4 bytes/elem
+            rows.append([f"{shape[0]}x{shape[1]}", name, f"{us:.1f}", f"{frac:.2f}",
+                         "same bits" if same else "DIFFERENT BITS"])
+    print(format_table(["shape", "variant", "us (graph)", "of copy", "bits vs shipped"], rows))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
