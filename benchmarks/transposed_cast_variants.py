@@ -64,6 +64,54 @@ def blockwise_t_trans(x, block_c, warps, b0=128, fmt="float8_e4m3fn"):
 
 
 @triton.jit
+def _column_blocks_t_loop(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constexpr,
+                          BLOCK_C: tl.constexpr, SUB: tl.constexpr, TRANS_STORE: tl.constexpr,
+                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
+                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
+                          EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
+    """(B0, 1) blocks of x (R, C) written as x.T, SUB rows at a time: wide column tiles (long
+    contiguous loads) without holding the whole block in registers. First pass: an element-wise
+    max over the sub-tiles, reduced along the rows once at the end (no cross-warp reduction per
+    sub-tile); second pass: the same rows again (from L2), cast and stored (TRANS_STORE: the
+    code sub-tile transposed before its store)."""
+    pid_r = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    acc = tl.zeros((SUB, BLOCK_C), dtype=tl.int32)
+    for r0 in tl.static_range(0, B0, SUB):
+        rows = pid_r * B0 + r0 + tl.arange(0, SUB)
+        x = widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :],
+                                  mask=col_ok[None, :], other=0), IS_BF16)
+        acc = tl.maximum(acc, abs_bits(x))
+    qs = float8_quant_scale(tl.max(acc, axis=0), MAX, False)
+    tl.store(qs_ptr + cols.to(tl.int64) * tl.num_programs(0) + pid_r, qs, mask=col_ok)
+    for r0 in tl.static_range(0, B0, SUB):
+        rows = pid_r * B0 + r0 + tl.arange(0, SUB)
+        x = widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :],
+                                  mask=col_ok[None, :], other=0), IS_BF16)
+        code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+        if TRANS_STORE:
+            tl.store(data_ptr + cols[:, None].to(tl.int64) * R + rows[None, :], tl.trans(code),
+                     mask=col_ok[:, None])
+        else:
+            tl.store(data_ptr + cols[None, :].to(tl.int64) * R + rows[:, None], code,
+                     mask=col_ok[None, :])
+
+
+def blockwise_t_loop(x, block_c, sub, warps, trans_store, b0=128, fmt="float8_e4m3fn"):
+    R, C = x.shape
+    data = torch.empty((C, R), dtype=TORCH_FLOAT8[fmt], device=x.device)
+    qs = torch.empty((C, R // b0), dtype=torch.float32, device=x.device)
+    x_in, is_bf16 = kernel_input(x)
+    _column_blocks_t_loop[(R // b0, triton.cdiv(C, block_c))](
+        x_in, data.view(torch.uint8), qs, R, C, B0=b0, BLOCK_C=block_c, SUB=sub,
+        TRANS_STORE=trans_store, **float8_params(fmt),
+        EXACT_SOFT_CAST=use_soft_cast(_column_blocks_t_loop, fmt, x.device), IS_BF16=is_bf16,
+        num_warps=warps)
+    return data, qs
+
+
+@triton.jit
 def _mx_dim0_t_trans(x_ptr, data_ptr, scale_ptr, M, C, GROUPS: tl.constexpr,
                      BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr, RCEIL: tl.constexpr,
                      EMAX: tl.constexpr, RCP_MAX: tl.constexpr, MAX: tl.constexpr,
@@ -110,6 +158,11 @@ def variants():
     out += [(f"blockwise 128x1.T trans, {c} cols, {w} warps", "bw",
              lambda x, c=c, w=w: blockwise_t_trans(x, c, w))
             for c in (32, 64, 128) for w in (1, 2, 4, 8) if c * 128 // (32 * w) >= 16]
+    out += [(f"blockwise 128x1.T loop, {c} cols, {r} rows a step, {w} warps"
+             f"{', trans store' if t else ''}", "bw",
+             lambda x, c=c, r=r, w=w, t=t: blockwise_t_loop(x, c, r, w, t))
+            for c in (64, 128, 256) for r in (16, 32) for w in (2, 4, 8) for t in (False, True)
+            if c * r // (32 * w) >= 8]
     out += [("mx dim0.T shipped", "mx",
              lambda x: cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True))]
     out += [(f"mx dim0.T trans, {g * 32} rows, {c} cols, {w} warps", "mx",
@@ -136,6 +189,8 @@ def _graph_us(fn, reps=50):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="8192x8192,8192x14336,16384x4096")
+    p.add_argument("--only", default="", help="variants whose name contains this (the shipped "
+                   "kernel of each family always runs)")
     p.add_argument("--check-only", action="store_true",
                    help="bits of every variant against the shipped kernel, no timing (CPU ok)")
     args = p.parse_args(argv)
@@ -157,6 +212,8 @@ def main(argv=None):
             rows.append([f"{shape[0]}x{shape[1]}", "torch copy_", f"{copy_us:.1f}", "1.00", ""])
         shipped = {}
         for name, family, fn in variants():
+            if args.only not in name and "shipped" not in name:
+                continue
             try:
                 got = fn(x)
             except Exception as e:       # a variant that does not compile is a finding, not a stop
