@@ -12,7 +12,7 @@ precision (int8 with output=False) serve with int8 rowwise x and w.
 import torch
 from torch import nn
 
-from .backend import backend_for_input, bind_backend
+from .backend import backend_for_input, bind_backend, resolve_backend_name
 from .config import recipe_config
 from .convert import (eligibility_error, ineligible_layer, kept_label,
                       log_kept_in_high_precision, swap_post_order)
@@ -34,7 +34,8 @@ class InferenceLinear(nn.Module):
         self.x_spec, w_spec = specs
         self.w_pow2 = w_spec.pow2_factors
         with torch.no_grad():
-            q = quantize_operand(weight.detach(), w_spec, 1, self.backend)
+            q = quantize_operand(weight.detach(), w_spec, 1,
+                                 resolve_backend_name(config.backend, weight.device))
         self.register_buffer("weight_payload", q.payload.contiguous())
         self.register_buffer("weight_dequant", q.dequant.contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(),
