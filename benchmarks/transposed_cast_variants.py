@@ -51,16 +51,21 @@ def _column_blocks_t_trans(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constexpr,
              mask=col_ok[:, None])
 
 
-def blockwise_t_trans(x, block_c, warps, b0=128, fmt="float8_e4m3fn"):
+def _launch_column_blocks_t(kernel, x, block_c, warps, b0=128, fmt="float8_e4m3fn", **extra):
+    """One of the (b0, 1)-block x.T kernels above on x: (data (C, R), quant_scale)."""
     R, C = x.shape
     data = torch.empty((C, R), dtype=TORCH_FLOAT8[fmt], device=x.device)
     qs = torch.empty((C, R // b0), dtype=torch.float32, device=x.device)
     x_in, is_bf16 = kernel_input(x)
-    _column_blocks_t_trans[(R // b0, triton.cdiv(C, block_c))](
-        x_in, data.view(torch.uint8), qs, R, C, B0=b0, BLOCK_C=block_c, **float8_params(fmt),
-        EXACT_SOFT_CAST=use_soft_cast(_column_blocks_t_trans, fmt, x.device), IS_BF16=is_bf16,
-        num_warps=warps)
+    kernel[(R // b0, triton.cdiv(C, block_c))](
+        x_in, data.view(torch.uint8), qs, R, C, B0=b0, BLOCK_C=block_c, **extra,
+        **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(kernel, fmt, x.device),
+        IS_BF16=is_bf16, num_warps=warps)
     return data, qs
+
+
+def blockwise_t_trans(x, block_c, warps):
+    return _launch_column_blocks_t(_column_blocks_t_trans, x, block_c, warps)
 
 
 @triton.jit
@@ -98,17 +103,9 @@ def _column_blocks_t_loop(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constexpr,
                      mask=col_ok[None, :])
 
 
-def blockwise_t_loop(x, block_c, sub, warps, trans_store, b0=128, fmt="float8_e4m3fn"):
-    R, C = x.shape
-    data = torch.empty((C, R), dtype=TORCH_FLOAT8[fmt], device=x.device)
-    qs = torch.empty((C, R // b0), dtype=torch.float32, device=x.device)
-    x_in, is_bf16 = kernel_input(x)
-    _column_blocks_t_loop[(R // b0, triton.cdiv(C, block_c))](
-        x_in, data.view(torch.uint8), qs, R, C, B0=b0, BLOCK_C=block_c, SUB=sub,
-        TRANS_STORE=trans_store, **float8_params(fmt),
-        EXACT_SOFT_CAST=use_soft_cast(_column_blocks_t_loop, fmt, x.device), IS_BF16=is_bf16,
-        num_warps=warps)
-    return data, qs
+def blockwise_t_loop(x, block_c, sub, warps, trans_store):
+    return _launch_column_blocks_t(_column_blocks_t_loop, x, block_c, warps, SUB=sub,
+                                   TRANS_STORE=trans_store)
 
 
 @triton.jit
