@@ -1,5 +1,5 @@
 """Do the single-pass casts that write x.T lose their bandwidth in the transposed store? Times
-variants of two such casts beside the shipped kernels and torch's copy, and checks that every
+variants of three such casts beside the shipped kernels and torch's copy, and checks that every
 variant writes the shipped kernel's bits. An experiment for issue 8 (cast kernels >= 85% of
 copy; on 2026-12-01 the (128, 1)-block float8 cast written as x.T ran at 63% and the MX dim-0
 cast written as x.T at 59%, against ~92% for the same casts along the last axis).
@@ -22,8 +22,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import capture_cuda_graph, format_table  # noqa: E402
-from qtrain.fast import cast_blockwise, cast_mx  # noqa: E402
+from benchmarks.common import capture_cuda_graph, format_table, module_settings  # noqa: E402
+from qtrain.fast import cast_blockwise, cast_float8, cast_mx  # noqa: E402
 from qtrain.fast.cast_mx import _mx_exponent, _mx_params, _mx_scale_block  # noqa: E402
 from qtrain.fast.common import (TORCH_FLOAT8, float8_params, kernel_input,  # noqa: E402
                                 use_soft_cast)
@@ -160,6 +160,13 @@ def variants():
              lambda x, c=c, r=r, w=w, t=t: blockwise_t_loop(x, c, r, w, t))
             for c in (64, 128, 256) for r in (16, 32) for w in (2, 4, 8) for t in (False, True)
             if c * r // (32 * w) >= 8]
+    out += [("float8 dual row+col.T shipped", "dual",
+             lambda x: cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True))]
+    out += [(f"float8 dual row+col.T, tile {r}x{c}, {w} warps, {store} store", "dual",
+             lambda x, r=r, c=c, w=w, store=store: _dual_with(x, (r, c), w, store))
+            for r, c in ((32, 128), (64, 64), (64, 128), (128, 64), (128, 128))
+            for w in (2, 4, 8) for store in ("elementwise", "trans")
+            if r * c // (32 * w) >= 16]
     out += [("mx dim0.T shipped", "mx",
              lambda x: cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True))]
     out += [(f"mx dim0.T trans, {g * 32} rows, {c} cols, {w} warps", "mx",
@@ -167,6 +174,12 @@ def variants():
             for g in (2, 4) for c in (32, 64, 128) for w in (1, 2, 4, 8)
             if g * 32 * c // (32 * w) >= 16]
     return out
+
+
+def _dual_with(x, tile, warps, store):
+    """The shipped dual cast (amax pass + tile pass) under other x.T tile settings."""
+    with module_settings(cast_float8, TILE_T=tile, TILE_T_WARPS=warps, TRANSPOSED_STORE=store):
+        return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
 
 
 def _graph_us(fn, reps=50):
@@ -185,16 +198,20 @@ def _graph_us(fn, reps=50):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default="8192x8192,8192x14336,16384x4096")
+    p.add_argument("--shapes", default=None, help="comma list of RxC (default: 8192x8192,"
+                   "8192x14336,16384x4096 on a GPU, 256x192 for --check-only on a CPU)")
     p.add_argument("--only", default="", help="variants whose name contains this (the shipped "
                    "kernel of each family always runs)")
+    p.add_argument("--families", default="bw,mx,dual",
+                   help="comma list of families: bw ((128, 1) blocks), mx (MX dim 0), dual")
     p.add_argument("--check-only", action="store_true",
                    help="bits of every variant against the shipped kernel, no timing (CPU ok)")
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.shapes is None:
+        args.shapes = ("256x192" if args.check_only and device == "cpu"
+                       else "8192x8192,8192x14336,16384x4096")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    if args.check_only and device == "cpu":
-        shapes = [(256, 192)]
     torch.manual_seed(0)
     rows, failures = [], 0
     for shape in shapes:
@@ -209,7 +226,8 @@ def main(argv=None):
             rows.append([f"{shape[0]}x{shape[1]}", "torch copy_", f"{copy_us:.1f}", "1.00", ""])
         shipped = {}
         for name, family, fn in variants():
-            if args.only not in name and "shipped" not in name:
+            if family not in args.families.split(",") or (args.only not in name
+                                                           and "shipped" not in name):
                 continue
             try:
                 got = fn(x)
