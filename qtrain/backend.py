@@ -6,8 +6,9 @@ once. Given the device of the tensors, `auto` takes "fast" only where fast can r
 that device (a CPU model on a GPU machine runs on "reference"), and logs that choice once per
 device type. An explicit backend that cannot serve raises a RuntimeError naming the others.
 
-Layers hold their resolution with `bind_backend` and look it up per call with
-`backend_for_input`: an `auto` layer follows its input to another device type (a model
+Layers hold their resolution with `bind_backend`, answer again when moved
+(`rebind_after_move`, from their nn.Module._apply) and look it up per call with
+`backend_for_input`: an `auto` layer follows its tensors to another device type (a model
 converted on the CPU and then moved to the GPU, or the reverse).
 """
 import importlib
@@ -154,6 +155,16 @@ def bind_backend(owner, name, device=None):
         owner.backend = "auto"
     else:
         owner.backend = resolve_backend_name(name, device)
+
+
+def rebind_after_move(owner, device):
+    """For a layer's nn.Module._apply (to, cuda, cpu, to_empty): an `auto` layer answers for
+    the device its tensors moved to, in eager code, so that a model moved and then compiled
+    does not resolve inside the traced forward."""
+    if owner._backend_auto:
+        device = _known_device(device)
+        if device is not None and device.type != owner._backend_device:
+            bind_backend(owner, owner._backend_requested, device)
 
 
 def backend_for_input(owner, device):

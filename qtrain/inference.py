@@ -12,7 +12,7 @@ precision (int8 with output=False) serve with int8 rowwise x and w.
 import torch
 from torch import nn
 
-from .backend import backend_for_input, bind_backend, resolve_backend_name
+from .backend import backend_for_input, bind_backend, rebind_after_move, resolve_backend_name
 from .config import recipe_config
 from .convert import (eligibility_error, ineligible_layer, kept_label,
                       log_kept_in_high_precision, swap_post_order)
@@ -40,6 +40,11 @@ class InferenceLinear(nn.Module):
         self.register_buffer("weight_dequant", q.dequant.contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(),
                                                            requires_grad=False)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        rebind_after_move(self, self.weight_payload.device)   # `auto` follows a moved model
+        return out
 
     def forward(self, input):
         dtype = _compute_dtype(input)

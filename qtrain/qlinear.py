@@ -22,7 +22,7 @@ from torch import nn
 
 from . import ops
 from .backend import (_instance as _backend_impl, backend_for_input, bind_backend,
-                      resolve_backend_name)
+                      rebind_after_move, resolve_backend_name)
 from .recipes import (CounterNoise, QOperand, quantize_operand, quantize_operand_both_axes,
                       quantize_operand_tensorwise_both)
 
@@ -374,6 +374,11 @@ class QuantizedLinear(nn.Linear):
         bind_backend(new, config.backend, mod.weight.device)
         new.train(mod.training)
         return new
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        rebind_after_move(self, self.weight.device)     # `auto` follows a moved model
+        return out
 
     def forward(self, input):
         return self.forward_with(input, self.weight, self.bias)

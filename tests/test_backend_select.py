@@ -135,13 +135,18 @@ def test_auto_answers_for_the_tensors_device(device_bound_fast, caplog):
 
 def test_auto_layer_follows_its_input_to_another_device_type(device_bound_fast):
     """Built on the meta device (nothing known yet: "auto"), then materialized on the CPU: the
-    first call answers for the CPU and keeps that answer."""
+    move answers for the CPU and the layer keeps that answer."""
     q = qtrain.QuantizedLinear(32, 16, device="meta", config=qtrain.recipe_config("int8"))
     assert q.backend == "auto"
-    q = q.to_empty(device="cpu")
+    q = q.to_empty(device="cpu")          # a move answers at once, outside any traced call
+    assert q.backend == "reference"
     torch.nn.init.normal_(q.weight), torch.nn.init.zeros_(q.bias)
     q(torch.randn(4, 32))
     assert q.backend == "reference" and device_bound_fast.calls == []
+    # an input on another device type than the layer's is answered at the call
+    q._backend_device = "meta"
+    q(torch.randn(4, 32))
+    assert q._backend_device == "cpu" and q.backend == "reference"
     # an explicit backend is never re-resolved: it stays (the real fast backend then refuses
     # CPU tensors with its own error; test_gpu_fast_linear.py)
     qe, x = _layer_and_input(config=qtrain.Float8LinearConfig(recipe="rowwise", backend="fast"))
