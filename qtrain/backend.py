@@ -6,10 +6,9 @@ once. Given the device of the tensors, `auto` takes "fast" only where fast can r
 that device (a CPU model on a GPU machine runs on "reference"), and logs that choice once per
 device type. An explicit backend that cannot serve raises a RuntimeError naming the others.
 
-Layers hold their resolution with `bind_backend`, answer again when moved
-(`rebind_after_move`, from their nn.Module._apply) and look it up per call with
-`backend_for_input`: an `auto` layer follows its tensors to another device type (a model
-converted on the CPU and then moved to the GPU, or the reverse).
+Layers hold their resolution through the `BackendBound` mixin: an `auto` layer answers again
+when it is moved and when an input arrives on another device type (a model converted on the
+CPU and then moved to the GPU, or the reverse).
 """
 import importlib
 import logging
@@ -142,38 +141,46 @@ def resolve_backend_name(name=None, device=None):
     return chosen
 
 
-def bind_backend(owner, name, device=None):
-    """Resolve `name` for tensors on `device` and keep the answer on `owner` (a layer):
-    owner.backend, plus what backend_for_input needs to answer again on another device. An
-    explicit backend is resolved now (and raises now if it cannot serve); `auto` on an unknown
-    device (meta) stays "auto" until the first call says where the tensors are."""
-    device = _known_device(device)
-    owner._backend_requested = name
-    owner._backend_auto = _requested(name) == "auto"
-    owner._backend_device = None if device is None else device.type
-    if owner._backend_auto and device is None:
-        owner.backend = "auto"
-    else:
-        owner.backend = resolve_backend_name(name, device)
+class BackendBound:
+    """Mixin for the nn.Module layers that run on a qtrain backend: `self.backend` is the
+    resolution of the config's backend name for the device of the layer's tensors (the
+    attribute named by BACKEND_TENSOR). An explicit backend is resolved once (and raises then
+    if it cannot serve) and never again. `auto` is answered again when the layer is moved
+    (nn.Module._apply: to, cuda, cpu, to_empty; eager code, so a model moved and then
+    compiled does not resolve inside the traced forward) and when an input arrives on another
+    device type; on an unknown device (meta) it stays "auto" until one of those says where the
+    tensors are."""
+    BACKEND_TENSOR = "weight"
 
-
-def rebind_after_move(owner, device):
-    """For a layer's nn.Module._apply (to, cuda, cpu, to_empty): an `auto` layer answers for
-    the device its tensors moved to, in eager code, so that a model moved and then compiled
-    does not resolve inside the traced forward."""
-    if owner._backend_auto:
+    def bind_backend(self, name, device=None):
+        """Resolve `name` for tensors on `device` and keep the answer."""
         device = _known_device(device)
-        if device is not None and device.type != owner._backend_device:
-            bind_backend(owner, owner._backend_requested, device)
+        self._backend_requested = name
+        self._backend_auto = _requested(name) == "auto"
+        self._backend_device = None if device is None else device.type
+        if self._backend_auto and device is None:
+            self.backend = "auto"
+        else:
+            self.backend = resolve_backend_name(name, device)
 
+    def follow_device(self, device):
+        """An `auto` layer answers again for tensors on `device` when its type is not the one
+        answered for (meta tells nothing and changes nothing)."""
+        if self._backend_auto:
+            device = _known_device(device)
+            if device is not None and device.type != self._backend_device:
+                self.bind_backend(self._backend_requested, device)
 
-def backend_for_input(owner, device):
-    """owner.backend for an input on `device`: an `auto` layer whose input arrives on another
-    device type resolves again (and keeps that answer); an explicit backend stays as it is, and
-    refuses tensors it cannot run with its own clear error."""
-    if owner._backend_auto and device.type != owner._backend_device:
-        bind_backend(owner, owner._backend_requested, device)
-    return owner.backend
+    def backend_for_input(self, device):
+        """self.backend for an input on `device` (an explicit backend refuses tensors it
+        cannot run with its own clear error)."""
+        self.follow_device(device)
+        return self.backend
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.follow_device(getattr(self, self.BACKEND_TENSOR).device)
+        return out
 
 
 def get_backend(name=None):

@@ -12,7 +12,7 @@ precision (int8 with output=False) serve with int8 rowwise x and w.
 import torch
 from torch import nn
 
-from .backend import backend_for_input, bind_backend, rebind_after_move, resolve_backend_name
+from .backend import BackendBound, resolve_backend_name
 from .config import recipe_config
 from .convert import (eligibility_error, ineligible_layer, kept_label,
                       log_kept_in_high_precision, swap_post_order)
@@ -22,14 +22,15 @@ from .recipes import QOperand, QuantSpec, quantize_operand
 _INT8 = QuantSpec("int8")
 
 
-class InferenceLinear(nn.Module):
+class InferenceLinear(BackendBound, nn.Module):
     """y = x @ w.T + b with w pre-quantized (buffers) and x quantized dynamically."""
+    BACKEND_TENSOR = "weight_payload"
 
     def __init__(self, weight, bias, config, fqn=""):
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.config, self.fqn = config, fqn
-        bind_backend(self, config.backend, weight.device)
+        self.bind_backend(config.backend, weight.device)
         specs = config.plan().output or (_INT8, _INT8)
         self.x_spec, w_spec = specs
         self.w_pow2 = w_spec.pow2_factors
@@ -41,15 +42,10 @@ class InferenceLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(),
                                                            requires_grad=False)
 
-    def _apply(self, fn, recurse=True):
-        out = super()._apply(fn, recurse)
-        rebind_after_move(self, self.weight_payload.device)   # `auto` follows a moved model
-        return out
-
     def forward(self, input):
         dtype = _compute_dtype(input)
         x = input.to(dtype).reshape(-1, self.in_features)
-        backend = backend_for_input(self, x.device)
+        backend = self.backend_for_input(x.device)
         with torch.autocast(x.device.type, enabled=False):
             qx = quantize_operand(x, self.x_spec, 1, backend)
             qw = QOperand(self.weight_payload, self.weight_dequant, self.w_pow2)

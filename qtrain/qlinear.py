@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .backend import (_instance as _backend_impl, backend_for_input, bind_backend,
-                      rebind_after_move, resolve_backend_name)
+from .backend import BackendBound, _instance as _backend_impl, resolve_backend_name
 from .recipes import (CounterNoise, QOperand, quantize_operand, quantize_operand_both_axes,
                       quantize_operand_tensorwise_both)
 
@@ -345,10 +344,11 @@ def linear(input, weight, bias=None, *, config):
                             resolve_backend_name(config.backend, input.device))
 
 
-class QuantizedLinear(nn.Linear):
+class QuantizedLinear(BackendBound, nn.Linear):
     """nn.Linear whose three products follow `config`'s recipe; same Parameters, same
     state_dict as the nn.Linear it replaces. The backend is resolved at construction for the
-    weight's device; with `auto`, again when an input arrives on another device type."""
+    weight's device; with `auto`, again when moved or fed another device's input
+    (BackendBound)."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  config, fqn=""):
@@ -358,7 +358,7 @@ class QuantizedLinear(nn.Linear):
     def _setup(self, config, fqn, device):
         self.config = config
         self.fqn = fqn
-        bind_backend(self, config.backend, self.weight.device)
+        self.bind_backend(config.backend, self.weight.device)
         # Stochastic-rounding call index (I8-5 noise seed); not part of the state_dict.
         self.register_buffer("sr_calls", torch.zeros((), dtype=torch.int64, device=device),
                              persistent=False)
@@ -371,14 +371,9 @@ class QuantizedLinear(nn.Linear):
         new.weight = mod.weight
         new.bias = mod.bias
         new.sr_calls = torch.zeros((), dtype=torch.int64, device=mod.weight.device)
-        bind_backend(new, config.backend, mod.weight.device)
+        new.bind_backend(config.backend, mod.weight.device)
         new.train(mod.training)
         return new
-
-    def _apply(self, fn, recurse=True):
-        out = super()._apply(fn, recurse)
-        rebind_after_move(self, self.weight.device)     # `auto` follows a moved model
-        return out
 
     def forward(self, input):
         return self.forward_with(input, self.weight, self.bias)
@@ -391,7 +386,7 @@ class QuantizedLinear(nn.Linear):
             self.sr_calls.add_(1)
             sr_call = self.sr_calls.clone()
         return quantized_linear(input, weight, bias, self.config,
-                                backend_for_input(self, input.device), self.fqn, sr_call)
+                                self.backend_for_input(input.device), self.fqn, sr_call)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, recipe={self.config.short_id}, backend={self.backend}"
