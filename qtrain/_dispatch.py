@@ -71,9 +71,8 @@ class DefinedOp:
     torch.library.custom_op this skips its Python autograd and backend wrappers and their
     dynamo-disable frames: a two-tensor op took 40-55 us a call through custom_op and 10-18
     through define / impl against 6-11 direct (dev CPU, torch 2.13, 2026-12-02,
-    benchmarks/op_call_cost.py; the H200's
-    compiled tensorwise block spent 14.4 ms of host per step against 2.7 for bf16,
-    benchmarks/NOTES.md fourteenth session)."""
+    benchmarks/op_call_cost.py; the H200's compiled tensorwise block spent 14.4 ms of host per
+    step against 2.7 for bf16, benchmarks/NOTES.md fourteenth session)."""
 
     def __init__(self, qualname, fn):
         namespace, name = qualname.split("::")
