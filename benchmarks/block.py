@@ -115,17 +115,24 @@ def qtrain_config(recipe):
     return recipe_config(recipe)
 
 
+def fast_backend_or_reason(recipe, device):
+    """(backend name of the recipe's config on `device`, why a GPU timing of it would be
+    meaningless, or ""): anything but the fast backend on a GPU times the wrong code."""
+    backend = resolve_backend_name(qtrain_config(recipe).backend, device)
+    if torch.device(device).type == "cuda" and backend != "fast":
+        return backend, f"qtrain backend is {backend!r}, not 'fast': the GPU timing would be meaningless"
+    return backend, ""
+
+
 def measure(shape, base_block, mode, impl, recipe, device, reps, warmup):
     """Build the variant from `base_block` (deep copy), time fwd+bwd, record peak memory."""
     m = Measurement(shape.describe(), mode, impl, recipe, "torch")
     block = copy.deepcopy(base_block)
     if impl == "qtrain":
-        config = qtrain_config(recipe)
-        m.backend = resolve_backend_name(config.backend)
-        if device.type == "cuda" and m.backend != "fast":
-            m.skipped = f"qtrain backend is {m.backend!r}, not 'fast': the GPU timing would be meaningless"
+        m.backend, m.skipped = fast_backend_or_reason(recipe, device)
+        if m.skipped:
             return m
-        convert_to_quantized_training(block, config)
+        convert_to_quantized_training(block, qtrain_config(recipe))
     elif impl == "torchao":
         convert, reason = torchao_converter()
         m.backend = "torchao"

@@ -20,9 +20,8 @@ import time
 import torch
 
 from qtrain import convert_to_quantized_training
-from qtrain.backend import resolve_backend_name
 
-from .block import SHAPES, block_step, qtrain_config
+from .block import SHAPES, block_step, fast_backend_or_reason, qtrain_config
 from qtrain.tiny_llama import Block
 
 
@@ -41,10 +40,9 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     if args.recipe != "bf16":
-        backend = resolve_backend_name(qtrain_config(args.recipe).backend)
-        if backend != "fast":       # the reference backend's host time says nothing here
-            print(f"benchmarks.block_host_profile: qtrain backend is {backend!r}, not 'fast'",
-                  file=sys.stderr)
+        reason = fast_backend_or_reason(args.recipe, "cuda")[1]
+        if reason:
+            print(f"benchmarks.block_host_profile: {reason}", file=sys.stderr)
             return 2
     shape = SHAPES[args.shape]
     torch.manual_seed(0)
