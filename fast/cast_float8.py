@@ -61,7 +61,7 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                          TENSORWISE: tl.constexpr, TRANSPOSED: tl.constexpr,
                          DUAL: tl.constexpr, ROW_COPY: tl.constexpr, WITH_DQ: tl.constexpr,
-                         POW2: tl.constexpr, TRANS_STORE: tl.constexpr,
+                         POW2: tl.constexpr,
                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                          EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
@@ -98,11 +98,9 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
             if WITH_DQ:
                 tl.store(dq_ptr + cols, tl.div_rn(1.0, qs), mask=col_ok)
         code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    if TRANSPOSED and TRANS_STORE:     # the code tile transposed, then stored along x.T's rows
-        tl.store(data_ptr + cols[:, None].to(tl.int64) * R + rows[None, :], tl.trans(code),
-                 mask=tl.trans(mask))
-    elif TRANSPOSED:  # element-wise transposed store (measured faster on the H200 than
-        # a tl.trans'd tile store: 143 us vs 210 us for an 8192^2 columnwise cast)
+    if TRANSPOSED:    # element-wise transposed store (measured faster on the H200 than
+        # a tl.trans'd tile store: 143 us vs 210 us for an 8192^2 columnwise cast; for the
+        # dual cast at 8192^2 and 8192x14336 within 2%, 2026-12-02-s15-dual-tile-variants-h200.log)
         offs_t = cols[None, :].to(tl.int64) * R + rows[:, None]
         tl.store(data_ptr + offs_t, code, mask=mask)
     else:
@@ -125,12 +123,10 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
 # gpu_fast_check can time other tiles; (32, 128) for both is what ran on the H200 so far.
 TILE = (32, 128)
 TILE_T = (32, 128)
-# Warps of the passes that write x.T, and how they store it: "elementwise" (each code at its
-# x.T address) or "trans" (the code tile transposed before the store; never for the ROW_COPY
-# pass, whose two stores of one code tile in two layouts is the pattern of
-# triton-lang/triton#11111). Module settings, timed by benchmarks/transposed_cast_variants.py.
+# Warps of the passes that write x.T: a module setting, timed by
+# benchmarks/transposed_cast_variants.py (2 warps with a (64, 128) tile: -4 to -5% at 8192^2
+# and 8192x14336 but 95 against 26 us at 1000x3000, 2026-12-02; 4 stays).
 TILE_T_WARPS = 4
-TRANSPOSED_STORE = "elementwise"
 # x.T is stored one code per element: packing 4 rows' codes into 32-bit stores measured
 # 1.9-2.3x slower on the H200 (2026-12-01: 8192^2 tensorwise.T 270 us against 139 us) and was
 # removed.
@@ -159,14 +155,12 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
     warps = TILE_T_WARPS if (transposed or dual) else 4
-    trans_store = transposed and not row_copy and TRANSPOSED_STORE == "trans"
     _float8_tiles_kernel[grid](
         x_in, R, C, t_bits if tensorwise else c_bits, qs, qs if dq is None else dq,
         data.view(torch.uint8), r_bits if dual else qs, row_qs,
         row_qs if row_dq is None else row_dq, row_data.view(torch.uint8),
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
-        DUAL=dual, ROW_COPY=row_copy, WITH_DQ=with_dequant, POW2=pow2, TRANS_STORE=trans_store,
-        **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev),
+        DUAL=dual, ROW_COPY=row_copy, WITH_DQ=with_dequant, POW2=pow2, **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev),
         IS_BF16=is_bf16, num_warps=warps)
     return data, qs, row_data, row_qs, dq, row_dq
 
