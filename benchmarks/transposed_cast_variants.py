@@ -12,7 +12,10 @@ reduce each block along the rows, and store every code at its x.T address, so a 
 land a whole row of x.T apart. The variants reduce the same way and then hand the code tile to
 tl.trans before the store: the store's addresses run along the tile's contiguous axis, and
 Triton moves the tile through shared memory to store it in long runs (as fast/transpose.py's
-payload transpose does, at 85% of copy). Tile widths and warps are swept."""
+payload transpose does, at 85% of copy). Tile widths and warps are swept. The TMA variants
+(seventeenth session) store the code tile through a tensor descriptor instead: the tile is
+staged in shared memory and leaves as bulk copies ("mx dim0.T kernel, TMA store" is the
+shipped kernel under cast_mx.DIM0_T_TMA)."""
 import argparse
 import os
 import sys
@@ -20,6 +23,7 @@ import sys
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import capture_cuda_graph, format_table, module_settings  # noqa: E402
@@ -148,6 +152,81 @@ def mx_dim0_t_trans(x, groups, block_c, warps, fmt="float8_e4m3fn", block=32, mo
     return data, scale
 
 
+# ---- TMA stores (tensor descriptors): the code tile goes registers -> shared memory -> one
+# bulk copy per tile, so the x.T store is a hardware block copy, not one byte per thread.
+# Hopper and later; host-side descriptors (triton.tools.tensor_descriptor), whose row strides
+# must be multiples of 16 bytes (the sweep's shapes are).
+
+@triton.jit
+def _column_blocks_t_tma(x_ptr, t_desc, qs_ptr, R, C, B0: tl.constexpr,
+                         BLOCK_C: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
+                         BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
+                         EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
+    """(B0, 1) blocks of x (R, C) written as x.T (C, R) by a TMA store of the code tile."""
+    pid_r = tl.program_id(0)
+    rows = pid_r * B0 + tl.arange(0, B0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    x = widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :],
+                              mask=col_ok[None, :], other=0), IS_BF16)
+    qs = float8_quant_scale(tl.max(abs_bits(x), axis=0), MAX, False)
+    tl.store(qs_ptr + cols.to(tl.int64) * tl.num_programs(0) + pid_r, qs, mask=col_ok)
+    code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+    t_desc.store([tl.program_id(1) * BLOCK_C, pid_r * B0], tl.trans(code))
+
+
+def blockwise_t_tma(x, block_c, warps, b0=128, fmt="float8_e4m3fn"):
+    R, C = x.shape
+    data = torch.empty((C, R), dtype=TORCH_FLOAT8[fmt], device=x.device)
+    qs = torch.empty((C, R // b0), dtype=torch.float32, device=x.device)
+    x_in, is_bf16 = kernel_input(x)
+    _column_blocks_t_tma[(R // b0, triton.cdiv(C, block_c))](
+        x_in, TensorDescriptor.from_tensor(data.view(torch.uint8), [block_c, b0]), qs, R, C,
+        B0=b0, BLOCK_C=block_c, **float8_params(fmt),
+        EXACT_SOFT_CAST=use_soft_cast(_column_blocks_t_tma, fmt, x.device), IS_BF16=is_bf16,
+        num_warps=warps)
+    return data, qs
+
+
+@triton.jit
+def _mx_dim0_t_tma(x_ptr, t_desc, scale_ptr, M, C, GROUPS: tl.constexpr,
+                   BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr, RCEIL: tl.constexpr,
+                   EMAX: tl.constexpr, RCP_MAX: tl.constexpr, MAX: tl.constexpr,
+                   MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
+                   TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
+                   IS_BF16: tl.constexpr):
+    """_mx_dim0_t_trans with the transposed code tile stored by TMA."""
+    groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows3 = groups[:, None, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :, None]
+    cols3 = cols[None, None, :]
+    x = widen_to_fp32(tl.load(x_ptr + rows3.to(tl.int64) * C + cols3, mask=cols3 < C, other=0),
+                      IS_BF16)
+    e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)
+    code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
+                           EXACT_SOFT_CAST)
+    code2 = tl.reshape(code, (GROUPS * BLOCK_SIZE, BLOCK_C))
+    t_desc.store([tl.program_id(1) * BLOCK_C, tl.program_id(0) * GROUPS * BLOCK_SIZE],
+                 tl.trans(code2))
+    byte = tl.where(nan, 0xFF, e + 127).to(tl.uint8)
+    tl.store(scale_ptr + cols[None, :] * (M // BLOCK_SIZE) + groups[:, None], byte,
+             mask=cols[None, :] < C)
+
+
+def mx_dim0_t_tma(x, groups, block_c, warps, fmt="float8_e4m3fn", block=32, mode="rceil"):
+    params = _mx_params(_mx_dim0_t_tma, x, fmt, block, mode)
+    M, C = x.shape
+    assert M % (groups * block) == 0, (M, groups, block)
+    data = torch.empty((C, M), dtype=TORCH_FLOAT8[fmt], device=x.device)
+    scale = torch.empty((C, M // block), dtype=torch.uint8, device=x.device)
+    _mx_dim0_t_tma[(M // (groups * block), triton.cdiv(C, block_c))](
+        kernel_input(x)[0], TensorDescriptor.from_tensor(data.view(torch.uint8),
+                                                         [block_c, groups * block]),
+        scale, M, C, GROUPS=groups, BLOCK_SIZE=block, BLOCK_C=block_c, **params,
+        num_warps=warps)
+    return data, scale
+
+
 def variants():
     """(name, family, fn(x) -> (data, scales)); family "bw" or "mx" (the shipped one first)."""
     out = [("blockwise 128x1.T shipped", "bw",
@@ -166,21 +245,40 @@ def variants():
              lambda x, r=r, c=c, w=w: _dual_with(x, (r, c), w))
             for r, c in ((32, 128), (64, 64), (64, 128), (128, 64), (128, 128))
             for w in (2, 4, 8) if r * c // (32 * w) >= 16]
+    out += [(f"blockwise 128x1.T TMA, {c} cols, {w} warps", "bw",
+             lambda x, c=c, w=w: blockwise_t_tma(x, c, w))
+            for c in (32, 64, 128) for w in (2, 4, 8) if c * 128 // (32 * w) >= 16]
     out += [("mx dim0.T shipped", "mx",
              lambda x: cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True))]
+    out += [(f"mx dim0.T kernel, {'TMA' if t else 'trans'} store, {r} rows, {c} cols, {w} warps",
+             "mx", lambda x, t=t, r=r, c=c, w=w: _mx_dim0_t_shipped(x, t, (r, c, w)))
+            for t in (False, True) for r, c, w in ((64, 128, 2), (128, 32, 1), (256, 32, 1),
+                                                   (256, 16, 1), (128, 16, 1), (128, 64, 1))]
     out += [(f"mx dim0.T trans, {g * 32} rows, {c} cols, {w} warps", "mx",
              lambda x, g=g, c=c, w=w: mx_dim0_t_trans(x, g, c, w))
             for g in (2, 4) for c in (32, 64, 128) for w in (1, 2, 4, 8)
+            if g * 32 * c // (32 * w) >= 16]
+    out += [(f"mx dim0.T TMA, {g * 32} rows, {c} cols, {w} warps", "mx",
+             lambda x, g=g, c=c, w=w: mx_dim0_t_tma(x, g, c, w))
+            for g in (2, 4) for c in (32, 64, 128) for w in (1, 2, 4)
             if g * 32 * c // (32 * w) >= 16]
     return out
 
 
 def _dual_with(x, tile, warps):
     """The shipped dual cast (amax pass + tile pass) under other x.T tile settings. (The
-    tl.trans'd store was also timed for it on 2026-12-02: no difference, so it is not kept;
-    benchmarks/results/2026-12-02-s15-dual-tile-variants-h200.log.)"""
+    tl.trans'd store was also timed for it on 2026-12-02, and a TMA store on 2026-12-03: no
+    gain, so neither is kept; benchmarks/results/2026-12-02-s15-dual-tile-variants-h200.log,
+    2026-12-03-s17-tma-store-variants-h200.log.)"""
     with module_settings(cast_float8, TILE_T=tile, TILE_T_WARPS=warps):
         return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
+
+
+def _mx_dim0_t_shipped(x, tma, tile):
+    """The shipped MX dim-0 cast written as x.T, with or without its TMA store, at a tile."""
+    setting = dict(DIM0_T_TMA=tma, **({"DIM0_TMA_TILE_T": tile} if tma else {"DIM0_TILE_T": tile}))
+    with module_settings(cast_mx, **setting):
+        return cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True)
 
 
 def _graph_us(fn, reps=50):

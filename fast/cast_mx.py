@@ -4,10 +4,12 @@ e8m0 bytes out (uint8). One read of x, one write of data and scales."""
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from qtrain.formats import MX_ELEM_FORMATS, MX_SCALE_MODES, float8_format
 from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input, float8_params,
-                     fp32, kernel_input, next_pow2, normalize_axis, pow2_at_most, use_soft_cast)
+                     fp32, kernel_input, next_pow2, normalize_axis, pow2_at_most, tma_store_ok,
+                     use_soft_cast)
 from .encode import abs_bits, encode_float8, is_finite_bits, widen_to_fp32
 
 LAYER = "qtrain.fast.cast_mx"
@@ -84,7 +86,8 @@ def _store_dim0_scales(scale_ptr, e, nan, groups, cols, n_groups, C, TRANSPOSED:
 @triton.jit
 def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
                     GROUPS: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr,
-                    TRANSPOSED: tl.constexpr, RCEIL: tl.constexpr, EMAX: tl.constexpr,
+                    TRANSPOSED: tl.constexpr, TMA: tl.constexpr, RCEIL: tl.constexpr,
+                    EMAX: tl.constexpr,
                     RCP_MAX: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
                     BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                     EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
@@ -96,7 +99,9 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     H200, 8192^2 bf16 transposed, one run (2026-12-01, seventh session, gpu_fast_check
     time_casts): 87 us, against 95 us for the earlier kernel that loaded a (ROWS, BLOCK_C)
     tile and broadcast the block exponents back to every element through reshapes; the
-    transposed store below took it to 73 us (2026-12-02)."""
+    transposed store below took it to 73 us (2026-12-02). TMA (with TRANSPOSED): data_ptr is a
+    tensor descriptor of (C, M) with a (BLOCK_C, GROUPS * BLOCK_SIZE) box, and the transposed
+    code tile leaves by a TMA bulk store (edge tiles clipped by the copy engine)."""
     groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rows3 = groups[:, None, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :, None]
@@ -107,7 +112,11 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)   # (GROUPS, BLOCK_C)
     code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
                            EXACT_SOFT_CAST)
-    if TRANSPOSED:
+    if TMA:
+        code_t = tl.trans(tl.reshape(code, (GROUPS * BLOCK_SIZE, BLOCK_C)))
+        data_ptr.store([tl.program_id(1) * BLOCK_C, tl.program_id(0) * GROUPS * BLOCK_SIZE],
+                       code_t)
+    elif TRANSPOSED:
         # the code tile as (rows, columns), transposed before its store: each program then
         # writes rows of x.T in runs along its contiguous axis (Triton moves the tile through
         # shared memory). H200, 2026-12-02 (benchmarks/transposed_cast_variants.py, same bits):
@@ -168,6 +177,13 @@ DIM0_TILE = (64, 64, 1)
 # benchmarks/transposed_cast_variants.py): (64, 128, 2) 73 / 122 us, (128, 64, 1) 81 / 135,
 # (64, 64, 2) 79 / 134, (128, 128, 4) 89 / 151; 8 warps 138-213 / 236-366.
 DIM0_TILE_T = (64, 128, 2)
+# The cast written transposed, stored by TMA where tma_store_ok (Hopper and later, M % 16 == 0;
+# see _mx_dim0_kernel), and its tile. H200, 2026-12-03 (seventeenth session,
+# transposed_cast_variants.py, same bits): the script's TMA kernel at (128 rows, 32 columns,
+# 1 warp) 67 / 110 / 69 us at 8192^2 / 8192x14336 / 16384x4096 against 73 / 123 / 74 for
+# DIM0_TILE_T's transposed-tile store (2026-12-03-s17-tma-store-variants-h200.log).
+DIM0_T_TMA = True
+DIM0_TMA_TILE_T = (128, 32, 1)
 
 
 def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor",
@@ -188,14 +204,19 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     else:
         data = torch.empty(x.shape, dtype=TORCH_FLOAT8[elem_fmt], device=dev)
         scale = torch.empty((M // block_size,) + tuple(x.shape[1:]), dtype=torch.uint8, device=dev)
-    rows_cap, cols_cap, warps = DIM0_TILE_T if transposed else DIM0_TILE
+    tma = transposed and DIM0_T_TMA and tma_store_ok(dev, M)
+    rows_cap, cols_cap, warps = (DIM0_TMA_TILE_T if tma else DIM0_TILE_T if transposed
+                                 else DIM0_TILE)
     groups = max(1, min(rows_cap // block_size, M // block_size)) if block_size <= rows_cap else 1
     groups = 1 << (groups.bit_length() - 1)
     block_c = pow2_at_most(C, cols_cap)
     grid = (cdiv(M, groups * block_size), cdiv(C, block_c))
-    _mx_dim0_kernel[grid](kernel_input(x)[0], data.view(torch.uint8), scale, M, C,
+    out = data.view(torch.uint8)
+    if tma:
+        out = TensorDescriptor.from_tensor(out, [block_c, groups * block_size])
+    _mx_dim0_kernel[grid](kernel_input(x)[0], out, scale, M, C,
                           GROUPS=groups, BLOCK_SIZE=block_size, BLOCK_C=block_c,
-                          TRANSPOSED=transposed, **params, num_warps=warps)
+                          TRANSPOSED=transposed, TMA=tma, **params, num_warps=warps)
     return data, scale
 
 

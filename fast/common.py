@@ -1,5 +1,6 @@
 """Shared launch-side helpers of qtrain.fast: format records as Triton/torch dtypes, input checks."""
 import functools
+import logging
 import struct
 
 import torch
@@ -43,6 +44,27 @@ def use_soft_cast(kernel, fmt: str, device: torch.device) -> bool:
     if is_interpreted(kernel):
         return True
     return device.type == "cuda" and fmt not in CUDA_HARDWARE_FLOAT8
+
+
+_NO_TMA_LOGGED = set()
+
+
+def tma_store_ok(device: torch.device, *row_bytes: int) -> bool:
+    """Whether a kernel may store through TMA tensor descriptors: the device has TMA (CUDA
+    compute capability 9.0 and later; the interpreter emulates it on the CPU) and every
+    payload row stride (in bytes) is a multiple of 16, a descriptor's rule. A GPU without TMA
+    gets one log line and the element-wise store (the same bits)."""
+    if any(n % 16 for n in row_bytes):
+        return False
+    if device.type != "cuda":
+        return True
+    if torch.cuda.get_device_capability(device)[0] >= 9:
+        return True
+    if device not in _NO_TMA_LOGGED:
+        _NO_TMA_LOGGED.add(device)
+        logging.getLogger("qtrain").info("qtrain.fast: %s has no TMA (compute capability < 9.0): "
+                                         "the casts that write x.T store element-wise", device)
+    return False
 
 
 def float8_params(fmt: str) -> dict:

@@ -474,6 +474,16 @@ def test_block_profile_cpu_smoke_lists_gaps(capsys):
     assert r["gaps"].startswith("idle "), r["gaps"]
 
 
+def test_block_profile_busy_is_the_union_of_kernel_intervals():
+    """Overlapping kernels count once in GPU busy (the kernel sum counted them twice and put
+    busy above the wall time); gaps count not at all; nested and touching intervals work."""
+    from benchmarks.block_profile import union_us
+    assert union_us([]) == 0
+    assert union_us([(0, 10), (5, 15)]) == 15
+    assert union_us([(20, 30), (0, 10), (2, 4)]) == 20
+    assert union_us([(0, 10), (10, 12), (11, 11.5)]) == 12
+
+
 def test_ab_trees_refuses_without_the_old_tree(tmp_path):
     """benchmarks/ab_trees.sh needs the old tree's archive before it installs anything."""
     import subprocess

@@ -454,6 +454,33 @@ def test_mx_dim0_on_other_tiles(tile, dtype, monkeypatch, seed):
             assert_same(to_numpy(data), ref_data, "data " + what, seed)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("tile", [(128, 32, 1), (64, 64, 1), (32, 128, 2)], ids=str)
+def test_mx_dim0_transposed_by_tma_store(tile, dtype, monkeypatch, seed):
+    """cast_mx.DIM0_T_TMA: the transposed write through a tensor descriptor (its edge tiles
+    clipped by the copy engine: (96, 40) and (64, 300) cut rows and columns of the tile) gives
+    the reference's bits of x.T's dim -1 cast, floor and rceil, with NaN/Inf/zero."""
+    from qtrain.fast import cast_mx
+    from qtrain.fast.common import tma_store_ok
+    monkeypatch.setattr(cast_mx, "DIM0_T_TMA", True)
+    monkeypatch.setattr(cast_mx, "DIM0_TMA_TILE_T", tile)
+    fast_backend()
+    assert not tma_store_ok(torch.device(DEVICE), 96, 40)           # a 40-byte row stride
+    for shape in ((96, 40), (64, 300), (256, 64)):
+        x = _mx_input(shape, dtype, seed)
+        x[5, :7] = np.nan
+        x[40, 3] = np.inf
+        x[32:, 9] = 0
+        for mode in ("floor", "rceil"):
+            what = f"{shape} {tile} {dtype} {mode} tma"
+            data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, mode,
+                                                  transposed=True)
+            ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T),
+                                                       "float8_e4m3fn", 32, -1, mode)
+            assert_same(to_numpy(bits), ref_bits, "scale_bits .T " + what, seed)
+            assert_same(to_numpy(data), ref_data, "data .T " + what, seed)
+
+
 @pytest.mark.parametrize("shape", [(256, 128), (128, 384)])
 @pytest.mark.parametrize("copy", ["torch", "tiles"])
 def test_blockwise_square_transposed_is_blockwise_of_x_t_BW_5(shape, copy, monkeypatch, seed):
