@@ -28,6 +28,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import capture_cuda_graph, format_table, module_settings  # noqa: E402
 from qtrain.fast import cast_blockwise, cast_float8, cast_mx  # noqa: E402
+from qtrain.fast.amax import amax_bits_2d  # noqa: E402
 from qtrain.fast.cast_mx import _mx_exponent, _mx_params, _mx_scale_block  # noqa: E402
 from qtrain.fast.common import (TORCH_FLOAT8, float8_params, kernel_input,  # noqa: E402
                                 use_soft_cast)
@@ -245,9 +246,24 @@ def variants():
              lambda x, r=r, c=c, w=w: _dual_with(x, (r, c), w))
             for r, c in ((32, 128), (64, 64), (64, 128), (128, 64), (128, 128))
             for w in (2, 4, 8) if r * c // (32 * w) >= 16]
+    out += [(f"float8 dual row+col.T TMA, tile {r}x{c}, {w} warps", "dual",
+             lambda x, r=r, c=c, w=w: _dual_with(x, (r, c), w, tma=True))
+            for r, c, w in ((128, 32, 1), (64, 32, 1), (128, 16, 1), (64, 64, 1), (32, 32, 1),
+                            (256, 16, 1), (128, 32, 2), (64, 64, 2))]
+    out += [("amax pass, rows and columns (the dual's first pass)", "amax",
+             lambda x: amax_bits_2d(x, rows=True, cols=True)[1:]),
+            ("amax pass, tensor (tensorwise's first pass)", "amax",
+             lambda x: amax_bits_2d(x, tensor=True)[:1])]
+    out += [("float8 tensorwise.T shipped", "twT",
+             lambda x: cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True,
+                                                              None, True))]
+    out += [(f"float8 tensorwise.T TMA, tile {r}x{c}, {w} warps", "twT",
+             lambda x, r=r, c=c, w=w: _tensorwise_t_with(x, (r, c), w, tma=True))
+            for r, c, w in ((32, 128, 4), (128, 32, 1), (64, 32, 1), (128, 16, 1), (64, 64, 1),
+                            (128, 32, 2))]
     out += [(f"blockwise 128x1.T TMA, {c} cols, {w} warps", "bw",
              lambda x, c=c, w=w: blockwise_t_tma(x, c, w))
-            for c in (32, 64, 128) for w in (2, 4, 8) if c * 128 // (32 * w) >= 16]
+            for c in (16, 32, 64, 128) for w in (1, 2, 4, 8) if c * 128 // (32 * w) >= 16]
     out += [("mx dim0.T shipped", "mx",
              lambda x: cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True))]
     out += [(f"mx dim0.T kernel, {'TMA' if t else 'trans'} store, {r} rows, {c} cols, {w} warps",
@@ -265,13 +281,21 @@ def variants():
     return out
 
 
-def _dual_with(x, tile, warps):
-    """The shipped dual cast (amax pass + tile pass) under other x.T tile settings. (The
-    tl.trans'd store was also timed for it on 2026-12-02, and a TMA store on 2026-12-03: no
-    gain, so neither is kept; benchmarks/results/2026-12-02-s15-dual-tile-variants-h200.log,
-    2026-12-03-s17-tma-store-variants-h200.log.)"""
-    with module_settings(cast_float8, TILE_T=tile, TILE_T_WARPS=warps):
+def _dual_with(x, tile, warps, tma=False):
+    """The shipped dual cast (amax pass + tile pass) under other x.T tile settings, and with
+    cast_float8.TMA_STORE. (The tl.trans'd store was also timed for it on 2026-12-02: no
+    difference, so it is not kept; 2026-12-02-s15-dual-tile-variants-h200.log. TMA at tiles of
+    2-8 warps was slower on 2026-12-03: 2026-12-03-s17-tma-store-variants-h200.log.)"""
+    with module_settings(cast_float8, TILE_T=tile, TILE_T_WARPS=warps, TMA_STORE=tma):
         return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
+
+
+def _tensorwise_t_with(x, tile, warps, tma=False):
+    """The shipped tensorwise cast written as x.T (amax pass + tile pass; RC-14's re-quantized
+    w.T) under other x.T tile settings and cast_float8.TMA_STORE."""
+    with module_settings(cast_float8, TILE_T=tile, TILE_T_WARPS=warps, TMA_STORE=tma):
+        return cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True, None,
+                                                      True)
 
 
 def _mx_dim0_t_shipped(x, tma, tile):
@@ -301,8 +325,10 @@ def main(argv=None):
                    "8192x14336,16384x4096 on a GPU, 256x192 for --check-only on a CPU)")
     p.add_argument("--only", default="", help="variants whose name contains this (the shipped "
                    "kernel of each family always runs)")
-    p.add_argument("--families", default="bw,mx,dual",
-                   help="comma list of families: bw ((128, 1) blocks), mx (MX dim 0), dual")
+    p.add_argument("--families", default="bw,mx,dual,twT",
+                   help="comma list of families: bw ((128, 1) blocks), mx (MX dim 0), dual, "
+                        "twT (float8 tensorwise written as x.T), amax (the amax passes alone; "
+                        "their rows compare with each other's bits only by name)")
     p.add_argument("--check-only", action="store_true",
                    help="bits of every variant against the shipped kernel, no timing (CPU ok)")
     args = p.parse_args(argv)
@@ -319,8 +345,10 @@ def main(argv=None):
         x[7] = 0                                                 # an all-zero row (zero blocks)
         # bytes actually moved per family: one read of x and one 1-byte payload (bw, mx; the
         # scales are a rounding error), or two reads and two payloads (dual: an amax pass, then
-        # a pass writing x and x.T), as the cast gate counts them
-        nbytes = {"bw": 3 * x.numel(), "mx": 3 * x.numel(), "dual": 6 * x.numel()}
+        # a pass writing x and x.T; twT: two reads, x.T; amax: one read), as the cast gate
+        # counts them
+        nbytes = {"bw": 3 * x.numel(), "mx": 3 * x.numel(), "dual": 6 * x.numel(),
+                  "twT": 5 * x.numel(), "amax": 2 * x.numel()}
         copy_us = None
         if not args.check_only:
             y = torch.empty_like(x)
@@ -337,7 +365,7 @@ def main(argv=None):
                 rows.append([f"{shape[0]}x{shape[1]}", name, "-", "-", f"error {type(e).__name__}"])
                 failures += 1
                 continue
-            ref = shipped.setdefault(family, got)
+            ref = shipped.setdefault(name if family == "amax" else family, got)
             same = all(torch.equal(a.view(torch.uint8) if a.dtype != torch.float32 else a,
                                    b.view(torch.uint8) if b.dtype != torch.float32 else b)
                        for a, b in zip(got, ref))

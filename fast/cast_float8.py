@@ -5,11 +5,12 @@ import logging
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .amax import amax_bits_2d
 from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input, flat_2d,
                      float8_params, kernel_input, normalize_axis, pow2_at_most, rowwise_tile,
-                     use_soft_cast)
+                     tma_store_ok, use_soft_cast)
 from .encode import abs_bits, encode_float8, float8_quant_scale, row_amax_bits, widen_to_fp32
 from .transpose import transposed_copy
 
@@ -61,7 +62,7 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                          TENSORWISE: tl.constexpr, TRANSPOSED: tl.constexpr,
                          DUAL: tl.constexpr, ROW_COPY: tl.constexpr, WITH_DQ: tl.constexpr,
-                         POW2: tl.constexpr,
+                         POW2: tl.constexpr, TMA: tl.constexpr,
                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                          EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
@@ -72,7 +73,10 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
     the same codes are also written (R, C) to row_data_ptr, so one pass gives x and x.T.
     WITH_DQ: each scale's dequant factor 1 / quant_scale goes to dq_ptr (row_dq_ptr for DUAL's
     row scales), rounded as torch.reciprocal rounds (IEEE division), so the product needs no
-    reciprocal kernel per operand."""
+    reciprocal kernel per operand. TMA (TRANSPOSED, not ROW_COPY): data_ptr is a tensor
+    descriptor of (C, R) with a (BLOCK_C, BLOCK_R) box, and DUAL's row_data_ptr one of (R, C)
+    with a (BLOCK_R, BLOCK_C) box; the code tiles leave by TMA bulk stores (the copy engine
+    clips the edge tiles)."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -98,7 +102,9 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
             if WITH_DQ:
                 tl.store(dq_ptr + cols, tl.div_rn(1.0, qs), mask=col_ok)
         code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    if TRANSPOSED:    # element-wise transposed store (measured faster on the H200 than
+    if TMA:
+        data_ptr.store([pid_c * BLOCK_C, pid_r * BLOCK_R], tl.trans(code))
+    elif TRANSPOSED:    # element-wise transposed store (measured faster on the H200 than
         # a tl.trans'd tile store: 143 us vs 210 us for an 8192^2 columnwise cast; for the
         # dual cast at 8192^2 and 8192x14336 within 2%, 2026-12-02-s15-dual-tile-variants-h200.log)
         offs_t = cols[None, :].to(tl.int64) * R + rows[:, None]
@@ -115,7 +121,10 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
                 tl.store(row_dq_ptr + rows, tl.div_rn(1.0, row_qs), mask=row_ok)
         code = encode_float8(x * row_qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
                              EXACT_SOFT_CAST)
-        tl.store(row_data_ptr + offs, code, mask=mask)
+        if TMA:
+            row_data_ptr.store([pid_r * BLOCK_R, pid_c * BLOCK_C], code)
+        else:
+            tl.store(row_data_ptr + offs, code, mask=mask)
 
 
 # (BLOCK_R, BLOCK_C) of the tile cast pass, and of its passes that write x.T (TRANSPOSED, dual):
@@ -127,6 +136,13 @@ TILE_T = (32, 128)
 # benchmarks/transposed_cast_variants.py (2 warps with a (64, 128) tile: -4 to -5% at 8192^2
 # and 8192x14336 but 95 against 26 us at 1000x3000, 2026-12-02; 4 stays).
 TILE_T_WARPS = 4
+# The passes that write x.T alone (tensorwise or columnwise x.T, the dual cast) may store their
+# code tiles by TMA (tensor descriptors; fast.common.tma_store_ok). Not ROW_COPY: the same
+# codes stored by TMA in both layouts gave wrong bits on the H200 (2026-12-03, the pattern of
+# triton-lang/triton#11111). At the tiles above TMA was slower (dual 132.9 -> 150.9 us at best,
+# 2026-12-03-s17-tma-store-variants-h200.log); small one-warp tiles, which suited the MX dim-0
+# cast's TMA store, are the next to time (benchmarks/transposed_cast_variants.py).
+TMA_STORE = False
 # x.T is stored one code per element: packing 4 rows' codes into 32-bit stores measured
 # 1.9-2.3x slower on the H200 (2026-12-01: 8192^2 tensorwise.T 270 us against 139 us) and was
 # removed.
@@ -155,12 +171,18 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
     warps = TILE_T_WARPS if (transposed or dual) else 4
+    out, row_out = data.view(torch.uint8), row_data.view(torch.uint8)
+    tma = TMA_STORE and transposed and not row_copy and tma_store_ok(dev, R, C)
+    if tma:
+        out = TensorDescriptor.from_tensor(out, [block_c, block_r])
+        if dual:
+            row_out = TensorDescriptor.from_tensor(row_out, [block_r, block_c])
     _float8_tiles_kernel[grid](
         x_in, R, C, t_bits if tensorwise else c_bits, qs, qs if dq is None else dq,
-        data.view(torch.uint8), r_bits if dual else qs, row_qs,
-        row_qs if row_dq is None else row_dq, row_data.view(torch.uint8),
+        out, r_bits if dual else qs, row_qs, row_qs if row_dq is None else row_dq, row_out,
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
-        DUAL=dual, ROW_COPY=row_copy, WITH_DQ=with_dequant, POW2=pow2, **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev),
+        DUAL=dual, ROW_COPY=row_copy, WITH_DQ=with_dequant, POW2=pow2, TMA=tma,
+        **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev),
         IS_BF16=is_bf16, num_warps=warps)
     return data, qs, row_data, row_qs, dq, row_dq
 

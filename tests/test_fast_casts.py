@@ -593,6 +593,30 @@ def test_float8_transposed_writes_on_other_tiles(tile, monkeypatch, seed):
         _assert_float8_dual(fast, x, "float8_e4m3fn", f"{shape} {tile}", seed)
 
 
+@pytest.mark.parametrize("tile,warps", [((32, 128), 4), ((128, 32), 1), ((64, 16), 1)],
+                         ids=lambda v: str(v))
+def test_float8_transposed_writes_by_tma_store(tile, warps, monkeypatch, seed):
+    """cast_float8.TMA_STORE: the passes that write x.T alone store their code tiles through
+    tensor descriptors where R and C divide by 16 ((48, 176) and (208, 80) cut the tiles: the
+    copy engine clips them) and element-wise elsewhere ((40, 130)); every path gives the
+    reference's bits: tensorwise of x.T and the dual cast. The one-pass cast into both layouts
+    never takes TMA (wrong bits on the H200) and stays exact."""
+    from qtrain.fast import cast_float8
+    monkeypatch.setattr(cast_float8, "TMA_STORE", True)
+    monkeypatch.setattr(cast_float8, "TILE_T", tile)
+    monkeypatch.setattr(cast_float8, "TILE_T_WARPS", warps)
+    fast = fast_backend()
+    for shape in ((48, 176), (208, 80), (40, 130)):
+        x = edge_rows(shape, ml_dtypes.bfloat16, seed, edge=True)
+        what = f"{shape} {tile} tma"
+        _assert_float8_tensorwise_t(fast, x, "float8_e4m3fn", False, what, seed)
+        _assert_float8_dual(fast, x, "float8_e5m2", what, seed)
+        data, data_t, qs, _ = fast.quantize_float8_both_layouts(from_numpy(x), "float8_e4m3fn")
+        ref_data, _ = reference.quantize_float8(x, "float8_e4m3fn", None, False)
+        assert_same(to_numpy(data), ref_data, "data " + what, seed)
+        assert_same(to_numpy(data_t), np.ascontiguousarray(ref_data.T), "data_t " + what, seed)
+
+
 @pytest.mark.parametrize("tile", [(64, 128), (128, 64), (128, 128)], ids=lambda t: f"{t[0]}x{t[1]}")
 def test_int8_transposed_column_cast_on_other_tiles(tile, monkeypatch, seed):
     """The tiles gpu_fast_check times for the int8 column cast written as x.T

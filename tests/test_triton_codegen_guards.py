@@ -54,7 +54,7 @@ def _row_copy_ttgir(dtype):
     from qtrain.fast import cast_float8
     from qtrain.fast.common import float8_params
     consts = dict(BLOCK_R=32, BLOCK_C=128, TENSORWISE=True, TRANSPOSED=True, DUAL=False,
-                  ROW_COPY=True, WITH_DQ=True, POW2=False, EXACT_SOFT_CAST=False,
+                  ROW_COPY=True, WITH_DQ=True, POW2=False, TMA=False, EXACT_SOFT_CAST=False,
                   IS_BF16=dtype == torch.bfloat16, **float8_params("float8_e4m3fn"))
     signature = {"x_ptr": "*bf16" if dtype == torch.bfloat16 else "*fp32", **_SIGNATURE}
     return _compile_sm90(cast_float8._float8_tiles_kernel, signature, consts, (), "ttgir")
