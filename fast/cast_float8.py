@@ -139,9 +139,9 @@ TILE_T_WARPS = 4
 # The passes that write x.T alone (tensorwise or columnwise x.T, the dual cast) may store their
 # code tiles by TMA (tensor descriptors; fast.common.tma_store_ok). Not ROW_COPY: the same
 # codes stored by TMA in both layouts gave wrong bits on the H200 (2026-12-03, the pattern of
-# triton-lang/triton#11111). At the tiles above TMA was slower (dual 132.9 -> 150.9 us at best,
-# 2026-12-03-s17-tma-store-variants-h200.log); small one-warp tiles, which suited the MX dim-0
-# cast's TMA store, are the next to time (benchmarks/transposed_cast_variants.py).
+# triton-lang/triton#11111). Off: TMA was slower at every tile timed on the H200 (2026-12-03,
+# benchmarks/transposed_cast_variants.py): dual 132.5 us shipped against 135.5 at best (32x32,
+# 1 warp; 150.9 at 2-8 warps), tensorwise x.T 90.0 against 102.2 (64x32, 1 warp) at 8192^2.
 TMA_STORE = False
 # x.T is stored one code per element: packing 4 rows' codes into 32-bit stores measured
 # 1.9-2.3x slower on the H200 (2026-12-01: 8192^2 tensorwise.T 270 us against 139 us) and was
