@@ -38,11 +38,13 @@ from qtrain.fast.encode import (abs_bits, encode_float8, float8_quant_scale,  # 
 
 @triton.jit
 def _column_blocks_t_trans(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constexpr,
-                           BLOCK_C: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
-                           BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
-                           EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
+                           BLOCK_C: tl.constexpr, TMA: tl.constexpr, MAX: tl.constexpr,
+                           MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
+                           TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
+                           IS_BF16: tl.constexpr):
     """(B0, 1) blocks of x (R, C), written as x.T (C, R): the shipped kernel's arithmetic, the
-    code tile transposed before its store."""
+    code tile transposed before its store (TMA: data_ptr is a tensor descriptor of x.T with a
+    (BLOCK_C, B0) box, and the tile leaves by a TMA store)."""
     pid_r = tl.program_id(0)
     rows = pid_r * B0 + tl.arange(0, B0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -52,25 +54,35 @@ def _column_blocks_t_trans(x_ptr, data_ptr, qs_ptr, R, C, B0: tl.constexpr,
     qs = float8_quant_scale(tl.max(abs_bits(x), axis=0), MAX, False)
     tl.store(qs_ptr + cols.to(tl.int64) * tl.num_programs(0) + pid_r, qs, mask=col_ok)
     code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    tl.store(data_ptr + cols[:, None].to(tl.int64) * R + rows[None, :], tl.trans(code),
-             mask=col_ok[:, None])
+    if TMA:
+        data_ptr.store([tl.program_id(1) * BLOCK_C, pid_r * B0], tl.trans(code))
+    else:
+        tl.store(data_ptr + cols[:, None].to(tl.int64) * R + rows[None, :], tl.trans(code),
+                 mask=col_ok[:, None])
 
 
-def _launch_column_blocks_t(kernel, x, block_c, warps, b0=128, fmt="float8_e4m3fn", **extra):
-    """One of the (b0, 1)-block x.T kernels above on x: (data (C, R), quant_scale)."""
+def _launch_column_blocks_t(kernel, x, block_c, warps, b0=128, fmt="float8_e4m3fn", tma=None,
+                            **extra):
+    """One of the (b0, 1)-block x.T kernels above on x: (data (C, R), quant_scale). tma (True
+    or False) for the kernel that takes it: data goes as a tensor descriptor or a pointer."""
     R, C = x.shape
     data = torch.empty((C, R), dtype=TORCH_FLOAT8[fmt], device=x.device)
     qs = torch.empty((C, R // b0), dtype=torch.float32, device=x.device)
     x_in, is_bf16 = kernel_input(x)
+    out = data.view(torch.uint8)
+    if tma is not None:
+        extra["TMA"] = tma
+        if tma:
+            out = TensorDescriptor.from_tensor(out, [block_c, b0])
     kernel[(R // b0, triton.cdiv(C, block_c))](
-        x_in, data.view(torch.uint8), qs, R, C, B0=b0, BLOCK_C=block_c, **extra,
+        x_in, out, qs, R, C, B0=b0, BLOCK_C=block_c, **extra,
         **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(kernel, fmt, x.device),
         IS_BF16=is_bf16, num_warps=warps)
     return data, qs
 
 
 def blockwise_t_trans(x, block_c, warps):
-    return _launch_column_blocks_t(_column_blocks_t_trans, x, block_c, warps)
+    return _launch_column_blocks_t(_column_blocks_t_trans, x, block_c, warps, tma=False)
 
 
 @triton.jit
@@ -158,74 +170,8 @@ def mx_dim0_t_trans(x, groups, block_c, warps, fmt="float8_e4m3fn", block=32, mo
 # Hopper and later; host-side descriptors (triton.tools.tensor_descriptor), whose row strides
 # must be multiples of 16 bytes (the sweep's shapes are).
 
-@triton.jit
-def _column_blocks_t_tma(x_ptr, t_desc, qs_ptr, R, C, B0: tl.constexpr,
-                         BLOCK_C: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
-                         BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
-                         EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
-    """(B0, 1) blocks of x (R, C) written as x.T (C, R) by a TMA store of the code tile."""
-    pid_r = tl.program_id(0)
-    rows = pid_r * B0 + tl.arange(0, B0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_ok = cols < C
-    x = widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :],
-                              mask=col_ok[None, :], other=0), IS_BF16)
-    qs = float8_quant_scale(tl.max(abs_bits(x), axis=0), MAX, False)
-    tl.store(qs_ptr + cols.to(tl.int64) * tl.num_programs(0) + pid_r, qs, mask=col_ok)
-    code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    t_desc.store([tl.program_id(1) * BLOCK_C, pid_r * B0], tl.trans(code))
-
-
-def blockwise_t_tma(x, block_c, warps, b0=128, fmt="float8_e4m3fn"):
-    R, C = x.shape
-    data = torch.empty((C, R), dtype=TORCH_FLOAT8[fmt], device=x.device)
-    qs = torch.empty((C, R // b0), dtype=torch.float32, device=x.device)
-    x_in, is_bf16 = kernel_input(x)
-    _column_blocks_t_tma[(R // b0, triton.cdiv(C, block_c))](
-        x_in, TensorDescriptor.from_tensor(data.view(torch.uint8), [block_c, b0]), qs, R, C,
-        B0=b0, BLOCK_C=block_c, **float8_params(fmt),
-        EXACT_SOFT_CAST=use_soft_cast(_column_blocks_t_tma, fmt, x.device), IS_BF16=is_bf16,
-        num_warps=warps)
-    return data, qs
-
-
-@triton.jit
-def _mx_dim0_t_tma(x_ptr, t_desc, scale_ptr, M, C, GROUPS: tl.constexpr,
-                   BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr, RCEIL: tl.constexpr,
-                   EMAX: tl.constexpr, RCP_MAX: tl.constexpr, MAX: tl.constexpr,
-                   MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
-                   TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
-                   IS_BF16: tl.constexpr):
-    """_mx_dim0_t_trans with the transposed code tile stored by TMA."""
-    groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    rows3 = groups[:, None, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :, None]
-    cols3 = cols[None, None, :]
-    x = widen_to_fp32(tl.load(x_ptr + rows3.to(tl.int64) * C + cols3, mask=cols3 < C, other=0),
-                      IS_BF16)
-    e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)
-    code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
-                           EXACT_SOFT_CAST)
-    code2 = tl.reshape(code, (GROUPS * BLOCK_SIZE, BLOCK_C))
-    t_desc.store([tl.program_id(1) * BLOCK_C, tl.program_id(0) * GROUPS * BLOCK_SIZE],
-                 tl.trans(code2))
-    byte = tl.where(nan, 0xFF, e + 127).to(tl.uint8)
-    tl.store(scale_ptr + cols[None, :] * (M // BLOCK_SIZE) + groups[:, None], byte,
-             mask=cols[None, :] < C)
-
-
-def mx_dim0_t_tma(x, groups, block_c, warps, fmt="float8_e4m3fn", block=32, mode="rceil"):
-    params = _mx_params(_mx_dim0_t_tma, x, fmt, block, mode)
-    M, C = x.shape
-    assert M % (groups * block) == 0, (M, groups, block)
-    data = torch.empty((C, M), dtype=TORCH_FLOAT8[fmt], device=x.device)
-    scale = torch.empty((C, M // block), dtype=torch.uint8, device=x.device)
-    _mx_dim0_t_tma[(M // (groups * block), triton.cdiv(C, block_c))](
-        kernel_input(x)[0], TensorDescriptor.from_tensor(data.view(torch.uint8),
-                                                         [block_c, groups * block]),
-        scale, M, C, GROUPS=groups, BLOCK_SIZE=block, BLOCK_C=block_c, **params,
-        num_warps=warps)
-    return data, scale
+def blockwise_t_tma(x, block_c, warps):
+    return _launch_column_blocks_t(_column_blocks_t_trans, x, block_c, warps, tma=True)
 
 
 # ---- the dual's amax pass without row atomics: each program stores its row tiles' maxima for
@@ -349,10 +295,6 @@ def variants():
     out += [(f"mx dim0.T trans, {g * 32} rows, {c} cols, {w} warps", "mx",
              lambda x, g=g, c=c, w=w: mx_dim0_t_trans(x, g, c, w))
             for g in (2, 4) for c in (32, 64, 128) for w in (1, 2, 4, 8)
-            if g * 32 * c // (32 * w) >= 16]
-    out += [(f"mx dim0.T TMA, {g * 32} rows, {c} cols, {w} warps", "mx",
-             lambda x, g=g, c=c, w=w: mx_dim0_t_tma(x, g, c, w))
-            for g in (2, 4) for c in (32, 64, 128) for w in (1, 2, 4)
             if g * 32 * c // (32 * w) >= 16]
     return out
 

@@ -442,12 +442,7 @@ def test_mx_dim0_on_other_tiles(tile, dtype, monkeypatch, seed):
         x[64:, 9] = 0
         for mode in ("floor", "rceil"):
             what = f"{shape} {tile} {dtype} {mode}"
-            data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, mode,
-                                                  transposed=True)
-            ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T),
-                                                       "float8_e4m3fn", 32, -1, mode)
-            assert_same(to_numpy(bits), ref_bits, "scale_bits .T " + what, seed)
-            assert_same(to_numpy(data), ref_data, "data .T " + what, seed)
+            _assert_mx_dim0_transposed(cast_mx, x, mode, what, seed)
             data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, mode)
             ref_data, ref_bits = reference.quantize_mx(x, "float8_e4m3fn", 32, 0, mode)
             assert_same(to_numpy(bits), ref_bits, "scale_bits " + what, seed)
@@ -472,13 +467,18 @@ def test_mx_dim0_transposed_by_tma_store(tile, dtype, monkeypatch, seed):
         x[40, 3] = np.inf
         x[32:, 9] = 0
         for mode in ("floor", "rceil"):
-            what = f"{shape} {tile} {dtype} {mode} tma"
-            data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, mode,
-                                                  transposed=True)
-            ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T),
-                                                       "float8_e4m3fn", 32, -1, mode)
-            assert_same(to_numpy(bits), ref_bits, "scale_bits .T " + what, seed)
-            assert_same(to_numpy(data), ref_data, "data .T " + what, seed)
+            _assert_mx_dim0_transposed(cast_mx, x, mode, f"{shape} {tile} {dtype} {mode} tma",
+                                       seed)
+
+
+def _assert_mx_dim0_transposed(cast_mx, x, mode, what, seed):
+    """The MX dim-0 cast written as x.T is the reference's dim -1 cast of x.T."""
+    data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, mode,
+                                          transposed=True)
+    ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T), "float8_e4m3fn", 32,
+                                               -1, mode)
+    assert_same(to_numpy(bits), ref_bits, "scale_bits .T " + what, seed)
+    assert_same(to_numpy(data), ref_data, "data .T " + what, seed)
 
 
 @pytest.mark.parametrize("shape", [(256, 128), (128, 384)])
