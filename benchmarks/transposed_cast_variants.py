@@ -196,12 +196,17 @@ def _amax_rows_partial(x_ptr, R, C, part_ptr, col_ptr, N_ROW_TILES, BLOCK_R: tl.
 
 
 @triton.jit
-def _reduce_row_partials(part_ptr, row_ptr, R, N_PARTS: tl.constexpr, BLOCK: tl.constexpr):
+def _reduce_row_partials(part_ptr, row_ptr, R, N_PARTS, PARTS: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """row_ptr[r] = max over the N_PARTS partials of row r: one (PARTS, BLOCK) load per
+    program (PARTS >= N_PARTS, a power of two), so the loads are all in flight at once. (The
+    first form, 1024 rows a program looping over the partials, ran 8 programs for 8192 rows:
+    latency-bound, 2026-12-03-s17-dual-amax-partials-h200.log.)"""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    acc = tl.zeros((BLOCK,), dtype=tl.int32)
-    for p in range(N_PARTS):
-        acc = tl.maximum(acc, tl.load(part_ptr + p * R + rows, mask=rows < R, other=0))
-    tl.store(row_ptr + rows, acc, mask=rows < R)
+    parts = tl.arange(0, PARTS)
+    mask = (parts[:, None] < N_PARTS) & (rows[None, :] < R)
+    vals = tl.load(part_ptr + parts[:, None].to(tl.int64) * R + rows[None, :], mask=mask, other=0)
+    tl.store(row_ptr + rows, tl.max(vals, axis=0), mask=rows < R)
 
 
 def amax_rows_cols_partial(x, tile=(32, 256), per_sm=8, warps=4):
@@ -217,8 +222,10 @@ def amax_rows_cols_partial(x, tile=(32, 256), per_sm=8, warps=4):
     x_in, is_bf16 = kernel_input(x)
     _amax_rows_partial[(programs, n_col)](x_in, R, C, part, col, n_row_tiles, BLOCK_R=br,
                                           BLOCK_C=bc, IS_BF16=is_bf16, num_warps=warps)
-    _reduce_row_partials[(triton.cdiv(R, 1024),)](part, row, R, N_PARTS=n_col, BLOCK=1024,
-                                                  num_warps=4)
+    block = max(16, 4096 // triton.next_power_of_2(n_col))
+    _reduce_row_partials[(triton.cdiv(R, block),)](part, row, R, n_col,
+                                                   PARTS=triton.next_power_of_2(n_col),
+                                                   BLOCK=block, num_warps=4)
     return row, col
 
 
