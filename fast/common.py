@@ -50,20 +50,22 @@ _NO_TMA_LOGGED = set()
 
 
 def tma_store_ok(device: torch.device, *row_bytes: int) -> bool:
-    """Whether a kernel may store through TMA tensor descriptors: the device has TMA (CUDA
-    compute capability 9.0 and later; the interpreter emulates it on the CPU) and every
-    payload row stride (in bytes) is a multiple of 16, a descriptor's rule. A GPU without TMA
-    gets one log line and the element-wise store (the same bits)."""
+    """Whether a kernel may store through TMA tensor descriptors: the device has TMA (an
+    NVIDIA GPU of compute capability 9.0 and later; the interpreter emulates it on the CPU)
+    and every payload row stride (in bytes) is a multiple of 16, a descriptor's rule. A GPU
+    without TMA (older NVIDIA, and every ROCm GPU: MI300X reports capability 9.4 but has no
+    TMA) gets one log line and the element-wise store (the same bits)."""
     if any(n % 16 for n in row_bytes):
         return False
     if device.type != "cuda":
         return True
-    if torch.cuda.get_device_capability(device)[0] >= 9:
+    if torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9:
         return True
     if device not in _NO_TMA_LOGGED:
         _NO_TMA_LOGGED.add(device)
-        logging.getLogger("qtrain").info("qtrain.fast: %s has no TMA (compute capability < 9.0): "
-                                         "the casts that write x.T store element-wise", device)
+        logging.getLogger("qtrain").info(
+            "qtrain.fast: %s has no TMA (%s): the casts that write x.T store element-wise",
+            device, "ROCm" if torch.version.hip else "compute capability < 9.0")
     return False
 
 

@@ -471,6 +471,30 @@ def test_mx_dim0_transposed_by_tma_store(tile, dtype, monkeypatch, seed):
                                        seed)
 
 
+@pytest.mark.parametrize("hip,capability,ok", [(None, (9, 0), True), (None, (10, 0), True),
+                                                (None, (8, 0), False), ("6.2", (9, 4), False)],
+                         ids=["sm90", "sm100", "sm80", "rocm_mi300x"])
+def test_tma_store_only_on_nvidia_hopper_and_later(hip, capability, ok, monkeypatch, caplog):
+    """fast.common.tma_store_ok: TMA stores on NVIDIA GPUs of compute capability 9.0 and
+    later; an older GPU and every ROCm GPU (MI300X reports 9.4 and has no TMA) store
+    element-wise, with one log line per device; a row stride not a multiple of 16 bytes never
+    takes TMA."""
+    import logging
+    from qtrain.fast import common
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(common, "_NO_TMA_LOGGED", set())
+    dev = torch.device("cuda", 0)
+    with caplog.at_level(logging.INFO, logger="qtrain"):
+        assert common.tma_store_ok(dev, 8192, 4096) is ok
+        assert common.tma_store_ok(dev, 8192, 4096) is ok
+        assert common.tma_store_ok(dev, 8192, 4104) is False
+    logged = [r.getMessage() for r in caplog.records if "has no TMA" in r.getMessage()]
+    assert len(logged) == (0 if ok else 1), logged
+    if hip:
+        assert "ROCm" in logged[0]
+
+
 def _assert_mx_dim0_transposed(cast_mx, x, mode, what, seed):
     """The MX dim-0 cast written as x.T is the reference's dim -1 cast of x.T."""
     data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), "float8_e4m3fn", 32, mode,
