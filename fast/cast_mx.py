@@ -112,20 +112,20 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)   # (GROUPS, BLOCK_C)
     code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
                            EXACT_SOFT_CAST)
-    if TMA:
-        code_t = tl.trans(tl.reshape(code, (GROUPS * BLOCK_SIZE, BLOCK_C)))
-        data_ptr.store([tl.program_id(1) * BLOCK_C, tl.program_id(0) * GROUPS * BLOCK_SIZE],
-                       code_t)
-    elif TRANSPOSED:
+    if TRANSPOSED:
         # the code tile as (rows, columns), transposed before its store: each program then
         # writes rows of x.T in runs along its contiguous axis (Triton moves the tile through
         # shared memory). H200, 2026-12-02 (benchmarks/transposed_cast_variants.py, same bits):
         # 73 us for an 8192^2 bf16 x at (64 rows, 128 columns, 2 warps), against 83 us for the
         # element-wise x.T store of the (64, 64, 1) tile.
-        rows = tl.program_id(0) * GROUPS * BLOCK_SIZE + tl.arange(0, GROUPS * BLOCK_SIZE)
+        row0 = tl.program_id(0) * GROUPS * BLOCK_SIZE
         code_t = tl.trans(tl.reshape(code, (GROUPS * BLOCK_SIZE, BLOCK_C)))
-        tl.store(data_ptr + cols[:, None].to(tl.int64) * M + rows[None, :], code_t,
-                 mask=(cols[:, None] < C) & (rows[None, :] < M))
+        if TMA:
+            data_ptr.store([tl.program_id(1) * BLOCK_C, row0], code_t)
+        else:
+            rows = row0 + tl.arange(0, GROUPS * BLOCK_SIZE)
+            tl.store(data_ptr + cols[:, None].to(tl.int64) * M + rows[None, :], code_t,
+                     mask=(cols[:, None] < C) & (rows[None, :] < M))
     else:
         tl.store(data_ptr + rows3.to(tl.int64) * C + cols3, code, mask=mask3)
     _store_dim0_scales(scale_ptr, e, nan, groups, cols, M // BLOCK_SIZE, C, TRANSPOSED)
@@ -179,9 +179,10 @@ DIM0_TILE = (64, 64, 1)
 DIM0_TILE_T = (64, 128, 2)
 # The cast written transposed, stored by TMA where tma_store_ok (Hopper and later, M % 16 == 0;
 # see _mx_dim0_kernel), and its tile. H200, 2026-12-03 (seventeenth session,
-# transposed_cast_variants.py, same bits): the script's TMA kernel at (128 rows, 32 columns,
-# 1 warp) 67 / 110 / 69 us at 8192^2 / 8192x14336 / 16384x4096 against 73 / 123 / 74 for
-# DIM0_TILE_T's transposed-tile store (2026-12-03-s17-tma-store-variants-h200.log).
+# transposed_cast_variants.py --families mx --only kernel, same bits): this kernel's TMA store
+# at (128 rows, 32 columns, 1 warp) 67.0 / 110.7 / 69.5 us at 8192^2 / 8192x14336 /
+# 16384x4096 against 73.1 / 123.3 / 73.6 for DIM0_TILE_T's transposed-tile store
+# (2026-12-03-s17-mx-tma-checks-gates-h200.log).
 DIM0_T_TMA = True
 DIM0_TMA_TILE_T = (128, 32, 1)
 
