@@ -29,8 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import capture_cuda_graph, format_table, module_settings  # noqa: E402
 from qtrain.fast import cast_blockwise, cast_float8, cast_mx  # noqa: E402
 from qtrain.fast.amax import amax_bits_2d  # noqa: E402
-from qtrain.fast.cast_mx import (_mx_exponent, _mx_params, _mx_scale_block,  # noqa: E402
-                                 _store_dim0_scales)
+from qtrain.fast.cast_mx import _mx_exponent, _mx_params, _mx_scale_block  # noqa: E402
 from qtrain.fast.common import (TORCH_FLOAT8, float8_params, kernel_input,  # noqa: E402
                                 use_soft_cast)
 from qtrain.fast.encode import (abs_bits, encode_float8, float8_quant_scale,  # noqa: E402
@@ -367,8 +366,8 @@ def variants():
              "mx", lambda x, t=t, r=r, c=c, w=w: _mx_dim0_t_shipped(x, t, (r, c, w)))
             for t in (False, True) for r, c, w in ((64, 128, 2), (128, 32, 1), (256, 32, 1),
                                                    (256, 16, 1), (128, 16, 1), (128, 64, 1))]
-    out += [(f"mx dim0.T TMA load + TMA store, {r} rows, {c} cols, {w} warps", "mx",
-             lambda x, r=r, c=c, w=w: mx_dim0_t_tma_load(x, r, c, w))
+    out += [(f"mx dim0.T kernel, TMA load + TMA store, {r} rows, {c} cols, {w} warps", "mx",
+             lambda x, r=r, c=c, w=w: _mx_dim0_t_shipped(x, True, (r, c, w), tma_load=True))
             for r, c, w in ((128, 32, 1), (128, 32, 2), (128, 64, 1), (128, 64, 2), (64, 64, 1),
                             (256, 32, 2), (128, 128, 4), (64, 128, 2))]
     out += [(f"mx dim0.T trans, {g * 32} rows, {c} cols, {w} warps", "mx",
@@ -395,45 +394,11 @@ def _tensorwise_t_with(x, tile, warps, tma=False):
                                                       True)
 
 
-# ---- MX dim 0 written as x.T with the x tile loaded by TMA too (the shipped kernel loads it
-# with plain loads and stores the code tile by TMA): a (ROWS, BLOCK_C) box of x's int16 bits.
-
-@triton.jit
-def _mx_dim0_t_tma_load(x_desc, data_desc, scale_ptr, M, C, GROUPS: tl.constexpr,
-                        BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr, RCEIL: tl.constexpr,
-                        EMAX: tl.constexpr, RCP_MAX: tl.constexpr, MAX: tl.constexpr,
-                        MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
-                        TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
-                        IS_BF16: tl.constexpr):
-    row0 = tl.program_id(0) * GROUPS * BLOCK_SIZE
-    col0 = tl.program_id(1) * BLOCK_C
-    x = widen_to_fp32(x_desc.load([row0, col0]), IS_BF16)        # (GROUPS * BLOCK_SIZE, BLOCK_C)
-    x3 = tl.reshape(x, (GROUPS, BLOCK_SIZE, BLOCK_C))
-    e, nan = _mx_exponent(tl.max(abs_bits(x3), axis=1), RCEIL, EMAX, RCP_MAX)
-    code = _mx_scale_block(x3, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
-                           EXACT_SOFT_CAST)
-    data_desc.store([col0, row0], tl.trans(tl.reshape(code, (GROUPS * BLOCK_SIZE, BLOCK_C))))
-    groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
-    cols = col0 + tl.arange(0, BLOCK_C)
-    _store_dim0_scales(scale_ptr, e, nan, groups, cols, M // BLOCK_SIZE, C, True)
-
-
-def mx_dim0_t_tma_load(x, rows, block_c, warps, fmt="float8_e4m3fn", block=32, mode="rceil"):
-    M, C = x.shape
-    params = _mx_params(cast_mx._mx_dim0_kernel, x, fmt, block, mode)
-    data = torch.empty((C, M), dtype=TORCH_FLOAT8[fmt], device=x.device)
-    scale = torch.empty((C, M // block), dtype=torch.uint8, device=x.device)
-    x_desc = TensorDescriptor.from_tensor(kernel_input(x)[0], [rows, block_c])
-    d_desc = TensorDescriptor.from_tensor(data.view(torch.uint8), [block_c, rows])
-    _mx_dim0_t_tma_load[(triton.cdiv(M, rows), triton.cdiv(C, block_c))](
-        x_desc, d_desc, scale, M, C, GROUPS=rows // block, BLOCK_SIZE=block, BLOCK_C=block_c,
-        **params, num_warps=warps)
-    return data, scale
-
-
-def _mx_dim0_t_shipped(x, tma, tile):
-    """The shipped MX dim-0 cast written as x.T, with or without its TMA store, at a tile."""
-    setting = dict(DIM0_T_TMA=tma, **({"DIM0_TMA_TILE_T": tile} if tma else {"DIM0_TILE_T": tile}))
+def _mx_dim0_t_shipped(x, tma, tile, tma_load=False):
+    """The shipped MX dim-0 cast written as x.T, with or without its TMA store (and load), at
+    a tile."""
+    setting = dict(DIM0_T_TMA=tma, DIM0_T_TMA_LOAD=tma_load,
+                   **({"DIM0_TMA_TILE_T": tile} if tma else {"DIM0_TILE_T": tile}))
     with module_settings(cast_mx, **setting):
         return cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True)
 
