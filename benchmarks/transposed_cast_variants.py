@@ -366,10 +366,6 @@ def variants():
              "mx", lambda x, t=t, r=r, c=c, w=w: _mx_dim0_t_shipped(x, t, (r, c, w)))
             for t in (False, True) for r, c, w in ((64, 128, 2), (128, 32, 1), (256, 32, 1),
                                                    (256, 16, 1), (128, 16, 1), (128, 64, 1))]
-    out += [(f"mx dim0.T kernel, TMA load + TMA store, {r} rows, {c} cols, {w} warps", "mx",
-             lambda x, r=r, c=c, w=w: _mx_dim0_t_shipped(x, True, (r, c, w), tma_load=True))
-            for r, c, w in ((128, 32, 1), (128, 32, 2), (128, 64, 1), (128, 64, 2), (64, 64, 1),
-                            (256, 32, 2), (128, 128, 4), (64, 128, 2))]
     out += [(f"mx dim0.T trans, {g * 32} rows, {c} cols, {w} warps", "mx",
              lambda x, g=g, c=c, w=w: mx_dim0_t_trans(x, g, c, w))
             for g in (2, 4) for c in (32, 64, 128) for w in (1, 2, 4, 8)
@@ -394,11 +390,9 @@ def _tensorwise_t_with(x, tile, warps, tma=False):
                                                       True)
 
 
-def _mx_dim0_t_shipped(x, tma, tile, tma_load=False):
-    """The shipped MX dim-0 cast written as x.T, with or without its TMA store (and load), at
-    a tile."""
-    setting = dict(DIM0_T_TMA=tma, DIM0_T_TMA_LOAD=tma_load,
-                   **({"DIM0_TMA_TILE_T": tile} if tma else {"DIM0_TILE_T": tile}))
+def _mx_dim0_t_shipped(x, tma, tile):
+    """The shipped MX dim-0 cast written as x.T, with or without its TMA store, at a tile."""
+    setting = dict(DIM0_T_TMA=tma, **({"DIM0_TMA_TILE_T": tile} if tma else {"DIM0_TILE_T": tile}))
     with module_settings(cast_mx, **setting):
         return cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True)
 

@@ -55,6 +55,8 @@ AMAX_PROGRAMS_PER_SM = 4
 # with row maxima asked for (the dual casts): each tile issues one atomic per row, and wider
 # tiles with more programs measured faster (H200, 2026-12-01, rows+columns: 51.9 against
 # 55.9 us at 8192^2, 82.1 against 87.3 at (8192, 14336); benchmarks/amax_variants.py)
+# (2026-12-03, CUDA-graph timing over 3 shapes, 33 settings: no setting beats this one at
+# 8192^2, and the dual cast is fastest with it at 8192^2; 2026-12-03-s18-amax-settings-mx-tma-load-h200.log)
 AMAX_ROWS_TILE = (32, 256)
 AMAX_ROWS_PROGRAMS_PER_SM = 8
 _INTERPRETER_PROGRAMS = 4        # CPU: a small grid, so the tests run the loop

@@ -86,8 +86,7 @@ def _store_dim0_scales(scale_ptr, e, nan, groups, cols, n_groups, C, TRANSPOSED:
 @triton.jit
 def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
                     GROUPS: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_C: tl.constexpr,
-                    TRANSPOSED: tl.constexpr, TMA: tl.constexpr, TMA_LOAD: tl.constexpr,
-                    RCEIL: tl.constexpr,
+                    TRANSPOSED: tl.constexpr, TMA: tl.constexpr, RCEIL: tl.constexpr,
                     EMAX: tl.constexpr,
                     RCP_MAX: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
                     BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
@@ -102,21 +101,14 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     tile and broadcast the block exponents back to every element through reshapes; the
     transposed store below took it to 73 us (2026-12-02). TMA (with TRANSPOSED): data_ptr is a
     tensor descriptor of (C, M) with a (BLOCK_C, GROUPS * BLOCK_SIZE) box, and the transposed
-    code tile leaves by a TMA bulk store (edge tiles clipped by the copy engine). TMA_LOAD
-    (with TMA): x_ptr is a tensor descriptor of x (M, C) with a (GROUPS * BLOCK_SIZE, BLOCK_C)
-    box, and the tile arrives by a TMA load (out-of-bounds elements read as 0, as the masked
-    load's)."""
+    code tile leaves by a TMA bulk store (edge tiles clipped by the copy engine)."""
     groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rows3 = groups[:, None, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :, None]
     cols3 = cols[None, None, :]
     mask3 = (rows3 < M) & (cols3 < C)
-    if TMA_LOAD:
-        tile = x_ptr.load([tl.program_id(0) * GROUPS * BLOCK_SIZE, tl.program_id(1) * BLOCK_C])
-        x = widen_to_fp32(tl.reshape(tile, (GROUPS, BLOCK_SIZE, BLOCK_C)), IS_BF16)
-    else:
-        x = widen_to_fp32(tl.load(x_ptr + rows3.to(tl.int64) * C + cols3, mask=mask3, other=0),
-                          IS_BF16)
+    x = widen_to_fp32(tl.load(x_ptr + rows3.to(tl.int64) * C + cols3, mask=mask3, other=0),
+                      IS_BF16)
     e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)   # (GROUPS, BLOCK_C)
     code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
                            EXACT_SOFT_CAST)
@@ -191,12 +183,11 @@ DIM0_TILE_T = (64, 128, 2)
 # at (128 rows, 32 columns, 1 warp) 67.0 / 110.7 / 69.5 us at 8192^2 / 8192x14336 /
 # 16384x4096 against 73.1 / 123.3 / 73.6 for DIM0_TILE_T's transposed-tile store
 # (2026-12-03-s17-mx-tma-checks-gates-h200.log).
+# Loading x's tile by TMA as well (a (rows, columns) box of x) was slower at every tile:
+# 92.7 / 157.5 / 91.4 us at (128, 32, 1) against 66.9 / 110.5 / 68.9 with the plain loads
+# (H200, 2026-12-03, 2026-12-03-s18-amax-settings-mx-tma-load-h200.log; same bits); removed.
 DIM0_T_TMA = True
 DIM0_TMA_TILE_T = (128, 32, 1)
-# With the TMA store, x's tile may arrive by a TMA load as well (x's row stride a multiple of
-# 16 bytes). Off until timed against the plain loads on the H200
-# (benchmarks/transposed_cast_variants.py --families mx --only "TMA load").
-DIM0_T_TMA_LOAD = False
 
 
 def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor",
@@ -225,16 +216,11 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     block_c = pow2_at_most(C, cols_cap)
     grid = (cdiv(M, groups * block_size), cdiv(C, block_c))
     out = data.view(torch.uint8)
-    x_in = kernel_input(x)[0]
-    tma_load = tma and DIM0_T_TMA_LOAD and tma_store_ok(dev, C * x.element_size())
     if tma:
         out = TensorDescriptor.from_tensor(out, [block_c, groups * block_size])
-    if tma_load:
-        x_in = TensorDescriptor.from_tensor(x_in, [groups * block_size, block_c])
-    _mx_dim0_kernel[grid](x_in, out, scale, M, C,
+    _mx_dim0_kernel[grid](kernel_input(x)[0], out, scale, M, C,
                           GROUPS=groups, BLOCK_SIZE=block_size, BLOCK_C=block_c,
-                          TRANSPOSED=transposed, TMA=tma, TMA_LOAD=tma_load, **params,
-                          num_warps=warps)
+                          TRANSPOSED=transposed, TMA=tma, **params, num_warps=warps)
     return data, scale
 
 

@@ -449,19 +449,15 @@ def test_mx_dim0_on_other_tiles(tile, dtype, monkeypatch, seed):
             assert_same(to_numpy(data), ref_data, "data " + what, seed)
 
 
-@pytest.mark.parametrize("tma_load", [False, True], ids=["plain_load", "tma_load"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("tile", [(128, 32, 1), (64, 64, 1), (32, 128, 2)], ids=str)
-def test_mx_dim0_transposed_by_tma_store(tile, dtype, tma_load, monkeypatch, seed):
+def test_mx_dim0_transposed_by_tma_store(tile, dtype, monkeypatch, seed):
     """cast_mx.DIM0_T_TMA: the transposed write through a tensor descriptor (its edge tiles
     clipped by the copy engine: (96, 40) and (64, 300) cut rows and columns of the tile) gives
-    the reference's bits of x.T's dim -1 cast, floor and rceil, with NaN/Inf/zero; with
-    DIM0_T_TMA_LOAD the tile also arrives by a TMA load (zero-filled past the edges; bf16
-    (64, 300) has a 600-byte row stride and takes the plain load)."""
+    the reference's bits of x.T's dim -1 cast, floor and rceil, with NaN/Inf/zero."""
     from qtrain.fast import cast_mx
     from qtrain.fast.common import tma_store_ok
     monkeypatch.setattr(cast_mx, "DIM0_T_TMA", True)
-    monkeypatch.setattr(cast_mx, "DIM0_T_TMA_LOAD", tma_load)
     monkeypatch.setattr(cast_mx, "DIM0_TMA_TILE_T", tile)
     fast_backend()
     assert not tma_store_ok(torch.device(DEVICE), 96, 40)           # a 40-byte row stride
