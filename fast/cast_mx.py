@@ -10,7 +10,8 @@ from qtrain.formats import MX_ELEM_FORMATS, MX_SCALE_MODES, float8_format
 from .common import (TORCH_FLOAT8, cdiv, check_device, check_format, check_input, float8_params,
                      fp32, kernel_input, next_pow2, normalize_axis, pow2_at_most, tma_store_ok,
                      use_soft_cast)
-from .encode import abs_bits, encode_float8, is_finite_bits, widen_to_fp32
+from .encode import (abs_bits, encode_float8, is_finite_bits, loaded_abs_max_bits,
+                     widen_to_fp32)
 
 LAYER = "qtrain.fast.cast_mx"
 
@@ -107,9 +108,10 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     rows3 = groups[:, None, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :, None]
     cols3 = cols[None, None, :]
     mask3 = (rows3 < M) & (cols3 < C)
-    x = widen_to_fp32(tl.load(x_ptr + rows3.to(tl.int64) * C + cols3, mask=mask3, other=0),
-                      IS_BF16)
-    e, nan = _mx_exponent(tl.max(abs_bits(x), axis=1), RCEIL, EMAX, RCP_MAX)   # (GROUPS, BLOCK_C)
+    x_in = tl.load(x_ptr + rows3.to(tl.int64) * C + cols3, mask=mask3, other=0)
+    e, nan = _mx_exponent(loaded_abs_max_bits(x_in, 1, IS_BF16), RCEIL, EMAX,
+                          RCP_MAX)                                             # (GROUPS, BLOCK_C)
+    x = widen_to_fp32(x_in, IS_BF16)
     code = _mx_scale_block(x, e[:, None, :], nan[:, None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
                            EXACT_SOFT_CAST)
     if TRANSPOSED:

@@ -32,6 +32,17 @@ def abs_bits(x):
 
 
 @triton.jit
+def loaded_abs_max_bits(x, axis, IS_BF16: tl.constexpr):
+    """fp32 bits of max |x| along `axis` (int32) of a tile as loaded (bf16 as int16 bits): for
+    bf16 the max runs on the 16-bit |x| bits, which order like the fp32 bits they widen to
+    (NaN above inf), so the tile need not be widened to 32 bits before its reduction."""
+    if IS_BF16:
+        return tl.max(x & 0x7FFF, axis=axis).to(tl.int32) << 16
+    else:
+        return tl.max(abs_bits(x.to(tl.float32)), axis=axis)
+
+
+@triton.jit
 def row_amax_bits(x_ptr, base, row_ok, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                   IS_BF16: tl.constexpr):
     """Per-row max of |x| bits over rows `base` (int64 row offsets) of a row-major x with K

@@ -575,12 +575,14 @@ def test_int8_counter_noise_in_kernel_is_the_reference_draw_I8_10(axis, transpos
 @pytest.mark.parametrize("shape", [(300, 40), (1000, 8), (70, 300)])
 @pytest.mark.parametrize("per_sm", [0, 8], ids=["tile_per_program", "looping_programs"])
 @pytest.mark.parametrize("ask", ["all", "tensor", "rows", "cols"])
-def test_amax_pass_is_the_max_for_any_grid_F8_1(shape, per_sm, ask, monkeypatch, seed):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_amax_pass_is_the_max_for_any_grid_F8_1(shape, per_sm, ask, dtype, monkeypatch, seed):
     """The amax pass's looping programs (several row tiles each, one atomic per column and per
     tensor at the end) give the same bits as one program per tile and as torch: the max of |x|
     bits per tensor, row and column, with NaN above inf (F8-1), wherever the specials sit;
     whichever maxima are asked for (the tensor amax alone reduces each tile along axis 1
-    first, with columns asked it comes from the column maxima)."""
+    first, with columns asked it comes from the column maxima). bf16 x (its maxima taken on
+    16-bit bits): the fp32 bits of the widened |x|, -0 and subnormals included."""
     from qtrain.fast import amax as fast_amax
     fast_backend()
     monkeypatch.setattr(fast_amax, "AMAX_PROGRAMS_PER_SM", per_sm)
@@ -590,12 +592,16 @@ def test_amax_pass_is_the_max_for_any_grid_F8_1(shape, per_sm, ask, monkeypatch,
     x[shape[0] - 1, 0] = float("inf")                     # in the last row tile
     x[shape[0] // 2, shape[1] - 1] = float("nan")         # a middle tile, the last column
     x[1, 1] = -float("inf")
+    x[2, :3] = torch.tensor([-0.0, 1e-39, -3e-39])        # -0 and (bf16) subnormals
+    x[shape[0] - 2] = -0.0                                # a row of -0: its amax is +0
+    x = x.to(dtype)
     want = {"tensor": ask in ("all", "tensor"), "rows": ask in ("all", "rows"),
             "cols": ask in ("all", "cols")}
     t, r, c = fast_amax.amax_bits_2d(x.to(DEVICE), tensor=want["tensor"], rows=want["rows"],
                                      cols=want["cols"])
     assert [t is not None, r is not None, c is not None] == list(want.values())
-    bits = x.view(torch.int32) & 0x7FFFFFFF
+    wide = x.view(torch.int16).to(torch.int32) << 16 if dtype == torch.bfloat16 else x.view(torch.int32)
+    bits = wide & 0x7FFFFFFF
     if t is not None:
         assert int(t.cpu()[0]) == int(bits.max())
     if r is not None:
