@@ -27,39 +27,28 @@ def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr, N_ROW_TILES,
     launch on the same stream, which orders them."""
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
-    # bf16: the maxima run on the 16-bit |x| bits (they order like the fp32 bits they widen to,
-    # NaN above inf), widened only when they leave: half the registers of a 32-bit tile
-    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.int16 if IS_BF16 else tl.int32)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.int32)
     for rt in range(tl.program_id(0), N_ROW_TILES, tl.num_programs(0)):
         rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
         mask = (rows[:, None] < R) & col_ok[None, :]
         x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
-        if IS_BF16:
-            bits = x & 0x7FFF
-        else:
-            bits = abs_bits(widen_to_fp32(x, IS_BF16))
+        bits = abs_bits(widen_to_fp32(x, IS_BF16))
         if ROWS:
-            tl.atomic_max(row_ptr + rows, _fp32_bits(tl.max(bits, axis=1), IS_BF16),
-                          mask=rows < R, sem="relaxed")
+            tl.atomic_max(row_ptr + rows, tl.max(bits, axis=1), mask=rows < R, sem="relaxed")
         acc = tl.maximum(acc, bits)
     if COLS:
-        col_max = _fp32_bits(tl.max(acc, axis=0), IS_BF16)
+        col_max = tl.max(acc, axis=0)
         tl.atomic_max(col_ptr + cols, col_max, mask=col_ok, sem="relaxed")
         if TENSOR:
             tl.atomic_max(tensor_ptr, tl.max(col_max, axis=0), sem="relaxed")
     elif TENSOR:
-        tl.atomic_max(tensor_ptr, _fp32_bits(tl.max(tl.max(acc, axis=1), axis=0), IS_BF16),
-                      sem="relaxed")
+        tl.atomic_max(tensor_ptr, tl.max(tl.max(acc, axis=1), axis=0), sem="relaxed")
 
 
-@triton.jit
-def _fp32_bits(m, IS_BF16: tl.constexpr):
-    """A maximum of |x| bits as fp32 bits (int32): bf16's 16-bit bits shifted into place."""
-    if IS_BF16:
-        return m.to(tl.int32) << 16
-    else:
-        return m
-
+# The maxima stay on fp32 bits for bf16 too: taken on the 16-bit bits (registers 61 -> 42 for
+# the tensor pass, 116 -> 80 with rows) the passes were slower on the H200 (2026-12-03: tensor
+# 36.5 -> 42.0 us at 8192^2, 60.4 -> 70.6 at 8192x14336; rows+columns 44.3 -> 45.8 and
+# 72.9 -> 69.0; 2026-12-03-s18-int16-maxima-ncu-h200.log). The MX dim-0 cast keeps that form.
 
 # Settings of the amax pass (module settings so that benchmarks/amax_variants.py can time
 # others): the tile (BLOCK_R, BLOCK_C), the warps per program, and the programs per SM (its
