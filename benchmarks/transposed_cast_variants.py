@@ -230,39 +230,9 @@ def amax_rows_cols_partial(x, tile=(32, 256), per_sm=8, warps=4):
 
 
 # ---- diagnostics of the dual's amax pass (what its 44 us against the tensor amax's 37 us at
-# 8192^2 go to): the shipped pass with its row atomics turned into plain stores (row bits WRONG:
-# racy, the pass time only), and the columns alone at the row settings (no row work at all).
-
-@triton.jit
-def _amax_rows_plain_store(x_ptr, R, C, row_ptr, col_ptr, N_ROW_TILES, BLOCK_R: tl.constexpr,
-                           BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr):
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_ok = cols < C
-    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.int32)
-    for rt in range(tl.program_id(0), N_ROW_TILES, tl.num_programs(0)):
-        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
-        mask = (rows[:, None] < R) & col_ok[None, :]
-        bits = abs_bits(widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C
-                                              + cols[None, :], mask=mask, other=0), IS_BF16))
-        tl.store(row_ptr + rows, tl.max(bits, axis=1), mask=rows < R)
-        acc = tl.maximum(acc, bits)
-    tl.atomic_max(col_ptr + cols, tl.max(acc, axis=0), mask=col_ok, sem="relaxed")
-
-
-def amax_rows_plain_store(x, tile=(32, 256), per_sm=8, warps=4):
-    """DIAGNOSTIC (row bits wrong): the shipped rows+columns pass, row atomics -> plain stores."""
-    from qtrain.fast.amax import program_budget
-    R, C = x.shape
-    br, bc = tile
-    n_row_tiles, n_col = triton.cdiv(R, br), triton.cdiv(C, bc)
-    row = torch.zeros(R, dtype=torch.int32, device=x.device)
-    col = torch.zeros(C, dtype=torch.int32, device=x.device)
-    programs = max(1, min(n_row_tiles, triton.cdiv(program_budget(x.device, per_sm), n_col)))
-    x_in, is_bf16 = kernel_input(x)
-    _amax_rows_plain_store[(programs, n_col)](x_in, R, C, row, col, n_row_tiles, BLOCK_R=br,
-                                              BLOCK_C=bc, IS_BF16=is_bf16, num_warps=warps)
-    return row, col
-
+# 8192^2 go to): the columns alone at the rows setting and at the tensor setting. (A copy of
+# the shipped pass with its row atomics as plain stores ran in commit 931b17f's tree: 48.4 us,
+# slower; 2026-12-03-s18-dual-amax-diagnostics-h200.log.)
 
 def amax_cols_at_row_settings(x):
     """DIAGNOSTIC: the shipped pass, columns only, at the tile and grid it runs with rows."""
@@ -330,10 +300,8 @@ def variants():
     out += [(f"amax pass, rows and columns, row partials + reduce, {t[0]}x{t[1]}, {p}/SM",
              "amax", lambda x, t=t, p=p: amax_rows_cols_partial(x, t, p))
             for t, p in (((32, 256), 8), ((32, 128), 8), ((32, 128), 4), ((64, 128), 4))]
-    out += [("amax diagnostic rows plain-stored, rows and columns 32x256 8/SM (row bits racy)",
-             "amax", amax_rows_plain_store),
-             ("amax diagnostic columns only, at the rows settings", "amax",
-              amax_cols_at_row_settings)]
+    out += [("amax diagnostic columns only, at the rows settings", "amax",
+             amax_cols_at_row_settings)]
     out += [("amax diagnostic columns only, at the tensor settings", "amax",
              amax_cols_at_tensor_settings)]
     out += [(f"amax pass, rows and columns, tile {t[0]}x{t[1]}, {p}/SM, {w} warps", "amax",
