@@ -1,0 +1,108 @@
+"""The dual cast's rows+columns amax pass written in Gluon (explicit layouts), against the
+shipped Triton pass: bits and CUDA-graph time. An experiment for issue 8's float8_dual gate.
+
+Why (benchmarks/NOTES.md, eighteenth session, items 6-8): under Nsight Compute the shipped pass
+spends its shared memory, nearly all bank-conflicted, on a layout conversion of each tile's row
+maxima before their atomics (Triton inserts it; the TTGIR shows it). In Gluon the atomic can
+take the row maxima in the reduction's own slice layout (ATOMIC_FROM_SLICE), or after an
+explicit conversion (as Triton does), so the two can be timed side by side. bf16 x only; GPU
+only (Gluon does not run under the CPU interpreter).
+
+    python3 -m benchmarks.gluon_amax [--shapes 8192x8192,8192x14336,16384x4096]"""
+import argparse
+import sys
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+from benchmarks.common import format_table
+from benchmarks.transposed_cast_variants import _graph_us
+from qtrain.fast.amax import amax_bits_2d, program_budget
+
+
+@gluon.jit
+def _amax_rows_cols(x_ptr, R, C, row_ptr, col_ptr, N_ROW_TILES, BLOCK_R: gl.constexpr,
+                    BLOCK_C: gl.constexpr, WARPS: gl.constexpr,
+                    ATOMIC_FROM_SLICE: gl.constexpr):
+    """Column block program_id(1), row tiles program_id(0) + k * num_programs(0), as the
+    shipped pass: row maxima by one atomic per row per tile, column maxima once per program.
+    x is bf16 as int16 bits; the maxima are fp32 bits of |x| (NaN above inf)."""
+    tile: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [WARPS, 1], [1, 0])
+    rows_l: gl.constexpr = gl.SliceLayout(1, tile)
+    cols_l: gl.constexpr = gl.SliceLayout(0, tile)
+    flat: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
+    cols = gl.program_id(1) * BLOCK_C + gl.arange(0, BLOCK_C, layout=cols_l)
+    col_ok = cols < C
+    acc = gl.zeros([BLOCK_R, BLOCK_C], gl.int32, layout=tile)
+    for rt in range(gl.program_id(0), N_ROW_TILES, gl.num_programs(0)):
+        rows = rt * BLOCK_R + gl.arange(0, BLOCK_R, layout=rows_l)
+        mask = (rows[:, None] < R) & col_ok[None, :]
+        x = gl.load(x_ptr + rows[:, None].to(gl.int64) * C + cols[None, :], mask=mask, other=0)
+        bits = (x.to(gl.int32) << 16) & 0x7FFFFFFF
+        row_max = gl.max(bits, axis=1)
+        if ATOMIC_FROM_SLICE:
+            gl.atomic_max(row_ptr + rows, row_max, mask=rows < R, sem="relaxed")
+        else:
+            rows_f = rt * BLOCK_R + gl.arange(0, BLOCK_R, layout=flat)
+            gl.atomic_max(row_ptr + rows_f, gl.convert_layout(row_max, flat), mask=rows_f < R,
+                          sem="relaxed")
+        acc = gl.maximum(acc, bits)
+    gl.atomic_max(col_ptr + cols, gl.max(acc, axis=0), mask=col_ok, sem="relaxed")
+
+
+def gluon_rows_cols(x, tile=(32, 256), per_sm=8, warps=4, from_slice=True):
+    """(row bits (R,), column bits (C,)) as amax_bits_2d(x, rows=True, cols=True) gives them."""
+    R, C = x.shape
+    br, bc = tile
+    n_row_tiles, n_col = triton.cdiv(R, br), triton.cdiv(C, bc)
+    buf = torch.zeros(R + C, dtype=torch.int32, device=x.device)
+    programs = max(1, min(n_row_tiles, triton.cdiv(program_budget(x.device, per_sm), n_col)))
+    _amax_rows_cols[(programs, n_col)](x.view(torch.int16), R, C, buf[:R], buf[R:], n_row_tiles,
+                                       BLOCK_R=br, BLOCK_C=bc, WARPS=warps,
+                                       ATOMIC_FROM_SLICE=from_slice, num_warps=warps)
+    return buf[:R], buf[R:]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="8192x8192,8192x14336,16384x4096")
+    args = p.parse_args(argv)
+    variants = [("shipped Triton pass", lambda x: amax_bits_2d(x, rows=True, cols=True)[1:])]
+    variants += [(f"gluon, {'atomic from slice' if s else 'converted, as Triton'}, "
+                  f"{t[0]}x{t[1]}, {p_}/SM, {w} warps",
+                  lambda x, t=t, p_=p_, w=w, s=s: gluon_rows_cols(x, t, p_, w, s))
+                 for s in (True, False) for t, p_, w in (((32, 256), 8, 4), ((32, 128), 4, 4),
+                                                         ((64, 256), 8, 8))]
+    rows, failures = [], 0
+    torch.manual_seed(0)
+    for shape in args.shapes.split(","):
+        r, c = (int(v) for v in shape.split("x"))
+        x = torch.randn(r, c, device="cuda").to(torch.bfloat16)
+        x[3, 5], x[r - 1, 0], x[r // 2, c - 1], x[1, 1] = 3.0e4, float("inf"), float("nan"), -1e5
+        x[7] = 0
+        y = torch.empty_like(x)
+        copy_us = _graph_us(lambda: y.copy_(x))
+        rows.append([shape, "torch copy_", f"{copy_us:.1f}", "1.00", ""])
+        ref = None
+        for name, fn in variants:
+            try:
+                got = fn(x)
+            except Exception as e:                         # noqa: BLE001 (a finding, not a stop)
+                rows.append([shape, name, "-", "-", f"error {type(e).__name__}: {str(e)[:80]}"])
+                failures += 1
+                continue
+            ref = got if ref is None else ref
+            same = all(torch.equal(a, b) for a, b in zip(got, ref))
+            failures += not same
+            us = _graph_us(lambda: fn(x))
+            frac = (2 * x.numel() / us) / (4 * x.numel() / copy_us)
+            rows.append([shape, name, f"{us:.1f}", f"{frac:.2f}",
+                         "same bits" if same else "DIFFERENT BITS"])
+    print(format_table(["shape", "variant", "us (graph)", "of copy", "bits vs shipped"], rows))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
