@@ -24,12 +24,15 @@ from qtrain.fast.amax import amax_bits_2d, program_budget
 
 @gluon.jit
 def _amax_rows_cols(x_ptr, R, C, row_ptr, col_ptr, N_ROW_TILES, BLOCK_R: gl.constexpr,
-                    BLOCK_C: gl.constexpr, WARPS: gl.constexpr,
+                    BLOCK_C: gl.constexpr, WARPS: gl.constexpr, LANES_C: gl.constexpr,
                     ATOMIC_FROM_SLICE: gl.constexpr):
     """Column block program_id(1), row tiles program_id(0) + k * num_programs(0), as the
     shipped pass: row maxima by one atomic per row per tile, column maxima once per program.
-    x is bf16 as int16 bits; the maxima are fp32 bits of |x| (NaN above inf)."""
-    tile: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [WARPS, 1], [1, 0])
+    x is bf16 as int16 bits; the maxima are fp32 bits of |x| (NaN above inf). LANES_C: a
+    warp's lanes along the columns (32: a warp reads 512 bytes of one row, its row maxima held
+    by all 32 lanes; 4: 64 bytes of each of 8 rows, row maxima mostly reduced in-thread and
+    held by 4 lanes)."""
+    tile: gl.constexpr = gl.BlockedLayout([1, 8], [32 // LANES_C, LANES_C], [WARPS, 1], [1, 0])
     rows_l: gl.constexpr = gl.SliceLayout(1, tile)
     cols_l: gl.constexpr = gl.SliceLayout(0, tile)
     flat: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
@@ -52,7 +55,7 @@ def _amax_rows_cols(x_ptr, R, C, row_ptr, col_ptr, N_ROW_TILES, BLOCK_R: gl.cons
     gl.atomic_max(col_ptr + cols, gl.max(acc, axis=0), mask=col_ok, sem="relaxed")
 
 
-def gluon_rows_cols(x, tile=(32, 256), per_sm=8, warps=4, from_slice=True):
+def gluon_rows_cols(x, tile=(32, 256), per_sm=8, warps=4, from_slice=True, lanes_c=32):
     """(row bits (R,), column bits (C,)) as amax_bits_2d(x, rows=True, cols=True) gives them."""
     R, C = x.shape
     br, bc = tile
@@ -60,7 +63,7 @@ def gluon_rows_cols(x, tile=(32, 256), per_sm=8, warps=4, from_slice=True):
     buf = torch.zeros(R + C, dtype=torch.int32, device=x.device)
     programs = max(1, min(n_row_tiles, triton.cdiv(program_budget(x.device, per_sm), n_col)))
     _amax_rows_cols[(programs, n_col)](x.view(torch.int16), R, C, buf[:R], buf[R:], n_row_tiles,
-                                       BLOCK_R=br, BLOCK_C=bc, WARPS=warps,
+                                       BLOCK_R=br, BLOCK_C=bc, WARPS=warps, LANES_C=lanes_c,
                                        ATOMIC_FROM_SLICE=from_slice, num_warps=warps)
     return buf[:R], buf[R:]
 
@@ -71,10 +74,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     variants = [("shipped Triton pass", lambda x: amax_bits_2d(x, rows=True, cols=True)[1:])]
     variants += [(f"gluon, {'atomic from slice' if s else 'converted, as Triton'}, "
-                  f"{t[0]}x{t[1]}, {p_}/SM, {w} warps",
-                  lambda x, t=t, p_=p_, w=w, s=s: gluon_rows_cols(x, t, p_, w, s))
-                 for s in (True, False) for t, p_, w in (((32, 256), 8, 4), ((32, 128), 4, 4),
-                                                         ((64, 256), 8, 8))]
+                  f"{t[0]}x{t[1]}, {p_}/SM, {w} warps, {lc} lanes along C",
+                  lambda x, t=t, p_=p_, w=w, s=s, lc=lc: gluon_rows_cols(x, t, p_, w, s, lc))
+                 for s in (True, False) for lc in (32, 4)
+                 for t, p_, w in (((32, 256), 8, 4), ((32, 128), 4, 4), ((64, 256), 8, 8),
+                                  ((32, 128), 8, 4))
+                 if 8 * lc <= t[1]]       # a layout wider than the tile would load twice
     rows, failures = [], 0
     torch.manual_seed(0)
     for shape in args.shapes.split(","):
