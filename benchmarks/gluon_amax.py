@@ -72,6 +72,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="8192x8192,8192x14336,16384x4096")
     args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gluon_amax: needs a CUDA GPU (Gluon kernels do not run under the CPU interpreter)")
+        return 2
     variants = [("shipped Triton pass", lambda x: amax_bits_2d(x, rows=True, cols=True)[1:])]
     variants += [(f"gluon, {'atomic from slice' if s else 'converted, as Triton'}, "
                   f"{t[0]}x{t[1]}, {p_}/SM, {w} warps, {lc} lanes along C",
