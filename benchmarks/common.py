@@ -147,6 +147,22 @@ def capture_cuda_graph(step, params, warmup=3):
     return graph, static
 
 
+def graph_replay_us(fn, reps=50, rounds=7):
+    """Median GPU time of one call of fn() in microseconds, as CUDA-graph replays (the kernels
+    alone, not the host's launch work): `rounds` timings of `reps` replays each."""
+    graph, _ = capture_cuda_graph(fn, params=())
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(rounds):
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / reps)
+    return sorted(times)[len(times) // 2]
+
+
 @contextlib.contextmanager
 def module_settings(module, **values):
     """Module-level tuning settings (e.g. fast.amax's AMAX_TILE) set to `values` inside the

@@ -17,8 +17,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from benchmarks.common import format_table
-from benchmarks.transposed_cast_variants import _graph_us
+from benchmarks.common import format_table, graph_replay_us
 from qtrain.fast.amax import amax_bits_2d, program_budget
 
 
@@ -91,7 +90,7 @@ def main(argv=None):
         x[3, 5], x[r - 1, 0], x[r // 2, c - 1], x[1, 1] = 3.0e4, float("inf"), float("nan"), -1e5
         x[7] = 0
         y = torch.empty_like(x)
-        copy_us = _graph_us(lambda: y.copy_(x))
+        copy_us = graph_replay_us(lambda: y.copy_(x))
         rows.append([shape, "torch copy_", f"{copy_us:.1f}", "1.00", ""])
         ref = None
         for name, fn in variants:
@@ -104,7 +103,7 @@ def main(argv=None):
             ref = got if ref is None else ref
             same = all(torch.equal(a, b) for a, b in zip(got, ref))
             failures += not same
-            us = _graph_us(lambda: fn(x))
+            us = graph_replay_us(lambda: fn(x))
             frac = (2 * x.numel() / us) / (4 * x.numel() / copy_us)
             rows.append([shape, name, f"{us:.1f}", f"{frac:.2f}",
                          "same bits" if same else "DIFFERENT BITS"])

@@ -26,7 +26,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import capture_cuda_graph, format_table, module_settings  # noqa: E402
+from benchmarks.common import format_table, graph_replay_us, module_settings  # noqa: E402
 from qtrain.fast import cast_blockwise, cast_float8, cast_mx  # noqa: E402
 from qtrain.fast.amax import amax_bits_2d  # noqa: E402
 from qtrain.fast.cast_mx import _mx_exponent, _mx_params, _mx_scale_block  # noqa: E402
@@ -174,60 +174,11 @@ def blockwise_t_tma(x, block_c, warps):
     return _launch_column_blocks_t(_column_blocks_t_trans, x, block_c, warps, tma=True)
 
 
-# ---- the dual's amax pass without row atomics: each program stores its row tiles' maxima for
-# its column block as plain int32 (one per (column block, row)); a small kernel then reduces
-# those partials to the row amax. The column maxima keep the shipped atomics.
-
-@triton.jit
-def _amax_rows_partial(x_ptr, R, C, part_ptr, col_ptr, N_ROW_TILES, BLOCK_R: tl.constexpr,
-                       BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr):
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_ok = cols < C
-    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.int32)
-    for rt in range(tl.program_id(0), N_ROW_TILES, tl.num_programs(0)):
-        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
-        mask = (rows[:, None] < R) & col_ok[None, :]
-        bits = abs_bits(widen_to_fp32(tl.load(x_ptr + rows[:, None].to(tl.int64) * C
-                                              + cols[None, :], mask=mask, other=0), IS_BF16))
-        tl.store(part_ptr + tl.program_id(1).to(tl.int64) * R + rows, tl.max(bits, axis=1),
-                 mask=rows < R)
-        acc = tl.maximum(acc, bits)
-    tl.atomic_max(col_ptr + cols, tl.max(acc, axis=0), mask=col_ok, sem="relaxed")
-
-
-@triton.jit
-def _reduce_row_partials(part_ptr, row_ptr, R, N_PARTS, PARTS: tl.constexpr,
-                         BLOCK: tl.constexpr):
-    """row_ptr[r] = max over the N_PARTS partials of row r: one (PARTS, BLOCK) load per
-    program (PARTS >= N_PARTS, a power of two), so the loads are all in flight at once. (The
-    first form, 1024 rows a program looping over the partials, ran 8 programs for 8192 rows:
-    latency-bound, 2026-12-03-s17-dual-amax-partials-h200.log.)"""
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    parts = tl.arange(0, PARTS)
-    mask = (parts[:, None] < N_PARTS) & (rows[None, :] < R)
-    vals = tl.load(part_ptr + parts[:, None].to(tl.int64) * R + rows[None, :], mask=mask, other=0)
-    tl.store(row_ptr + rows, tl.max(vals, axis=0), mask=rows < R)
-
-
-def amax_rows_cols_partial(x, tile=(32, 256), per_sm=8, warps=4):
-    """(row bits (R,), column bits (C,)) as amax_bits_2d(x, rows=True, cols=True) gives them."""
-    from qtrain.fast.amax import program_budget
-    R, C = x.shape
-    br, bc = tile
-    n_row_tiles, n_col = triton.cdiv(R, br), triton.cdiv(C, bc)
-    part = torch.empty((n_col, R), dtype=torch.int32, device=x.device)
-    col = torch.zeros(C, dtype=torch.int32, device=x.device)
-    row = torch.empty(R, dtype=torch.int32, device=x.device)
-    programs = max(1, min(n_row_tiles, triton.cdiv(program_budget(x.device, per_sm), n_col)))
-    x_in, is_bf16 = kernel_input(x)
-    _amax_rows_partial[(programs, n_col)](x_in, R, C, part, col, n_row_tiles, BLOCK_R=br,
-                                          BLOCK_C=bc, IS_BF16=is_bf16, num_warps=warps)
-    block = max(16, 4096 // triton.next_power_of_2(n_col))
-    _reduce_row_partials[(triton.cdiv(R, block),)](part, row, R, n_col,
-                                                   PARTS=triton.next_power_of_2(n_col),
-                                                   BLOCK=block, num_warps=4)
-    return row, col
-
+# The dual's amax pass with its row maxima stored as per-(column block, row) partials and
+# reduced by a second kernel (no row atomics) was slower at every tile: 50.3 against 44.3 us at
+# 8192^2 at best, the dual 139.3 against 132.5 (2026-12-03-s17-dual-amax-partials-h200.log,
+# -2-h200.log, 2026-12-03-s18-amax-settings-mx-tma-load-h200.log). Its code is in commit
+# a612b23's tree.
 
 # ---- diagnostics of the dual's amax pass (what its 44 us against the tensor amax's 37 us at
 # 8192^2 go to): the columns alone at the rows setting and at the tensor setting. (A copy of
@@ -264,15 +215,6 @@ def amax_cols_at_tensor_settings(x):
     return amax_mod.amax_bits_2d(x, cols=True)[2:]
 
 
-def dual_partial(x, tile=(32, 256), per_sm=8):
-    """The shipped dual cast with the amax pass above in place of the shipped one: the shipped
-    launch and tile pass unchanged, only the amax function it calls swapped."""
-    def amax(x2d, tensor, rows, cols):
-        return (None,) + amax_rows_cols_partial(x2d, tile, per_sm)
-    with module_settings(cast_float8, amax_bits_2d=amax):
-        return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
-
-
 def variants():
     """(name, family, fn(x) -> (data, scales)); family "bw" or "mx" (the shipped one first)."""
     out = [("blockwise 128x1.T shipped", "bw",
@@ -297,9 +239,6 @@ def variants():
                             (256, 16, 1), (128, 32, 2), (64, 64, 2))]
     out += [("amax pass, rows and columns, shipped (the dual's first pass)", "amax",
              lambda x: amax_bits_2d(x, rows=True, cols=True)[1:])]
-    out += [(f"amax pass, rows and columns, row partials + reduce, {t[0]}x{t[1]}, {p}/SM",
-             "amax", lambda x, t=t, p=p: amax_rows_cols_partial(x, t, p))
-            for t, p in (((32, 256), 8), ((32, 128), 8), ((32, 128), 4), ((64, 128), 4))]
     out += [("amax diagnostic columns only, at the rows settings", "amax",
              amax_cols_at_row_settings)]
     out += [("amax diagnostic columns only, at the tensor settings", "amax",
@@ -315,9 +254,6 @@ def variants():
                             ((32, 256), 16, 4), ((64, 256), 8, 8), ((32, 256), 4, 4))]
     out += [("amax pass, tensor, shipped (tensorwise's first pass)", "amax",
              lambda x: amax_bits_2d(x, tensor=True)[:1])]
-    out += [(f"float8 dual row+col.T, amax with row partials + reduce, {t[0]}x{t[1]}, {p}/SM",
-             "dual", lambda x, t=t, p=p: dual_partial(x, t, p))
-            for t, p in (((32, 256), 8), ((32, 128), 8), ((32, 128), 4))]
     out += [("float8 tensorwise.T shipped", "twT",
              lambda x: cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True,
                                                               None, True))]
@@ -365,20 +301,6 @@ def _mx_dim0_t_shipped(x, tma, tile):
         return cast_mx.quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True)
 
 
-def _graph_us(fn, reps=50):
-    graph, _ = capture_cuda_graph(fn, params=())
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(7):
-        start.record()
-        for _ in range(reps):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / reps)
-    return sorted(times)[len(times) // 2]
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default=None, help="comma list of RxC (default: 8192x8192,"
@@ -412,7 +334,7 @@ def main(argv=None):
         copy_us = None
         if not args.check_only:
             y = torch.empty_like(x)
-            copy_us = _graph_us(lambda: y.copy_(x))
+            copy_us = graph_replay_us(lambda: y.copy_(x))
             rows.append([f"{shape[0]}x{shape[1]}", "torch copy_", f"{copy_us:.1f}", "1.00", ""])
         shipped = {}
         for name, family, fn in variants():
@@ -435,7 +357,7 @@ def main(argv=None):
                 rows.append([f"{shape[0]}x{shape[1]}", name, "-", "-", "same bits" if same
                              else "DIFFERENT BITS"])
                 continue
-            us = _graph_us(lambda: fn(x))
+            us = graph_replay_us(lambda: fn(x))
             frac = (nbytes[family] / us) / (4 * x.numel() / copy_us)   # copy: 4 bytes/elem
             rows.append([f"{shape[0]}x{shape[1]}", name, f"{us:.1f}", f"{frac:.2f}",
                          "same bits" if same else "DIFFERENT BITS"])

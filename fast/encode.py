@@ -39,7 +39,7 @@ def loaded_abs_max_bits(x, axis, IS_BF16: tl.constexpr):
     if IS_BF16:
         return tl.max(x & 0x7FFF, axis=axis).to(tl.int32) << 16
     else:
-        return tl.max(abs_bits(x.to(tl.float32)), axis=axis)
+        return tl.max(abs_bits(widen_to_fp32(x, IS_BF16)), axis=axis)
 
 
 @triton.jit
