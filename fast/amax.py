@@ -46,9 +46,10 @@ def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr, N_ROW_TILES,
 
 
 # The maxima stay on fp32 bits for bf16 too: taken on the 16-bit bits (registers 61 -> 42 for
-# the tensor pass, 116 -> 80 with rows) the passes were slower on the H200 (2026-12-03: tensor
-# 36.5 -> 42.0 us at 8192^2, 60.4 -> 70.6 at 8192x14336; rows+columns 44.3 -> 45.8 and
-# 72.9 -> 69.0; 2026-12-03-s18-int16-maxima-ncu-h200.log). The MX dim-0 cast keeps that form.
+# the tensor pass, 116 -> 80 with rows) the passes were slower on the H200 (2026-12-03, before
+# and after from two calls, not one A/B run: tensor 36.5 -> 42.0 us at 8192^2, 60.4 -> 70.6
+# at 8192x14336; rows+columns 44.3 -> 45.8 and 72.9 -> 69.0;
+# 2026-12-03-s18-int16-maxima-ncu-h200.log). The MX dim-0 cast keeps that form.
 
 # Settings of the amax pass (module settings so that benchmarks/amax_variants.py can time
 # others): the tile (BLOCK_R, BLOCK_C), the warps per program, and the programs per SM (its

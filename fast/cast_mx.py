@@ -109,8 +109,9 @@ def _mx_dim0_kernel(x_ptr, data_ptr, scale_ptr, M, C,
     cols3 = cols[None, None, :]
     mask3 = (rows3 < M) & (cols3 < C)
     # bf16: the block maxima on the 16-bit bits, x widened after (registers 159 -> 128 on the
-    # H200's Triton 3.6, ncu; 2026-12-03 at the TMA tile: 66.9 -> 64.1 us at 8192^2, 110.5 -> 108.3 at 8192x14336,
-    # 68.9 -> 66.3 at 16384x4096; 2026-12-03-s18-int16-maxima-ncu-h200.log)
+    # H200's Triton 3.6, ncu). 2026-12-03 at the TMA tile, before and after from two calls, not
+    # one A/B run: 66.9 -> 64.1 us at 8192^2, 110.5 -> 108.3 at 8192x14336, 68.9 -> 66.3 at
+    # 16384x4096 (2026-12-03-s18-int16-maxima-ncu-h200.log).
     x_in = tl.load(x_ptr + rows3.to(tl.int64) * C + cols3, mask=mask3, other=0)
     e, nan = _mx_exponent(loaded_abs_max_bits(x_in, 1, IS_BF16), RCEIL, EMAX,
                           RCP_MAX)                                             # (GROUPS, BLOCK_C)
