@@ -237,6 +237,15 @@ def variants():
              lambda x, r=r, c=c, w=w: _dual_with(x, (r, c), w, tma=True))
             for r, c, w in ((128, 32, 1), (64, 32, 1), (128, 16, 1), (64, 64, 1), (32, 32, 1),
                             (256, 16, 1), (128, 32, 2), (64, 64, 2))]
+    out += [(f"float8 dual row+col.T, launch order {g} row tiles a group", "dual",
+             lambda x, g=g: _tiles_in_order(x, g, "dual")) for g in ORDER_GROUPS]
+    out += [("float8 tensorwise both layouts shipped", "twB",
+             lambda x: cast_float8.quantize_float8_tensorwise_both(x, "float8_e4m3fn", False,
+                                                                   None, True))]
+    out += [(f"float8 tensorwise both layouts, launch order {g} row tiles a group", "twB",
+             lambda x, g=g: _tiles_in_order(x, g, "twB")) for g in ORDER_GROUPS]
+    out += [(f"float8 tensorwise.T, launch order {g} row tiles a group", "twT",
+             lambda x, g=g: _tiles_in_order(x, g, "twT")) for g in ORDER_GROUPS]
     out += [("amax pass, rows and columns, shipped (the dual's first pass)", "amax",
              lambda x: amax_bits_2d(x, rows=True, cols=True)[1:])]
     out += [("amax diagnostic columns only, at the rows settings", "amax",
@@ -277,6 +286,23 @@ def variants():
     return out
 
 
+# launch orders of the tile pass (cast_float8.TILE_ORDER_GROUP_R): row tiles walked across
+# every column before the next group of rows
+ORDER_GROUPS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _tiles_in_order(x, group_r, family):
+    """A shipped cast of `family` (dual, twB: tensorwise both layouts, twT: tensorwise x.T) with
+    its tile pass launched in another order."""
+    with module_settings(cast_float8, TILE_ORDER_GROUP_R=group_r):
+        if family == "dual":
+            return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
+        if family == "twB":
+            return cast_float8.quantize_float8_tensorwise_both(x, "float8_e4m3fn", False, None,
+                                                               True)
+        return cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True, None, True)
+
+
 def _dual_with(x, tile, warps, tma=False):
     """The shipped dual cast (amax pass + tile pass) under other x.T tile settings, and with
     cast_float8.TMA_STORE. (The tl.trans'd store was also timed for it on 2026-12-02: no
@@ -309,7 +335,8 @@ def main(argv=None):
                    "kernel of each family always runs)")
     p.add_argument("--families", default="bw,mx,dual,twT",
                    help="comma list of families: bw ((128, 1) blocks), mx (MX dim 0), dual, "
-                        "twT (float8 tensorwise written as x.T), amax (the amax passes alone, each "
+                        "twT (float8 tensorwise written as x.T), twB (float8 tensorwise into "
+                        "both layouts), amax (the amax passes alone, each "
                         "checked against the shipped pass of its mode)")
     p.add_argument("--check-only", action="store_true",
                    help="bits of every variant against the shipped kernel, no timing (CPU ok)")
@@ -330,7 +357,7 @@ def main(argv=None):
         # a pass writing x and x.T; twT: two reads, x.T; amax: one read), as the cast gate
         # counts them
         nbytes = {"bw": 3 * x.numel(), "mx": 3 * x.numel(), "dual": 6 * x.numel(),
-                  "twT": 5 * x.numel(), "amax": 2 * x.numel()}
+                  "twT": 5 * x.numel(), "twB": 6 * x.numel(), "amax": 2 * x.numel()}
         copy_us = None
         if not args.check_only:
             y = torch.empty_like(x)

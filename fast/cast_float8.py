@@ -62,7 +62,7 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                          TENSORWISE: tl.constexpr, TRANSPOSED: tl.constexpr,
                          DUAL: tl.constexpr, ROW_COPY: tl.constexpr, WITH_DQ: tl.constexpr,
-                         POW2: tl.constexpr, TMA: tl.constexpr,
+                         POW2: tl.constexpr, TMA: tl.constexpr, GROUP_R: tl.constexpr,
                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                          EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
@@ -76,9 +76,20 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
     reciprocal kernel per operand. TMA (TRANSPOSED, not ROW_COPY): data_ptr is a tensor
     descriptor of (C, R) with a (BLOCK_C, BLOCK_R) box, and DUAL's row_data_ptr one of (R, C)
     with a (BLOCK_R, BLOCK_C) box; the code tiles leave by TMA bulk stores (the copy engine
-    clips the edge tiles)."""
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    clips the edge tiles). GROUP_R (launch order): 0, a 2-D grid whose programs walk down each
+    column of tiles in turn; else a 1-D grid walking GROUP_R row tiles of a column of tiles,
+    then the same rows in the next column, then the next GROUP_R rows (the bits do not
+    depend on it)."""
+    if GROUP_R:
+        pid = tl.program_id(0)
+        per_group = GROUP_R * tl.cdiv(C, BLOCK_C)
+        first_r = (pid // per_group) * GROUP_R
+        height = tl.minimum(tl.cdiv(R, BLOCK_R) - first_r, GROUP_R)
+        pid_r = first_r + (pid % per_group) % height
+        pid_c = (pid % per_group) // height
+    else:
+        pid_r = tl.program_id(0)
+        pid_c = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok = rows < R
@@ -143,6 +154,9 @@ TILE_T_WARPS = 4
 # benchmarks/transposed_cast_variants.py): dual 132.5 us shipped against 135.5 at best (32x32,
 # 1 warp; 150.9 at 2-8 warps), tensorwise x.T 90.0 against 102.2 (64x32, 1 warp) at 8192^2.
 TMA_STORE = False
+# Launch order of the tile pass (its GROUP_R): 0 walks down each column of tiles in turn (a 2-D
+# grid); n > 0 walks n row tiles across every column before the next n rows.
+TILE_ORDER_GROUP_R = 0
 # x.T is stored one code per element: packing 4 rows' codes into 32-bit stores measured
 # 1.9-2.3x slower on the H200 (2026-12-01: 8192^2 tensorwise.T 270 us against 139 us) and was
 # removed.
@@ -169,6 +183,8 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     dq = torch.empty_like(qs) if with_dequant else None
     row_dq = torch.empty_like(row_qs) if (with_dequant and dual) else None
     grid = (cdiv(R, block_r), cdiv(C, block_c))
+    if TILE_ORDER_GROUP_R:
+        grid = (grid[0] * grid[1],)
     x_in, is_bf16 = kernel_input(x2d)
     warps = TILE_T_WARPS if (transposed or dual) else 4
     out, row_out = data.view(torch.uint8), row_data.view(torch.uint8)
@@ -182,6 +198,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
         out, r_bits if dual else qs, row_qs, row_qs if row_dq is None else row_dq, row_out,
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
         DUAL=dual, ROW_COPY=row_copy, WITH_DQ=with_dequant, POW2=pow2, TMA=tma,
+        GROUP_R=TILE_ORDER_GROUP_R,
         **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev),
         IS_BF16=is_bf16, num_warps=warps)
     return data, qs, row_data, row_qs, dq, row_dq
