@@ -237,15 +237,13 @@ def variants():
              lambda x, r=r, c=c, w=w: _dual_with(x, (r, c), w, tma=True))
             for r, c, w in ((128, 32, 1), (64, 32, 1), (128, 16, 1), (64, 64, 1), (32, 32, 1),
                             (256, 16, 1), (128, 32, 2), (64, 64, 2))]
-    out += [(f"float8 dual row+col.T, launch order {g} row tiles a group", "dual",
-             lambda x, g=g: _tiles_in_order(x, g, "dual")) for g in ORDER_GROUPS]
+    out += [(f"float8 dual row+col.T, x.T from x, tile {r}x{c}, {w} warps", "dual",
+             lambda x, r=r, c=c, w=w: _t_from_x(x, "dual", (r, c), w)) for r, c, w in T_FROM_X_TILES]
     out += [("float8 tensorwise both layouts shipped", "twB",
              lambda x: cast_float8.quantize_float8_tensorwise_both(x, "float8_e4m3fn", False,
                                                                    None, True))]
-    out += [(f"float8 tensorwise both layouts, launch order {g} row tiles a group", "twB",
-             lambda x, g=g: _tiles_in_order(x, g, "twB")) for g in ORDER_GROUPS]
-    out += [(f"float8 tensorwise.T, launch order {g} row tiles a group", "twT",
-             lambda x, g=g: _tiles_in_order(x, g, "twT")) for g in ORDER_GROUPS]
+    out += [(f"float8 tensorwise both layouts, x.T from x, tile {r}x{c}, {w} warps", "twB",
+             lambda x, r=r, c=c, w=w: _t_from_x(x, "twB", (r, c), w)) for r, c, w in T_FROM_X_TILES]
     out += [("amax pass, rows and columns, shipped (the dual's first pass)", "amax",
              lambda x: amax_bits_2d(x, rows=True, cols=True)[1:])]
     out += [("amax diagnostic columns only, at the rows settings", "amax",
@@ -286,21 +284,19 @@ def variants():
     return out
 
 
-# launch orders of the tile pass (cast_float8.TILE_ORDER_GROUP_R): row tiles walked across
-# every column before the next group of rows
-ORDER_GROUPS = (1, 2, 4, 8, 16, 32, 64)
+# Tiles for the x.T-from-x variants. (A launch order walking 1-64 row tiles across every column
+# before the next rows, a 1-D grid, was slower at every group size for dual, both layouts and
+# x.T: +6 to +13 us, 2026-12-03-s19-launch-order-gluon-sweep-h200.log.)
+T_FROM_X_TILES = ((32, 128, 4), (64, 128, 4), (64, 64, 4), (32, 64, 2), (64, 128, 8), (128, 64, 4))
 
 
-def _tiles_in_order(x, group_r, family):
-    """A shipped cast of `family` (dual, twB: tensorwise both layouts, twT: tensorwise x.T) with
-    its tile pass launched in another order."""
-    with module_settings(cast_float8, TILE_ORDER_GROUP_R=group_r):
+def _t_from_x(x, family, tile, warps):
+    """A shipped cast of `family` (dual; twB: tensorwise both layouts) with cast_float8.T_FROM_X:
+    x.T encoded from the transposed loaded tile, at a tile of the x.T passes."""
+    with module_settings(cast_float8, T_FROM_X=True, TILE_T=tile, TILE_T_WARPS=warps):
         if family == "dual":
             return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
-        if family == "twB":
-            return cast_float8.quantize_float8_tensorwise_both(x, "float8_e4m3fn", False, None,
-                                                               True)
-        return cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True, None, True)
+        return cast_float8.quantize_float8_tensorwise_both(x, "float8_e4m3fn", False, None, True)
 
 
 def _dual_with(x, tile, warps, tma=False):

@@ -62,7 +62,7 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                          TENSORWISE: tl.constexpr, TRANSPOSED: tl.constexpr,
                          DUAL: tl.constexpr, ROW_COPY: tl.constexpr, WITH_DQ: tl.constexpr,
-                         POW2: tl.constexpr, TMA: tl.constexpr, GROUP_R: tl.constexpr,
+                         POW2: tl.constexpr, TMA: tl.constexpr, T_FROM_X: tl.constexpr,
                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
                          EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
@@ -76,27 +76,21 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
     reciprocal kernel per operand. TMA (TRANSPOSED, not ROW_COPY): data_ptr is a tensor
     descriptor of (C, R) with a (BLOCK_C, BLOCK_R) box, and DUAL's row_data_ptr one of (R, C)
     with a (BLOCK_R, BLOCK_C) box; the code tiles leave by TMA bulk stores (the copy engine
-    clips the edge tiles). GROUP_R (launch order): 0, a 2-D grid whose programs walk down each
-    column of tiles in turn; else a 1-D grid walking GROUP_R row tiles of a column of tiles,
-    then the same rows in the next column, then the next GROUP_R rows (the bits do not
-    depend on it)."""
-    if GROUP_R:
-        pid = tl.program_id(0)
-        per_group = GROUP_R * tl.cdiv(C, BLOCK_C)
-        first_r = (pid // per_group) * GROUP_R
-        height = tl.minimum(tl.cdiv(R, BLOCK_R) - first_r, GROUP_R)
-        pid_r = first_r + (pid % per_group) % height
-        pid_c = (pid % per_group) // height
-    else:
-        pid_r = tl.program_id(0)
-        pid_c = tl.program_id(1)
+    clips the edge tiles). T_FROM_X (TRANSPOSED, not TMA): x.T's codes are encoded from the
+    loaded tile transposed (tl.trans of the 16- or 32-bit x), not from the codes of x, so the
+    tile crosses shared memory before the encode, in x's width (the same bits)."""
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok = rows < R
     col_ok = cols < C
     mask = row_ok[:, None] & col_ok[None, :]
     offs = rows[:, None].to(tl.int64) * C + cols[None, :]
-    x = widen_to_fp32(tl.load(x_ptr + offs, mask=mask, other=0), IS_BF16)
+    x_raw = tl.load(x_ptr + offs, mask=mask, other=0)
+    x = widen_to_fp32(x_raw, IS_BF16)
+    if T_FROM_X:
+        x_t = widen_to_fp32(tl.trans(x_raw), IS_BF16)         # (BLOCK_C, BLOCK_R)
     if TENSORWISE:
         # the sign bit cleared here, not by the caller: a given amax (a float the caller
         # computed) is read as |amax| without a torch abs kernel (a launch per cast)
@@ -105,15 +99,26 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
             tl.store(qs_ptr, qs)
             if WITH_DQ:
                 tl.store(dq_ptr, tl.div_rn(1.0, qs))
-        code = encode_float8(x * qs, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+        if T_FROM_X:
+            code_t = encode_float8(x_t * qs, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+        if ROW_COPY or not T_FROM_X:
+            code = encode_float8(x * qs, MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
     else:
         qs = float8_quant_scale(tl.load(amax_ptr + cols, mask=col_ok, other=0), MAX, POW2)
         if pid_r == 0:
             tl.store(qs_ptr + cols, qs, mask=col_ok)
             if WITH_DQ:
                 tl.store(dq_ptr + cols, tl.div_rn(1.0, qs), mask=col_ok)
-        code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-    if TMA:
+        if T_FROM_X:
+            code_t = encode_float8(x_t * qs[:, None], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
+                                   EXACT_SOFT_CAST)
+        else:
+            code = encode_float8(x * qs[None, :], MAX, MBITS, BIAS, FNUZ, TL_DTYPE,
+                                 EXACT_SOFT_CAST)
+    if T_FROM_X:
+        tl.store(data_ptr + cols[:, None].to(tl.int64) * R + rows[None, :], code_t,
+                 mask=col_ok[:, None] & row_ok[None, :])
+    elif TMA:
         data_ptr.store([pid_c * BLOCK_C, pid_r * BLOCK_R], tl.trans(code))
     elif TRANSPOSED:    # element-wise transposed store (measured faster on the H200 than
         # a tl.trans'd tile store: 143 us vs 210 us for an 8192^2 columnwise cast; for the
@@ -154,9 +159,9 @@ TILE_T_WARPS = 4
 # benchmarks/transposed_cast_variants.py): dual 132.5 us shipped against 135.5 at best (32x32,
 # 1 warp; 150.9 at 2-8 warps), tensorwise x.T 90.0 against 102.2 (64x32, 1 warp) at 8192^2.
 TMA_STORE = False
-# Launch order of the tile pass (its GROUP_R): 0 walks down each column of tiles in turn (a 2-D
-# grid); n > 0 walks n row tiles across every column before the next n rows.
-TILE_ORDER_GROUP_R = 0
+# The passes that write x.T and x (ROW_COPY, dual) encode x.T from the transposed loaded tile
+# (the kernel's T_FROM_X) when True, else transpose x's codes.
+T_FROM_X = False
 # x.T is stored one code per element: packing 4 rows' codes into 32-bit stores measured
 # 1.9-2.3x slower on the H200 (2026-12-01: 8192^2 tensorwise.T 270 us against 139 us) and was
 # removed.
@@ -183,8 +188,6 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     dq = torch.empty_like(qs) if with_dequant else None
     row_dq = torch.empty_like(row_qs) if (with_dequant and dual) else None
     grid = (cdiv(R, block_r), cdiv(C, block_c))
-    if TILE_ORDER_GROUP_R:
-        grid = (grid[0] * grid[1],)
     x_in, is_bf16 = kernel_input(x2d)
     warps = TILE_T_WARPS if (transposed or dual) else 4
     out, row_out = data.view(torch.uint8), row_data.view(torch.uint8)
@@ -198,7 +201,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
         out, r_bits if dual else qs, row_qs, row_qs if row_dq is None else row_dq, row_out,
         BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=tensorwise, TRANSPOSED=transposed,
         DUAL=dual, ROW_COPY=row_copy, WITH_DQ=with_dequant, POW2=pow2, TMA=tma,
-        GROUP_R=TILE_ORDER_GROUP_R,
+        T_FROM_X=T_FROM_X and (dual or row_copy) and not tma,
         **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev),
         IS_BF16=is_bf16, num_warps=warps)
     return data, qs, row_data, row_qs, dq, row_dq
