@@ -237,13 +237,15 @@ def variants():
              lambda x, r=r, c=c, w=w: _dual_with(x, (r, c), w, tma=True))
             for r, c, w in ((128, 32, 1), (64, 32, 1), (128, 16, 1), (64, 64, 1), (32, 32, 1),
                             (256, 16, 1), (128, 32, 2), (64, 64, 2))]
-    out += [(f"float8 dual row+col.T, x.T from x, tile {r}x{c}, {w} warps", "dual",
-             lambda x, r=r, c=c, w=w: _t_from_x(x, "dual", (r, c), w)) for r, c, w in T_FROM_X_TILES]
+    out += [(f"float8 dual row+col.T, x.T from {'x' if t else 'codes'}, tile {r}x{c}, {w} warps",
+             "dual", lambda x, r=r, c=c, w=w, t=t: _t_from_x(x, "dual", (r, c), w, t))
+            for r, c, w in T_FROM_X_TILES["dual"] for t in (False, True)]
     out += [("float8 tensorwise both layouts shipped", "twB",
              lambda x: cast_float8.quantize_float8_tensorwise_both(x, "float8_e4m3fn", False,
                                                                    None, True))]
-    out += [(f"float8 tensorwise both layouts, x.T from x, tile {r}x{c}, {w} warps", "twB",
-             lambda x, r=r, c=c, w=w: _t_from_x(x, "twB", (r, c), w)) for r, c, w in T_FROM_X_TILES]
+    out += [(f"float8 tensorwise both layouts, x.T from {'x' if t else 'codes'}, tile {r}x{c}, "
+             f"{w} warps", "twB", lambda x, r=r, c=c, w=w, t=t: _t_from_x(x, "twB", (r, c), w, t))
+            for r, c, w in T_FROM_X_TILES["twB"] for t in (False, True)]
     out += [("amax pass, rows and columns, shipped (the dual's first pass)", "amax",
              lambda x: amax_bits_2d(x, rows=True, cols=True)[1:])]
     out += [("amax diagnostic columns only, at the rows settings", "amax",
@@ -287,13 +289,19 @@ def variants():
 # Tiles for the x.T-from-x variants. (A launch order walking 1-64 row tiles across every column
 # before the next rows, a 1-D grid, was slower at every group size for dual, both layouts and
 # x.T: +6 to +13 us, 2026-12-03-s19-launch-order-gluon-sweep-h200.log.)
-T_FROM_X_TILES = ((32, 128, 4), (64, 128, 4), (64, 64, 4), (32, 64, 2), (64, 128, 8), (128, 64, 4))
+# (2026-12-03, call 4, x.T from x only: dual best at (32, 64, 2 warps), both layouts at
+# (64, 128, 4) and (128, 64, 4); 2026-12-03-s19-t-from-x-h200.log.)
+T_FROM_X_TILES = {"dual": ((32, 128, 4), (32, 64, 2), (32, 64, 1), (16, 128, 2), (32, 32, 1),
+                           (16, 64, 1)),
+                  "twB": ((32, 128, 4), (64, 128, 4), (128, 64, 4), (128, 128, 4), (64, 128, 2),
+                          (64, 256, 8), (128, 128, 8))}
 
 
-def _t_from_x(x, family, tile, warps):
+def _t_from_x(x, family, tile, warps, from_x=True):
     """A shipped cast of `family` (dual; twB: tensorwise both layouts) with cast_float8.T_FROM_X:
-    x.T encoded from the transposed loaded tile, at a tile of the x.T passes."""
-    with module_settings(cast_float8, T_FROM_X=True, TILE_T=tile, TILE_T_WARPS=warps):
+    x.T encoded from the transposed loaded tile (from_x; else from x's codes, as shipped), at a
+    tile of the x.T passes."""
+    with module_settings(cast_float8, T_FROM_X=from_x, TILE_T=tile, TILE_T_WARPS=warps):
         if family == "dual":
             return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
         return cast_float8.quantize_float8_tensorwise_both(x, "float8_e4m3fn", False, None, True)
