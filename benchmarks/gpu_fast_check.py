@@ -347,7 +347,7 @@ def time_casts():
         *[(f"float8 tensorwise.T, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_float8", "TILE_T", t, lambda:
             cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, True)), 3 * n)
           for t in tall_tiles],
-        *[(f"float8 dual row+col.T, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_float8", "TILE_T", t, lambda:
+        *[(f"float8 dual row+col.T, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_float8", "TILE_DUAL", t, lambda:
             cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True)), 4 * n + scale_b + 4 * K)
           for t in tall_tiles],
         *[(f"int8 columnwise.T rne, tile {t[0]}x{t[1]}", lambda t=t: _with_setting("cast_int8", "TILE_T", t, lambda:

@@ -301,7 +301,8 @@ def _t_from_x(x, family, tile, warps, from_x=True):
     """A shipped cast of `family` (dual; twB: tensorwise both layouts) with cast_float8.T_FROM_X:
     x.T encoded from the transposed loaded tile (from_x; else from x's codes, as shipped), at a
     tile of the x.T passes."""
-    with module_settings(cast_float8, T_FROM_X=from_x, TILE_T=tile, TILE_T_WARPS=warps):
+    with module_settings(cast_float8, T_FROM_X=from_x, TILE_DUAL=tile, TILE_DUAL_WARPS=warps,
+                         TILE_BOTH=tile, TILE_BOTH_WARPS=warps):
         if family == "dual":
             return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
         return cast_float8.quantize_float8_tensorwise_both(x, "float8_e4m3fn", False, None, True)
@@ -312,7 +313,7 @@ def _dual_with(x, tile, warps, tma=False):
     cast_float8.TMA_STORE. (The tl.trans'd store was also timed for it on 2026-12-02: no
     difference, so it is not kept; 2026-12-02-s15-dual-tile-variants-h200.log. TMA at tiles of
     2-8 warps was slower on 2026-12-03: 2026-12-03-s17-tma-store-variants-h200.log.)"""
-    with module_settings(cast_float8, TILE_T=tile, TILE_T_WARPS=warps, TMA_STORE=tma):
+    with module_settings(cast_float8, TILE_DUAL=tile, TILE_DUAL_WARPS=warps, TMA_STORE=tma):
         return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
 
 

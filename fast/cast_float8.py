@@ -143,15 +143,27 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
             tl.store(row_data_ptr + offs, code, mask=mask)
 
 
-# (BLOCK_R, BLOCK_C) of the tile cast pass, and of its passes that write x.T (TRANSPOSED, dual):
+# (BLOCK_R, BLOCK_C) of the tile cast pass, and of its passes that write x.T alone (TRANSPOSED):
 # each output row of x.T is BLOCK_R bytes long per tile. Module settings so that
 # gpu_fast_check can time other tiles; (32, 128) for both is what ran on the H200 so far.
 TILE = (32, 128)
 TILE_T = (32, 128)
-# Warps of the passes that write x.T: a module setting, timed by
+# Warps of the passes that write x.T alone: a module setting, timed by
 # benchmarks/transposed_cast_variants.py (2 warps with a (64, 128) tile: -4 to -5% at 8192^2
 # and 8192x14336 but 95 against 26 us at 1000x3000, 2026-12-02; 4 stays).
 TILE_T_WARPS = 4
+# The passes that write two payloads, x.T and x: the dual cast (column scales for x.T, row
+# scales for x) and the tensorwise cast into both layouts (ROW_COPY). With T_FROM_X they encode
+# x.T from the loaded tile transposed (tl.trans of the 16-bit x: on sm_90 Triton moves it
+# through shared memory with 128-bit stores and ldmatrix), not from x's byte codes (32 byte-wide
+# shared-memory stores per thread, the only such stores in these passes; SASS of an offline
+# sm_90 compile). H200, 2026-12-03 (2026-12-03-s19-t-from-x-h200.log), same bits:
+# both layouts at (64, 128), 4 warps: 123.3 -> 113.6 us at 8192^2, 206.2 -> 188.9 at
+# 8192x14336, 67.5 -> 61.3 at 8192x4096, 19.0 -> 18.2 at 1000x3000 (amax pass included);
+# dual at (32, 64), 2 warps: 133.5 -> 128.9, 224.2 -> 216.2, 76.9 -> 74.4, 25.9 -> 25.6.
+T_FROM_X = True
+TILE_DUAL, TILE_DUAL_WARPS = (32, 64), 2
+TILE_BOTH, TILE_BOTH_WARPS = (64, 128), 4
 # The passes that write x.T alone (tensorwise or columnwise x.T, the dual cast) may store their
 # code tiles by TMA (tensor descriptors; fast.common.tma_store_ok). Not ROW_COPY: the same
 # codes stored by TMA in both layouts gave wrong bits on the H200 (2026-12-03, the pattern of
@@ -159,12 +171,20 @@ TILE_T_WARPS = 4
 # benchmarks/transposed_cast_variants.py): dual 132.5 us shipped against 135.5 at best (32x32,
 # 1 warp; 150.9 at 2-8 warps), tensorwise x.T 90.0 against 102.2 (64x32, 1 warp) at 8192^2.
 TMA_STORE = False
-# The passes that write x.T and x (ROW_COPY, dual) encode x.T from the transposed loaded tile
-# (the kernel's T_FROM_X) when True, else transpose x's codes.
-T_FROM_X = False
 # x.T is stored one code per element: packing 4 rows' codes into 32-bit stores measured
 # 1.9-2.3x slower on the H200 (2026-12-01: 8192^2 tensorwise.T 270 us against 139 us) and was
 # removed.
+
+
+def _tile_setting(transposed, dual, row_copy):
+    """((BLOCK_R, BLOCK_C), warps) of a tile pass."""
+    if dual:
+        return TILE_DUAL, TILE_DUAL_WARPS
+    if row_copy:
+        return TILE_BOTH, TILE_BOTH_WARPS
+    if transposed:
+        return TILE_T, TILE_T_WARPS
+    return TILE, 4
 
 
 def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax=None,
@@ -178,7 +198,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
                                               cols=not tensorwise)
     else:                      # tensorwise, amax given by the caller: no amax pass
         t_bits, r_bits, c_bits = _amax_as_bits(amax, x2d), None, None
-    tile_r, tile_c = TILE_T if (transposed or dual) else TILE
+    (tile_r, tile_c), warps = _tile_setting(transposed, dual, row_copy)
     block_r, block_c = tile_r, pow2_at_most(C, tile_c)
     dtype = TORCH_FLOAT8[fmt]
     data = torch.empty((C, R) if transposed else (R, C), dtype=dtype, device=dev)
@@ -189,7 +209,6 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     row_dq = torch.empty_like(row_qs) if (with_dequant and dual) else None
     grid = (cdiv(R, block_r), cdiv(C, block_c))
     x_in, is_bf16 = kernel_input(x2d)
-    warps = TILE_T_WARPS if (transposed or dual) else 4
     out, row_out = data.view(torch.uint8), row_data.view(torch.uint8)
     tma = TMA_STORE and transposed and not row_copy and tma_store_ok(dev, R, C)
     if tma:

@@ -236,6 +236,8 @@ _CASTS = {
     "float8_columnwise_t": (lambda fb, x: fb.quantize_float8(x, "float8_e4m3fn", -1, True,
                                                              transposed=True), 1, 2),
     "float8_dual": (lambda fb, x: fb.quantize_float8_dual(x, "float8_e4m3fn", True), 2, 2),
+    "float8_tensorwise_both": (lambda fb, x: fb.quantize_float8_both_layouts(x, "float8_e4m3fn"),
+                               2, 2),
     "mx_dim_last": (lambda fb, x: fb.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil"), 1, 1),
     "mx_dim0_t": (lambda fb, x: fb.quantize_mx(x, "float8_e4m3fn", 32, -1, "rceil",
                                                transposed=True), 1, 1),

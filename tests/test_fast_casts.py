@@ -610,17 +610,32 @@ def test_amax_pass_is_the_max_for_any_grid_F8_1(shape, per_sm, ask, dtype, monke
         assert torch.equal(c.cpu(), bits.amax(dim=0))
 
 
-@pytest.mark.parametrize("tile", [(64, 128), (128, 64), (128, 128)], ids=lambda t: f"{t[0]}x{t[1]}")
-def test_float8_transposed_writes_on_other_tiles(tile, monkeypatch, seed):
-    """The tiles gpu_fast_check times for the passes that write x.T (cast_float8.TILE_T) give
-    the reference's bits: tensorwise of x.T and the dual cast, on shapes that cut tiles."""
+@pytest.mark.parametrize("t_from_x", [True, False], ids=["t_from_x", "t_from_codes"])
+@pytest.mark.parametrize("tile", [(64, 128), (128, 64), (128, 128), (32, 64)],
+                         ids=lambda t: f"{t[0]}x{t[1]}")
+def test_float8_transposed_writes_on_other_tiles(tile, t_from_x, monkeypatch, seed):
+    """The tiles gpu_fast_check and transposed_cast_variants time for the passes that write x.T
+    (cast_float8.TILE_T, TILE_DUAL, TILE_BOTH), with x.T encoded from the transposed tile of x
+    or from x's codes (cast_float8.T_FROM_X), give the reference's bits: tensorwise of x.T, the
+    dual cast and the tensorwise cast into both layouts, on shapes that cut tiles, for bf16,
+    fp16 and fp32 x (the dual's x with NaN, inf, subnormals and -0 rows; the tensorwise x
+    without, where one NaN would make every code NaN)."""
     from qtrain.fast import cast_float8
-    monkeypatch.setattr(cast_float8, "TILE_T", tile)
+    for name in ("TILE_T", "TILE_DUAL", "TILE_BOTH"):
+        monkeypatch.setattr(cast_float8, name, tile)
+    monkeypatch.setattr(cast_float8, "T_FROM_X", t_from_x)
     fast = fast_backend()
-    for shape in ((130, 70), (33, 160)):
-        x = _input(shape, "bfloat16", seed)
-        _assert_float8_tensorwise_t(fast, x, "float8_e4m3fn", False, f"{shape} {tile}", seed)
-        _assert_float8_dual(fast, x, "float8_e4m3fn", f"{shape} {tile}", seed)
+    for shape, dtype in (((130, 70), ml_dtypes.bfloat16), ((33, 160), np.float16),
+                         ((72, 48), np.float32)):
+        x = edge_rows(shape, dtype, seed, edge=False)
+        what = f"{shape} {dtype.__name__} {tile} t_from_x={t_from_x}"
+        _assert_float8_tensorwise_t(fast, x, "float8_e4m3fn", False, what, seed)
+        _assert_float8_dual(fast, edge_rows(shape, dtype, seed, edge=True), "float8_e4m3fn",
+                            what, seed)
+        data, data_t, qs, _ = fast.quantize_float8_both_layouts(from_numpy(x), "float8_e5m2")
+        ref_data, ref_qs = reference.quantize_float8(x, "float8_e5m2", None, False)
+        assert_same(to_numpy(data), ref_data, "data " + what, seed)
+        assert_same(to_numpy(data_t), np.ascontiguousarray(ref_data.T), "data_t " + what, seed)
 
 
 @pytest.mark.parametrize("tile,warps", [((32, 128), 4), ((128, 32), 1), ((64, 16), 1)],
@@ -635,6 +650,8 @@ def test_float8_transposed_writes_by_tma_store(tile, warps, monkeypatch, seed):
     monkeypatch.setattr(cast_float8, "TMA_STORE", True)
     monkeypatch.setattr(cast_float8, "TILE_T", tile)
     monkeypatch.setattr(cast_float8, "TILE_T_WARPS", warps)
+    monkeypatch.setattr(cast_float8, "TILE_DUAL", tile)
+    monkeypatch.setattr(cast_float8, "TILE_DUAL_WARPS", warps)
     fast = fast_backend()
     for shape in ((48, 176), (208, 80), (40, 130)):
         x = edge_rows(shape, ml_dtypes.bfloat16, seed, edge=True)
