@@ -156,11 +156,14 @@ TILE_T_WARPS = 4
 # scales for x) and the tensorwise cast into both layouts (ROW_COPY). With T_FROM_X they encode
 # x.T from the loaded tile transposed (tl.trans of the 16-bit x: on sm_90 Triton moves it
 # through shared memory with 128-bit stores and ldmatrix), not from x's byte codes (32 byte-wide
-# shared-memory stores per thread, the only such stores in these passes; SASS of an offline
-# sm_90 compile). H200, 2026-12-03 (2026-12-03-s19-t-from-x-h200.log), same bits:
-# both layouts at (64, 128), 4 warps: 123.3 -> 113.6 us at 8192^2, 206.2 -> 188.9 at
-# 8192x14336, 67.5 -> 61.3 at 8192x4096, 19.0 -> 18.2 at 1000x3000 (amax pass included);
-# dual at (32, 64), 2 warps: 133.5 -> 128.9, 224.2 -> 216.2, 76.9 -> 74.4, 25.9 -> 25.6.
+# shared-memory stores per thread; SASS of an offline sm_90 compile). H200, 2026-12-03, same
+# bits, amax pass included, one call each (2026-12-03-s19-t-from-x-h200.log and
+# 2026-12-03-s19-t-from-x-controls-gates-h200.log, which times both encodes at each tile):
+# - both layouts: the (64, 128) tile is the gain, from either encode: 123.3 -> 113.6 us at
+#   8192^2, 206.2 -> 188.9 at 8192x14336, 67.5 -> 61.3 at 8192x4096 (call 4); the encode from
+#   x matters on ragged shapes (1000x3000 at (64, 128): 18.3 us from x, 24.7 from codes).
+# - dual at (32, 64), 2 warps: from x 128.6 against 132.2 from codes and 133.0 for the former
+#   (32, 128, 4 warps, from codes) at 8192^2; 73.8 / 75.3 / 76.4 at 8192x4096 (call 5).
 T_FROM_X = True
 TILE_DUAL, TILE_DUAL_WARPS = (32, 64), 2
 TILE_BOTH, TILE_BOTH_WARPS = (64, 128), 4
