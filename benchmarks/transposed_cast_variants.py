@@ -246,6 +246,16 @@ def variants():
     out += [(f"float8 tensorwise both layouts, x.T from {'x' if t else 'codes'}, tile {r}x{c}, "
              f"{w} warps", "twB", lambda x, r=r, c=c, w=w, t=t: _t_from_x(x, "twB", (r, c), w, t))
             for r, c, w in T_FROM_X_TILES["twB"] for t in (False, True)]
+    out += [("float8 tensorwise shipped", "tw",
+             lambda x: cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, False,
+                                                              None, True))]
+    out += [(f"float8 tensorwise, tile {r}x{c}, {w} warps", "tw",
+             lambda x, r=r, c=c, w=w: _tensorwise_with(x, (r, c), w))
+            for r, c, w in ((32, 128, 4), (64, 128, 4), (128, 64, 4), (128, 128, 4), (64, 256, 8),
+                            (64, 128, 8))]
+    out += [(f"float8 tensorwise.T, tile {r}x{c}, {w} warps", "twT",
+             lambda x, r=r, c=c, w=w: _tensorwise_t_with(x, (r, c), w))
+            for r, c, w in ((64, 128, 4), (128, 64, 4), (64, 64, 2))]
     out += [("amax pass, rows and columns, shipped (the dual's first pass)", "amax",
              lambda x: amax_bits_2d(x, rows=True, cols=True)[1:])]
     out += [("amax diagnostic columns only, at the rows settings", "amax",
@@ -317,6 +327,14 @@ def _dual_with(x, tile, warps, tma=False):
         return cast_float8.quantize_float8_dual(x, "float8_e4m3fn", True, True)
 
 
+def _tensorwise_with(x, tile, warps):
+    """The shipped tensorwise cast in x's layout (amax pass + tile pass; w for the output
+    product) at another tile of its cast pass (cast_float8.TILE, TILE_WARPS)."""
+    with module_settings(cast_float8, TILE=tile, TILE_WARPS=warps):
+        return cast_float8.quantize_float8_tensorwise(x, "float8_e4m3fn", False, False, None,
+                                                      True)
+
+
 def _tensorwise_t_with(x, tile, warps, tma=False):
     """The shipped tensorwise cast written as x.T (amax pass + tile pass; RC-14's re-quantized
     w.T) under other x.T tile settings and cast_float8.TMA_STORE."""
@@ -340,7 +358,7 @@ def main(argv=None):
                    "kernel of each family always runs)")
     p.add_argument("--families", default="bw,mx,dual,twT",
                    help="comma list of families: bw ((128, 1) blocks), mx (MX dim 0), dual, "
-                        "twT (float8 tensorwise written as x.T), twB (float8 tensorwise into "
+                        "tw (float8 tensorwise in x's layout), twT (float8 tensorwise written as x.T), twB (float8 tensorwise into "
                         "both layouts), amax (the amax passes alone, each "
                         "checked against the shipped pass of its mode)")
     p.add_argument("--check-only", action="store_true",
@@ -362,7 +380,8 @@ def main(argv=None):
         # a pass writing x and x.T; twT: two reads, x.T; amax: one read), as the cast gate
         # counts them
         nbytes = {"bw": 3 * x.numel(), "mx": 3 * x.numel(), "dual": 6 * x.numel(),
-                  "twT": 5 * x.numel(), "twB": 6 * x.numel(), "amax": 2 * x.numel()}
+                  "tw": 5 * x.numel(), "twT": 5 * x.numel(), "twB": 6 * x.numel(),
+                  "amax": 2 * x.numel()}
         copy_us = None
         if not args.check_only:
             y = torch.empty_like(x)

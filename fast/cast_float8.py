@@ -147,6 +147,7 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
 # each output row of x.T is BLOCK_R bytes long per tile. Module settings so that
 # gpu_fast_check can time other tiles; (32, 128) for both is what ran on the H200 so far.
 TILE = (32, 128)
+TILE_WARPS = 4
 TILE_T = (32, 128)
 # Warps of the passes that write x.T alone: a module setting, timed by
 # benchmarks/transposed_cast_variants.py (2 warps with a (64, 128) tile: -4 to -5% at 8192^2
@@ -187,7 +188,7 @@ def _tile_setting(transposed, dual, row_copy):
         return TILE_BOTH, TILE_BOTH_WARPS
     if transposed:
         return TILE_T, TILE_T_WARPS
-    return TILE, 4
+    return TILE, TILE_WARPS
 
 
 def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax=None,
