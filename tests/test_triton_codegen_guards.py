@@ -50,11 +50,14 @@ def _compile_sm90(kernel, signature, consts, aligned, ir):
 
 
 def _row_copy_ttgir(dtype):
-    """TTGIR of the ROW_COPY cast for x of `dtype` (or the reason it cannot compile)."""
+    """TTGIR of the ROW_COPY cast for x of `dtype` at its shipped settings (tile, T_FROM_X), or
+    the reason it cannot compile."""
     from qtrain.fast import cast_float8
     from qtrain.fast.common import float8_params
-    consts = dict(BLOCK_R=32, BLOCK_C=128, TENSORWISE=True, TRANSPOSED=True, DUAL=False,
-                  ROW_COPY=True, WITH_DQ=True, POW2=False, TMA=False, EXACT_SOFT_CAST=False,
+    (block_r, block_c), _ = cast_float8._tile_setting(True, False, True)
+    consts = dict(BLOCK_R=block_r, BLOCK_C=block_c, TENSORWISE=True, TRANSPOSED=True, DUAL=False,
+                  ROW_COPY=True, WITH_DQ=True, POW2=False, TMA=False,
+                  T_FROM_X=cast_float8.T_FROM_X, EXACT_SOFT_CAST=False,
                   IS_BF16=dtype == torch.bfloat16, **float8_params("float8_e4m3fn"))
     signature = {"x_ptr": "*bf16" if dtype == torch.bfloat16 else "*fp32", **_SIGNATURE}
     return _compile_sm90(cast_float8._float8_tiles_kernel, signature, consts, (), "ttgir")
