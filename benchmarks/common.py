@@ -163,6 +163,33 @@ def graph_replay_us(fn, reps=50, rounds=7):
     return sorted(times)[len(times) // 2]
 
 
+def time_against_first(x, variants, moved_bytes_per_elem, label):
+    """Rows [label, name, us, fraction of copy, bits] for each (name, fn) in `variants` on x,
+    the first variant's output the reference for the bits of the others (tuples of tensors,
+    compared as bytes), and torch's copy of x first; and the number of failures (an error or
+    other bits). Times are CUDA-graph replays; a variant's fraction counts
+    moved_bytes_per_elem bytes per element of x against the copy's 4 (bf16 read and write)."""
+    y = torch.empty_like(x)
+    copy_us = graph_replay_us(lambda: y.copy_(x))
+    rows, failures, ref = [[label, "torch copy_", f"{copy_us:.1f}", "1.00", ""]], 0, None
+    for name, fn in variants:
+        try:
+            got = fn(x)
+        except Exception as e:                             # noqa: BLE001 (a finding, not a stop)
+            rows.append([label, name, "-", "-", f"error {type(e).__name__}: {str(e)[:80]}"])
+            failures += 1
+            continue
+        ref = got if ref is None else ref
+        same = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+                   for a, b in zip(got, ref))
+        failures += not same
+        us = graph_replay_us(lambda: fn(x))
+        frac = (moved_bytes_per_elem * x.numel() / us) / (4 * x.numel() / copy_us)
+        rows.append([label, name, f"{us:.1f}", f"{frac:.2f}",
+                     "same bits" if same else "DIFFERENT BITS"])
+    return rows, failures
+
+
 @contextlib.contextmanager
 def module_settings(module, **values):
     """Module-level tuning settings (e.g. fast.amax's AMAX_TILE) set to `values` inside the

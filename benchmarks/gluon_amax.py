@@ -17,7 +17,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from benchmarks.common import format_table, graph_replay_us
+from benchmarks.common import format_table, time_against_first
 from qtrain.fast.amax import amax_bits_2d, program_budget
 
 
@@ -93,24 +93,9 @@ def main(argv=None):
         x = torch.randn(r, c, device="cuda").to(torch.bfloat16)
         x[3, 5], x[r - 1, 0], x[r // 2, c - 1], x[1, 1] = 3.0e4, float("inf"), float("nan"), -1e5
         x[7] = 0
-        y = torch.empty_like(x)
-        copy_us = graph_replay_us(lambda: y.copy_(x))
-        rows.append([shape, "torch copy_", f"{copy_us:.1f}", "1.00", ""])
-        ref = None
-        for name, fn in variants:
-            try:
-                got = fn(x)
-            except Exception as e:                         # noqa: BLE001 (a finding, not a stop)
-                rows.append([shape, name, "-", "-", f"error {type(e).__name__}: {str(e)[:80]}"])
-                failures += 1
-                continue
-            ref = got if ref is None else ref
-            same = all(torch.equal(a, b) for a, b in zip(got, ref))
-            failures += not same
-            us = graph_replay_us(lambda: fn(x))
-            frac = (2 * x.numel() / us) / (4 * x.numel() / copy_us)
-            rows.append([shape, name, f"{us:.1f}", f"{frac:.2f}",
-                         "same bits" if same else "DIFFERENT BITS"])
+        got_rows, got_failures = time_against_first(x, variants, 2, shape)
+        rows += got_rows
+        failures += got_failures
     print(format_table(["shape", "variant", "us (graph)", "of copy", "bits vs shipped"], rows))
     return 1 if failures else 0
 

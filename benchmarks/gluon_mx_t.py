@@ -20,7 +20,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from benchmarks.common import format_table, graph_replay_us
+from benchmarks.common import format_table, time_against_first
 from qtrain.fast.cast_mx import _mx_exponent, _mx_scale_block, quantize_mx_dim0
 from qtrain.fast.common import float8_params, fp32
 from qtrain.formats import float8_format
@@ -142,25 +142,9 @@ def main(argv=None):
         x[3, 5], x[r - 1, 0], x[r // 2, c - 1], x[40, 1] = 3.0e4, float("inf"), float("nan"), -1e-30
         x[64:96] = 0
         x[100:132, 7] = torch.tensor(2.0 ** -130).to(torch.bfloat16)      # subnormal blocks
-        y = torch.empty_like(x)
-        copy_us = graph_replay_us(lambda: y.copy_(x))
-        rows.append([shape, "torch copy_", f"{copy_us:.1f}", "1.00", ""])
-        ref = None
-        for name, fn in variants:
-            try:
-                got = fn(x)
-            except Exception as e:                         # noqa: BLE001 (a finding, not a stop)
-                rows.append([shape, name, "-", "-", f"error {type(e).__name__}: {str(e)[:80]}"])
-                failures += 1
-                continue
-            ref = got if ref is None else ref
-            same = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
-                       for a, b in zip(got, ref))
-            failures += not same
-            us = graph_replay_us(lambda: fn(x))
-            frac = (3 * x.numel() / us) / (4 * x.numel() / copy_us)   # the mx_dim0_t gate's bytes
-            rows.append([shape, name, f"{us:.1f}", f"{frac:.2f}",
-                         "same bits" if same else "DIFFERENT BITS"])
+        got_rows, got_failures = time_against_first(x, variants, 3, shape)
+        rows += got_rows
+        failures += got_failures
     print(format_table(["shape", "variant", "us (graph)", "of copy", "bits vs shipped"], rows))
     return 1 if failures else 0
 
