@@ -22,7 +22,7 @@ from triton.experimental.gluon import language as gl
 
 from benchmarks.common import format_table, time_against_first
 from qtrain.fast.cast_mx import _mx_exponent, _mx_scale_block, quantize_mx_dim0
-from qtrain.fast.common import float8_params, fp32
+from qtrain.fast.common import TORCH_FLOAT8, float8_params, fp32
 from qtrain.formats import float8_format
 
 BLOCK = 32                                     # the MX block (MX-1); one tile is one block tall
@@ -72,7 +72,7 @@ def gluon_mx_dim0_t(x, block_c=128, warps=4, load_lanes_c=8, elem_fmt="float8_e4
     if x.dtype != torch.bfloat16 or M % BLOCK:
         raise ValueError(f"gluon_mx_dim0_t: bf16 x with rows a multiple of {BLOCK}, got "
                          f"{x.dtype} {tuple(x.shape)}")
-    data = torch.empty((C, M), dtype=torch.float8_e4m3fn, device=x.device)
+    data = torch.empty((C, M), dtype=TORCH_FLOAT8[elem_fmt], device=x.device)
     scale = torch.empty((C, M // BLOCK), dtype=torch.uint8, device=x.device)
     _mx_dim0_t_kernel[(M // BLOCK, triton.cdiv(C, block_c))](
         x.view(torch.int16), data.view(torch.uint8), scale, M, C, BLOCK_C=block_c,
@@ -130,10 +130,10 @@ def main(argv=None):
         print("gluon_mx_t: needs a CUDA GPU (Gluon kernels do not run under the CPU interpreter;"
               " --sass compiles without one)")
         return 2
-    variants = [("shipped Triton kernel",
-                 lambda x: quantize_mx_dim0(x, "float8_e4m3fn", 32, "rceil", True))]
-    variants += [(f"gluon, {c} cols, {w} warps, {lc} load lanes along C",
-                  lambda x, c=c, w=w, lc=lc: gluon_mx_dim0_t(x, c, w, lc)) for c, w, lc in SETTINGS]
+    # the timed setting first (rceil, e4m3: mxfp8's), then the other scale mode and element
+    # format at the first Gluon setting, each against the shipped kernel of its own mode
+    cases = [("rceil", "float8_e4m3fn", SETTINGS), ("floor", "float8_e4m3fn", SETTINGS[:1]),
+             ("rceil", "float8_e5m2", SETTINGS[:1])]
     rows, failures = [], 0
     torch.manual_seed(0)
     for shape in args.shapes.split(","):
@@ -142,9 +142,15 @@ def main(argv=None):
         x[3, 5], x[r - 1, 0], x[r // 2, c - 1], x[40, 1] = 3.0e4, float("inf"), float("nan"), -1e-30
         x[64:96] = 0
         x[100:132, 7] = torch.tensor(2.0 ** -130).to(torch.bfloat16)      # subnormal blocks
-        got_rows, got_failures = time_against_first(x, variants, 3, shape)
-        rows += got_rows
-        failures += got_failures
+        for mode, fmt, settings in cases:
+            variants = [(f"shipped Triton kernel, {mode}, {fmt}",
+                         lambda x, m=mode, f=fmt: quantize_mx_dim0(x, f, 32, m, True))]
+            variants += [(f"gluon, {mode}, {fmt}, {c} cols, {w} warps, {lc} load lanes along C",
+                          lambda x, c=c, w=w, lc=lc, m=mode, f=fmt:
+                          gluon_mx_dim0_t(x, c, w, lc, f, m)) for c, w, lc in settings]
+            got_rows, got_failures = time_against_first(x, variants, 3, shape)
+            rows += got_rows
+            failures += got_failures
     print(format_table(["shape", "variant", "us (graph)", "of copy", "bits vs shipped"], rows))
     return 1 if failures else 0
 
