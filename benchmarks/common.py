@@ -168,7 +168,7 @@ def time_against_first(x, variants, moved_bytes_per_elem, label):
     the first variant's output the reference for the bits of the others (tuples of tensors,
     compared as bytes), and torch's copy of x first; and the number of failures (an error or
     other bits). Times are CUDA-graph replays; a variant's fraction counts
-    moved_bytes_per_elem bytes per element of x against the copy's 4 (bf16 read and write)."""
+    moved_bytes_per_elem bytes per element of x against the copy's (x read and written)."""
     y = torch.empty_like(x)
     copy_us = graph_replay_us(lambda: y.copy_(x))
     rows, failures, ref = [[label, "torch copy_", f"{copy_us:.1f}", "1.00", ""]], 0, None
@@ -184,7 +184,7 @@ def time_against_first(x, variants, moved_bytes_per_elem, label):
                    for a, b in zip(got, ref))
         failures += not same
         us = graph_replay_us(lambda: fn(x))
-        frac = (moved_bytes_per_elem * x.numel() / us) / (4 * x.numel() / copy_us)
+        frac = (moved_bytes_per_elem / us) / (2 * x.element_size() / copy_us)
         rows.append([label, name, f"{us:.1f}", f"{frac:.2f}",
                      "same bits" if same else "DIFFERENT BITS"])
     return rows, failures

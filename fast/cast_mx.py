@@ -1,6 +1,8 @@
 """MX casts, spec/03-mx.md (MX-1..MX-7): blocks along the last axis (dim -1) or along axis 0
 (dim 0, optionally written transposed as the row-major NT operand), floor and rceil scales,
 e8m0 bytes out (uint8). One read of x, one write of data and scales."""
+import logging
+
 import torch
 import triton
 import triton.language as tl
@@ -14,6 +16,7 @@ from .encode import (abs_bits, encode_float8, is_finite_bits, loaded_abs_max_bit
                      widen_to_fp32)
 
 LAYER = "qtrain.fast.cast_mx"
+log = logging.getLogger("qtrain")
 
 
 @triton.jit
@@ -194,6 +197,12 @@ DIM0_TILE_T = (64, 128, 2)
 # (H200, 2026-12-03, 2026-12-03-s18-amax-settings-mx-tma-load-h200.log; same bits); removed.
 DIM0_T_TMA = True
 DIM0_TMA_TILE_T = (128, 32, 1)
+# The x.T cast through fast/cast_mx_gluon.py's Gluon kernel where the call fits it (CUDA, bf16
+# or fp32 x, 32-row blocks); elsewhere the Triton kernel above, with one log line per reason.
+# Off: written in the nineteenth session and compiled for sm_90 on the CPU only (48 registers
+# against 128, no shuffles, no byte-wide shared-memory stores); not yet run on a GPU.
+DIM0_T_GLUON = False
+_GLUON_REASONS_LOGGED = set()
 
 
 def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor",
@@ -208,6 +217,15 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     M = x.shape[0]
     C = x.numel() // M
     dev = x.device
+    if transposed and DIM0_T_GLUON:
+        from . import cast_mx_gluon
+        why = cast_mx_gluon.unsupported(x, block_size)
+        if why is None:
+            return cast_mx_gluon.quantize_mx_dim0_t(x, elem_fmt, params)
+        if why not in _GLUON_REASONS_LOGGED:
+            _GLUON_REASONS_LOGGED.add(why)
+            log.info("%s: MX dim-0 x.T cast by the Triton kernel, not the Gluon one: %s",
+                     LAYER, why)
     if transposed:
         data = torch.empty((C, M), dtype=TORCH_FLOAT8[elem_fmt], device=dev)
         scale = torch.empty((C, M // block_size), dtype=torch.uint8, device=dev)
