@@ -14,6 +14,8 @@ benchmarks/results/results.csv.
 (GROUP_CAST_STAGES) None, 2, 3 and 4.
 --grid-stages N times the defaults with stages None and N, then a smaller grid (the tiles,
 programs per SM 0, 1 and 2, 4 and 8 warps) all with stages N.
+--t-from-x times the defaults and the tiles (4 warps, one item per program) with loop 2
+encoding x.T from the transposed 16-bit tile (GROUP_CAST_T_FROM_X) and from the byte codes.
 GB/s counts the bytes one cast must move when both reads of x come from HBM: two reads of
 the bf16 input and one write of the float8 payload (5 bytes an element).
 """
@@ -39,15 +41,26 @@ TILES = ((128, 64), (256, 32), (256, 64), (128, 128), (32, 64), (64, 64), (16, 1
 STAGES = (None, 2, 3, 4)
 
 
-def settings(stages=False, grid_stages=None):
-    """(label, GROUP_CAST setting, GROUP_CAST_STAGES) to time: the defaults first (stages:
-    only they, with each of STAGES), then the grid (grid_stages: the defaults with stages None
-    and grid_stages, then the pipelined grid)."""
+def settings(stages=False, grid_stages=None, t_from_x=False):
+    """(label, GROUP_CAST setting, GROUP_CAST_STAGES, GROUP_CAST_T_FROM_X) to time: the
+    defaults first (stages: only they, with each of STAGES), then the grid (grid_stages: the
+    defaults with stages None and grid_stages, then the pipelined grid; t_from_x: the defaults
+    and the tiles, each with both encodes)."""
     from qtrain.fast import grouped_mm as fg
     seen = []
     for s in (fg.GROUP_CAST["tokens"], fg.GROUP_CAST["experts"]):
         if s not in seen:
             seen.append(s)
+    if t_from_x:
+        seen += [(br, bc, br, 4, 0) for br, bc in TILES if (br, bc, br, 4, 0) not in seen]
+        return [(f"{s} t_from_x={t}", s, fg.GROUP_CAST_STAGES, t) for s in seen
+                for t in (False, True)]
+    tfx = fg.GROUP_CAST_T_FROM_X
+    return [v + (tfx,) for v in _settings_stages(seen, stages, grid_stages)]
+
+
+def _settings_stages(seen, stages, grid_stages):
+    from qtrain.fast import grouped_mm as fg
     if stages:
         return [(f"{s} stages={st}", s, st) for s in seen for st in STAGES]
     if grid_stages is not None:
@@ -84,6 +97,8 @@ def main(argv=None):
     how.add_argument("--stages", action="store_true", help="the defaults with each loop pipelining")
     how.add_argument("--grid-stages", type=int, default=None,
                      help="the defaults, then a grid of settings, with this loop pipelining")
+    how.add_argument("--t-from-x", action="store_true",
+                     help="the defaults and the tiles, x.T encoded from x or from the codes")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("group_cast_sweep: no CUDA device; skipped")
@@ -107,14 +122,14 @@ def main(argv=None):
                     for t in fn()] for label, (_, fn) in jobs.items()}
     results, rows, t0 = {label: [] for label in jobs}, [], time.time()
     dev = torch.cuda.get_device_name()
-    for name, setting, stages in settings(args.stages, args.grid_stages):
+    for name, setting, stages, t_from_x in settings(args.stages, args.grid_stages, args.t_from_x):
         if time.time() - t0 > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s spent: later settings not timed")
             break
         for label, (src, fn) in jobs.items():
             try:
                 with module_settings(fg, GROUP_CAST={"tokens": setting, "experts": setting},
-                                     GROUP_CAST_STAGES=stages):
+                                     GROUP_CAST_STAGES=stages, GROUP_CAST_T_FROM_X=t_from_x):
                     got = fn()
                     same = all(torch.equal(a.view(b.dtype), b)
                                for a, b in zip(got, want[label]))
@@ -132,7 +147,9 @@ def main(argv=None):
     for label, res in results.items():
         res.sort(key=lambda r: r[0])
         mine = str(default[label.split()[0]])
-        is_default = lambda name: name in (mine, f"{mine} stages={fg.GROUP_CAST_STAGES}")  # noqa: E731
+        names = (mine, f"{mine} stages={fg.GROUP_CAST_STAGES}",
+                 f"{mine} t_from_x={fg.GROUP_CAST_T_FROM_X}")
+        is_default = names.__contains__
         base = [r for r in res if is_default(r[1])]
         for us, name, gbs, same in res[:args.top] + [r for r in base if r not in res[:args.top]]:
             tag = " (default)" if is_default(name) else ""

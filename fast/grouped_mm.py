@@ -66,7 +66,7 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
                                 FROM_OFFS: tl.constexpr, ALIGN: tl.constexpr,
                                 BLOCK_R: tl.constexpr,
                                 AMAX_BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                                STAGES: tl.constexpr,
+                                STAGES: tl.constexpr, T_FROM_X: tl.constexpr,
                                 WITH_DQ: tl.constexpr, POW2: tl.constexpr, MAX: tl.constexpr,
                                 MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr,
                                 TL_DTYPE: tl.constexpr, EXACT_SOFT_CAST: tl.constexpr,
@@ -83,7 +83,9 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
     (G_STRIDE 0, C_STRIDE Mp, padding columns written as zeros), (E, C, GROUP_ROWS) for
     experts. WITH_DQ: the dequant factors 1 / qs to dq_ptr, laid out like qs (torch.reciprocal's
     rounding), so the product needs no reciprocal kernel. The tiles and the grid change the
-    order of reads only: the max is order-free, so the bits are the same for any of them."""
+    order of reads only: the max is order-free, so the bits are the same for any of them.
+    T_FROM_X: loop 2 transposes the loaded 16- or 32-bit tile and encodes it in x.T's
+    orientation, instead of transposing the byte codes (same bits)."""
     for item in range(tl.program_id(0), N_GROUPS * N_COL_TILES, tl.num_programs(0)):
         g = item // N_COL_TILES
         cols = (item % N_COL_TILES) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -127,12 +129,21 @@ def _float8_group_cols_t_kernel(x_ptr, offs_ptr, pends_ptr, data_t_ptr, qs_ptr, 
             mask = (rows < end)[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask,
                         other=0)
-            code = encode_float8(widen_to_fp32(x, IS_BF16) * qs[None, :], MAX, MBITS, BIAS,
-                                 FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
-            # padding rows are code 0 even where qs is NaN (0 * NaN would encode NaN)
-            code = tl.where(mask, code, tl.zeros_like(code))
-            dst = base + cols[None, :].to(tl.int64) * C_STRIDE + rel[:, None]
-            keep = (rel < n_out)[:, None] & col_ok[None, :]
+            if T_FROM_X:
+                # (BLOCK_C, BLOCK_R): x.T's orientation before the encode
+                code = encode_float8(widen_to_fp32(tl.trans(x), IS_BF16) * qs[:, None], MAX,
+                                     MBITS, BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+                # padding rows are code 0 even where qs is NaN (0 * NaN would encode NaN)
+                code = tl.where((rows < end)[None, :] & col_ok[:, None], code,
+                                tl.zeros_like(code))
+                dst = base + cols[:, None].to(tl.int64) * C_STRIDE + rel[None, :]
+                keep = (rel < n_out)[None, :] & col_ok[:, None]
+            else:
+                code = encode_float8(widen_to_fp32(x, IS_BF16) * qs[None, :], MAX, MBITS,
+                                     BIAS, FNUZ, TL_DTYPE, EXACT_SOFT_CAST)
+                code = tl.where(mask, code, tl.zeros_like(code))
+                dst = base + cols[None, :].to(tl.int64) * C_STRIDE + rel[:, None]
+                keep = (rel < n_out)[:, None] & col_ok[None, :]
             tl.store(data_t_ptr + dst, code, mask=keep)
 
 
@@ -204,6 +215,11 @@ GROUP_CAST = {"tokens": (128, 32, 128, 4, 0), "experts": (64, 64, 64, 4, 0)}
 # also folded each group's column amax, so that this cast read its input once, saved ~24 us
 # of ~400 per step and was removed (numbers in benchmarks/NOTES.md, thirteenth session).
 GROUP_CAST_STAGES = None
+# Loop 2 encodes x.T from the transposed 16-bit tile (the kernel's T_FROM_X) instead of moving
+# byte codes through shared memory (32 byte-wide shared stores per thread in its sm_90 PTX,
+# Triton 3.9; the dense two-payload casts gained from the same change, NOTES nineteenth
+# session). Off: not yet timed on a GPU.
+GROUP_CAST_T_FROM_X = False
 WIDE_TILE_WAVES = 3
 
 
@@ -233,7 +249,8 @@ def _launch_group_cols_t(x, offs, pends, data_t, qs, dq, n_groups, group_rows, g
         x_in, offs, pends, data_t.view(torch.uint8), qs, qs if dq is None else dq, c,
         n_groups, n_col_tiles, group_rows, g_stride, c_stride, FROM_OFFS=offs is not None,
         ALIGN=align & -align, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r, BLOCK_C=block_c,
-        STAGES=GROUP_CAST_STAGES, WITH_DQ=dq is not None, POW2=pow2_scale, **float8_params(fmt),
+        STAGES=GROUP_CAST_STAGES, T_FROM_X=GROUP_CAST_T_FROM_X, WITH_DQ=dq is not None,
+        POW2=pow2_scale, **float8_params(fmt),
         EXACT_SOFT_CAST=use_soft_cast(_float8_group_cols_t_kernel, fmt, x.device),
         IS_BF16=is_bf16, num_warps=warps)
 

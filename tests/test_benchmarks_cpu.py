@@ -425,19 +425,24 @@ def test_group_cast_sweep_settings_fit_the_launcher():
     --grid-stages N the defaults without and with N, then a grid all with N."""
     from benchmarks import group_cast_sweep
     from qtrain.fast import grouped_mm as fg
-    got = [s for _, s, _ in group_cast_sweep.settings()]
+    got = [s for _, s, _, _ in group_cast_sweep.settings()]
     defaults = list(dict.fromkeys(fg.GROUP_CAST.values()))
     assert got[:len(defaults)] == defaults and len(set(got)) == len(got) > len(defaults)
     assert all(len(s) == len(fg.GROUP_CAST["tokens"]) == 5 for s in got)
-    staged = [(s, st) for _, s, st in group_cast_sweep.settings(stages=True)]
+    assert {t for _, _, _, t in group_cast_sweep.settings()} == {fg.GROUP_CAST_T_FROM_X}
+    staged = [(s, st) for _, s, st, _ in group_cast_sweep.settings(stages=True)]
     assert staged == [(s, st) for s in defaults for st in group_cast_sweep.STAGES]
     assert fg.GROUP_CAST_STAGES in group_cast_sweep.STAGES
     grid = group_cast_sweep.settings(grid_stages=3)
-    pairs = [(s, st) for _, s, st in grid]
+    pairs = [(s, st) for _, s, st, _ in grid]
     assert pairs[:2 * len(defaults)] == [(s, st) for s in defaults for st in (None, 3)]
     rest = pairs[2 * len(defaults):]
     assert rest and all(st == 3 and len(s) == 5 for s, st in rest)
     assert len(set(pairs)) == len(pairs) and {s[4] for s, _ in rest} == {0, 1, 2}
+    # --t-from-x: the defaults first, every setting with both encodes, nothing twice
+    both = [(s, t) for _, s, _, t in group_cast_sweep.settings(t_from_x=True)]
+    assert both[:2 * len(defaults)] == [(s, t) for s in defaults for t in (False, True)]
+    assert len(set(both)) == len(both) and all(len(s) == 5 for s, _ in both)
 
 
 def _trace_event(cat, name, ts, dur, tid, corr=None):

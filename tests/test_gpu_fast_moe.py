@@ -88,6 +88,17 @@ def test_group_cast_pipelined_loops_same_bits(stages, monkeypatch):
 
 
 @pytest.mark.parametrize("align", [16, 1, 48])
+def test_group_cast_t_from_x_same_bits(align, monkeypatch):
+    """GROUP_CAST_T_FROM_X (x.T encoded from the transposed 16-bit tile) at the defaults and a
+    looping grid, every padding alignment: the reference's bits, NaN column included."""
+    monkeypatch.setattr(fast_grouped, "GROUP_CAST_T_FROM_X", True)
+    _assert_group_casts_bitexact(nan=True, align=align)
+    for use in ("tokens", "experts"):
+        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS["looping"])
+    _assert_group_casts_bitexact(nan=True, align=align)
+
+
+@pytest.mark.parametrize("align", [16, 1, 48])
 def test_casts_bitexact_F8_7(align):
     """Every padding alignment: the kernel's ALIGN hint (the largest power of two dividing
     align) lets it store x.T in vectors only where the padded starts allow."""

@@ -76,6 +76,19 @@ def test_group_cast_pipelined_loops_same_bits(monkeypatch, seed):
     _assert_group_casts_as_reference()
 
 
+@pytest.mark.parametrize("variant", ["default", "looping", "tall_amax"])
+def test_group_cast_t_from_x_same_bits(variant, monkeypatch, seed):
+    """GROUP_CAST_T_FROM_X (loop 2 encodes the transposed 16-bit tile): the reference's bits,
+    padding zeros, NaN and inf columns and empty groups included, at the default tiles and
+    at two others."""
+    fast_backend()
+    monkeypatch.setattr(fast_grouped, "GROUP_CAST_T_FROM_X", True)
+    if variant != "default":
+        for use in ("tokens", "experts"):
+            monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
+    _assert_group_casts_as_reference()
+
+
 def _assert_group_casts_as_reference():
     ref = ReferenceBackend()
     for grouping in ("uneven", "empty_ends", "single"):
