@@ -517,3 +517,24 @@ def test_transposed_cast_variants_write_the_shipped_bits(capsys):
     assert transposed_cast_variants.main(["--check-only", "--shapes", "256x192"]) == 0
     out = capsys.readouterr().out
     assert "DIFFERENT" not in out and out.count("same bits") >= 30
+
+
+def test_sass_counts_compiles_every_shipped_cast_kernel():
+    """benchmarks/sass_counts.py compiles each listed kernel at its shipped settings for sm_90
+    (in a child process without TRITON_INTERPRET, which this one may have set): every row
+    gives registers, and the two-payload float8 passes move no byte-wide stores through shared
+    memory (cast_float8.T_FROM_X, nineteenth session)."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.sass_counts"], env=env,
+                         capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line.split("  ")[0]: line for line in out.stdout.splitlines()[3:] if line.strip()}
+    failed = [name for name, line in rows.items() if "Error" in line]
+    if failed and len(failed) == len(rows):          # no kernel compiles: the toolchain, say so
+        pytest.skip(f"this Triton cannot compile for sm_90 here: {rows[failed[0]][:200]}")
+    assert not failed, [rows[n] for n in failed]
+    assert len(rows) >= 12, out.stdout
+    for name in ("float8 tensorwise both layouts", "float8 dual (rows x, columns x.T)"):
+        assert "STS.U8" not in rows[name], rows[name]
