@@ -190,6 +190,22 @@ def time_against_first(x, variants, moved_bytes_per_elem, label):
     return rows, failures
 
 
+def time_shapes_against_first(shapes, make_x, cases):
+    """Print time_against_first's table for each "RxC" of the comma list `shapes`: x =
+    make_x(R, C) (seeded once), then every (x_case, variants, moved_bytes_per_elem) of
+    cases(x); returns 1 if any variant failed (an error or other bits), else 0."""
+    rows, failures = [], 0
+    torch.manual_seed(0)
+    for shape in shapes.split(","):
+        x = make_x(*(int(v) for v in shape.split("x")))
+        for x_case, variants, moved in cases(x):
+            got_rows, got_failures = time_against_first(x_case, variants, moved, shape)
+            rows += got_rows
+            failures += got_failures
+    print(format_table(["shape", "variant", "us (graph)", "of copy", "bits vs shipped"], rows))
+    return 1 if failures else 0
+
+
 @contextlib.contextmanager
 def module_settings(module, **values):
     """Module-level tuning settings (e.g. fast.amax's AMAX_TILE) set to `values` inside the

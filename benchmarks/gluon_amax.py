@@ -17,7 +17,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from benchmarks.common import format_table, time_against_first
+from benchmarks.common import time_shapes_against_first
 from qtrain.fast.amax import amax_bits_2d, program_budget
 
 
@@ -86,19 +86,14 @@ def main(argv=None):
                   f"{lc} lanes along C",
                   lambda x, t=t, p_=p_, w=w, lc=lc: gluon_rows_cols(x, t, p_, w, True, lc))
                  for t, p_, w, lc in settings]
-    rows, failures = [], 0
-    torch.manual_seed(0)
-    for shape in args.shapes.split(","):
-        r, c = (int(v) for v in shape.split("x"))
+
+    def make_x(r, c):
         x = torch.randn(r, c, device="cuda").to(torch.bfloat16)
         x[3, 5], x[r - 1, 0], x[r // 2, c - 1], x[1, 1] = 3.0e4, float("inf"), float("nan"), -1e5
         x[7] = 0
-        got_rows, got_failures = time_against_first(x, variants, 2, shape)
-        rows += got_rows
-        failures += got_failures
-    print(format_table(["shape", "variant", "us (graph)", "of copy", "bits vs shipped"], rows))
-    return 1 if failures else 0
+        return x
 
+    return time_shapes_against_first(args.shapes, make_x, lambda x: [(x, variants, 2)])
 
 if __name__ == "__main__":
     sys.exit(main())

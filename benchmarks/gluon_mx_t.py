@@ -17,20 +17,10 @@ import argparse
 import sys
 
 import torch
-import triton
 
-from benchmarks.common import format_table, time_against_first
+from benchmarks.common import format_table, time_shapes_against_first
 from qtrain.fast import cast_mx_gluon
-from qtrain.fast.cast_mx import _mx_dim0_kernel, _mx_params, quantize_mx_dim0
-from qtrain.fast.common import float8_params, fp32
-from qtrain.formats import float8_format
-
-
-def _params(elem_fmt="float8_e4m3fn", scale_mode="rceil"):
-    """The kernel's constexprs for bf16 x, without a tensor (for --sass on any machine)."""
-    f = float8_format(elem_fmt)
-    return dict(IS_BF16=True, RCEIL=scale_mode == "rceil", EMAX=f.emax,
-                RCP_MAX=fp32(1.0 / f.max), **float8_params(elem_fmt), EXACT_SOFT_CAST=False)
+from qtrain.fast.cast_mx import _mx_dim0_kernel, _mx_params, mx_constexprs, quantize_mx_dim0
 
 
 def gluon_mx_dim0_t(x, block_c=128, warps=4, load_lanes_c=8, elem_fmt="float8_e4m3fn",
@@ -48,36 +38,16 @@ SETTINGS = ((128, 4, 8), (128, 4, 16), (64, 2, 8), (256, 8, 8), (256, 4, 8), (64
 
 
 def sass(settings=SETTINGS):
-    """Registers and memory-op counts of the kernel compiled for sm_90 on this machine."""
-    import collections
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    """Registers and memory-op counts of the kernel at each setting, compiled for sm_90 on
+    this machine (benchmarks/sass_counts.py's compile)."""
+    from benchmarks.sass_counts import compile_counts
+    sig = {"x_ptr": "*i16", "data_ptr": "*u8", "scale_ptr": "*u8", "M": "i32", "C": "i32"}
     rows = []
     for block_c, warps, lanes in settings:
-        sig = {"x_ptr": "*i16", "data_ptr": "*u8", "scale_ptr": "*u8", "M": "i32", "C": "i32"}
-        const = dict(BLOCK_C=block_c, WARPS=warps, LOAD_LANES_C=lanes, **_params())
-        names = list(sig) + list(const)
-        src = GluonASTSource(cast_mx_gluon._mx_dim0_t_kernel,
-                             {**sig, **{n: "constexpr" for n in const}},
-                             constexprs={(names.index(n),): v for n, v in const.items()},
-                             attrs={(names.index(n),): [["tt.divisibility", 16]] for n in sig})
-        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(ck.asm["cubin"])
-            f.flush()
-            res = subprocess.run([os.path.join(tools, "cuobjdump"), "-res-usage", f.name],
-                                 capture_output=True, text=True).stdout
-            text = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", f.name],
-                                  capture_output=True, text=True).stdout
-        ops = collections.Counter(re.findall(r"\b((?:STG|LDG|STS|LDS|BAR|SHFL)\S*)", text))
-        rows.append([f"{block_c} cols, {warps} warps, {lanes} load lanes along C",
-                     re.search(r"REG:(\d+)", res).group(1),
+        const = dict(BLOCK_C=block_c, WARPS=warps, LOAD_LANES_C=lanes,
+                     **mx_constexprs("float8_e4m3fn", "rceil", True, False))
+        regs, ops = compile_counts(cast_mx_gluon._mx_dim0_t_kernel, sig, const, warps, True)
+        rows.append([f"{block_c} cols, {warps} warps, {lanes} load lanes along C", str(regs),
                      ", ".join(f"{k} {v}" for k, v in sorted(ops.items()))])
     print(format_table(["setting", "registers", "SASS memory ops"], rows))
     return 0
@@ -100,29 +70,26 @@ def main(argv=None):
              ("floor", "float8_e4m3fn", SETTINGS[:1], torch.bfloat16),
              ("rceil", "float8_e5m2", SETTINGS[:1], torch.bfloat16),
              ("rceil", "float8_e4m3fn", SETTINGS[:1], torch.float32)]
-    rows, failures = [], 0
-    torch.manual_seed(0)
-    for shape in args.shapes.split(","):
-        r, c = (int(v) for v in shape.split("x"))
+
+    def make_x(r, c):
         x = torch.randn(r, c, device="cuda").to(torch.bfloat16)
         x[3, 5], x[r - 1, 0], x[r // 2, c - 1], x[40, 1] = 3.0e4, float("inf"), float("nan"), -1e-30
         x[64:96] = 0
         x[100:132, 7] = torch.tensor(2.0 ** -130).to(torch.bfloat16)      # subnormal blocks
+        return x
+
+    def cases_of(x):
         for mode, fmt, settings, dtype in cases:
-            x_case = x.to(dtype)
             what = f"{mode}, {fmt}, {str(dtype)[6:]} x"
             variants = [(f"shipped Triton kernel, {what}",
                          lambda x, m=mode, f=fmt: quantize_mx_dim0(x, f, 32, m, True))]
             variants += [(f"gluon, {what}, {c} cols, {w} warps, {lc} load lanes along C",
                           lambda x, c=c, w=w, lc=lc, m=mode, f=fmt:
                           gluon_mx_dim0_t(x, c, w, lc, f, m)) for c, w, lc in settings]
-            moved = x_case.element_size() + 1                    # x read, 1-byte codes written
-            got_rows, got_failures = time_against_first(x_case, variants, moved, shape)
-            rows += got_rows
-            failures += got_failures
-    print(format_table(["shape", "variant", "us (graph)", "of copy", "bits vs shipped"], rows))
-    return 1 if failures else 0
+            x_case = x.to(dtype)
+            yield x_case, variants, x_case.element_size() + 1    # x read, 1-byte codes written
 
+    return time_shapes_against_first(args.shapes, make_x, cases_of)
 
 if __name__ == "__main__":
     sys.exit(main())

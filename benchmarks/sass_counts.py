@@ -30,14 +30,6 @@ def _e4m3():
     return float8_params("float8_e4m3fn")
 
 
-def _mx(rceil=True):
-    from qtrain.fast.common import fp32
-    from qtrain.formats import float8_format
-    f = float8_format("float8_e4m3fn")
-    return dict(IS_BF16=True, RCEIL=rceil, EMAX=f.emax, RCP_MAX=fp32(1.0 / f.max), **_e4m3(),
-                EXACT_SOFT_CAST=False)
-
-
 def kernels():
     """(name, kernel, signature, constexprs, warps, gluon) at the shipped settings, bf16 x."""
     from qtrain.fast import (amax, cast_blockwise, cast_float8, cast_int8, cast_mx,
@@ -59,7 +51,8 @@ def kernels():
                      T_FROM_X=cast_float8.T_FROM_X and (dual or row_copy), **_e4m3(),
                      EXACT_SOFT_CAST=False, IS_BF16=True)
         out.append((name, cast_float8._float8_tiles_kernel, dict(tiles_sig), const, warps, False))
-    for name, rows, cols in (("amax, tensor", False, False), ("amax, rows and columns", True, True)):
+    for name, rows, cols in (("amax, tensor", False, False),
+                             ("amax, rows and columns", True, True)):
         (br, bc) = amax.AMAX_ROWS_TILE if rows else amax.AMAX_TILE
         out.append((name, amax._amax_tiles_kernel,
                     {"x_ptr": "*i16", "R": "i32", "C": "i32", "tensor_ptr": "*i32",
@@ -74,13 +67,17 @@ def kernels():
                 {"x_ptr": "*i16", "data_ptr": data_sig, "scale_ptr": "*u8", "M": "i32",
                  "C": "i32"},
                 dict(GROUPS=groups, BLOCK_SIZE=32, BLOCK_C=cols_cap, TRANSPOSED=True,
-                     TMA=cast_mx.DIM0_T_TMA, **_mx()), warps, False))
+                     TMA=cast_mx.DIM0_T_TMA,
+                     **cast_mx.mx_constexprs("float8_e4m3fn", "rceil", True, False)), warps,
+                False))
     if cast_mx_gluon.gluon is not None:
         bc, warps, lanes = cast_mx_gluon.TILE
         out.append(("MX dim-0 x.T (Gluon, DIM0_T_GLUON)", cast_mx_gluon._mx_dim0_t_kernel,
                     {"x_ptr": "*i16", "data_ptr": "*u8", "scale_ptr": "*u8", "M": "i32",
                      "C": "i32"},
-                    dict(BLOCK_C=bc, WARPS=warps, LOAD_LANES_C=lanes, **_mx()), warps, True))
+                    dict(BLOCK_C=bc, WARPS=warps, LOAD_LANES_C=lanes,
+                         **cast_mx.mx_constexprs("float8_e4m3fn", "rceil", True, False)),
+                    warps, True))
     block_c, warps = cast_blockwise.COLUMN_BLOCKS_T_TILE
     out.append(("blockwise (128, 1) x.T", cast_blockwise._float8_column_blocks_t_kernel,
                 {"x_ptr": "*i16", "data_ptr": "*u8", "qs_ptr": "*fp32", "dq_ptr": "*fp32",
@@ -108,22 +105,31 @@ def kernels():
     return out
 
 
-def compile_counts(kernel, signature, consts, warps, gluon):
-    """(registers, Counter of SASS memory/sync instruction kinds) of the sm_90 compile."""
+def compile_sm90(kernel, signature, consts, warps=4, gluon=False, aligned=None):
+    """Triton's compile of `kernel` (a Gluon kernel with gluon) for sm_90 on this machine:
+    runtime arguments typed by `signature`, the others given by `consts`, and `aligned`
+    arguments (None: every one but tensor descriptors) hinted divisible by 16, as a launch with
+    16-aligned sizes specializes them."""
     names = list(kernel.arg_names)                # the kernel's order: constexprs by index
     missing = set(names) - set(signature) - set(consts)
     if missing:
         raise ValueError(f"no value or type for {sorted(missing)}")
+    if aligned is None:
+        aligned = [n for n, t in signature.items() if not t.startswith("tensordesc")]
     sig = {n: signature.get(n, "constexpr") for n in names}
     kw = dict(constexprs={(names.index(n),): v for n, v in consts.items()},
-              attrs={(names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items()
-                     if not t.startswith("tensordesc")})
+              attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
     if gluon:
         from triton.experimental.gluon._runtime import GluonASTSource
         src = GluonASTSource(kernel, sig, **kw)
     else:
         src = ASTSource(kernel, sig, **kw)
-    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+
+
+def compile_counts(kernel, signature, consts, warps, gluon):
+    """(registers, Counter of SASS memory/sync instruction kinds) of the sm_90 compile."""
+    ck = compile_sm90(kernel, signature, consts, warps, gluon)
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(ck.asm["cubin"])

@@ -149,10 +149,16 @@ def _mx_params(kernel, x, elem_fmt, block_size, scale_mode):
     if block_size < 1 or block_size & (block_size - 1):
         raise ValueError(f"{LAYER}: block_size {block_size} must be a power of two (tile "
                          f"width); 32 is the MX block")
+    return mx_constexprs(elem_fmt, scale_mode, x.dtype == torch.bfloat16,
+                         use_soft_cast(kernel, elem_fmt, x.device))
+
+
+def mx_constexprs(elem_fmt, scale_mode, is_bf16, soft_cast):
+    """The MX kernels' format constexprs (the Triton and the Gluon ones, and their sm_90
+    compiles on a CPU in benchmarks/sass_counts.py and the codegen guard tests)."""
     f = float8_format(elem_fmt)
-    return dict(IS_BF16=x.dtype == torch.bfloat16, RCEIL=scale_mode == "rceil", EMAX=f.emax, RCP_MAX=fp32(1.0 / f.max),
-                **float8_params(elem_fmt),
-                EXACT_SOFT_CAST=use_soft_cast(kernel, elem_fmt, x.device))
+    return dict(IS_BF16=is_bf16, RCEIL=scale_mode == "rceil", EMAX=f.emax,
+                RCP_MAX=fp32(1.0 / f.max), **float8_params(elem_fmt), EXACT_SOFT_CAST=soft_cast)
 
 
 def _check_divides(x, axis, block_size):
@@ -199,8 +205,9 @@ DIM0_T_TMA = True
 DIM0_TMA_TILE_T = (128, 32, 1)
 # The x.T cast through fast/cast_mx_gluon.py's Gluon kernel where the call fits it (CUDA, bf16
 # or fp32 x, 32-row blocks); elsewhere the Triton kernel above, with one log line per reason.
-# Off: written in the nineteenth session and compiled for sm_90 on the CPU only (48 registers
-# against 128, no shuffles, no byte-wide shared-memory stores); not yet run on a GPU.
+# Off: written in the nineteenth session and compiled for sm_90 on the CPU only (Triton 3.9,
+# benchmarks/sass_counts.py: 48 registers against the Triton kernel's 168, no shuffles, no
+# byte-wide shared-memory stores); not yet run on a GPU.
 DIM0_T_GLUON = False
 _GLUON_REASONS_LOGGED = set()
 

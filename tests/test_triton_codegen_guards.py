@@ -32,20 +32,16 @@ _SIGNATURE = {"R": "i32", "C": "i32", "amax_ptr": "*i32", "qs_ptr": "*fp32", "dq
               "row_dq_ptr": "*fp32", "row_data_ptr": "*u8"}
 
 
-def _compile_sm90(kernel, signature, consts, aligned, ir):
+def _compile_sm90(kernel, signature, consts, aligned, ir, warps=4, gluon=False):
     """The `ir` ("ttgir", "ptx") of `kernel` specialized with `consts` and 16-divisible
-    `aligned` arguments, compiled for sm_90 by the installed Triton: (text, None), or
-    (None, the reason) where this Triton cannot compile for sm_90 here."""
+    `aligned` arguments, compiled for sm_90 by the installed Triton
+    (benchmarks.sass_counts.compile_sm90): (text, None), or (None, the reason) where this
+    Triton cannot compile for sm_90 here."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    idx = kernel.arg_names.index
-    src = ASTSource(fn=kernel, signature={**signature, **{n: "constexpr" for n in consts}},
-                    constexprs={(idx(n),): v for n, v in consts.items()},
-                    attrs={(idx(n),): [["tt.divisibility", 16]] for n in aligned})
     from triton.compiler.errors import CompilationError
+    from benchmarks.sass_counts import compile_sm90
     try:
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm[ir], None
+        return compile_sm90(kernel, signature, consts, warps, gluon, aligned).asm[ir], None
     except CompilationError:    # the kernel's own source does not compile: a failure, not a skip
         raise
     except Exception as e:      # noqa: BLE001 (no CUDA backend or ptxas here: say so, skip)
@@ -94,34 +90,17 @@ def _gluon_mx_t_ptx(dtype):
     """PTX of the Gluon MX dim-0 x.T kernel at its shipped tile for x of `dtype`, or the
     reason it cannot compile here."""
     import triton
-    from triton.backends.compiler import GPUTarget
     from qtrain.fast import cast_mx_gluon
-    from qtrain.fast.common import float8_params, fp32
-    from qtrain.formats import float8_format
+    from qtrain.fast.cast_mx import mx_constexprs
     if cast_mx_gluon.gluon is None:
         return None, f"Triton {triton.__version__} has no Gluon"
-    from triton.experimental.gluon._runtime import GluonASTSource
-    f = float8_format("float8_e4m3fn")
     block_c, warps, lanes = cast_mx_gluon.TILE
     consts = dict(BLOCK_C=block_c, WARPS=warps, LOAD_LANES_C=lanes,
-                  IS_BF16=dtype == torch.bfloat16, RCEIL=True, EMAX=f.emax,
-                  RCP_MAX=fp32(1.0 / f.max), **float8_params("float8_e4m3fn"),
-                  EXACT_SOFT_CAST=False)
+                  **mx_constexprs("float8_e4m3fn", "rceil", dtype == torch.bfloat16, False))
     sig = {"x_ptr": "*i16" if dtype == torch.bfloat16 else "*i32", "data_ptr": "*u8",
            "scale_ptr": "*u8", "M": "i32", "C": "i32"}
-    names = list(sig) + list(consts)
-    src = GluonASTSource(cast_mx_gluon._mx_dim0_t_kernel,
-                         {**sig, **{n: "constexpr" for n in consts}},
-                         constexprs={(names.index(n),): v for n, v in consts.items()},
-                         attrs={(names.index(n),): [["tt.divisibility", 16]] for n in sig})
-    try:
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": warps}).asm["ptx"], None
-    except Exception as e:      # noqa: BLE001 (no CUDA backend or ptxas here: say so, skip)
-        if "CompilationError" in type(e).__name__:
-            raise
-        return None, (f"Triton {triton.__version__} cannot compile Gluon for sm_90 here: "
-                      f"{type(e).__name__}: {str(e)[:200]}")
+    return _compile_sm90(cast_mx_gluon._mx_dim0_t_kernel, sig, consts, tuple(sig), "ptx", warps,
+                         gluon=True)
 
 
 def _stores_codes_through_a_conversion(ttgir):
@@ -210,6 +189,7 @@ def test_pattern_finder_on_known_ttgir():
 
 
 if __name__ == "__main__":     # the child of _compiled_patterns
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks
     import triton
     from qtrain.fast.cast_float8 import row_copy_verified
     result = {"triton": triton.__version__, "row_copy_verified": {}}
