@@ -153,6 +153,22 @@ class FastBackend:
             return quantize_mx_dim0(x, elem_fmt, block_size, scale_mode, transposed=True)
         return quantize_mx(x.t().contiguous(), elem_fmt, block_size, axis, scale_mode)
 
+    def quantize_mx_values(self, x, elem_fmt, block_size=32, axis=-1, scale_mode="floor"):
+        """MX-10: bf16 values of x's MX quantization along axis (-1 or 0), one pass."""
+        from .cast_mx_values import quantize_mx_values
+        self._check(x)
+        return quantize_mx_values(x, elem_fmt, block_size, axis, scale_mode)
+
+    def mx_values_route(self, t):
+        """Whether a linear on t runs its MX products on MX-10 values (fast/scaled_mm.py)."""
+        from .scaled_mm import mx_values_route
+        return mx_values_route(t)
+
+    def mm_mx_values(self, a, a_dequant, b, b_dequant):
+        from .scaled_mm import mx_values_product
+        self._check(a)
+        return mx_values_product(a, a_dequant, b, b_dequant)
+
     draws_counter_noise = True         # quantize_int8 takes counter_noise (qtrain/ops.py)
 
     def quantize_int8(self, x, axis, noise=None, seed=None, transposed=False,

@@ -8,20 +8,11 @@ import triton
 import triton.language as tl
 
 from .common import CUDA_HARDWARE_FLOAT8, TORCH_FLOAT8, cdiv, float8_params, is_interpreted
-from .encode import decode_float8
+from .encode import decode_float8, soft_bf16_bits
 
 _FORMAT_OF = {v: k for k, v in TORCH_FLOAT8.items()}
 # Tile of the row-block kernel: _ROW_TILE_R rows x _ROW_TILE_C columns (NB blocks of BC).
 _ROW_TILE_R, _ROW_TILE_C = 32, 128
-
-
-@triton.jit
-def _soft_bf16_bits(y):
-    """fp32 -> bf16 with rne, as int16 bits, by integer arithmetic; NaN -> 0x7FC0. The
-    interpreter's own fp32 -> bf16 conversion does not round to nearest even (Triton 3.9)."""
-    bits = y.to(tl.int32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    return tl.where(y != y, 0x7FC0, rounded).to(tl.int16)
 
 
 @triton.jit
@@ -40,7 +31,7 @@ def _dequant_blocks_kernel(p_ptr, d_ptr, out_ptr, R, C, BR, BC, DC,
     d = tl.load(d_ptr + (rows // BR)[:, None].to(tl.int64) * DC + (cols // BC)[None, :],
                 mask=mask, other=1.0)
     if SOFT_BF16:
-        tl.store(out_ptr + offs, _soft_bf16_bits(v * d), mask=mask)
+        tl.store(out_ptr + offs, soft_bf16_bits(v * d), mask=mask)
     else:
         tl.store(out_ptr + offs, (v * d).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -68,7 +59,7 @@ def _dequant_row_blocks_kernel(p_ptr, d_ptr, out_ptr, R, C, DC,
                 mask=(rows[:, None] < R) & (blks[None, :] < DC), other=1.0)
     y = v * d[:, :, None]
     if SOFT_BF16:
-        tl.store(out_ptr + offs, _soft_bf16_bits(y), mask=mask)
+        tl.store(out_ptr + offs, soft_bf16_bits(y), mask=mask)
     else:
         tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 

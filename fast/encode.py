@@ -139,6 +139,15 @@ def encode_float8(y, MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
 
 
 @triton.jit
+def soft_bf16_bits(y):
+    """fp32 -> bf16 with rne, as int16 bits, by integer arithmetic; NaN -> 0x7FC0. The
+    interpreter's own fp32 -> bf16 conversion does not round to nearest even (Triton 3.9)."""
+    bits = y.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return tl.where(y != y, 0x7FC0, rounded).to(tl.int16)
+
+
+@triton.jit
 def decode_float8(code, MBITS: tl.constexpr, BIAS: tl.constexpr, FNUZ: tl.constexpr):
     """Exact fp32 value of float8 codes (loaded as uint8), FMT-1: normal codes by moving the
     exponent and mantissa fields into fp32 bits, subnormals as m * 2^(1-BIAS-MBITS), then the

@@ -364,6 +364,23 @@ def _cublas_blockwise(a, da, br_a, b, db, br_b, out_dtype):
 # factors would round twice, so without the promise the Triton kernel runs.
 # QTRAIN_FAST_MX_PRODUCT=triton keeps the Triton kernel always.
 MX_PRODUCT = os.environ.get("QTRAIN_FAST_MX_PRODUCT", "bf16")
+# How the mxfp8 linear hands its operands to that bf16 GEMM (RC-7's emulation; qtrain/qlinear.py
+# asks mx_values_route): "values" (the default) quantizes each operand straight to its bf16
+# values (MX-10, fast/cast_mx_values.py: one pass, 2 + 2 bytes per element) except x along M,
+# which autograd keeps as payload and scale bytes (RC-7's memory) and the product dequantizes;
+# "payload" casts every operand to payload and scale bytes (2 + 1) and dequantizes it inside
+# the product (1 + 2).
+MX_OPERANDS_ENV = "QTRAIN_FAST_MX_OPERANDS"
+MX_OPERANDS = os.environ.get(MX_OPERANDS_ENV, "values")
+if MX_OPERANDS not in ("values", "payload"):
+    raise ValueError(f"{MX_OPERANDS_ENV}={MX_OPERANDS!r}: expected 'values' or 'payload'")
+
+
+def mx_values_route(t):
+    """Whether the MX products of a linear on `t` run on MX-10 values: bf16 t on CUDA, with the
+    bf16-GEMM product (MX_PRODUCT) and MX_OPERANDS = "values"."""
+    return (t.is_cuda and t.dtype == torch.bfloat16 and MX_PRODUCT == "bf16"
+            and MX_OPERANDS == "values")
 
 
 def _fine_blocks_via_bf16(a, da, b, db, out_dtype):
@@ -380,30 +397,64 @@ def bf16_product_in_chunks(a, da, b, db):
     dequant_blocks does not apply. The bf16 copies are transient, and the largest product of a
     training step makes them at its memory peak, so the larger operand is dequantized in row
     chunks about the size of the smaller one: at most ~2x the smaller operand's bf16 copy is
-    alive at once (w2's grad_weight in the Llama3-8B block: 134 MB instead of 302 MB). Each
-    chunk writes its slice of the output (rows of out, or columns through out's row stride)."""
+    alive at once (w2's grad_weight in the Llama3-8B block: 134 MB instead of 302 MB)."""
     if da.dim() != 2 or db.dim() != 2:
         return None
-    M, N = a.shape[0], b.shape[0]
-    whole, whole_d, part, part_d = (a, da, b, db) if N > M else (b, db, a, da)
-    fixed16 = dequant_blocks(whole, whole_d, torch.bfloat16)
-    if fixed16 is None:
-        return None
+    if b.shape[0] > a.shape[0]:
+        fixed16 = dequant_blocks(a, da, torch.bfloat16)
+        return None if fixed16 is None else _values_times_chunks(fixed16, b, db, True)
+    fixed16 = dequant_blocks(b, db, torch.bfloat16)
+    return None if fixed16 is None else _values_times_chunks(fixed16, a, da, False)
+
+
+def _values_times_chunks(fixed16, part, part_d, part_is_b):
+    """fixed16 (bf16 values, any strides) against the payload `part` with its factors part_d,
+    dequantized in row chunks about fixed16's size (whole factor blocks each): out = fixed16 @
+    part16.T (part_is_b) or part16 @ fixed16.T. Each chunk's GEMM writes its slice of out
+    (columns through out's row stride, or rows). None where dequant_blocks does not apply."""
     rows = part.shape[0]
     block_rows = max(1, rows // part_d.shape[0])
     step = max(block_rows, (fixed16.shape[0] // block_rows) * block_rows)
-    out = torch.empty((M, N), dtype=torch.bfloat16, device=a.device)
+    shape = (fixed16.shape[0], rows) if part_is_b else (rows, fixed16.shape[0])
+    out = torch.empty(shape, dtype=torch.bfloat16, device=part.device)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         d0, d1 = r0 // block_rows, -(-r1 // block_rows)
         chunk16 = dequant_blocks(part[r0:r1], part_d[d0:d1], torch.bfloat16)
         if chunk16 is None:
             return None
-        if N > M:                           # b's rows are out's columns
+        if part_is_b:                       # part's rows are out's columns
             torch.mm(fixed16, chunk16.t(), out=out[:, r0:r1])
-        else:                               # a's rows are out's rows
+        else:                               # part's rows are out's rows
             torch.mm(chunk16, fixed16.t(), out=out[r0:r1])
         del chunk16
+    return out
+
+
+def mx_values_product(a, da, b, db):
+    """RC-7's emulated MX product (ops.mm_mx_values): a (M, K) @ b (N, K).T in bf16 with fp32
+    sums, each operand given as its MX-10 values (d None: bf16, any strides) or as a row-major
+    float8 payload with its fp32 power-of-two factors (dequantized exactly, in row chunks)."""
+    for v, d, name in ((a, da, "a"), (b, db, "b")):
+        if d is None and v.dtype != torch.bfloat16:
+            raise TypeError(f"{LAYER}: mm_mx_values: {name} given as values has dtype {v.dtype}, "
+                            f"expected torch.bfloat16")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{LAYER}: mm_mx_values: a {tuple(a.shape)} and b {tuple(b.shape)} do "
+                         f"not share their contraction (last) axis")
+    with _matmul_flag("allow_bf16_reduced_precision_reduction", False):      # fp32 sums
+        if da is None and db is None:
+            return torch.mm(a, b.t())
+        if da is None:
+            out = _values_times_chunks(a, b, db, True)
+        elif db is None:
+            out = _values_times_chunks(b, a, da, False)
+        else:
+            out = bf16_product_in_chunks(a, da, b, db)
+    if out is None:
+        raise ValueError(f"{LAYER}: mm_mx_values: payloads must be row-major float8 with 2-D "
+                         f"block factors, got a {a.dtype} {tuple(a.shape)}, b {b.dtype} "
+                         f"{tuple(b.shape)}")
     return out
 
 

@@ -209,6 +209,24 @@ def _(x, elem_fmt, block_size, axis, scale_mode, backend, transposed=False):
             x.new_empty(scale_shape, dtype=torch.uint8))
 
 
+# ---- quantize_mx_values (MX-10) -------------------------------------------------------------
+@custom_op("qtrain::quantize_mx_values")
+def quantize_mx_values(x: torch.Tensor, elem_fmt: str, block_size: int, axis: int,
+                       scale_mode: str, backend: str) -> torch.Tensor:
+    """The bf16 values of x's MX quantization along `axis` (-1, or 0 of x viewed (M, C)), in
+    x's layout: MX-8 of MX-1..MX-7 (an emulated product's operand, RC-7)."""
+    impl = _impl(backend)
+    if hasattr(impl, "quantize_mx_values"):
+        return impl.quantize_mx_values(x, elem_fmt, block_size, axis, scale_mode)
+    data, bits = impl.quantize_mx(x, elem_fmt, block_size, axis, scale_mode)
+    return impl.dequantize_mx(data, bits, block_size, axis, out_dtype=torch.bfloat16)
+
+
+@quantize_mx_values.register_fake
+def _(x, elem_fmt, block_size, axis, scale_mode, backend):
+    return x.new_empty(x.shape, dtype=torch.bfloat16)
+
+
 # ---- quantize_int8 (I8-*) ------------------------------------------------------------------
 @custom_op("qtrain::quantize_int8")
 def quantize_int8(x: torch.Tensor, axis: int, noise: Optional[torch.Tensor],
@@ -324,6 +342,21 @@ def scaled_mm_nt(a: torch.Tensor, a_dequant: torch.Tensor, b: torch.Tensor,
 @scaled_mm_nt.register_fake
 def _(a, a_dequant, b, b_dequant, out_dtype, backend, use_fast_accum=False, pow2_factors=False):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
+
+# ---- mm_mx_values (RC-7 emulated: MM-2 of MX operands as bf16 values) ----------------------
+@custom_op("qtrain::mm_mx_values")
+def mm_mx_values(a: torch.Tensor, a_dequant: Optional[torch.Tensor], b: torch.Tensor,
+                 b_dequant: Optional[torch.Tensor], backend: str) -> torch.Tensor:
+    """a (M, K) @ b (N, K).T in bf16 for MX operands given each as its MX-10 values (dequant
+    None: bf16, any strides) or as a row-major payload with its fp32 MM-1 factors (powers of
+    two, (R, K / 32)): MM-2 with fp32 accumulation (MM-4, u_acc = 2^-23)."""
+    return _impl(backend).mm_mx_values(a, a_dequant, b, b_dequant)
+
+
+@mm_mx_values.register_fake
+def _(a, a_dequant, b, b_dequant, backend):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.bfloat16)
 
 
 # ---- stochastic-rounding noise (I8-5: the noise is an input, drawn by I8-10) -----------------

@@ -22,8 +22,9 @@ from torch import nn
 
 from . import ops
 from .backend import BackendBound, _instance as _backend_impl, resolve_backend_name
-from .recipes import (CounterNoise, QOperand, quantize_operand, quantize_operand_both_axes,
-                      quantize_operand_tensorwise_both)
+from .recipes import (CounterNoise, QOperand, QValues, mx_values_route, quantize_operand,
+                      quantize_operand_both_axes, quantize_operand_tensorwise_both,
+                      quantize_values)
 
 CHECK_FINITE_ENV = "QTRAIN_CHECK_FINITE"
 
@@ -42,12 +43,26 @@ def _mm_dtype(dtype):
 
 
 def _scaled_mm(qa, qb, out_dtype, backend, use_fast_accum=False):
+    if isinstance(qa, QValues) or isinstance(qb, QValues):
+        return _values_mm(qa, qb, out_dtype, backend)
     # NT form wants both payloads row-major. Only operands reused transposed (tensorwise x and
     # g, a kept 128x128-block w) arrive as views; their 1-byte transpose is the one copy made
     # here (fp8 tensor-core products are TN-only, so some transpose of them is unavoidable).
     out = ops.scaled_mm_nt(_row_major(qa.payload, backend), qa.dequant_fp32(),
                            _row_major(qb.payload, backend), qb.dequant_fp32(),
                            _mm_dtype(out_dtype), backend, use_fast_accum, qa.pow2 and qb.pow2)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def _values_mm(qa, qb, out_dtype, backend):
+    """RC-7's emulated MX product of operands given as MX-10 values (QValues) or as payload and
+    factors (x along M, kept for backward): ops.mm_mx_values, bf16 out with fp32 sums."""
+    def side(q):
+        if isinstance(q, QValues):
+            return q.values, None
+        return _row_major(q.payload, backend), q.dequant_fp32()
+    (a, da), (b, db) = side(qa), side(qb)
+    out = ops.mm_mx_values(a, da, b, db, backend)
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
@@ -150,8 +165,11 @@ class _QuantizedLinearFn(torch.autograd.Function):
         need_gw = ctx.needs_input_grad[1]
         gw, gi = plan.grad_weight, plan.grad_input
         # x along K (output) and along M (kept for grad_weight) with one spec: one fused cast
+        # MX products on MX-10 values where the backend routes them so (RC-7's emulation): x
+        # along K and w as values, x along M still kept as payload and scale bytes
+        values = plan.output is not None and mx_values_route(plan.output[0], x, backend)
         both = (need_gw and plan.output is not None and gw is not None
-                and gw[1] == plan.output[0] and not gw[1].axis_free)
+                and gw[1] == plan.output[0] and not gw[1].axis_free and not values)
         qx_m = None
         keep_w = (plan.keep_quantized_weight and plan.output is not None and gi is not None
                   and gi[1] == plan.output[1] and gi[1].axis_free)
@@ -166,7 +184,10 @@ class _QuantizedLinearFn(torch.autograd.Function):
             out, qx, qw = x @ weight.t(), None, None
         else:
             # shared: keyed by what the result depends on besides the input (x's dtype too)
-            if both:
+            if values:
+                qx = _shared(shared, ("values", plan.output[0], backend, x.dtype),
+                             lambda: quantize_values(x, plan.output[0], 1, backend))
+            elif both:
                 qx, qx_m = _shared(shared, ("both", plan.output[0], backend, x.dtype),
                                    lambda: quantize_operand_both_axes(x, plan.output[0], backend))
             elif (need_gw and gw is not None and gw[1] == plan.output[0]
@@ -178,7 +199,10 @@ class _QuantizedLinearFn(torch.autograd.Function):
             else:
                 qx = _shared(shared, ("k", plan.output[0], backend, x.dtype),
                              lambda: quantize_operand(x, plan.output[0], 1, backend))
-            qw = quantize_operand(weight, plan.output[1], 1, backend, amax=w_amax)
+            if values:
+                qw = quantize_values(weight, plan.output[1], 1, backend)
+            else:
+                qw = quantize_operand(weight, plan.output[1], 1, backend, amax=w_amax)
             out = _scaled_mm(qx, qw, x.dtype, backend, plan.fast_accum_output)
 
         if not need_gw:
@@ -187,7 +211,8 @@ class _QuantizedLinearFn(torch.autograd.Function):
             ctx.x_mode, x_saved = "hp", (x,)
         elif qx_m is not None:
             ctx.x_mode, x_saved = "q", qx_m.tensors()
-        elif qx is not None and gw[1] == plan.output[0] and gw[1].axis_free:
+        elif (qx is not None and not values and gw[1] == plan.output[0]
+              and gw[1].axis_free):
             ctx.x_mode, x_saved = "reuse", qx.tensors()
         else:
             qx_m = _shared(shared, ("m", gw[1], backend, x.dtype),
@@ -223,7 +248,12 @@ class _QuantizedLinearFn(torch.autograd.Function):
         grad_x = grad_w = None
         gi, gw = plan.grad_input, plan.grad_weight
         qg = qgt = None
-        if (ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and gi is not None
+        # RC-7's emulation (see forward): g along N and along M, and w along N, as values
+        values_gi = gi is not None and mx_values_route(gi[0], g, backend)
+        values_gw = gw is not None and mx_values_route(gw[0], g, backend)
+        if values_gi or values_gw:
+            pass                                   # each product quantizes g itself below
+        elif (ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and gi is not None
                 and gw is not None and gi[0] == gw[0] and not gi[0].axis_free
                 and not gi[0].stochastic):
             qg, qgt = quantize_operand_both_axes(g, gi[0], backend)   # g along N and along M
@@ -236,10 +266,14 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 w = w_saved[0]
                 grad_x = g.to(w.dtype) @ w
             else:
-                if qg is None:
+                if qg is None and values_gi:
+                    qg = quantize_values(g, gi[0], 1, backend)
+                elif qg is None:
                     qg = quantize_operand(g, gi[0], 1, backend,
                                           noise if gi[0].stochastic else None)
-                if ctx.w_mode == "reuse":
+                if values_gi:
+                    qwt = quantize_values(w_saved[0], gi[1], 0, backend)
+                elif ctx.w_mode == "reuse":
                     qwt = QOperand(*w_saved, gi[1].pow2_factors).t()
                 else:
                     qwt = quantize_operand(w_saved[0], gi[1], 0, backend,
@@ -252,7 +286,9 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 if qgt is None and qg is not None and gi is not None and gi[0] == gw[0] \
                         and gw[0].axis_free:
                     qgt = qg.t()            # tensorwise g: one quantization serves both products
-                if qgt is None:
+                if qgt is None and values_gw:
+                    qgt = quantize_values(g, gw[0], 0, backend)
+                elif qgt is None:
                     qgt = quantize_operand(g, gw[0], 0, backend,
                                            noise if gw[0].stochastic else None)
                 qxt = QOperand(*x_saved, gw[1].pow2_factors)

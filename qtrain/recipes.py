@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from . import ops
+from .backend import _instance as _backend_impl
 
 # Where a compiled graph gets the float8 tensorwise amax (F8-1), read once at import:
 # "kernel" (default): the backend's own amax pass inside the cast op; "torch": a torch reduction
@@ -89,6 +90,17 @@ class QOperand:
 
     def tensors(self):
         return self.payload, self.dequant
+
+
+@dataclass
+class QValues:
+    """An MX operand as its exact bf16 values (MX-10) in NT form: values (R, C) contracted
+    along C, possibly a transposed view (the emulated product reads any strides). RC-7's
+    emulated products on a backend that routes them so (mx_values_route)."""
+    values: torch.Tensor
+
+    def t(self):
+        return QValues(self.values.t())
 
 
 def e8m0_to_fp32_bits(scale_bits):
@@ -187,6 +199,24 @@ def quantize_operand(t, spec, contraction_axis, backend, noise=None, amax=None):
     else:
         raise ValueError(f"unknown QuantSpec.kind {spec.kind!r}")
     return QOperand(data, dequant, spec.pow2_factors)
+
+
+def mx_values_route(spec, t, backend):
+    """Whether the products that read `t` with MX spec `spec` run on MX-10 values (QValues):
+    the backend says so for t (fast: bf16 t on CUDA, fast/scaled_mm.py mx_values_route)."""
+    if spec is None or spec.kind != "mx":
+        return False
+    route = getattr(_backend_impl(backend), "mx_values_route", None)
+    return route is not None and route(t)
+
+
+def quantize_values(t, spec, contraction_axis, backend):
+    """2-D t's MX-10 values along `contraction_axis`, in NT form (a transposed view along axis
+    0: the values are written in t's layout, and the product reads any strides)."""
+    t = _pad_contraction(t, contraction_axis, spec.contraction_block)
+    values = ops.quantize_mx_values(t, spec.fmt, spec.block_size, -1 if contraction_axis else 0,
+                                    spec.scale_mode, backend)
+    return QValues(values if contraction_axis else values.t())
 
 
 def quantize_operand_tensorwise_both(t, spec, backend, amax=None):

@@ -110,6 +110,16 @@ class ReferenceBackend:
                                   to_numpy(b_dequant), out_dtype=_np_out("scaled_mm_nt", out_dtype))
         return to_torch(out, a.device)
 
+    def quantize_mx_values(self, x, elem_fmt, block_size, axis, scale_mode):
+        return to_torch(_ref().quantize_mx_values(to_numpy(x), elem_fmt, block_size, axis,
+                                                  scale_mode), x.device)
+
+    def mm_mx_values(self, a, a_dequant, b, b_dequant):
+        out = _ref().mm_mx_values(to_numpy(a), None if a_dequant is None else to_numpy(a_dequant),
+                                  to_numpy(b), None if b_dequant is None else to_numpy(b_dequant),
+                                  out_dtype=_np_out("mm_mx_values", torch.bfloat16))
+        return to_torch(out, a.device)
+
     # ---- grouped products (MM-5, RC-13), served to qtrain/grouped_ops.py ----------------------
     def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None):
         """F8-7 along axis 0 within each group, payload transposed into the padded layout."""

@@ -6,17 +6,17 @@ from .float8 import dequantize_float8, float8_dequant_factor, float8_quant_scale
 from .grouped import quantize_float8_experts_t, quantize_float8_grouped_t
 from .int8 import dequantize_int8, int8_dequant_factor, quantize_int8
 from .mx import (dequantize_mx, e8m0_to_float, float32_to_e8m0_rceil, mx_dequant_factor,
-                 quantize_mx)
+                 quantize_mx, quantize_mx_values)
 from .noise import uniform_noise
-from .scaled_mm import expand_dequant, scaled_grouped_mm, scaled_mm_nt
+from .scaled_mm import expand_dequant, mm_mx_values, scaled_grouped_mm, scaled_mm_nt
 
 __all__ = [
     "cast_to_float8", "ceil_log2", "exp2_int", "float8_dtype", "float8_to_float64", "floor_log2",
     "pow2_floor", "round_float64",
     "quantize_float8", "dequantize_float8", "float8_quant_scale", "float8_dequant_factor",
-    "quantize_mx", "dequantize_mx", "e8m0_to_float", "float32_to_e8m0_rceil", "mx_dequant_factor",
+    "quantize_mx", "quantize_mx_values", "dequantize_mx", "e8m0_to_float", "float32_to_e8m0_rceil", "mx_dequant_factor",
     "quantize_int8", "dequantize_int8", "int8_dequant_factor", "uniform_noise",
     "quantize_blockwise", "dequantize_blockwise",
-    "scaled_mm_nt", "scaled_grouped_mm", "expand_dequant",
+    "scaled_mm_nt", "mm_mx_values", "scaled_grouped_mm", "expand_dequant",
     "quantize_float8_grouped_t", "quantize_float8_experts_t",
 ]

@@ -106,3 +106,10 @@ def dequantize_mx(data, scale_bits, block_size=32, axis=-1, out_dtype=np.float32
     factor = np.moveaxis(e8m0_to_float(scale_bits), axis, -1)[..., None]
     values = _blocks_last(float8_to_float64(data), axis, block_size) * factor
     return round_float64(_unblock(values, axis), out_dtype)
+
+
+def quantize_mx_values(x, elem_fmt, block_size=32, axis=-1, scale_mode="floor"):
+    """MX-10: the bfloat16 values of x's MX quantization, in x's layout: MX-8 of quantize_mx's
+    result into bfloat16 (an emulated MX product's operand)."""
+    data, scale_bits = quantize_mx(x, elem_fmt, block_size, axis, scale_mode)
+    return dequantize_mx(data, scale_bits, block_size, axis, out_dtype=ml_dtypes.bfloat16)

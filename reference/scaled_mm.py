@@ -96,6 +96,28 @@ def scaled_mm_nt(a, a_dequant, b, b_dequant, out_dtype=np.float32):
     return round_float64(nt_float64(a64, b64), dt)        # float64 accumulation, one rounding (MM-2)
 
 
+def mm_mx_values(a, a_dequant, b, b_dequant, out_dtype=np.float32):
+    """RC-7's emulated product: MM-2 of MX operands a (M, K), b (N, K), each given as its MX-10
+    values (dequant None: bfloat16 or float32 values) or as its float8 payload and MM-1 factors
+    (the powers of two of its scale bytes), whose products are exact in float64."""
+    where = "mm_mx_values"
+    dt = check_out_dtype(out_dtype, f"scaled_mm.{where}")
+
+    def values(p, d, name):
+        if d is None:
+            v = np.asarray(p).astype(np.float64)
+            if v.ndim != 2:
+                raise ValueError(f"qtrain.reference.scaled_mm.{where}: {name} must be 2-D, got "
+                                 f"shape {v.shape}")
+            return v
+        v = _payload_float64(p, 2, name, where)
+        with np.errstate(invalid="ignore"):                # 0 * Inf is NaN by MM-6
+            return v * expand_dequant(d, v.shape, name + "_dequant", where)
+    a64, b64 = values(a, a_dequant, "a"), values(b, b_dequant, "b")
+    _check_k(a64, b64, where)
+    return round_float64(nt_float64(a64, b64), dt)
+
+
 def _check_offs(offs, n_groups, limit, what, where):
     """MM-5: offs are int32 cumulative group END indices, 1-D, non-decreasing, in [0, limit]."""
     offs = np.asarray(offs)

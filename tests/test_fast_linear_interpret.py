@@ -268,3 +268,56 @@ def test_cast_dequant_factors_same_bits_no_reciprocal(recipe, monkeypatch):
             assert CountReciprocal.n > RECIPROCALS_LEFT[recipe], (recipe, CountReciprocal.n)
     for a, b, what in zip(got[True], got[False], ("output", "grad_input", "grad_weight")):
         assert torch.equal(a, b), f"{recipe} {what} (QTRAIN_TEST_SEED={SEED})"
+
+
+class _FastValuesOnCpu(_FastOnCpu):
+    """_FastOnCpu with RC-7's emulated MX route on for bf16 CPU tensors (on CUDA the fast
+    backend takes it for bf16 by default): the MX products run on MX-10 values."""
+    NAME = "fast-interpret-mx-values"
+
+    def __init__(self):
+        InterpretedFastBackend.__init__(self, self.NAME)
+        self.calls = {"quantize_mx_values": 0, "quantize_mx": 0, "mm_mx_values": 0}
+
+    def mx_values_route(self, t):
+        return t.dtype == torch.bfloat16
+
+    def __getattr__(self, attr):
+        calls = self.__dict__.get("calls", {})
+        if attr in calls:
+            def counted(*args, **kwargs):
+                calls[attr] += 1
+                return getattr(self._fast, attr)(*args, **kwargs)
+            return counted
+        return getattr(self._fast, attr)
+
+
+register_backend(_FastValuesOnCpu.NAME, _FastValuesOnCpu)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("scale_mode", ["floor", "rceil"])
+def test_RC_7_emulated_mxfp8_on_values_matches_hand_quantization(scale_mode, compiled):
+    """mxfp8 with bf16 x on the emulated route: x along K, w along K and N, g along N and M
+    quantized straight to MX-10 values (five value casts), x along M kept as payload and scale
+    bytes (one MX cast) and dequantized by the grad_weight product; every product within MM-4
+    of the recipe applied by hand. K = 96 is not a multiple of the 64-column tile; M = 160 is
+    five MX blocks."""
+    from qtrain.backend import _instance
+    impl = _instance(_FastValuesOnCpu.NAME)
+    for k in impl.calls:
+        impl.calls[k] = 0
+    x, w, g = (t.to(torch.bfloat16) for t in _inputs(160, 96, 64))
+    config = dataclasses.replace(qtrain.recipe_config("mxfp8"), backend=_FastValuesOnCpu.NAME,
+                                 scale_mode=scale_mode)
+    fn = lambda a, b: qtrain.linear(a, b, config=config)          # noqa: E731
+    if compiled:
+        torch._dynamo.reset()
+        fn = torch.compile(fn, fullgraph=True)
+    out, grad_x, grad_w = _fwd_bwd(fn, x, w, g)
+    assert impl.calls == {"quantize_mx_values": 5, "quantize_mx": 1, "mm_mx_values": 3}, impl.calls
+    by_hand = "mxfp8" if scale_mode == "floor" else "mxfp8_rceil"
+    try:
+        check_recipe_by_hand(by_hand, x, w, g, out, grad_x, grad_w)
+    except AssertionError as e:
+        raise AssertionError(f"{e} (QTRAIN_TEST_SEED={SEED})") from None
