@@ -47,6 +47,11 @@ def _quant_mx(case, x, lib, **kw):
     return lib.quantize_mx(*args, **kw)
 
 
+def _quant_mx_values(case, x, lib):
+    return (lib.quantize_mx_values(x, case["format"], int(case.get("block", 32)),
+                                   case.get("axis", -1), case["scale_mode"]),)
+
+
 def _quant_int8(case, x, lib, noise=None, **kw):
     return lib.quantize_int8(x, case["axis"], noise, **kw)
 
@@ -66,6 +71,7 @@ QUANTIZE = {
                                                           "dequant_scale")),
     "quantize_float8": (_quant_float8, ("data", "quant_scale")),
     "quantize_mx": (_quant_mx, ("data", "scale_bits")),
+    "quantize_mx_values": (_quant_mx_values, ("values",)),
     "quantize_int8": (_quant_int8, ("data", "dequant_scale")),
     "quantize_blockwise": (_quant_blockwise, ("data", "quant_scale")),
 }
@@ -86,6 +92,9 @@ class _NumpyRef:
 
     def quantize_mx(self, x, fmt, block, axis, mode):
         return _ref().quantize_mx(x, fmt, block_size=block, axis=axis, scale_mode=mode)
+
+    def quantize_mx_values(self, x, fmt, block, axis, mode):
+        return _ref().quantize_mx_values(x, fmt, block_size=block, axis=axis, scale_mode=mode)
 
     def quantize_int8(self, x, axis, noise):
         return _ref().quantize_int8(x, axis, noise=noise)
