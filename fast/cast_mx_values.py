@@ -87,10 +87,15 @@ def _mx_values_dim0_kernel(x_ptr, out_ptr, M, C, GROUPS: tl.constexpr,
     _store_bf16(out_ptr, offs, v, mask3, SOFT_BF16)
 
 
-# Tiles, module settings so that a benchmark can time others. dim -1: blocks per program
-# (BLOCK_B * 32 elements). dim 0: (rows at most, columns at most, warps), as cast_mx.DIM0_TILE.
-DIM_LAST_ELEMS = 4096
-DIM0_TILE = (64, 64, 1)
+# Tiles, module settings so that benchmarks/mx_values.py --sweep can time others. dim -1:
+# elements per program (BLOCK_B blocks). dim 0: (rows at most, columns at most, warps), as
+# cast_mx.DIM0_TILE. H200, bf16 x, same bits at every setting (2026-12-03, twentieth session,
+# 2026-12-03-s20-mx-values-block-ab-h200.log), of copy bandwidth at 8192x14336 / 14336x4096:
+# dim -1 at 2048 elements 0.97 / 0.97, 1024 0.91 / 0.92, 4096 0.92 / 0.92, 8192 0.69 / 0.68;
+# dim 0 at (64, 128, 2) 0.93 / 0.91, (128, 128, 4) 0.92 / 0.91, (64, 64, 1) 0.84 / 0.84,
+# (128, 64, 2) 0.84 / 0.84, (64, 128, 4) 0.59 / 0.59.
+DIM_LAST_ELEMS = 2048
+DIM0_TILE = (64, 128, 2)
 
 
 def quantize_mx_values(x, elem_fmt="float8_e4m3fn", block_size=32, axis=-1,
