@@ -14,7 +14,7 @@ from benchmarks.common import format_table, graph_replay_us, module_settings
 from qtrain.fast import cast_mx_values
 from qtrain.fast.block_dequant import dequant_blocks
 from qtrain.fast.cast_mx import quantize_mx_dim0, quantize_mx_dim_last
-from qtrain.fast.cast_mx_values import quantize_mx_values, quantize_mx_values_dual
+from qtrain.fast.cast_mx_values import quantize_mx_values
 from qtrain.recipes import e8m0_to_fp32_bits
 
 
@@ -70,41 +70,10 @@ def main(argv=None):
                     frac = (moved / us) / (4 / copy_us)
                     rows.append([shape, f"axis {axis} rceil: {name}", f"{us:.1f}",
                                  f"{frac:.2f}", "same bits" if same else "DIFFERENT BITS"])
-        bad += dual(x, copy_us, shape, rows, args.sweep)
         if args.sweep:
             bad += sweep(x, copy_us, shape, rows)
     print(format_table(["shape", "variant", "us (graph)", "of copy", "bits"], rows))
     return 1 if bad else 0
-
-
-DUAL_SWEEP = ((32, 128, 2), (64, 64, 2), (64, 128, 2), (64, 256, 4), (128, 128, 4),
-              (32, 256, 4))
-
-
-def dual(x, copy_us, shape, rows, sweep_tiles):
-    """Both axes' values (g in backward): the two one-axis passes against the dual pass (2
-    reads + 4 writes against 2 + 4 bytes per element), bits of each output checked."""
-    def both():
-        return (quantize_mx_values(x, "float8_e4m3fn", 32, -1, "rceil"),
-                quantize_mx_values(x, "float8_e4m3fn", 32, 0, "rceil"))
-    want = both()
-    bad = 0
-    tiles = [None] + (list(DUAL_SWEEP) if sweep_tiles else [])
-    rows.append([shape, "both axes: two values passes", f"{graph_replay_us(both):.1f}",
-                 "", ""])
-    for tile in tiles:
-        settings = {} if tile is None else {"DUAL_TILE": tile}
-        with module_settings(cast_mx_values, **settings):
-            fn = lambda: quantize_mx_values_dual(x, "float8_e4m3fn", 32, "rceil")   # noqa: E731
-            got = fn()
-            same = all(bool(((g.view(torch.int16) == w.view(torch.int16))
-                             | (g.isnan() & w.isnan())).all()) for g, w in zip(got, want))
-            bad += not same
-            us = graph_replay_us(fn)
-        name = "shipped" if tile is None else f"DUAL_TILE={tile}"
-        rows.append([shape, f"both axes: dual pass, {name}", f"{us:.1f}",
-                     f"{(6 / us) / (4 / copy_us):.2f}", "same bits" if same else "DIFFERENT"])
-    return bad
 
 
 SWEEP = {0: [("DIM0_TILE", t) for t in ((32, 64, 1), (32, 128, 2), (64, 128, 2), (64, 128, 4),

@@ -52,10 +52,6 @@ def _quant_mx_values(case, x, lib):
                                    case.get("axis", -1), case["scale_mode"]),)
 
 
-def _quant_mx_values_dual(case, x, lib):
-    return lib.quantize_mx_values_dual(x, case["format"], 32, case["scale_mode"])
-
-
 def _quant_int8(case, x, lib, noise=None, **kw):
     return lib.quantize_int8(x, case["axis"], noise, **kw)
 
@@ -76,7 +72,6 @@ QUANTIZE = {
     "quantize_float8": (_quant_float8, ("data", "quant_scale")),
     "quantize_mx": (_quant_mx, ("data", "scale_bits")),
     "quantize_mx_values": (_quant_mx_values, ("values",)),
-    "quantize_mx_values_dual": (_quant_mx_values_dual, ("values_last", "values_dim0")),
     "quantize_int8": (_quant_int8, ("data", "dequant_scale")),
     "quantize_blockwise": (_quant_blockwise, ("data", "quant_scale")),
 }
@@ -100,10 +95,6 @@ class _NumpyRef:
 
     def quantize_mx_values(self, x, fmt, block, axis, mode):
         return _ref().quantize_mx_values(x, fmt, block_size=block, axis=axis, scale_mode=mode)
-
-    def quantize_mx_values_dual(self, x, fmt, block, mode):
-        return (_ref().quantize_mx_values(x, fmt, block, -1, mode),
-                _ref().quantize_mx_values(x, fmt, block, 0, mode))
 
     def quantize_int8(self, x, axis, noise):
         return _ref().quantize_int8(x, axis, noise=noise)

@@ -159,12 +159,6 @@ class FastBackend:
         self._check(x)
         return quantize_mx_values(x, elem_fmt, block_size, axis, scale_mode)
 
-    def quantize_mx_values_dual(self, x, elem_fmt, block_size=32, scale_mode="floor"):
-        """MX-10 values along the last axis and along axis 0 of 2-D x, one read."""
-        from .cast_mx_values import quantize_mx_values_dual
-        self._check(x)
-        return quantize_mx_values_dual(x, elem_fmt, block_size, scale_mode)
-
     def mx_values_route(self, t):
         """Whether a linear on t runs its MX products on MX-10 values (fast/scaled_mm.py)."""
         from .scaled_mm import mx_values_route

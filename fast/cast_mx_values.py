@@ -87,36 +87,6 @@ def _mx_values_dim0_kernel(x_ptr, out_ptr, M, C, GROUPS: tl.constexpr,
     _store_bf16(out_ptr, offs, v, mask3, SOFT_BF16)
 
 
-@triton.jit
-def _mx_values_dual_kernel(x_ptr, out_last_ptr, out_dim0_ptr, M, C, GROUPS: tl.constexpr,
-                           NB: tl.constexpr, RCEIL: tl.constexpr, EMAX: tl.constexpr,
-                           RCP_MAX: tl.constexpr, MAX: tl.constexpr, MBITS: tl.constexpr,
-                           BIAS: tl.constexpr, FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
-                           EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr,
-                           SOFT_BF16: tl.constexpr):
-    """Both MX-10 values of x (M, C) from one read: blocks of 32 along the last axis into
-    out_last, blocks of 32 along axis 0 into out_dim0, both in x's layout. The tile is loaded
-    as (GROUPS, 32 rows, NB, 32 columns): the axis-0 blocks reduce over its axis 1, the
-    last-axis blocks over its axis 3, with no reshape of the tile."""
-    r = tl.arange(0, 32)
-    groups = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
-    blks = tl.program_id(1) * NB + tl.arange(0, NB)
-    rows4 = groups[:, None, None, None] * 32 + r[None, :, None, None]
-    cols4 = blks[None, None, :, None] * 32 + r[None, None, None, :]
-    mask4 = (rows4 < M) & (cols4 < C)
-    offs = rows4.to(tl.int64) * C + cols4
-    x_in = tl.load(x_ptr + offs, mask=mask4, other=0)
-    x = widen_to_fp32(x_in, IS_BF16)
-    e0, nan0 = _mx_exponent(loaded_abs_max_bits(x_in, 1, IS_BF16), RCEIL, EMAX, RCP_MAX)
-    v0 = _mx_block_values(x, e0[:, None, :, :], nan0[:, None, :, :], MAX, MBITS, BIAS, FNUZ,
-                          TL_DTYPE, EXACT_SOFT_CAST)
-    _store_bf16(out_dim0_ptr, offs, v0, mask4, SOFT_BF16)
-    e1, nan1 = _mx_exponent(loaded_abs_max_bits(x_in, 3, IS_BF16), RCEIL, EMAX, RCP_MAX)
-    v1 = _mx_block_values(x, e1[:, :, :, None], nan1[:, :, :, None], MAX, MBITS, BIAS, FNUZ,
-                          TL_DTYPE, EXACT_SOFT_CAST)
-    _store_bf16(out_last_ptr, offs, v1, mask4, SOFT_BF16)
-
-
 # Tiles, module settings so that benchmarks/mx_values.py --sweep can time others. dim -1:
 # elements per program (BLOCK_B blocks). dim 0: (rows at most, columns at most, warps), as
 # cast_mx.DIM0_TILE. H200, bf16 x, same bits at every setting (2026-12-03, twentieth session,
@@ -126,8 +96,6 @@ def _mx_values_dual_kernel(x_ptr, out_last_ptr, out_dim0_ptr, M, C, GROUPS: tl.c
 # (128, 64, 2) 0.84 / 0.84, (64, 128, 4) 0.59 / 0.59.
 DIM_LAST_ELEMS = 2048
 DIM0_TILE = (64, 128, 2)
-# The dual kernel's tile: (rows, columns, warps); rows and columns multiples of 32.
-DUAL_TILE = (64, 128, 4)
 
 
 def quantize_mx_values(x, elem_fmt="float8_e4m3fn", block_size=32, axis=-1,
@@ -163,28 +131,3 @@ def quantize_mx_values(x, elem_fmt="float8_e4m3fn", block_size=32, axis=-1,
         kernel_input(x)[0], out_arg, M, C, GROUPS=groups, BLOCK_SIZE=block_size,
         BLOCK_C=block_c, SOFT_BF16=soft_bf16, **params, num_warps=warps)
     return out
-
-
-def quantize_mx_values_dual(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor"):
-    """(values along the last axis, values along axis 0) of 2-D x (M, C), both bf16 in x's
-    layout: quantize_mx_values(x, ..., -1) and (..., 0) from one read of x (g in backward,
-    which feeds grad_input along N and grad_weight along M). M and C multiples of 32."""
-    params = _mx_params(_mx_values_dual_kernel, x, elem_fmt, block_size, scale_mode)
-    if x.dim() != 2 or block_size != 32:
-        raise ValueError(f"{LAYER}: the dual values cast takes 2-D x and 32-element blocks, got "
-                         f"shape {tuple(x.shape)}, block {block_size}")
-    _check_divides(x, 0, block_size)
-    _check_divides(x, 1, block_size)
-    M, C = x.shape
-    out_last = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
-    out_dim0 = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
-    soft_bf16 = is_interpreted(_mx_values_dual_kernel)
-    rows, cols, warps = DUAL_TILE
-    groups = max(1, min(rows // 32, M // 32))
-    groups = 1 << (groups.bit_length() - 1)
-    nb = pow2_at_most(C // 32, cols // 32)
-    view = (lambda t: t.view(torch.int16)) if soft_bf16 else (lambda t: t)
-    _mx_values_dual_kernel[(cdiv(M, groups * 32), cdiv(C // 32, nb))](
-        kernel_input(x)[0], view(out_last), view(out_dim0), M, C, GROUPS=groups, NB=nb,
-        SOFT_BF16=soft_bf16, **params, num_warps=warps)
-    return out_last, out_dim0

@@ -227,23 +227,6 @@ def _(x, elem_fmt, block_size, axis, scale_mode, backend):
     return x.new_empty(x.shape, dtype=torch.bfloat16)
 
 
-@custom_op("qtrain::quantize_mx_values_dual")
-def quantize_mx_values_dual(x: torch.Tensor, elem_fmt: str, block_size: int, scale_mode: str,
-                            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(quantize_mx_values along the last axis, along axis 0) of 2-D x, from one read where
-    the backend fuses them (fast does), else the two casts."""
-    impl = _impl(backend)
-    if hasattr(impl, "quantize_mx_values_dual"):
-        return impl.quantize_mx_values_dual(x, elem_fmt, block_size, scale_mode)
-    return (quantize_mx_values(x, elem_fmt, block_size, -1, scale_mode, backend),
-            quantize_mx_values(x, elem_fmt, block_size, 0, scale_mode, backend))
-
-
-@quantize_mx_values_dual.register_fake
-def _(x, elem_fmt, block_size, scale_mode, backend):
-    return (x.new_empty(x.shape, dtype=torch.bfloat16), x.new_empty(x.shape, dtype=torch.bfloat16))
-
-
 # ---- quantize_int8 (I8-*) ------------------------------------------------------------------
 @custom_op("qtrain::quantize_int8")
 def quantize_int8(x: torch.Tensor, axis: int, noise: Optional[torch.Tensor],

@@ -24,7 +24,7 @@ from . import ops
 from .backend import BackendBound, _instance as _backend_impl, resolve_backend_name
 from .recipes import (CounterNoise, QOperand, QValues, mx_values_route, quantize_operand,
                       quantize_operand_both_axes, quantize_operand_tensorwise_both,
-                      quantize_values, quantize_values_both_axes)
+                      quantize_values)
 
 CHECK_FINITE_ENV = "QTRAIN_CHECK_FINITE"
 
@@ -251,10 +251,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
         # RC-7's emulation (see forward): g along N and along M, and w along N, as values
         values_gi = gi is not None and mx_values_route(gi[0], g, backend)
         values_gw = gw is not None and mx_values_route(gw[0], g, backend)
-        if (values_gi and values_gw and ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
-                and gi[0] == gw[0]):
-            qg, qgt = quantize_values_both_axes(g, gi[0], backend)    # one read of g
-        elif values_gi or values_gw:
+        if values_gi or values_gw:
             pass                                   # each product quantizes g itself below
         elif (ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and gi is not None
                 and gw is not None and gi[0] == gw[0] and not gi[0].axis_free

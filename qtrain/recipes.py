@@ -219,17 +219,6 @@ def quantize_values(t, spec, contraction_axis, backend):
     return QValues(values if contraction_axis else values.t())
 
 
-def quantize_values_both_axes(t, spec, backend):
-    """(t's values along axis 1, along axis 0) in NT form, for a tensor that feeds one
-    emulated MX product along each axis with one spec (g in backward): one read of t through
-    ops.quantize_mx_values_dual where both axes are whole blocks, else the two casts."""
-    b = spec.block_size
-    if t.dim() == 2 and t.shape[0] % b == 0 and t.shape[1] % b == 0 and b == 32:
-        last, dim0 = ops.quantize_mx_values_dual(t, spec.fmt, b, spec.scale_mode, backend)
-        return QValues(last), QValues(dim0.t())
-    return quantize_values(t, spec, 1, backend), quantize_values(t, spec, 0, backend)
-
-
 def quantize_operand_tensorwise_both(t, spec, backend, amax=None):
     """(t along axis 1, t along axis 0), both in NT form, for a tensorwise float8 spec: one
     scale serves both, so the payload of the second is the first's transposed (RC-4). The

@@ -59,11 +59,10 @@ def test_RC_7_emulated_mxfp8_operands_on_gpu(operands, monkeypatch):
     """bf16 mxfp8 on CUDA with its operands as MX-10 values (the default; fast/cast_mx_values.py
     casts) or as payload and scale bytes dequantized inside the product: each within MM-4 of the
     recipe by hand, K = 480 not a multiple of the 64-column tile, and the values route takes
-    three value casts, one dual value cast (g) and one MX cast (x along M, kept for
-    backward)."""
+    five value casts and one MX cast (x along M, kept for backward)."""
     from qtrain.fast import backend as fast_backend, scaled_mm
     monkeypatch.setattr(scaled_mm, "MX_OPERANDS", operands)
-    calls = {"quantize_mx_values": 0, "quantize_mx_values_dual": 0, "quantize_mx": 0}
+    calls = {"quantize_mx_values": 0, "quantize_mx": 0}
     for name in calls:
         real = getattr(fast_backend.FastBackend, name)
         def counted(self, *a, _real=real, _name=name, **k):
@@ -71,9 +70,8 @@ def test_RC_7_emulated_mxfp8_operands_on_gpu(operands, monkeypatch):
             return _real(self, *a, **k)
         monkeypatch.setattr(fast_backend.FastBackend, name, counted)
     x, w, g, out, gx, gw = _run("mxfp8", torch.bfloat16, m=320, k=480, n=192)
-    want = {"quantize_mx_values": 3, "quantize_mx_values_dual": 1, "quantize_mx": 1} \
-        if operands == "values" else \
-        {"quantize_mx_values": 0, "quantize_mx_values_dual": 0, "quantize_mx": 6}
+    want = {"quantize_mx_values": 5, "quantize_mx": 1} if operands == "values" else \
+        {"quantize_mx_values": 0, "quantize_mx": 6}
     assert calls == want
     try:
         check_recipe_by_hand("mxfp8", x, w, g, out, gx, gw)

@@ -53,36 +53,3 @@ def test_mx_values_refuses_what_it_cannot_block():
         quantize_mx_values(torch.ones(2, 64, 64, device=DEVICE), "float8_e4m3fn", 32, 1)
     with pytest.raises(ValueError, match="format"):
         quantize_mx_values(x[:32], "float8_e4m3fnuz", 32, -1)
-
-
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("shape", [(32, 32), (64, 96), (96, 160), (160, 96)], ids=str)
-def test_mx_values_dual_is_both_axes(shape, dtype, seed):
-    """quantize_mx_values_dual: the last-axis and the axis-0 MX-10 values from one read, each
-    the reference's, every format and scale mode; ragged column blocks (96 = 3 blocks of a
-    4-block tile) and a partial row group."""
-    from qtrain.fast.cast_mx_values import quantize_mx_values_dual
-    fast_backend()
-    x = _mx_input(shape, dtype, seed)
-    for fmt in ("float8_e4m3fn", "float8_e5m2"):
-        for mode in ("floor", "rceil"):
-            last, dim0 = quantize_mx_values_dual(from_numpy(x), fmt, 32, mode)
-            what = f"{fmt} {mode} {dtype} {shape}"
-            assert_same(to_numpy(last), reference.quantize_mx_values(x, fmt, 32, -1, mode),
-                        "last-axis values " + what, seed)
-            assert_same(to_numpy(dim0), reference.quantize_mx_values(x, fmt, 32, 0, mode),
-                        "axis-0 values " + what, seed)
-
-
-@pytest.mark.parametrize("tile", [(32, 32, 1), (64, 64, 2), (128, 256, 8)], ids=str)
-def test_mx_values_dual_on_other_tiles(tile, monkeypatch, seed):
-    from qtrain.fast import cast_mx_values
-    fast_backend()
-    monkeypatch.setattr(cast_mx_values, "DUAL_TILE", tile)
-    x = _mx_input((160, 96), "bfloat16", seed)
-    last, dim0 = cast_mx_values.quantize_mx_values_dual(from_numpy(x), "float8_e4m3fn", 32,
-                                                        "rceil")
-    for got, axis in ((last, -1), (dim0, 0)):
-        assert_same(to_numpy(got), reference.quantize_mx_values(x, "float8_e4m3fn", 32, axis,
-                                                                "rceil"),
-                    f"dual tile {tile} axis {axis}", seed)
