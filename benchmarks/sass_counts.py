@@ -33,7 +33,7 @@ def _e4m3():
 def kernels():
     """(name, kernel, signature, constexprs, warps, gluon) at the shipped settings, bf16 x."""
     from qtrain.fast import (amax, cast_blockwise, cast_float8, cast_int8, cast_mx,
-                             cast_mx_gluon, grouped_mm)
+                             cast_mx_values, grouped_mm)
     from qtrain.fast.common import cast_tile, fp32
     from qtrain.formats import EPS_AMAX
     out = []
@@ -70,14 +70,16 @@ def kernels():
                      TMA=cast_mx.DIM0_T_TMA,
                      **cast_mx.mx_constexprs("float8_e4m3fn", "rceil", True, False)), warps,
                 False))
-    if cast_mx_gluon.gluon is not None:
-        bc, warps, lanes = cast_mx_gluon.TILE
-        out.append(("MX dim-0 x.T (Gluon, DIM0_T_GLUON)", cast_mx_gluon._mx_dim0_t_kernel,
-                    {"x_ptr": "*i16", "data_ptr": "*u8", "scale_ptr": "*u8", "M": "i32",
-                     "C": "i32"},
-                    dict(BLOCK_C=bc, WARPS=warps, LOAD_LANES_C=lanes,
-                         **cast_mx.mx_constexprs("float8_e4m3fn", "rceil", True, False)),
-                    warps, True))
+    mx_e4m3 = cast_mx.mx_constexprs("float8_e4m3fn", "rceil", True, False)
+    out.append(("MX-10 values, last axis", cast_mx_values._mx_values_dim_last_kernel,
+                {"x_ptr": "*i16", "out_ptr": "*bf16", "n_blocks": "i32"},
+                dict(BLOCK_B=cast_mx_values.DIM_LAST_ELEMS // 32, BLOCK_SIZE=32,
+                     SOFT_BF16=False, **mx_e4m3), 4, False))
+    rows_cap, cols_cap, warps = cast_mx_values.DIM0_TILE
+    out.append(("MX-10 values, axis 0", cast_mx_values._mx_values_dim0_kernel,
+                {"x_ptr": "*i16", "out_ptr": "*bf16", "M": "i32", "C": "i32"},
+                dict(GROUPS=rows_cap // 32, BLOCK_SIZE=32, BLOCK_C=cols_cap, SOFT_BF16=False,
+                     **mx_e4m3), warps, False))
     block_c, warps = cast_blockwise.COLUMN_BLOCKS_T_TILE
     out.append(("blockwise (128, 1) x.T", cast_blockwise._float8_column_blocks_t_kernel,
                 {"x_ptr": "*i16", "data_ptr": "*u8", "qs_ptr": "*fp32", "dq_ptr": "*fp32",

@@ -203,13 +203,11 @@ DIM0_TILE_T = (64, 128, 2)
 # (H200, 2026-12-03, 2026-12-03-s18-amax-settings-mx-tma-load-h200.log; same bits); removed.
 DIM0_T_TMA = True
 DIM0_TMA_TILE_T = (128, 32, 1)
-# The x.T cast through fast/cast_mx_gluon.py's Gluon kernel where the call fits it (CUDA, bf16
-# or fp32 x, 32-row blocks); elsewhere the Triton kernel above, with one log line per reason.
-# Off: written in the nineteenth session and compiled for sm_90 on the CPU only (Triton 3.9,
-# benchmarks/sass_counts.py: 48 registers against the Triton kernel's 168, no shuffles, no
-# byte-wide shared-memory stores); not yet run on a GPU.
-DIM0_T_GLUON = False
-_GLUON_REASONS_LOGGED = set()
+# A Gluon form of the x.T cast (one 32-row block of one column per thread: 48 registers, no
+# shuffles, no byte-wide shared-memory stores in its sm_90 code) gave the same bits and ran
+# 1.7x slower on the H200: 116 against 68 us at 16384x4096, 199 against 111 at 8192x14336
+# (2026-12-03, twentieth session, 2026-12-03-s20-mx-values-tiles-gluon-tw-group-rowcopy-h200.log);
+# removed.
 
 
 def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="floor",
@@ -224,15 +222,6 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     M = x.shape[0]
     C = x.numel() // M
     dev = x.device
-    if transposed and DIM0_T_GLUON:
-        from . import cast_mx_gluon
-        why = cast_mx_gluon.unsupported(x, block_size)
-        if why is None:
-            return cast_mx_gluon.quantize_mx_dim0_t(x, elem_fmt, params)
-        if why not in _GLUON_REASONS_LOGGED:
-            _GLUON_REASONS_LOGGED.add(why)
-            log.info("%s: MX dim-0 x.T cast by the Triton kernel, not the Gluon one: %s",
-                     LAYER, why)
     if transposed:
         data = torch.empty((C, M), dtype=TORCH_FLOAT8[elem_fmt], device=dev)
         scale = torch.empty((C, M // block_size), dtype=torch.uint8, device=dev)

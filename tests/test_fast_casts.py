@@ -505,61 +505,6 @@ def _assert_mx_dim0_transposed(cast_mx, x, mode, what, seed):
     assert_same(to_numpy(data), ref_data, "data .T " + what, seed)
 
 
-def test_mx_dim0_transposed_gluon_setting_off_cuda_takes_the_triton_kernel(monkeypatch, caplog,
-                                                                          seed):
-    """cast_mx.DIM0_T_GLUON on, where the Gluon kernel cannot run (x on the CPU, fp16 x, other
-    blocks): the Triton kernel casts, with the reference's bits, and one log line names the
-    reason (the Gluon kernel is GPU-only and takes bf16 or fp32 x in 32-row blocks)."""
-    if DEVICE != "cpu":
-        pytest.skip("the reasons checked here are the CPU's; the GPU test below takes the path")
-    import logging
-    from qtrain.fast import cast_mx, cast_mx_gluon
-    monkeypatch.setattr(cast_mx, "DIM0_T_GLUON", True)
-    monkeypatch.setattr(cast_mx, "_GLUON_REASONS_LOGGED", set())
-    fast_backend()
-    x = _mx_input((64, 40), "bfloat16", seed)
-    with caplog.at_level(logging.INFO, logger="qtrain"):
-        for _ in range(2):
-            _assert_mx_dim0_transposed(cast_mx, x, "rceil", "gluon setting on the CPU", seed)
-    said = [r.getMessage() for r in caplog.records if "not the Gluon one" in r.getMessage()]
-    assert len(said) == 1 and "x on cpu" in said[0], said
-    for t, block, reason in ((torch.ones(32, 8, dtype=torch.float16), 32, "float16"),
-                             (torch.ones(32, 8), 16, "32-row blocks"),
-                             (torch.ones(32, 8), 32, "NVIDIA GPUs only")):
-        assert reason in cast_mx_gluon.unsupported(t, block), (reason, t.dtype, block)
-
-
-@pytest.mark.skipif(DEVICE != "cuda" or torch.version.hip is not None,
-                    reason="the Gluon kernel runs on NVIDIA GPUs only, not under the CPU "
-                    "interpreter (the CPU test above checks the setting's routing)")
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_mx_dim0_transposed_by_gluon_kernel(dtype, monkeypatch, seed):
-    """cast_mx.DIM0_T_GLUON: the Gluon kernel (fast/cast_mx_gluon.py) takes the call and gives
-    the reference's bits of x.T's dim -1 cast, floor and rceil, e4m3 and e5m2, with NaN/Inf/
-    zero/subnormal blocks, on shapes that cut its column tile."""
-    from qtrain.fast import cast_mx, cast_mx_gluon
-    monkeypatch.setattr(cast_mx, "DIM0_T_GLUON", True)
-    calls = []
-    real = cast_mx_gluon.quantize_mx_dim0_t
-    monkeypatch.setattr(cast_mx_gluon, "quantize_mx_dim0_t",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
-    for shape in ((96, 40), (64, 300), (256, 64), (32, 1000)):
-        x = _mx_input(shape, dtype, seed)
-        x[5 % shape[0], :7] = np.nan
-        x[40 % shape[0], 3] = np.inf
-        x[32:, 9] = 0
-        for fmt in ("float8_e4m3fn", "float8_e5m2"):
-            for mode in ("floor", "rceil"):
-                what = f"{shape} {dtype} {fmt} {mode} gluon"
-                data, bits = cast_mx.quantize_mx_dim0(from_numpy(x), fmt, 32, mode,
-                                                      transposed=True)
-                ref_data, ref_bits = reference.quantize_mx(np.ascontiguousarray(x.T), fmt, 32,
-                                                           -1, mode)
-                assert_same(to_numpy(bits), ref_bits, "scale_bits .T " + what, seed)
-                assert_same(to_numpy(data), ref_data, "data .T " + what, seed)
-    assert len(calls) == 16
-
-
 @pytest.mark.parametrize("shape", [(256, 128), (128, 384)])
 @pytest.mark.parametrize("copy", ["torch", "tiles"])
 def test_blockwise_square_transposed_is_blockwise_of_x_t_BW_5(shape, copy, monkeypatch, seed):

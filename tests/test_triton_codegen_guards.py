@@ -10,9 +10,6 @@ Triton version whose compiled kernel has that pattern.
 The per-group column cast of token groups (fast/grouped_mm.py) must store x.T in 16-byte
 vectors: counted from a group start the compiler cannot see, Triton 3.6 stored it byte by byte.
 
-The Gluon MX dim-0 x.T cast (fast/cast_mx_gluon.py) exists for its layouts: each thread's 32
-codes leave as 16-byte stores, with no byte-wide shared-memory stores and no shuffles for the
-block maxima. Its compiled PTX is checked for that.
 """
 import json
 import os
@@ -86,23 +83,6 @@ def _token_group_cast_ptx(use, stages=None):
     return _compile_sm90(kernel, signature, consts, aligned, "ptx")
 
 
-def _gluon_mx_t_ptx(dtype):
-    """PTX of the Gluon MX dim-0 x.T kernel at its shipped tile for x of `dtype`, or the
-    reason it cannot compile here."""
-    import triton
-    from qtrain.fast import cast_mx_gluon
-    from qtrain.fast.cast_mx import mx_constexprs
-    if cast_mx_gluon.gluon is None:
-        return None, f"Triton {triton.__version__} has no Gluon"
-    block_c, warps, lanes = cast_mx_gluon.TILE
-    consts = dict(BLOCK_C=block_c, WARPS=warps, LOAD_LANES_C=lanes,
-                  **mx_constexprs("float8_e4m3fn", "rceil", dtype == torch.bfloat16, False))
-    sig = {"x_ptr": "*i16" if dtype == torch.bfloat16 else "*i32", "data_ptr": "*u8",
-           "scale_ptr": "*u8", "M": "i32", "C": "i32"}
-    return _compile_sm90(cast_mx_gluon._mx_dim0_t_kernel, sig, consts, tuple(sig), "ptx", warps,
-                         gluon=True)
-
-
 def _stores_codes_through_a_conversion(ttgir):
     """True when an 8-bit tensor is stored as is and also converted to another layout and
     stored: the pattern of triton-lang/triton#11111."""
@@ -164,17 +144,6 @@ def test_group_cast_stages_pipeline_the_loads(compiled_patterns):
         f"{compiled_patterns['triton']}: {counts}")
 
 
-@pytest.mark.parametrize("dtype", ["torch.bfloat16", "torch.float32"])
-def test_gluon_mx_t_cast_stores_vectors_without_shuffles(dtype, compiled_patterns):
-    ops = compiled_patterns["gluon_mx_t_ops"][dtype]
-    if isinstance(ops, str):
-        pytest.skip(ops)
-    assert ops["st.global.v4.b32"] >= 1 and ops["st.global.b8"] <= 1, ops   # one scale byte
-    assert ops["st.shared.b8"] == 0 and ops["shfl.sync"] == 0, (
-        f"Gluon MX x.T cast on Triton {compiled_patterns['triton']}: {ops} (the layout that "
-        f"keeps a block in one thread is lost)")
-
-
 def test_pattern_finder_on_known_ttgir():
     """The finder flags the same codes stored directly and converted, and only that."""
     both = ("%c = tt.fp_to_fp %y\n%5 = ttg.convert_layout %c : tensor<32x128xi8, #b> -> "
@@ -210,10 +179,4 @@ if __name__ == "__main__":     # the child of _compiled_patterns
             result["token_group_cp_async"] = why
             break
         result["token_group_cp_async"][str(stages)] = len(re.findall(r"cp\.async\.", ptx))
-    result["gluon_mx_t_ops"] = {}
-    for dt in (torch.bfloat16, torch.float32):
-        ptx, why = _gluon_mx_t_ptx(dt)
-        result["gluon_mx_t_ops"][str(dt)] = why if ptx is None else {
-            op: len(re.findall(re.escape(op) + r"\b", ptx))
-            for op in ("st.global.v4.b32", "st.global.b8", "st.shared.b8", "shfl.sync")}
     print(json.dumps(result))
