@@ -218,7 +218,9 @@ GROUP_CAST_STAGES = None
 # Loop 2 encodes x.T from the transposed 16-bit tile (the kernel's T_FROM_X) instead of moving
 # byte codes through shared memory (32 byte-wide shared stores per thread in its sm_90 PTX,
 # Triton 3.9; the dense two-payload casts gained from the same change, NOTES nineteenth
-# session). Off: not yet timed on a GPU.
+# session). Off: timed on the H200 (twentieth session, group_cast_sweep --t-from-x, same bits)
+# within noise of the default: x 111.4 against 113.5 us, g 57.8 against 58.4, w 105.8 against
+# 102.8 (2026-12-03-s20-mx-values-tiles-gluon-tw-group-rowcopy-h200.log).
 GROUP_CAST_T_FROM_X = False
 WIDE_TILE_WAVES = 3
 
