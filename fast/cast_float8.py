@@ -297,8 +297,9 @@ def quantize_float8_tensorwise_both(x, fmt, pow2_scale=False, amax=None, with_de
 # 12.9). Triton 3.9 converts the 8-bit codes for bf16 too, so other Triton versions are not
 # trusted until checked. Elsewhere the cast plus the tiled transpose run: the same bits, one
 # more pass over the 1-byte payload. With T_FROM_X (x.T encoded from the transposed 16-bit
-# tile, nineteenth session) fp32 still gives wrong x.T codes on the H200: every x.T byte of
-# (256, 512), (256, 384), (8192, 4096) and (8192, 8192) differed, e4m3 and e5m2 alike
+# tile, nineteenth session) fp32 still gives wrong x.T codes on the H200: about half of the x.T
+# bytes of (256, 512), (256, 384), (8192, 4096) and (8192, 8192) differed, e4m3 and e5m2 alike;
+# (1000, 3000) and (40, 130) were exact
 # (twentieth session, 2026-12-03-s20-mx-values-tiles-gluon-tw-group-rowcopy-h200.log).
 ROW_COPY_CUDA_DTYPES = (torch.bfloat16,)
 ROW_COPY_TRITON = ("3.6.",)
