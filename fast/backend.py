@@ -283,6 +283,11 @@ class FastBackend:
 
     takes_fast_accum = True            # qtrain/grouped_ops.py scaled_grouped_mm's RC-3 hint
 
+    def mm_mx_values_grouped(self, a, a_dequant, b, b_dequant, offs, group_align=1):
+        from .grouped_mm import mx_values_grouped_product
+        self._check(a)
+        return mx_values_grouped_product(a, a_dequant, b, b_dequant, offs, group_align)
+
     def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1,
                           pow2_factors=False, use_fast_accum=False):
         from .grouped_mm import scaled_grouped_mm

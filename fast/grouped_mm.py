@@ -552,3 +552,23 @@ def scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype=torch
             a_hp, b_hp, offs = _pad_columns(a_hp, b_hp, offs, FLOAT8_ALIGN)
         out = _grouped_mm_checked(a_hp.contiguous(), b_hp.contiguous().t(), offs, a, out_dtype)
     return _zero_outside(out, offs, b.dim() == 3).to(out_dtype)
+
+
+def mx_values_grouped_product(a, a_dequant, b, b_dequant, offs, group_align=1):
+    """RC-7's emulated MX grouped product (grouped_ops.mm_mx_values_grouped): MM-5 in bf16 with
+    fp32 sums (torch._grouped_mm), each operand given as its MX-10 values (dequant None: bf16,
+    any strides) or as payload and block factors (dequantized exactly to bf16 first)."""
+    for v, d, name in ((a, a_dequant, "a"), (b, b_dequant, "b")):
+        if d is None and v.dtype != torch.bfloat16:
+            raise TypeError(f"{LAYER}: mm_mx_values_grouped: {name} given as values has dtype "
+                            f"{v.dtype}, expected torch.bfloat16")
+    a16 = a if a_dequant is None else _dequant(a, a_dequant, offs, torch.bfloat16)
+    b16 = b if b_dequant is None else _dequant(b, b_dequant, offs, torch.bfloat16)
+    if b.dim() == 3:                       # B (E, K, N) column-major, as torch wants
+        out = torch._grouped_mm(a16.contiguous(), b16.contiguous().transpose(-2, -1), offs=offs)
+    else:                                  # A (M, T) row-major, B (T, N) column-major
+        a16, b16 = a16.contiguous(), b16.contiguous()
+        if a.device.type == "cuda" and group_align % FLOAT8_ALIGN:
+            a16, b16, offs = _pad_columns(a16, b16, offs, FLOAT8_ALIGN)
+        out = torch._grouped_mm(a16, b16.t(), offs=offs)
+    return _zero_outside(out, offs, b.dim() == 3)

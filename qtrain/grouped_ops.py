@@ -126,3 +126,21 @@ def _(a, a_dequant, b, b_dequant, offs, out_dtype, backend, group_align=1, pow2_
     if b.dim() == 3:                                   # 2d x 3d: (M, N)
         return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
     return a.new_empty((offs.shape[0], a.shape[0], b.shape[0]), dtype=out_dtype)   # (E, M, N)
+
+
+@custom_op("qtrain::mm_mx_values_grouped")
+def mm_mx_values_grouped(a: torch.Tensor, a_dequant: Optional[torch.Tensor], b: torch.Tensor,
+                         b_dequant: Optional[torch.Tensor], offs: torch.Tensor, backend: str,
+                         group_align: int = 1) -> torch.Tensor:
+    """RC-7's emulated MM-5 (bf16 out) for MX operands given each as its MX-10 values (dequant
+    None: bf16, any strides) or as payload and block factors: the forms and zero rules of
+    scaled_grouped_mm. group_align as there."""
+    return grouped_impl(backend).mm_mx_values_grouped(a, a_dequant, b, b_dequant, offs,
+                                                      group_align)
+
+
+@mm_mx_values_grouped.register_fake
+def _(a, a_dequant, b, b_dequant, offs, backend, group_align=1):
+    if b.dim() == 3:
+        return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.bfloat16)
+    return a.new_empty((offs.shape[0], a.shape[0], b.shape[0]), dtype=torch.bfloat16)

@@ -30,7 +30,14 @@ from .backend import resolve_backend_name
 from .config import Float8LinearConfig, MXLinearConfig
 from .grouping import pad_groups, pad_layout
 from .qlinear import _mm_dtype
-from .recipes import QOperand, quantize_operand
+from .recipes import QOperand, mx_values_route, quantize_operand, quantize_values
+
+# The MX products on MX-10 values (RC-7's emulation, as the dense linear takes them where
+# recipes.mx_values_route says so): x along K, w along K and N, g along N and along tokens cast
+# straight to bf16 values, x along tokens kept as payload. Off: prepared in the twentieth
+# session and checked on the CPU only (the dense linear's route measured 0.75-0.79x -> 0.95-0.97x
+# of bf16 on the H200); the MoE step has not been timed with it.
+MX_VALUES = False
 
 LAYER = "qtrain.grouped_mm"
 FLOAT8_ALIGN = 16         # torch._scaled_grouped_mm needs 16-token aligned groups (2d x 2d)
@@ -51,7 +58,17 @@ def _quantize_3d(w, spec, along_k, backend):
     return q.payload.reshape(e, rows, cols), q.dequant_fp32().reshape(e, rows, -1)
 
 
-def _grad_weight_operand(t, offs, spec, backend, layout=None):
+def _values_3d(w, spec, along_k, backend):
+    """w (E, N, K)'s MX-10 values per expert in NT form: along K (E, N, K), or along N as
+    B = w[g].T, a (E, K, N) view. Blocks along N are 32-row blocks of w viewed (E * N, K),
+    which never straddle experts (N % 32 == 0, RC-11)."""
+    e, n, k = w.shape
+    v = ops.quantize_mx_values(w.reshape(e * n, k), spec.fmt, spec.block_size,
+                               -1 if along_k else 0, spec.scale_mode, backend).reshape(e, n, k)
+    return v if along_k else v.transpose(1, 2)
+
+
+def _grad_weight_operand(t, offs, spec, backend, layout=None, values=False):
     """t (M, C) (g or x) quantized along tokens within each group, in NT form for the 2d x 2d
     product over the padded token layout: (payload (C, Mp), factors, layout), layout =
     (padded offs,) for float8 and (padded offs, pad index) for MX. `layout`: when already
@@ -67,6 +84,8 @@ def _grad_weight_operand(t, offs, spec, backend, layout=None):
     else:
         pends, index = layout
     tp, _ = pad_groups(t, offs, spec.block_size, (index, pends))   # blocks never straddle groups
+    if values:                                                # MX-10 values along tokens
+        return quantize_values(tp, spec, 0, backend).values, None, (pends, index)
     q = quantize_operand(tp, spec, 0, backend)                # MX along tokens: (C, Mp) view
     return q.payload, q.dequant, (pends, index)               # e8m0 bytes while saved
 
@@ -98,11 +117,16 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, offs, plan, backend):
         out_dtype = _mm_dtype(x.dtype)
-        qx = quantize_operand(x, plan.output[0], 1, backend)
-        qw, dw = _quantize_3d(w, plan.output[1], True, backend)
-        out = grouped_ops.scaled_grouped_mm(qx.payload, qx.dequant_fp32(), qw, dw, offs,
-                                            out_dtype, backend, 1, _pow2(plan.output),
-                                            plan.fast_accum_output)
+        if _values(plan.output[0], x, backend):
+            out = grouped_ops.mm_mx_values_grouped(
+                quantize_values(x, plan.output[0], 1, backend).values, None,
+                _values_3d(w, plan.output[1], True, backend), None, offs, backend)
+        else:
+            qx = quantize_operand(x, plan.output[0], 1, backend)
+            qw, dw = _quantize_3d(w, plan.output[1], True, backend)
+            out = grouped_ops.scaled_grouped_mm(qx.payload, qx.dequant_fp32(), qw, dw, offs,
+                                                out_dtype, backend, 1, _pow2(plan.output),
+                                                plan.fast_accum_output)
         gw = plan.grad_weight
         if not ctx.needs_input_grad[1]:
             x_saved = ()
@@ -124,7 +148,12 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
         g = grad_out.contiguous().to(ctx.x_dtype)
         out_dtype = _mm_dtype(ctx.x_dtype)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and _values(plan.grad_input[0], g, backend):
+            gi = plan.grad_input
+            grad_x = grouped_ops.mm_mx_values_grouped(
+                quantize_values(g, gi[0], 1, backend).values, None,
+                _values_3d(w, gi[1], False, backend), None, offs, backend).to(ctx.x_dtype)
+        elif ctx.needs_input_grad[0]:
             gi = plan.grad_input
             qg = quantize_operand(g, gi[0], 1, backend)
             qwt, dwt = _quantize_3d(w, gi[1], False, backend)
@@ -137,15 +166,28 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
                 grad_w = _grad_weight_hp(g, x_saved[0], offs)
             else:
                 b, db, x_layout = x_saved[0], x_saved[1], x_saved[2:]
+                values = _values(gw[0], g, backend)
                 a, da, layout = _grad_weight_operand(g, offs, gw[0], backend,
-                                                     x_layout if gw[0] == gw[1] else None)
+                                                     x_layout if gw[0] == gw[1] else None,
+                                                     values)
                 pends = layout[0]
-                da, db = QOperand(a, da).dequant_fp32(), QOperand(b, db).dequant_fp32()
                 align = FLOAT8_ALIGN if gw[0].kind == "float8" else gw[0].block_size
-                grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype, backend,
-                                                       align, _pow2(gw), plan.fast_accum_grads)
+                if values:                 # g's values against x's kept payload
+                    grad_w = grouped_ops.mm_mx_values_grouped(
+                        a, None, b, QOperand(b, db).dequant_fp32(), pends, backend, align)
+                else:
+                    da, db = QOperand(a, da).dequant_fp32(), QOperand(b, db).dequant_fp32()
+                    grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype,
+                                                           backend, align, _pow2(gw),
+                                                           plan.fast_accum_grads)
             grad_w = grad_w.to(w.dtype)
         return grad_x, grad_w, None, None, None
+
+
+def _values(spec, t, backend):
+    """Whether this product's MX operands go as MX-10 values (MX_VALUES and the backend's
+    route for t, recipes.mx_values_route)."""
+    return MX_VALUES and mx_values_route(spec, t, backend)
 
 
 def _pow2(specs):

@@ -132,6 +132,14 @@ class ReferenceBackend:
         data, qs = _ref().quantize_float8_experts_t(to_numpy(w), fmt, pow2_scale)
         return to_torch(data, w.device), to_torch(qs, w.device)
 
+    def mm_mx_values_grouped(self, a, a_dequant, b, b_dequant, offs, group_align=1):
+        opt = lambda d: None if d is None else to_numpy(d)            # noqa: E731
+        out = _ref().mm_mx_values_grouped(to_numpy(a), opt(a_dequant), to_numpy(b),
+                                          opt(b_dequant), to_numpy(offs),
+                                          out_dtype=_np_out("mm_mx_values_grouped",
+                                                            torch.bfloat16))
+        return to_torch(out, a.device)
+
     def scaled_grouped_mm(self, a, a_dequant, b, b_dequant, offs, out_dtype, group_align=1):
         # group_align is a layout promise for kernels; the reference reads any layout
         out = _ref().scaled_grouped_mm(to_numpy(a), to_numpy(a_dequant), to_numpy(b),

@@ -196,3 +196,43 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=np.float32):
             for g, (start, end) in enumerate(groups):
                 out[g] = nt_float64(a64[:, start:end], b64[:, start:end])
     return round_float64(out, dt)
+
+
+def mm_mx_values_grouped(a, a_dequant, b, b_dequant, offs, out_dtype=np.float32):
+    """RC-7's emulated MM-5 for MX operands given each as its MX-10 values (dequant None) or as
+    payload and MM-1 block factors (block form; for b (E, N, K) per expert, (E, N/br, K/bc)):
+    the same two forms and zero rules as scaled_grouped_mm, every element one MM-2 product."""
+    where = "mm_mx_values_grouped"
+    dt = check_out_dtype(out_dtype, f"scaled_mm.{where}")
+    b = np.asarray(b)
+    if b.ndim not in (2, 3):
+        raise ValueError(f"qtrain.reference.scaled_mm.{where}: b must be 2-D (N,T) or 3-D (E,N,K), "
+                         f"got shape {b.shape}")
+
+    def values(p, d, ndim, name):
+        if d is None:
+            v = np.asarray(p).astype(np.float64)
+            if v.ndim != ndim:
+                raise ValueError(f"qtrain.reference.scaled_mm.{where}: {name} must be {ndim}-D, "
+                                 f"got shape {v.shape}")
+            return v
+        v = _payload_float64(p, ndim, name, where)
+        d = np.asarray(d)
+        with np.errstate(invalid="ignore"):                # 0 * Inf is NaN by MM-6
+            if ndim == 3:
+                return np.stack([v[g] * expand_dequant(d[g], v.shape[1:], name + "_dequant[g]",
+                                                       where) for g in range(v.shape[0])])
+            return v * expand_dequant(d, v.shape, name + "_dequant", where)
+    a64, b64 = values(a, a_dequant, 2, "a"), values(b, b_dequant, b.ndim, "b")
+    _check_k(a64, b64, where)
+    if b.ndim == 3:
+        groups = _check_offs(offs, b64.shape[0], a64.shape[0], "rows of a", where)
+        out = np.zeros((a64.shape[0], b64.shape[1]))       # rows past offs[-1] stay +0
+        for g, (start, end) in enumerate(groups):
+            out[start:end] = nt_float64(a64[start:end], b64[g])
+    else:
+        groups = _check_offs(offs, None, a64.shape[1], "columns of the contraction axis", where)
+        out = np.zeros((len(groups), a64.shape[0], b64.shape[0]))
+        for g, (start, end) in enumerate(groups):
+            out[g] = nt_float64(a64[:, start:end], b64[:, start:end])
+    return round_float64(out, dt)

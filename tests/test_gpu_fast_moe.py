@@ -151,8 +151,13 @@ def test_scaled_grouped_mm_routes_MM_4_MM_5(form):
         assert not out[OFFS[-1]:].any(), "rows past offs[-1] must be zeros (MM-5)"
 
 
-@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
-def test_layer_matches_reference(recipe):
+@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8", "mxfp8-values"])
+def test_layer_matches_reference(recipe, monkeypatch):
+    """recipe mxfp8-values: mxfp8 with qgrouped_mm.MX_VALUES on (RC-7 on MX-10 values)."""
+    if recipe == "mxfp8-values":
+        from qtrain import qgrouped_mm
+        monkeypatch.setattr(qgrouped_mm, "MX_VALUES", True)
+        recipe = "mxfp8"
     gen = _gen()
     config = dataclasses.replace(qtrain.recipe_config(recipe), backend="fast")
     ref_config = dataclasses.replace(config, backend="reference")

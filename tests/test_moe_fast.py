@@ -340,3 +340,80 @@ def test_padded_offsets_launches_once(monkeypatch):
     assert launches == [(1,)]
     grouped_ops.padded_offsets(offs, 12, backend)
     assert launches == [(1,)]
+
+
+@pytest.mark.parametrize("scale_mode", ["floor", "rceil"])
+@pytest.mark.parametrize("grouping", ["uneven", "empty_ends"])
+def test_grouped_layer_on_mx_values_matches_reference(grouping, scale_mode, monkeypatch, seed):
+    """qgrouped_mm.MX_VALUES (RC-7's emulation on MX-10 values, as the dense linear takes it):
+    x along K, w along K and N, g along N and along tokens cast straight to bf16 values (five
+    value casts), x along tokens kept as payload (one MX cast), three value products; forward
+    and backward in bf16 against the reference backend's payload products, within one bf16
+    bf16 rounding (the same exact terms, summed in fp32 or exactly, each rounded once)."""
+    from qtrain import qgrouped_mm
+    fast_backend()
+    calls = {"quantize_mx_values": 0, "quantize_mx": 0, "mm_mx_values_grouped": 0}
+    for name in calls:
+        real = getattr(FastBackend, name)
+        def counted(self, *a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(self, *a, **k)
+        monkeypatch.setattr(FastBackend, name, counted)
+    monkeypatch.setattr(FastBackend, "mx_values_route", lambda self, t: t.dtype == torch.bfloat16,
+                        raising=False)
+    monkeypatch.setattr(qgrouped_mm, "MX_VALUES", True)
+    qbackend.register_backend("fast-interpreter", lambda: FastBackend(allow_interpreter=True))
+    config = qtrain.MXLinearConfig(scale_mode=scale_mode)
+    offs = torch.tensor(OFFS[grouping], dtype=torch.int32, device=DEVICE)
+    gen = torch.Generator().manual_seed(seed)
+
+    def varied(*shape):       # magnitudes that vary along both axes: blocks along one axis and
+        t = torch.randn(*shape, generator=gen)           # along the other get other exponents
+        t = t * torch.exp2(torch.randint(-6, 7, shape[:-1] + (1,), generator=gen).float())
+        t = t * torch.exp2(torch.randint(-6, 7, shape[-1:], generator=gen).float())
+        return t.to(DEVICE, torch.bfloat16)
+    x, w, g = varied(40, 64), varied(4, 32, 64), varied(40, 32)
+    results = {}
+    for name in ("fast-interpreter", "reference"):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = _QuantizedGroupedMMFn.apply(xr, wr, offs, config.plan(grouped=True), name)
+        y.backward(g)
+        results[name] = (y.detach(), xr.grad, wr.grad)
+    assert calls == {"quantize_mx_values": 5, "quantize_mx": 1, "mm_mx_values_grouped": 3}, calls
+    for got, want, what in zip(results["fast-interpreter"], results["reference"],
+                               ("output", "grad_input", "grad_weight")):
+        assert got.dtype == torch.bfloat16
+        atol = 2.0 ** -16 * float(want.float().abs().max())
+        torch.testing.assert_close(got.float(), want.float(), rtol=2.0 ** -7, atol=atol,
+                                   msg=f"{what} (seed {seed})")
+    assert not results["fast-interpreter"][0][OFFS[grouping][-1]:].any()       # MM-5
+
+
+def test_grouped_layer_on_mx_values_compiled_gives_the_eager_bits(monkeypatch):
+    """The MX_VALUES route under torch.compile (fullgraph): the ops' fake kernels trace it, and
+    output and both grads equal the eager run's bits."""
+    import dataclasses
+    from qtrain import qgrouped_mm
+    from qtrain.fast.backend import InterpretedFastBackend
+    if DEVICE != "cpu":
+        pytest.skip("the interpreter's CPU path; on a GPU test_gpu_fast_moe runs the route")
+    fast_backend()
+    monkeypatch.setattr(FastBackend, "mx_values_route", lambda self, t: t.dtype == torch.bfloat16,
+                        raising=False)
+    monkeypatch.setattr(qgrouped_mm, "MX_VALUES", True)
+    qbackend.register_backend("fast-interpret-moe", lambda: InterpretedFastBackend("fast-interpret-moe"))
+    config = dataclasses.replace(qtrain.MXLinearConfig(), backend="fast-interpret-moe")
+    offs = torch.tensor(OFFS["uneven"], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(0)
+    x0, w0 = torch.randn(40, 64, generator=gen), torch.randn(4, 32, 64, generator=gen)
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        fn = lambda a, b: qtrain.grouped_mm(a, b, offs, config)        # noqa: E731
+        fn = torch.compile(fn, fullgraph=True) if compiled else fn
+        x, w = (t.bfloat16().requires_grad_() for t in (x0, w0))
+        y = fn(x, w)
+        y.backward(torch.ones_like(y))
+        runs.append((y.detach(), x.grad, w.grad))
+    for eager, compiled, what in zip(*runs, ("output", "grad_input", "grad_weight")):
+        assert torch.equal(eager.view(torch.int16), compiled.view(torch.int16)), what
