@@ -251,15 +251,12 @@ class _QuantizedLinearFn(torch.autograd.Function):
         # RC-7's emulation (see forward): g along N and along M, and w along N, as values
         values_gi = gi is not None and mx_values_route(gi[0], g, backend)
         values_gw = gw is not None and mx_values_route(gw[0], g, backend)
-        if values_gi or values_gw:
-            pass                                   # each product quantizes g itself below
-        elif (ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and gi is not None
-                and gw is not None and gi[0] == gw[0] and not gi[0].axis_free
-                and not gi[0].stochastic):
+        # one cast of g for both products where the spec allows it (values: one each, below)
+        both_g = (ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and gi is not None
+                  and gw is not None and gi[0] == gw[0] and not (values_gi or values_gw))
+        if both_g and not gi[0].axis_free and not gi[0].stochastic:
             qg, qgt = quantize_operand_both_axes(g, gi[0], backend)   # g along N and along M
-        elif (ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and gi is not None
-                and gw is not None and gi[0] == gw[0] and _tensorwise_float8(gi[0])
-                and TENSORWISE_TRANSPOSE == "cast"):
+        elif both_g and _tensorwise_float8(gi[0]) and TENSORWISE_TRANSPOSE == "cast":
             qg, qgt = quantize_operand_tensorwise_both(g, gi[0], backend)  # g and g.T, one cast
         if ctx.needs_input_grad[0]:
             if gi is None:
