@@ -162,6 +162,10 @@ class TorchCpuBackend:
         s = self.e8m0_to_float(scale_bits.movedim(axis, -1))[..., None]
         return _round_out((b * s).reshape(*b.shape[:-2], -1).movedim(-1, axis), out_dtype)   # MX-8
 
+    def quantize_mx_values(self, x, elem_fmt, block_size, axis, scale_mode):
+        data, scale_bits = self.quantize_mx(x, elem_fmt, block_size, axis, scale_mode)
+        return self.dequantize_mx(data, scale_bits, block_size, axis, torch.bfloat16)   # MX-10
+
     def e8m0_to_float(self, scale_bits):
         e = scale_bits.to(torch.int32).double() - E8M0_BIAS
         return torch.where(scale_bits == E8M0_NAN, torch.full_like(e, NAN), torch.pow(2.0, e))
