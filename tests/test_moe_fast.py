@@ -196,6 +196,18 @@ def test_emulated_products_within_MM_4(seed):
     assert not out[37:].any()
 
 
+def _fast_and_reference(x, w, g, offs, config):
+    """{backend: (output, grad_input, grad_weight)} of the grouped layer's forward and backward
+    on the fast path (interpreter on a CPU) and on the reference backend."""
+    results = {}
+    for name in ("fast-interpreter", "reference"):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = _QuantizedGroupedMMFn.apply(xr, wr, offs, config.plan(grouped=True), name)
+        y.backward(g)
+        results[name] = (y.detach(), xr.grad, wr.grad)
+    return results
+
+
 @pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
 def test_fast_layer_matches_reference(recipe, seed):
     """Whole forward + backward on the fast path (interpreter on a CPU) vs the reference backend:
@@ -206,12 +218,7 @@ def test_fast_layer_matches_reference(recipe, seed):
               else qtrain.MXLinearConfig(scale_mode="rceil"))
     offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32, device=DEVICE)
     x, w, g = (t.to(DEVICE) for t in (torch.randn(40, 64), torch.randn(4, 32, 64), torch.randn(40, 32)))
-    results = {}
-    for name in ("fast-interpreter", "reference"):
-        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = _QuantizedGroupedMMFn.apply(xr, wr, offs, config.plan(grouped=True), name)
-        y.backward(g)
-        results[name] = (y.detach(), xr.grad, wr.grad)
+    results = _fast_and_reference(x, w, g, offs, config)
     for got, want, what in zip(results["fast-interpreter"], results["reference"],
                                ("output", "grad_input", "grad_weight")):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=what)
@@ -373,12 +380,7 @@ def test_grouped_layer_on_mx_values_matches_reference(grouping, scale_mode, monk
         t = t * torch.exp2(torch.randint(-6, 7, shape[-1:], generator=gen).float())
         return t.to(DEVICE, torch.bfloat16)
     x, w, g = varied(40, 64), varied(4, 32, 64), varied(40, 32)
-    results = {}
-    for name in ("fast-interpreter", "reference"):
-        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = _QuantizedGroupedMMFn.apply(xr, wr, offs, config.plan(grouped=True), name)
-        y.backward(g)
-        results[name] = (y.detach(), xr.grad, wr.grad)
+    results = _fast_and_reference(x, w, g, offs, config)
     assert calls == {"quantize_mx_values": 5, "quantize_mx": 1, "mm_mx_values_grouped": 3}, calls
     for got, want, what in zip(results["fast-interpreter"], results["reference"],
                                ("output", "grad_input", "grad_weight")):
