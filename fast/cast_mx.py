@@ -1,8 +1,6 @@
 """MX casts, spec/03-mx.md (MX-1..MX-7): blocks along the last axis (dim -1) or along axis 0
 (dim 0, optionally written transposed as the row-major NT operand), floor and rceil scales,
 e8m0 bytes out (uint8). One read of x, one write of data and scales."""
-import logging
-
 import torch
 import triton
 import triton.language as tl
@@ -16,7 +14,6 @@ from .encode import (abs_bits, encode_float8, is_finite_bits, loaded_abs_max_bit
                      widen_to_fp32)
 
 LAYER = "qtrain.fast.cast_mx"
-log = logging.getLogger("qtrain")
 
 
 @triton.jit
@@ -161,6 +158,14 @@ def mx_constexprs(elem_fmt, scale_mode, is_bf16, soft_cast):
                 RCP_MAX=fp32(1.0 / f.max), **float8_params(elem_fmt), EXACT_SOFT_CAST=soft_cast)
 
 
+def dim0_tiling(M, C, block_size, rows_cap, cols_cap):
+    """(groups, block_c) of a dim-0 tile of x viewed (M, C): `groups` whole blocks of
+    block_size rows (a power of two of them, at most rows_cap rows, one block at least) by
+    block_c columns (a power of two, at most cols_cap)."""
+    groups = max(1, min(rows_cap // block_size, M // block_size)) if block_size <= rows_cap else 1
+    return 1 << (groups.bit_length() - 1), pow2_at_most(C, cols_cap)
+
+
 def _check_divides(x, axis, block_size):
     if x.shape[axis] % block_size:          # MX-1
         raise ValueError(f"{LAYER}: shape {tuple(x.shape)} has length {x.shape[axis]} along axis "
@@ -231,9 +236,7 @@ def quantize_mx_dim0(x, elem_fmt="float8_e4m3fn", block_size=32, scale_mode="flo
     tma = transposed and DIM0_T_TMA and tma_store_ok(dev, M)
     rows_cap, cols_cap, warps = (DIM0_TMA_TILE_T if tma else DIM0_TILE_T if transposed
                                  else DIM0_TILE)
-    groups = max(1, min(rows_cap // block_size, M // block_size)) if block_size <= rows_cap else 1
-    groups = 1 << (groups.bit_length() - 1)
-    block_c = pow2_at_most(C, cols_cap)
+    groups, block_c = dim0_tiling(M, C, block_size, rows_cap, cols_cap)
     grid = (cdiv(M, groups * block_size), cdiv(C, block_c))
     out = data.view(torch.uint8)
     if tma:

@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .cast_mx import _check_divides, _mx_exponent, _mx_params, _mx_scale_block
-from .common import cdiv, is_interpreted, kernel_input, next_pow2, pow2_at_most
+from .cast_mx import _check_divides, _mx_exponent, _mx_params, _mx_scale_block, dim0_tiling
+from .common import cdiv, is_interpreted, kernel_input, next_pow2
 from .encode import decode_float8, loaded_abs_max_bits, soft_bf16_bits, widen_to_fp32
 
 LAYER = "qtrain.fast.cast_mx_values"
@@ -124,9 +124,7 @@ def quantize_mx_values(x, elem_fmt="float8_e4m3fn", block_size=32, axis=-1,
     M = x.shape[0]
     C = x.numel() // M
     rows_cap, cols_cap, warps = DIM0_TILE
-    groups = max(1, min(rows_cap // block_size, M // block_size)) if block_size <= rows_cap else 1
-    groups = 1 << (groups.bit_length() - 1)
-    block_c = pow2_at_most(C, cols_cap)
+    groups, block_c = dim0_tiling(M, C, block_size, rows_cap, cols_cap)
     kernel[(cdiv(M, groups * block_size), cdiv(C, block_c))](
         kernel_input(x)[0], out_arg, M, C, GROUPS=groups, BLOCK_SIZE=block_size,
         BLOCK_C=block_c, SOFT_BF16=soft_bf16, **params, num_warps=warps)

@@ -544,14 +544,23 @@ def scaled_grouped_mm_emulated(a, a_dequant, b, b_dequant, offs, out_dtype=torch
     dtype = _operand_dtype(a, out_dtype, pow2_factors)
     a_hp = _dequant(a, a_dequant, offs, dtype)
     b_hp = _dequant(b, b_dequant, offs, dtype)
-    if b.dim() == 3:                       # B (E, K, N) column-major, as torch wants
+    return _grouped_mm_of_values(a_hp, b_hp, offs, out_dtype, group_align).to(out_dtype)
+
+
+def _grouped_mm_of_values(a_hp, b_hp, offs, out_dtype, group_align):
+    """MM-5 of operands already in a high-precision dtype (NT form: a (M, K) with b (E, N, K),
+    or a (M, T) with b (N, T) grouped along T) by torch._grouped_mm, the regions it leaves
+    unwritten set to +0. On CUDA a 2d x 2d product's groups are padded to 16 columns first
+    unless the caller promised that alignment."""
+    if b_hp.dim() == 3:                    # B (E, K, N) column-major, as torch wants
         out = _grouped_mm_checked(a_hp.contiguous(), b_hp.contiguous().transpose(-2, -1), offs,
-                                  a, out_dtype)
+                                  a_hp, out_dtype)
     else:                                  # A (M, T) row-major, B (T, N) column-major
-        if a.device.type == "cuda" and group_align % FLOAT8_ALIGN:
+        if a_hp.device.type == "cuda" and group_align % FLOAT8_ALIGN:
             a_hp, b_hp, offs = _pad_columns(a_hp, b_hp, offs, FLOAT8_ALIGN)
-        out = _grouped_mm_checked(a_hp.contiguous(), b_hp.contiguous().t(), offs, a, out_dtype)
-    return _zero_outside(out, offs, b.dim() == 3).to(out_dtype)
+        out = _grouped_mm_checked(a_hp.contiguous(), b_hp.contiguous().t(), offs, a_hp,
+                                  out_dtype)
+    return _zero_outside(out, offs, b_hp.dim() == 3)
 
 
 def mx_values_grouped_product(a, a_dequant, b, b_dequant, offs, group_align=1):
@@ -564,11 +573,4 @@ def mx_values_grouped_product(a, a_dequant, b, b_dequant, offs, group_align=1):
                             f"{v.dtype}, expected torch.bfloat16")
     a16 = a if a_dequant is None else _dequant(a, a_dequant, offs, torch.bfloat16)
     b16 = b if b_dequant is None else _dequant(b, b_dequant, offs, torch.bfloat16)
-    if b.dim() == 3:                       # B (E, K, N) column-major, as torch wants
-        out = torch._grouped_mm(a16.contiguous(), b16.contiguous().transpose(-2, -1), offs=offs)
-    else:                                  # A (M, T) row-major, B (T, N) column-major
-        a16, b16 = a16.contiguous(), b16.contiguous()
-        if a.device.type == "cuda" and group_align % FLOAT8_ALIGN:
-            a16, b16, offs = _pad_columns(a16, b16, offs, FLOAT8_ALIGN)
-        out = torch._grouped_mm(a16, b16.t(), offs=offs)
-    return _zero_outside(out, offs, b.dim() == 3)
+    return _grouped_mm_of_values(a16, b16, offs, torch.bfloat16, group_align)

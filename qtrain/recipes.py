@@ -108,9 +108,6 @@ class QValues:
     emulated products on a backend that routes them so (mx_values_route)."""
     values: torch.Tensor
 
-    def t(self):
-        return QValues(self.values.t())
-
 
 def e8m0_to_fp32_bits(scale_bits):
     """2^(b-127) built from bits (exact, 2^-127 is an fp32 subnormal); 0xFF -> NaN (MX-8)."""

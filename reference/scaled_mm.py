@@ -102,18 +102,8 @@ def mm_mx_values(a, a_dequant, b, b_dequant, out_dtype=np.float32):
     (the powers of two of its scale bytes), whose products are exact in float64."""
     where = "mm_mx_values"
     dt = check_out_dtype(out_dtype, f"scaled_mm.{where}")
-
-    def values(p, d, name):
-        if d is None:
-            v = np.asarray(p).astype(np.float64)
-            if v.ndim != 2:
-                raise ValueError(f"qtrain.reference.scaled_mm.{where}: {name} must be 2-D, got "
-                                 f"shape {v.shape}")
-            return v
-        v = _payload_float64(p, 2, name, where)
-        with np.errstate(invalid="ignore"):                # 0 * Inf is NaN by MM-6
-            return v * expand_dequant(d, v.shape, name + "_dequant", where)
-    a64, b64 = values(a, a_dequant, "a"), values(b, b_dequant, "b")
+    a64 = _values_float64(a, a_dequant, 2, "a", where)
+    b64 = _values_float64(b, b_dequant, 2, "b", where)
     _check_k(a64, b64, where)
     return round_float64(nt_float64(a64, b64), dt)
 
@@ -184,18 +174,28 @@ def scaled_grouped_mm(a, a_dequant, b, b_dequant, offs, out_dtype=np.float32):
                 raise ValueError(f"qtrain.reference.scaled_mm.{where}: b_dequant shape {b_dequant.shape} "
                                  f"must be (E, N/br, K/bc) with E = {b64.shape[0]}")
             a64 = a64 * expand_dequant(a_dequant, a64.shape, "a_dequant", where)
-            out = np.zeros((a64.shape[0], b64.shape[1]))   # rows past offs[-1] stay +0
-            for g, (start, end) in enumerate(groups):
-                b_g = b64[g] * expand_dequant(b_dequant[g], b64.shape[1:], "b_dequant[g]", where)
-                out[start:end] = nt_float64(a64[start:end], b_g)
+            b64 = _per_expert(b64, b_dequant, "b_dequant[g]", where)
         else:
             groups = _check_offs(offs, None, a64.shape[1], "columns of the contraction axis", where)
             a64 = a64 * _grouped_factor_2d2d(a_dequant, a64.shape, groups, "a_dequant", where)
             b64 = b64 * _grouped_factor_2d2d(b_dequant, b64.shape, groups, "b_dequant", where)
-            out = np.zeros((len(groups), a64.shape[0], b64.shape[0]))
-            for g, (start, end) in enumerate(groups):
-                out[g] = nt_float64(a64[:, start:end], b64[:, start:end])
-    return round_float64(out, dt)
+    return round_float64(_grouped_sums(a64, b64, groups), dt)
+
+
+def _grouped_sums(a64, b64, groups):
+    """MM-5's unrounded sums (MM-2 with MM-6) of dequantized float64 operands over `groups`
+    ((start, end) pairs, _check_offs): 2d x 3d, rows [start, end) of a against b[g], rows past
+    the last group +0, (M, N); or 2d x 2d, columns [start, end) of both, (E, M, N), an empty
+    group zeros."""
+    if b64.ndim == 3:
+        out = np.zeros((a64.shape[0], b64.shape[1]))       # rows past offs[-1] stay +0
+        for g, (start, end) in enumerate(groups):
+            out[start:end] = nt_float64(a64[start:end], b64[g])
+        return out
+    out = np.zeros((len(groups), a64.shape[0], b64.shape[0]))
+    for g, (start, end) in enumerate(groups):
+        out[g] = nt_float64(a64[:, start:end], b64[:, start:end])
+    return out
 
 
 def mm_mx_values_grouped(a, a_dequant, b, b_dequant, offs, out_dtype=np.float32):
@@ -208,31 +208,36 @@ def mm_mx_values_grouped(a, a_dequant, b, b_dequant, offs, out_dtype=np.float32)
     if b.ndim not in (2, 3):
         raise ValueError(f"qtrain.reference.scaled_mm.{where}: b must be 2-D (N,T) or 3-D (E,N,K), "
                          f"got shape {b.shape}")
-
-    def values(p, d, ndim, name):
-        if d is None:
-            v = np.asarray(p).astype(np.float64)
-            if v.ndim != ndim:
-                raise ValueError(f"qtrain.reference.scaled_mm.{where}: {name} must be {ndim}-D, "
-                                 f"got shape {v.shape}")
-            return v
-        v = _payload_float64(p, ndim, name, where)
-        d = np.asarray(d)
-        with np.errstate(invalid="ignore"):                # 0 * Inf is NaN by MM-6
-            if ndim == 3:
-                return np.stack([v[g] * expand_dequant(d[g], v.shape[1:], name + "_dequant[g]",
-                                                       where) for g in range(v.shape[0])])
-            return v * expand_dequant(d, v.shape, name + "_dequant", where)
-    a64, b64 = values(a, a_dequant, 2, "a"), values(b, b_dequant, b.ndim, "b")
+    a64 = _values_float64(a, a_dequant, 2, "a", where)
+    b64 = _values_float64(b, b_dequant, b.ndim, "b", where)
     _check_k(a64, b64, where)
     if b.ndim == 3:
         groups = _check_offs(offs, b64.shape[0], a64.shape[0], "rows of a", where)
-        out = np.zeros((a64.shape[0], b64.shape[1]))       # rows past offs[-1] stay +0
-        for g, (start, end) in enumerate(groups):
-            out[start:end] = nt_float64(a64[start:end], b64[g])
     else:
         groups = _check_offs(offs, None, a64.shape[1], "columns of the contraction axis", where)
-        out = np.zeros((len(groups), a64.shape[0], b64.shape[0]))
-        for g, (start, end) in enumerate(groups):
-            out[g] = nt_float64(a64[:, start:end], b64[:, start:end])
-    return round_float64(out, dt)
+    return round_float64(_grouped_sums(a64, b64, groups), dt)
+
+
+def _values_float64(p, d, ndim, name, where):
+    """An emulated MX product's operand in float64: its MX-10 values as given (d None), or its
+    float8 payload times its MM-1 block factors (per expert for a 3-D operand), exact."""
+    if d is None:
+        v = np.asarray(p).astype(np.float64)
+        if v.ndim != ndim:
+            raise ValueError(f"qtrain.reference.scaled_mm.{where}: {name} must be {ndim}-D, got "
+                             f"shape {v.shape}")
+        return v
+    v = _payload_float64(p, ndim, name, where)
+    d = np.asarray(d)
+    with np.errstate(invalid="ignore"):                    # 0 * Inf is NaN by MM-6
+        if ndim == 3:
+            return _per_expert(v, d, name + "_dequant[g]", where)
+        return v * expand_dequant(d, v.shape, name + "_dequant", where)
+
+
+def _per_expert(v, d, name, where):
+    """3-D payload values v (E, R, C) times each expert's MM-1 block factors d[g]."""
+    out = np.empty_like(v)
+    for g in range(v.shape[0]):
+        out[g] = v[g] * expand_dequant(d[g], v.shape[1:], name, where)
+    return out
