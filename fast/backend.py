@@ -160,7 +160,8 @@ class FastBackend:
         return quantize_mx_values(x, elem_fmt, block_size, axis, scale_mode)
 
     def mx_values_route(self, t):
-        """Whether a linear on t runs its MX products on MX-10 values (fast/scaled_mm.py)."""
+        """Whether the MX products on t (linear, grouped) run on MX-10 values
+        (fast/scaled_mm.py)."""
         from .scaled_mm import mx_values_route
         return mx_values_route(t)
 

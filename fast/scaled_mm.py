@@ -377,8 +377,8 @@ if MX_OPERANDS not in ("values", "payload"):
 
 
 def mx_values_route(t):
-    """Whether the MX products of a linear on `t` run on MX-10 values: bf16 t on CUDA, with the
-    bf16-GEMM product (MX_PRODUCT) and MX_OPERANDS = "values"."""
+    """Whether the MX products (linear, grouped) on `t` run on MX-10 values: bf16 t on CUDA,
+    with the bf16-GEMM product (MX_PRODUCT) and MX_OPERANDS = "values"."""
     return (t.is_cuda and t.dtype == torch.bfloat16 and MX_PRODUCT == "bf16"
             and MX_OPERANDS == "values")
 

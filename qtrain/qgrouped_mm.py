@@ -34,10 +34,11 @@ from .recipes import QOperand, mx_values_route, quantize_operand, quantize_value
 
 # The MX products on MX-10 values (RC-7's emulation, as the dense linear takes them where
 # recipes.mx_values_route says so): x along K, w along K and N, g along N and along tokens cast
-# straight to bf16 values, x along tokens kept as payload. Off: prepared in the twentieth
-# session and checked on the CPU only (the dense linear's route measured 0.75-0.79x -> 0.95-0.97x
-# of bf16 on the H200); the MoE step has not been timed with it.
-MX_VALUES = False
+# straight to bf16 values, x along tokens kept as payload. On since the twenty-first session:
+# the MoE step (benchmarks/moe_bench.py, E8 16384x4096 -> 2048, H200, alternating processes in
+# one call) took 2.46 / 2.78 ms with it against 3.63 / 4.22 ms on payload and scale bytes
+# (bf16 1.09 ms). False keeps the payload route (the reference backend's products on payload).
+MX_VALUES = True
 
 LAYER = "qtrain.grouped_mm"
 FLOAT8_ALIGN = 16         # torch._scaled_grouped_mm needs 16-token aligned groups (2d x 2d)
@@ -160,6 +161,7 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
             grad_x = grouped_ops.scaled_grouped_mm(qg.payload, qg.dequant_fp32(), qwt, dwt,
                                                    offs, out_dtype, backend, 1, _pow2(gi),
                                                    plan.fast_accum_grads).to(ctx.x_dtype)
+            qg = qwt = dwt = None       # freed before grad_weight's operands are made (peak)
         if ctx.needs_input_grad[1]:
             gw = plan.grad_weight
             if gw is None:

@@ -276,6 +276,12 @@ class _QuantizedLinearFn(torch.autograd.Function):
                     qwt = quantize_operand(w_saved[0], gi[1], 0, backend,
                                            amax=w_saved[1] if ctx.w_mode == "hp+amax" else None)
                 grad_x = _scaled_mm(qg, qwt, ctx.x_dtype, backend, plan.fast_accum_grads)
+                # grad_input's operands die before grad_weight's are made (peak memory: on the
+                # MX-10 values route they are bf16 copies of g and w), except a tensorwise g
+                # whose one quantization serves both products
+                qwt = None
+                if not (gw is not None and gi[0] == gw[0] and gw[0].axis_free):
+                    qg = None
         if ctx.needs_input_grad[1]:
             if gw is None:
                 grad_w = g.t().to(ctx.w_dtype) @ x_saved[0].to(ctx.w_dtype)

@@ -18,15 +18,6 @@ COMPILED_AMAX_ENV = "QTRAIN_COMPILED_AMAX"
 COMPILED_AMAX = os.environ.get(COMPILED_AMAX_ENV, "kernel")
 if COMPILED_AMAX not in ("kernel", "torch"):
     raise ValueError(f"{COMPILED_AMAX_ENV}={COMPILED_AMAX!r}: expected 'kernel' or 'torch'")
-# Where a compiled graph gets an operand's MX-10 values (RC-7's emulated products): "kernel"
-# (default): the backend's one-pass cast op; "torch": the same arithmetic in torch ops
-# (qtrain/mx_values_torch.py), which inductor can fuse into the kernel that produces the
-# operand. Same bits either way (tests/test_mx_values_torch.py); eager mode always takes the op.
-COMPILED_MX_VALUES_ENV = "QTRAIN_COMPILED_MX_VALUES"
-COMPILED_MX_VALUES = os.environ.get(COMPILED_MX_VALUES_ENV, "kernel")
-if COMPILED_MX_VALUES not in ("kernel", "torch"):
-    raise ValueError(f"{COMPILED_MX_VALUES_ENV}={COMPILED_MX_VALUES!r}: expected 'kernel' or "
-                     f"'torch'")
 
 
 @dataclass(frozen=True)
@@ -221,12 +212,7 @@ def quantize_values(t, spec, contraction_axis, backend):
     0: the values are written in t's layout, and the product reads any strides)."""
     t = _pad_contraction(t, contraction_axis, spec.contraction_block)
     axis = -1 if contraction_axis else 0
-    if COMPILED_MX_VALUES == "torch" and torch.compiler.is_compiling():
-        from .mx_values_torch import quantize_mx_values_torch
-        values = quantize_mx_values_torch(t, spec.fmt, spec.block_size, axis, spec.scale_mode)
-    else:
-        values = ops.quantize_mx_values(t, spec.fmt, spec.block_size, axis, spec.scale_mode,
-                                        backend)
+    values = ops.quantize_mx_values(t, spec.fmt, spec.block_size, axis, spec.scale_mode, backend)
     return QValues(values if contraction_axis else values.t())
 
 

@@ -323,28 +323,3 @@ def test_RC_7_emulated_mxfp8_on_values_matches_hand_quantization(scale_mode, com
         check_recipe_by_hand(by_hand, pad(x), w, pad(g), pad(out), pad(grad_x), grad_w)
     except AssertionError as e:
         raise AssertionError(f"{e} (QTRAIN_TEST_SEED={SEED})") from None
-
-
-def test_RC_7_compiled_values_in_torch_ops_give_the_kernel_bits(monkeypatch):
-    """QTRAIN_COMPILED_MX_VALUES=torch: under torch.compile the operands' MX-10 values come from
-    torch ops (qtrain/mx_values_torch.py, for inductor to fuse into their producers) instead of
-    the backend's cast op: output and both grads equal the kernel route's bits, and only x
-    along M still goes through the backend's MX cast."""
-    from qtrain import recipes
-    from qtrain.backend import _instance
-    impl = _instance(_FastValuesOnCpu.NAME)
-    x, w, g = (t.to(torch.bfloat16) for t in _inputs(160, 96, 64))
-    config = dataclasses.replace(qtrain.recipe_config("mxfp8"), backend=_FastValuesOnCpu.NAME,
-                                 scale_mode="rceil")
-    runs = []
-    for where in ("kernel", "torch"):
-        monkeypatch.setattr(recipes, "COMPILED_MX_VALUES", where)
-        for k in impl.calls:
-            impl.calls[k] = 0
-        torch._dynamo.reset()
-        fn = torch.compile(lambda a, b: qtrain.linear(a, b, config=config), fullgraph=True)
-        runs.append(_fwd_bwd(fn, x, w, g))
-        assert impl.calls["quantize_mx_values"] == (5 if where == "kernel" else 0), impl.calls
-        assert impl.calls["quantize_mx"] == 1, impl.calls
-    for a, b, what in zip(*runs, ("output", "grad_input", "grad_weight")):
-        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), what

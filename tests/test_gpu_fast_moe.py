@@ -151,12 +151,13 @@ def test_scaled_grouped_mm_routes_MM_4_MM_5(form):
         assert not out[OFFS[-1]:].any(), "rows past offs[-1] must be zeros (MM-5)"
 
 
-@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8", "mxfp8-values"])
+@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8", "mxfp8-payload"])
 def test_layer_matches_reference(recipe, monkeypatch):
-    """recipe mxfp8-values: mxfp8 with qgrouped_mm.MX_VALUES on (RC-7 on MX-10 values)."""
-    if recipe == "mxfp8-values":
+    """recipe mxfp8: the MX products on MX-10 values (qgrouped_mm.MX_VALUES, the default);
+    mxfp8-payload: MX_VALUES off, the products on payload and scale bytes."""
+    if recipe == "mxfp8-payload":
         from qtrain import qgrouped_mm
-        monkeypatch.setattr(qgrouped_mm, "MX_VALUES", True)
+        monkeypatch.setattr(qgrouped_mm, "MX_VALUES", False)
         recipe = "mxfp8"
     gen = _gen()
     config = dataclasses.replace(qtrain.recipe_config(recipe), backend="fast")

@@ -83,3 +83,33 @@ def test_RC_quantized_x_halves_bf16_activation_memory():
     hp = _saved_bytes("rowwise_with_gw_hp", torch.bfloat16) - SR_CALL
     q = _saved_bytes("rowwise", torch.bfloat16) - SR_CALL
     assert hp == 2 * M * K and q < 0.6 * hp
+
+
+@pytest.mark.parametrize("recipe", [r for r in qtrain.RECIPE_NAMES if r != "rowwise_with_gw_hp"])
+def test_grad_input_operands_are_freed_before_the_grad_weight_product(recipe, monkeypatch):
+    """Backward's peak: when grad_weight's product runs, grad_input's quantized w is gone, and so
+    is its quantized g unless one quantization serves both products (tensorwise g). On the MX-10
+    values route both are bf16 copies the size of g and w. (rowwise_with_gw_hp's grad_weight is a
+    high-precision product that does not pass through _scaled_mm.)"""
+    import weakref
+    from qtrain import qlinear
+    real = qlinear._scaled_mm
+    calls = []                                   # per product: (weakrefs to a's, to b's tensors)
+
+    def refs(q):
+        return [weakref.ref(t) for t in vars(q).values() if isinstance(t, torch.Tensor)]
+
+    def spy(qa, qb, *args, **kwargs):
+        if len(calls) == 2:                      # forward, grad_input, now grad_weight
+            g_refs, w_refs = calls[1]
+            assert all(r() is None for r in w_refs), "grad_input's quantized w is still alive"
+            g_alive = any(r() is not None for r in g_refs)
+            assert g_alive == (recipe == "tensorwise"), f"grad_input's quantized g alive: {g_alive}"
+        calls.append((refs(qa), refs(qb)))
+        return real(qa, qb, *args, **kwargs)
+
+    monkeypatch.setattr(qlinear, "_scaled_mm", spy)
+    x = torch.randn(M, K, requires_grad=True)
+    w = torch.randn(N, K, requires_grad=True)
+    qtrain.linear(x, w, config=qtrain.recipe_config(recipe)).sum().backward()
+    assert len(calls) == 3
