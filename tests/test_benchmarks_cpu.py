@@ -538,3 +538,32 @@ def test_sass_counts_compiles_every_shipped_cast_kernel():
     assert len(rows) >= 12, out.stdout
     for name in ("float8 tensorwise both layouts", "float8 dual (rows x, columns x.T)"):
         assert "STS.U8" not in rows[name], rows[name]
+
+
+def test_peak_where_keeps_the_ops_that_raise_the_high_water_mark(monkeypatch):
+    """benchmarks/peak_where.py on the CPU, with torch.cuda's memory counters replaced by a
+    fake allocator whose high-water mark rises only at chosen ops: exactly those ops are kept,
+    with their phase (the block's forward and its backward)."""
+    from benchmarks import peak_where
+    from benchmarks.block import SHAPES
+    from qtrain.tiny_llama import Block
+    state = {"calls": 0, "high": 0}
+    rises = {"forward": 0, "backward": 0}
+
+    def max_memory_allocated():          # read twice per op: before and after it
+        state["calls"] += 1
+        if state["calls"] % 2 == 0 and state["calls"] % 10 == 0:
+            state["high"] += 1                                   # every fifth op raises it
+        return state["high"]
+    for name, fn in (("memory_allocated", lambda: 0), ("synchronize", lambda: None),
+                     ("reset_peak_memory_stats", lambda: None), ("empty_cache", lambda: None),
+                     ("max_memory_allocated", max_memory_allocated)):
+        monkeypatch.setattr(torch.cuda, name, fn)
+    shape = SHAPES["tiny"]
+    peak, raises, n_ops = peak_where.locate(Block(shape.cfg).to(dtype=torch.bfloat16), shape,
+                                            "bf16", torch.device("cpu"))
+    assert [r[0] for r in raises] == list(range(4, n_ops, 5))
+    for _, _, phase, _, after in raises:
+        rises[phase] += 1
+    assert rises["forward"] > 0 and rises["backward"] > 0, rises
+    assert peak == state["high"]
