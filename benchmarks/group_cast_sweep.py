@@ -118,6 +118,11 @@ def main(argv=None):
             "experts w (E, N, K)": (w, lambda: fg.quantize_float8_experts_t(
                 w, fmt, True, with_dequant=True))}
     default = dict(fg.GROUP_CAST)
+    # what ships for each use at this shape: token groups take the experts' wide tile when it
+    # fills WIDE_TILE_WAVES waves (fg._group_cast_setting), so x's setting may be "experts"
+    shipped = {label: fg._group_cast_setting(label.split()[0], shape["E"], src.shape[-1],
+                                             src.device)
+               for label, (src, _) in jobs.items()}
     want = {label: [t.view(torch.uint8) if t.element_size() == 1 else t.view(torch.int32)
                     for t in fn()] for label, (_, fn) in jobs.items()}
     results, rows, t0 = {label: [] for label in jobs}, [], time.time()
@@ -146,18 +151,18 @@ def main(argv=None):
     table = []
     for label, res in results.items():
         res.sort(key=lambda r: r[0])
-        mine = str(default[label.split()[0]])
+        mine = str(shipped[label])
         names = (mine, f"{mine} stages={fg.GROUP_CAST_STAGES}",
                  f"{mine} t_from_x={fg.GROUP_CAST_T_FROM_X}")
         is_default = names.__contains__
         base = [r for r in res if is_default(r[1])]
         for us, name, gbs, same in res[:args.top] + [r for r in base if r not in res[:args.top]]:
-            tag = " (default)" if is_default(name) else ""
+            tag = " (shipped)" if is_default(name) else ""
             table.append([label, name + tag, f"{us:.1f}", f"{gbs:.0f}", "yes" if same else "NO"])
     bad = [(label, r[1]) for label, res in results.items() for r in res if not r[3]]
     print(f"\ngroup_cast_sweep on {dev}, torch {torch.__version__}, shape {shape}, "
           f"{sum(len(r) for r in results.values())} timings in {time.time() - t0:.0f} s; "
-          f"default: {default}")
+          f"GROUP_CAST: {default}; shipped at this shape: {shipped}")
     print(format_table(["use", "setting", "us (graph)", "GB/s (5 B/elem)", "bits = default"],
                        table))
     if bad:
