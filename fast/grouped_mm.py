@@ -552,15 +552,31 @@ def _grouped_mm_of_values(a_hp, b_hp, offs, out_dtype, group_align):
     or a (M, T) with b (N, T) grouped along T) by torch._grouped_mm, the regions it leaves
     unwritten set to +0. On CUDA a 2d x 2d product's groups are padded to 16 columns first
     unless the caller promised that alignment."""
-    if b_hp.dim() == 3:                    # B (E, K, N) column-major, as torch wants
-        out = _grouped_mm_checked(a_hp.contiguous(), b_hp.contiguous().transpose(-2, -1), offs,
+    if b_hp.dim() == 3:                    # A (M, K), B (E, K, N)
+        out = _grouped_mm_checked(_mm_layout(a_hp), _mm_layout(b_hp.transpose(-2, -1)), offs,
                                   a_hp, out_dtype)
-    else:                                  # A (M, T) row-major, B (T, N) column-major
+    else:                                  # A (M, T), B (T, N)
         if a_hp.device.type == "cuda" and group_align % FLOAT8_ALIGN:
             a_hp, b_hp, offs = _pad_columns(a_hp, b_hp, offs, FLOAT8_ALIGN)
-        out = _grouped_mm_checked(a_hp.contiguous(), b_hp.contiguous().t(), offs, a_hp,
+        out = _grouped_mm_checked(_mm_layout(a_hp), _mm_layout(b_hp.t()), offs, a_hp,
                                   out_dtype)
     return _zero_outside(out, offs, b_hp.dim() == 3)
+
+
+def _mm_layout(t):
+    """t as torch._grouped_mm takes a high-precision operand: row-major or column-major in its
+    last two dims, the other stride a multiple of 16 bytes and the data 16-byte aligned (its
+    stride rule, for either transpose); a copy only otherwise. The transposed views of NT-form
+    values (w along N for grad_input, g along tokens for grad_weight) go as they are: the
+    layouts torch's own _grouped_mm backward passes it (w row-major, grad_output.t())."""
+    align = 16 // t.element_size()
+    rows, cols = t.shape[-2], t.shape[-1]
+    row_major = t.stride(-1) == 1 and t.stride(-2) >= max(cols, 1) and t.stride(-2) % align == 0
+    col_major = t.stride(-2) == 1 and t.stride(-1) >= max(rows, 1) and t.stride(-1) % align == 0
+    batch_ok = t.dim() == 2 or t.stride(0) % align == 0
+    if (row_major or col_major) and batch_ok and t.data_ptr() % 16 == 0:
+        return t
+    return t.contiguous()
 
 
 def mx_values_grouped_product(a, a_dequant, b, b_dequant, offs, group_align=1):

@@ -419,3 +419,41 @@ def test_grouped_layer_on_mx_values_compiled_gives_the_eager_bits(monkeypatch):
         runs.append((y.detach(), x.grad, w.grad))
     for eager, compiled, what in zip(*runs, ("output", "grad_input", "grad_weight")):
         assert torch.equal(eager.view(torch.int16), compiled.view(torch.int16)), what
+
+
+def test_grouped_product_of_values_takes_transposed_views_without_a_copy(monkeypatch):
+    """The values products hand torch._grouped_mm the NT-form views as they are where its stride
+    rule takes them (w along N as a row-major (E, N, K) B, g along tokens as a column-major A)
+    and copy only operands it would refuse (a stride that is not a multiple of 16 bytes)."""
+    seen = []
+    real = torch._grouped_mm
+
+    def spy(a, b, offs=None, **kw):
+        seen.append((a.data_ptr(), a.stride(), b.data_ptr(), b.stride()))
+        return real(a, b, offs=offs, **kw)
+    monkeypatch.setattr(torch, "_grouped_mm", spy)
+    gen = torch.Generator().manual_seed(5)
+    offs = torch.tensor([16, 16, 48, 64], dtype=torch.int32)
+    g_store = torch.randn(64, 32, generator=gen).bfloat16()        # (tokens, N)
+    w_store = torch.randn(4, 32, 48, generator=gen).bfloat16()     # (E, N, K)
+    x = torch.randn(64, 48, generator=gen).bfloat16()
+
+    # grad_input: g (M, N) @ w[e] (N, K); w along N in NT form is the (E, K, N) view
+    out = fast_grouped._grouped_mm_of_values(g_store, w_store.transpose(1, 2), offs,
+                                             torch.bfloat16, 16)
+    assert seen[-1][2] == w_store.data_ptr() and seen[-1][3] == w_store.stride()
+    want = torch.cat([g_store[s:e].float() @ w_store[i].float()
+                      for i, (s, e) in enumerate(zip([0] + offs.tolist()[:-1], offs.tolist()))])
+    torch.testing.assert_close(out.float(), want, rtol=2 ** -7, atol=1e-2)
+
+    # grad_weight: g[group].T @ x[group]; g along tokens in NT form is the (N, tokens) view
+    out = fast_grouped._grouped_mm_of_values(g_store.t(), x.t(), offs, torch.bfloat16, 16)
+    assert seen[-1][0] == g_store.data_ptr() and seen[-1][1] == g_store.t().stride()
+    torch.testing.assert_close(out[2].float(), g_store[16:48].float().t() @ x[16:48].float(),
+                               rtol=2 ** -7, atol=1e-2)
+    assert not out[1].any()                                        # empty group: zeros (MM-5)
+
+    # a row stride of 36 bytes is not a multiple of 16: that operand is copied
+    odd = torch.randn(64, 18, generator=gen).bfloat16()[:, :16]
+    assert fast_grouped._mm_layout(odd) is not odd and fast_grouped._mm_layout(odd).is_contiguous()
+    assert fast_grouped._mm_layout(g_store.t()).data_ptr() == g_store.data_ptr()
