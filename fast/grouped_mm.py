@@ -553,14 +553,33 @@ def _grouped_mm_of_values(a_hp, b_hp, offs, out_dtype, group_align):
     unwritten set to +0. On CUDA a 2d x 2d product's groups are padded to 16 columns first
     unless the caller promised that alignment."""
     if b_hp.dim() == 3:                    # A (M, K), B (E, K, N)
-        out = _grouped_mm_checked(_mm_layout(a_hp), _mm_layout(b_hp.transpose(-2, -1)), offs,
-                                  a_hp, out_dtype)
+        out = _grouped_mm_of_views(a_hp, b_hp.transpose(-2, -1), offs, out_dtype)
     else:                                  # A (M, T), B (T, N)
         if a_hp.device.type == "cuda" and group_align % FLOAT8_ALIGN:
             a_hp, b_hp, offs = _pad_columns(a_hp, b_hp, offs, FLOAT8_ALIGN)
-        out = _grouped_mm_checked(_mm_layout(a_hp), _mm_layout(b_hp.t()), offs, a_hp,
-                                  out_dtype)
+        out = _grouped_mm_of_views(a_hp, b_hp.t(), offs, out_dtype)
     return _zero_outside(out, offs, b_hp.dim() == 3)
+
+
+_VIEWS_OK = {}             # device type -> False once torch._grouped_mm refused a view (logged)
+
+
+def _grouped_mm_of_views(a, b, offs, out_dtype):
+    """torch._grouped_mm(a, b) on a and b as _mm_layout gives them; if this torch refuses such
+    an operand (logged once per device type), on copies in the layouts every torch takes (A
+    row-major, B column-major) from then on."""
+    if _VIEWS_OK.get(a.device.type, True):
+        a_in, b_in = _mm_layout(a), _mm_layout(b)
+        try:
+            return _grouped_mm_checked(a_in, b_in, offs, a, out_dtype)
+        except RuntimeError as e:
+            if a_in.is_contiguous() and b_in.mT.is_contiguous():
+                raise                      # already the layouts below: not a layout problem
+            _VIEWS_OK[a.device.type] = False
+            log.warning("%s: torch._grouped_mm refuses a transposed operand on %s (torch %s: "
+                        "%s); grouped products of values copy their operands first", LAYER,
+                        a.device.type, torch.__version__, str(e).splitlines()[0][:160])
+    return _grouped_mm_checked(a.contiguous(), b.mT.contiguous().mT, offs, a, out_dtype)
 
 
 def _mm_layout(t):

@@ -457,3 +457,31 @@ def test_grouped_product_of_values_takes_transposed_views_without_a_copy(monkeyp
     odd = torch.randn(64, 18, generator=gen).bfloat16()[:, :16]
     assert fast_grouped._mm_layout(odd) is not odd and fast_grouped._mm_layout(odd).is_contiguous()
     assert fast_grouped._mm_layout(g_store.t()).data_ptr() == g_store.data_ptr()
+
+
+def test_grouped_product_of_values_copies_once_a_torch_refuses_views(monkeypatch, caplog):
+    """A torch._grouped_mm that takes only A row-major and B column-major: the row-major B (w
+    along N) is refused once, with one log line; the same product then runs on copies in those
+    layouts, and so does every later one (no second attempt on views)."""
+    real = torch._grouped_mm
+    calls = []
+
+    def strict(a, b, offs=None, **kw):                 # A row-major, B column-major only
+        calls.append(a.is_contiguous() and b.mT.is_contiguous())
+        if not calls[-1]:
+            raise RuntimeError("strict test torch: A row-major and B column-major only")
+        return real(a, b, offs=offs, **kw)
+    monkeypatch.setattr(torch, "_grouped_mm", strict)
+    monkeypatch.setattr(fast_grouped, "_VIEWS_OK", {})
+    gen = torch.Generator().manual_seed(6)
+    offs = torch.tensor([16, 32], dtype=torch.int32)
+    g = torch.randn(32, 16, generator=gen).bfloat16()
+    w = torch.randn(2, 16, 32, generator=gen).bfloat16()
+    with caplog.at_level("WARNING", logger="qtrain"):
+        first = fast_grouped._grouped_mm_of_values(g, w.transpose(1, 2), offs, torch.bfloat16, 16)
+        second = fast_grouped._grouped_mm_of_values(g, w.transpose(1, 2), offs, torch.bfloat16, 16)
+    assert calls == [False, True, True]
+    assert sum("refuses a transposed operand" in r.message for r in caplog.records) == 1
+    want = torch.cat([g[:16].float() @ w[0].float(), g[16:].float() @ w[1].float()])
+    for out in (first, second):
+        torch.testing.assert_close(out.float(), want, rtol=2 ** -7, atol=1e-2)
