@@ -1,4 +1,4 @@
-"""Settings sweep of the per-group float8 column cast (fast/grouped_mm.py GROUP_CAST: BLOCK_R,
+"""Settings sweep of the per-group float8 column cast (fast/cast_grouped.py GROUP_CAST: BLOCK_R,
 BLOCK_C, AMAX_BLOCK_R, warps, programs per SM) on the MoE shape of moe_bench (E=8, 16384
 tokens, K=4096, N=2048): token groups of x (M, K) and of g (M, N), and the expert weights
 w (E, N, K). Each setting is checked bit for bit against the default's output, then timed as
@@ -46,7 +46,7 @@ def settings(stages=False, grid_stages=None, t_from_x=False):
     defaults first (stages: only they, with each of STAGES), then the grid (grid_stages: the
     defaults with stages None and grid_stages, then the pipelined grid; t_from_x: the defaults
     and the tiles, each with both encodes)."""
-    from qtrain.fast import grouped_mm as fg
+    from qtrain.fast import cast_grouped as fg
     seen = []
     for s in (fg.GROUP_CAST["tokens"], fg.GROUP_CAST["experts"]):
         if s not in seen:
@@ -60,7 +60,7 @@ def settings(stages=False, grid_stages=None, t_from_x=False):
 
 
 def _settings_stages(seen, stages, grid_stages):
-    from qtrain.fast import grouped_mm as fg
+    from qtrain.fast import cast_grouped as fg
     if stages:
         return [(f"{s} stages={st}", s, st) for s in seen for st in STAGES]
     if grid_stages is not None:
@@ -104,7 +104,7 @@ def main(argv=None):
         print("group_cast_sweep: no CUDA device; skipped")
         return 0
     from benchmarks import moe_bench
-    from qtrain.fast import grouped_mm as fg
+    from qtrain.fast import cast_grouped as fg
     from qtrain.grouping import padded_offsets
     shape = dict(moe_bench.SHAPE, E=args.experts or moe_bench.SHAPE["E"])
     with module_settings(moe_bench, SHAPE=shape):

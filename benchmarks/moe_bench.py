@@ -55,7 +55,7 @@ def _run(fn_backend, x, w, offs, g, plan):
 def check_fast_vs_reference(fast):
     """Uneven groups incl. empty and non-16-aligned; tail rows past offs[-1]."""
     import qtrain
-    from qtrain.fast import grouped_mm as fg
+    from qtrain.fast import cast_grouped as fg
     from qtrain.reference_backend import ReferenceBackend
     torch.manual_seed(0)
     m, e, k, n = 300, 4, 256, 128

@@ -33,7 +33,7 @@ def _e4m3():
 def kernels():
     """(name, kernel, signature, constexprs, warps, gluon) at the shipped settings, bf16 x."""
     from qtrain.fast import (amax, cast_blockwise, cast_float8, cast_int8, cast_mx,
-                             cast_mx_values, grouped_mm)
+                             cast_mx_values, cast_grouped)
     from qtrain.fast.common import cast_tile, fp32
     from qtrain.formats import EPS_AMAX
     out = []
@@ -94,15 +94,15 @@ def kernels():
                 dict(BLOCK_R=br, BLOCK_C=bc, TENSORWISE=False, TRANSPOSED=True, DUAL=False,
                      NOISE=0, EPS32=fp32(EPS_AMAX), IS_BF16=True), warps, False))
     for use in ("tokens", "experts"):
-        br, bc, abr, warps, _ = grouped_mm.GROUP_CAST[use]
-        out.append((f"grouped column cast x.T ({use})", grouped_mm._float8_group_cols_t_kernel,
+        br, bc, abr, warps, _ = cast_grouped.GROUP_CAST[use]
+        out.append((f"grouped column cast x.T ({use})", cast_grouped._float8_group_cols_t_kernel,
                     {"x_ptr": "*i16", "offs_ptr": "*i32", "pends_ptr": "*i32",
                      "data_t_ptr": "*u8", "qs_ptr": "*fp32", "dq_ptr": "*fp32", "C": "i32",
                      "N_GROUPS": "i32", "N_COL_TILES": "i32", "GROUP_ROWS": "i32",
                      "G_STRIDE": "i32", "C_STRIDE": "i32"},
                     dict(FROM_OFFS=use == "tokens", ALIGN=16, BLOCK_R=br, AMAX_BLOCK_R=abr,
-                         BLOCK_C=bc, STAGES=grouped_mm.GROUP_CAST_STAGES,
-                         T_FROM_X=grouped_mm.GROUP_CAST_T_FROM_X, WITH_DQ=True, POW2=True,
+                         BLOCK_C=bc, STAGES=cast_grouped.GROUP_CAST_STAGES,
+                         T_FROM_X=cast_grouped.GROUP_CAST_T_FROM_X, WITH_DQ=True, POW2=True,
                          **_e4m3(), EXACT_SOFT_CAST=False, IS_BF16=True), warps, False))
     return out
 

@@ -2,8 +2,8 @@
 
 Extra registry entries (registered once, on first use):
   fast-interpret  the fast backend's Triton kernels under the CPU interpreter (TRITON_INTERPRET=1),
-                  with its grouped ops from qtrain.fast.grouped_mm (as qtrain/grouped_ops.py
-                  serves them for "fast")
+                  with its grouped ops (fast/cast_grouped.py, fast/grouped_mm.py, as
+                  qtrain/grouped_ops.py serves them for "fast")
   torch-cpu       an independent torch re-statement of the quantize ops (conformance/independent.py)
 A name "pkg.module:factory" imports the module and calls factory() (no registration needed).
 "reference" is judged through a harness adapter that adds the optional ops the ReferenceBackend

@@ -266,19 +266,19 @@ class FastBackend:
     def padded_offsets(self, offs, align):
         """qtrain/grouped_ops.py's optional method: qtrain.grouping.padded_offsets in one
         launch (the torch ops take six)."""
-        from .grouped_mm import padded_offsets_one_launch
+        from .cast_grouped import padded_offsets_one_launch
         self._check(offs)
         return padded_offsets_one_launch(offs, align)
 
     def quantize_float8_grouped_t(self, x, offs, align, fmt, pow2_scale, padded_offs=None,
                                   with_dequant=False):
-        from .grouped_mm import quantize_float8_grouped_t
+        from .cast_grouped import quantize_float8_grouped_t
         self._check(x)
         return quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale, padded_offs,
                                          with_dequant=with_dequant)
 
     def quantize_float8_experts_t(self, w, fmt, pow2_scale, with_dequant=False):
-        from .grouped_mm import quantize_float8_experts_t
+        from .cast_grouped import quantize_float8_experts_t
         self._check(w)
         return quantize_float8_experts_t(w, fmt, pow2_scale, with_dequant=with_dequant)
 

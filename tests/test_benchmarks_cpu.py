@@ -424,7 +424,7 @@ def test_group_cast_sweep_settings_fit_the_launcher():
     come first, none repeats; --stages times the defaults only, each with every STAGES;
     --grid-stages N the defaults without and with N, then a grid all with N."""
     from benchmarks import group_cast_sweep
-    from qtrain.fast import grouped_mm as fg
+    from qtrain.fast import cast_grouped as fg
     got = [s for _, s, _, _ in group_cast_sweep.settings()]
     defaults = list(dict.fromkeys(fg.GROUP_CAST.values()))
     assert got[:len(defaults)] == defaults and len(set(got)) == len(got) > len(defaults)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import qtrain
-from qtrain.fast import grouped_mm as fast_grouped
+from qtrain.fast import cast_grouped
 from qtrain.reference_backend import ReferenceBackend
 
 from linear_helpers import TOLERANCES, assert_mm4, to_np
@@ -42,7 +42,7 @@ def _bits(t):
     return t.cpu().view(torch.uint8 if t.element_size() == 1 else torch.int32)
 
 
-# settings other than the defaults (fast/grouped_mm.py GROUP_CAST), as
+# settings other than the defaults (fast/cast_grouped.py GROUP_CAST), as
 # benchmarks/group_cast_sweep.py times them
 GROUP_CAST_VARIANTS = {"looping": (32, 64, 128, 8, 1), "tall_amax": (32, 32, 256, 4, 0),
                        "looping_wide": (64, 128, 64, 8, 2), "earlier_default": (32, 64, 32, 4, 0)}
@@ -58,11 +58,11 @@ def _assert_group_casts_bitexact(nan=False, align=16):
     w = torch.randn(E, N, K, generator=gen, device="cuda").to(torch.bfloat16)
     offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
     ref = ReferenceBackend()
-    got = fast_grouped.quantize_float8_grouped_t(x, offs, align, "float8_e4m3fn", True)
+    got = cast_grouped.quantize_float8_grouped_t(x, offs, align, "float8_e4m3fn", True)
     want = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), align, "float8_e4m3fn", True)
     for a, b in zip(got, want):
         assert torch.equal(_bits(a), _bits(b))
-    got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
+    got = cast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
     want = ref.quantize_float8_experts_t(w.cpu(), "float8_e4m3fn", False)
     for a, b in zip(got, want):
         assert torch.equal(_bits(a), _bits(b))
@@ -72,7 +72,7 @@ def _assert_group_casts_bitexact(nan=False, align=16):
 def test_group_cast_settings_same_bits(variant, monkeypatch):
     """Every setting the sweep may pick gives the reference's bits, NaN column included."""
     for use in ("tokens", "experts"):
-        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
+        monkeypatch.setitem(cast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
     _assert_group_casts_bitexact(nan=True)
 
 
@@ -80,10 +80,10 @@ def test_group_cast_settings_same_bits(variant, monkeypatch):
 def test_group_cast_pipelined_loops_same_bits(stages, monkeypatch):
     """GROUP_CAST_STAGES (both row loops software-pipelined: cp.async loads) with the defaults
     and a looping grid: the reference's bits, NaN column included."""
-    monkeypatch.setattr(fast_grouped, "GROUP_CAST_STAGES", stages)
+    monkeypatch.setattr(cast_grouped, "GROUP_CAST_STAGES", stages)
     _assert_group_casts_bitexact(nan=True)
     for use in ("tokens", "experts"):
-        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS["looping"])
+        monkeypatch.setitem(cast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS["looping"])
     _assert_group_casts_bitexact(nan=True, align=48)
 
 
@@ -91,10 +91,10 @@ def test_group_cast_pipelined_loops_same_bits(stages, monkeypatch):
 def test_group_cast_t_from_x_same_bits(align, monkeypatch):
     """GROUP_CAST_T_FROM_X (x.T encoded from the transposed 16-bit tile) at the defaults and a
     looping grid, every padding alignment: the reference's bits, NaN column included."""
-    monkeypatch.setattr(fast_grouped, "GROUP_CAST_T_FROM_X", True)
+    monkeypatch.setattr(cast_grouped, "GROUP_CAST_T_FROM_X", True)
     _assert_group_casts_bitexact(nan=True, align=align)
     for use in ("tokens", "experts"):
-        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS["looping"])
+        monkeypatch.setitem(cast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS["looping"])
     _assert_group_casts_bitexact(nan=True, align=align)
 
 

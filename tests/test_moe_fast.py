@@ -8,6 +8,7 @@ import torch
 from test_fast_common import DEVICE, fast_backend  # noqa: F401
 import qtrain
 from qtrain import backend as qbackend
+from qtrain.fast import cast_grouped
 from qtrain.fast import grouped_mm as fast_grouped
 from qtrain.fast.backend import FastBackend
 from qtrain.qgrouped_mm import _QuantizedGroupedMMFn
@@ -25,7 +26,7 @@ def test_grouped_cast_bitexact_F8_7(grouping, dtype, seed):
     offs = torch.tensor(OFFS[grouping], dtype=torch.int32, device=DEVICE)
     x = (torch.randn(40, 48) * 5).to(dtype).to(DEVICE)
     x[3, 7] = 0.0
-    got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
+    got = cast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
     want = ReferenceBackend().quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
     for a, b, what in zip(got, want, ("data_t", "quant_scale")):
         assert torch.equal(a.cpu().view(torch.uint8) if a.element_size() == 1 else a.cpu(),
@@ -39,7 +40,7 @@ def test_experts_cast_bitexact_F8_7(dtype, seed):
     w = (torch.randn(3, 40, 24) * 3).to(dtype).to(DEVICE)
     w[1] = 0.0                                              # an all-zero expert: F8-6 scale
     w[2, 5, 7] = float("nan")
-    got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
+    got = cast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
     want = ReferenceBackend().quantize_float8_experts_t(w.cpu(), "float8_e4m3fn", False)
     assert got[0].shape == (3, 24, 40) and got[1].shape == (3, 24)
     assert torch.equal(got[0].cpu().view(torch.uint8), want[0].view(torch.uint8))
@@ -47,7 +48,7 @@ def test_experts_cast_bitexact_F8_7(dtype, seed):
     assert got[1][2, 7].isnan()
 
 
-# settings of the per-group column cast other than the defaults (fast/grouped_mm.py
+# settings of the per-group column cast other than the defaults (fast/cast_grouped.py
 # GROUP_CAST: BLOCK_R, BLOCK_C, AMAX_BLOCK_R, warps, programs per SM): a looping grid (4
 # programs under the interpreter, fewer than the items), loop 1 on taller or shorter tiles
 # than loop 2, one item per program
@@ -62,7 +63,7 @@ def test_group_cast_settings_same_bits(variant, monkeypatch, seed):
     reference's bits, NaN and inf columns and the dequant factors included."""
     fast_backend()
     for use in ("tokens", "experts"):
-        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
+        monkeypatch.setitem(cast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
     _assert_group_casts_as_reference()
 
 
@@ -70,9 +71,9 @@ def test_group_cast_pipelined_loops_same_bits(monkeypatch, seed):
     """GROUP_CAST_STAGES (the row loops software-pipelined on a GPU; the interpreter runs the
     same loops) with a looping grid: the reference's bits."""
     fast_backend()
-    monkeypatch.setattr(fast_grouped, "GROUP_CAST_STAGES", 3)
+    monkeypatch.setattr(cast_grouped, "GROUP_CAST_STAGES", 3)
     for use in ("tokens", "experts"):
-        monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS["looping"])
+        monkeypatch.setitem(cast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS["looping"])
     _assert_group_casts_as_reference()
 
 
@@ -82,10 +83,10 @@ def test_group_cast_t_from_x_same_bits(variant, monkeypatch, seed):
     padding zeros, NaN and inf columns and empty groups included, at the default tiles and
     at two others."""
     fast_backend()
-    monkeypatch.setattr(fast_grouped, "GROUP_CAST_T_FROM_X", True)
+    monkeypatch.setattr(cast_grouped, "GROUP_CAST_T_FROM_X", True)
     if variant != "default":
         for use in ("tokens", "experts"):
-            monkeypatch.setitem(fast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
+            monkeypatch.setitem(cast_grouped.GROUP_CAST, use, GROUP_CAST_VARIANTS[variant])
     _assert_group_casts_as_reference()
 
 
@@ -96,7 +97,7 @@ def _assert_group_casts_as_reference():
         x = (torch.randn(40, 48) * 5).to(torch.bfloat16).to(DEVICE)
         x[11, 3] = float("nan")
         x[26, 40] = float("-inf")
-        got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True,
+        got = cast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True,
                                                      with_dequant=True)
         want = ref.quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn", True)
         assert torch.equal(got[0].cpu().view(torch.uint8), want[0].view(torch.uint8)), grouping
@@ -108,30 +109,30 @@ def _assert_group_casts_as_reference():
     w = (torch.randn(3, 40, 24) * 3).to(torch.bfloat16).to(DEVICE)
     w[1] = 0.0
     w[2, 5, 7] = float("nan")
-    got = fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
+    got = cast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)
     want = ref.quantize_float8_experts_t(w.cpu(), "float8_e4m3fn", False)
     assert torch.equal(got[0].cpu().view(torch.uint8), want[0].view(torch.uint8))
     assert torch.equal(got[1].cpu().view(torch.int32), want[1].view(torch.int32))
 
 
 def test_token_groups_take_the_wide_tile_when_it_fills_the_gpu(seed):
-    """fast/grouped_mm._group_cast_setting: token groups take the experts' wider tile once its
+    """fast/cast_grouped._group_cast_setting: token groups take the experts' wider tile once its
     (group, column tile) items fill WIDE_TILE_WAVES waves of the device's programs (the
     interpreter counts 4), the narrow one below that; the wide tile gives the reference's bits
     on token groups too."""
     fast_backend()
     dev = torch.device(DEVICE)
-    wide, narrow = fast_grouped.GROUP_CAST["experts"], fast_grouped.GROUP_CAST["tokens"]
-    need = fast_grouped.WIDE_TILE_WAVES * fast_grouped.program_budget(dev, 1)
+    wide, narrow = cast_grouped.GROUP_CAST["experts"], cast_grouped.GROUP_CAST["tokens"]
+    need = cast_grouped.WIDE_TILE_WAVES * cast_grouped.program_budget(dev, 1)
     tiles = -(-need // 4)                                   # 4 groups
     c_wide, c_narrow = wide[1] * tiles, wide[1] * (tiles - 1)
-    assert fast_grouped._group_cast_setting("tokens", 4, c_wide, dev) == wide
-    assert fast_grouped._group_cast_setting("tokens", 4, c_narrow, dev) == narrow
-    assert fast_grouped._group_cast_setting("experts", 1, 16, dev) == wide
+    assert cast_grouped._group_cast_setting("tokens", 4, c_wide, dev) == wide
+    assert cast_grouped._group_cast_setting("tokens", 4, c_narrow, dev) == narrow
+    assert cast_grouped._group_cast_setting("experts", 1, 16, dev) == wide
     offs = torch.tensor(OFFS["uneven"], dtype=torch.int32, device=DEVICE)
     x = (torch.randn(40, c_wide) * 5).to(torch.bfloat16).to(DEVICE)
     x[11, 3] = float("nan")
-    got = fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
+    got = cast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)
     want = ReferenceBackend().quantize_float8_grouped_t(x.cpu(), offs.cpu(), 16, "float8_e4m3fn",
                                                         True)
     assert torch.equal(got[0].cpu().view(torch.uint8), want[0].view(torch.uint8))
@@ -155,9 +156,9 @@ def test_grouped_casts_with_dequant_write_reciprocals(grouping, seed):
     w[2, 5, 7] = float("nan")
     cases = (("grouped_t", grouped_ops.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn",
                                                                  True, name),
-              fast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)),
+              cast_grouped.quantize_float8_grouped_t(x, offs, 16, "float8_e4m3fn", True)),
              ("experts_t", grouped_ops.quantize_float8_experts_t(w, "float8_e4m3fn", False, name),
-              fast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)))
+              cast_grouped.quantize_float8_experts_t(w, "float8_e4m3fn", False)))
     for what, (data, qs, dq), (want_data, want_qs) in cases:
         assert torch.equal(data.view(torch.uint8), want_data.view(torch.uint8)), what
         assert torch.equal(qs.view(torch.int32), want_qs.view(torch.int32)), what
@@ -321,7 +322,7 @@ def test_padded_offsets_in_one_launch_RC_13(align, seed):
     for offs in cases:
         offs = offs.to(torch.int32).to(DEVICE)
         want = padded_offsets(offs.cpu(), align)
-        for got in (fast_grouped.padded_offsets_one_launch(offs, align),
+        for got in (cast_grouped.padded_offsets_one_launch(offs, align),
                     grouped_ops.padded_offsets(offs, align, backend)):
             assert got.dtype == torch.int32 and torch.equal(got.cpu(), want), (align, offs)
 
@@ -334,7 +335,7 @@ def test_padded_offsets_launches_once(monkeypatch):
     backend = "fast-interpreter"
     qbackend.register_backend(backend, lambda: FastBackend(allow_interpreter=True))
     launches = []
-    kernel = fast_grouped._padded_offsets_kernel
+    kernel = cast_grouped._padded_offsets_kernel
     real_run = type(kernel).run
 
     def counted_run(self, *args, grid, **kwargs):

@@ -62,14 +62,14 @@ def _row_copy_ttgir(dtype):
 
 def _token_group_cast_ptx(use, stages=None):
     """PTX of the token-group column cast with GROUP_CAST[use]'s tile (token groups take
-    either, fast/grouped_mm._group_cast_setting), `stages` (GROUP_CAST_STAGES) and the shipped
+    either, fast/cast_grouped._group_cast_setting), `stages` (GROUP_CAST_STAGES) and the shipped
     GROUP_CAST_T_FROM_X, or the reason."""
-    from qtrain.fast import grouped_mm
+    from qtrain.fast import cast_grouped
     from qtrain.fast.common import float8_params
-    kernel = grouped_mm._float8_group_cols_t_kernel
-    block_r, block_c, amax_block_r, _, _ = grouped_mm.GROUP_CAST[use]
+    kernel = cast_grouped._float8_group_cols_t_kernel
+    block_r, block_c, amax_block_r, _, _ = cast_grouped.GROUP_CAST[use]
     consts = dict(FROM_OFFS=True, ALIGN=16, BLOCK_R=block_r, AMAX_BLOCK_R=amax_block_r,
-                  BLOCK_C=block_c, STAGES=stages, T_FROM_X=grouped_mm.GROUP_CAST_T_FROM_X,
+                  BLOCK_C=block_c, STAGES=stages, T_FROM_X=cast_grouped.GROUP_CAST_T_FROM_X,
                   WITH_DQ=True, POW2=True,
                   EXACT_SOFT_CAST=False, IS_BF16=True,
                   **float8_params("float8_e4m3fn"))
