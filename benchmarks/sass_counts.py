@@ -104,6 +104,11 @@ def kernels():
                          BLOCK_C=bc, STAGES=cast_grouped.GROUP_CAST_STAGES,
                          T_FROM_X=cast_grouped.GROUP_CAST_T_FROM_X, WITH_DQ=True, POW2=True,
                          **_e4m3(), EXACT_SOFT_CAST=False, IS_BF16=True), warps, False))
+    block_r, block_c, warps = cast_grouped.PAD_TILE
+    out.append(("token groups into the padded layout", cast_grouped._pad_groups_kernel,
+                {"x_ptr": "*i16", "offs_ptr": "*i32", "pends_ptr": "*i32", "out_ptr": "*i16",
+                 "C": "i32", "MP": "i32", "E": "i32"},
+                dict(SEARCH=4, BLOCK_R=block_r, BLOCK_C=block_c), warps, False))
     return out
 
 

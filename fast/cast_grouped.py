@@ -2,8 +2,9 @@
 cast along tokens within each token group, written as data_t (C, Mp) in the padded layout that
 grad_weight's 2d x 2d product reads (quantize_float8_grouped_t), and every expert's w[e].T cast
 rowwise for grad_input (quantize_float8_experts_t); both by one Triton launch
-(_float8_group_cols_t_kernel), no host sync. Also the padded group ends in one launch
-(padded_offsets_one_launch). The products are in fast/grouped_mm.py.
+(_float8_group_cols_t_kernel), no host sync. Also the padded layout of token groups: the
+padded group ends (padded_offsets_one_launch) and a tensor's rows copied into it
+(pad_groups_one_launch), one launch each. The products are in fast/grouped_mm.py.
 """
 import torch
 import triton
@@ -136,6 +137,66 @@ def padded_offsets_one_launch(offs, align):
     _padded_offsets_kernel[(1,)](offs.contiguous(), pends, n, ALIGN=align,
                                  BLOCK_E=max(16, next_pow2(n)), num_warps=4)
     return pends
+
+
+@triton.jit
+def _pad_groups_kernel(x_ptr, offs_ptr, pends_ptr, out_ptr, C, MP, E, SEARCH: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Padded row p of out is row offs[g-1] + (p - pends[g-1]) of x when that lies inside group
+    g (the group whose padded range [pends[g-1], pends[g]) holds p), else zeros. g counts the
+    padded ends <= p: a binary search over pends in SEARCH steps (empty groups included)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    lo = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    hi = tl.zeros((BLOCK_R,), dtype=tl.int32) + E
+    for _ in tl.static_range(SEARCH):
+        mid = (lo + hi) // 2
+        ends_le = tl.load(pends_ptr + mid, mask=mid < hi, other=0) <= rows
+        go_up = (mid < hi) & ends_le
+        lo = tl.where(go_up, mid + 1, lo)
+        hi = tl.where(go_up | (mid >= hi), hi, mid)
+    g = lo
+    first = g == 0
+    inside = g < E
+    pstart = tl.load(pends_ptr + (g - 1), mask=inside & ~first, other=0)
+    start = tl.load(offs_ptr + (g - 1), mask=inside & ~first, other=0)
+    end = tl.load(offs_ptr + g, mask=inside, other=0)
+    local = rows - pstart
+    valid = inside & (local < end - start) & (rows < MP)
+    src = (start + local).to(tl.int64)
+    col_ok = cols[None, :] < C
+    vals = tl.load(x_ptr + src[:, None] * C + cols[None, :], mask=valid[:, None] & col_ok,
+                   other=0)
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :], vals,
+             mask=(rows[:, None] < MP) & col_ok)
+
+
+PAD_TILE = (16, 256, 4)        # padded rows, columns, warps a program (a copy: not swept)
+_RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def pad_groups_one_launch(x, offs, align, pends=None):
+    """qtrain.grouping.pad_groups(x, offs, align)[0] (the same bits: rows copied, zeros between
+    and after) in one launch on the padded ends `pends` (padded_offsets(offs, align); made here
+    in one more launch when not given), instead of the torch ops' index arithmetic, concatenation
+    and gather. x (M, C) contiguous; the result is (padded_rows(M, E, align), C)."""
+    check_input(x, LAYER)
+    check_device(_pad_groups_kernel, x, LAYER)
+    if x.dim() != 2 or offs.dtype != torch.int32 or offs.dim() != 1:
+        raise ValueError(f"{LAYER}: pad_groups_one_launch needs x 2-D and offs int32 1-D, got "
+                         f"x {tuple(x.shape)}, offs {tuple(offs.shape)} {offs.dtype}")
+    (m, c), n = x.shape, offs.shape[0]
+    offs = offs.contiguous()
+    pends = padded_offsets_one_launch(offs, align) if pends is None else pends.contiguous()
+    mp = padded_rows(m, n, align)
+    out = torch.empty((mp, c), dtype=x.dtype, device=x.device)
+    if out.numel():
+        raw = _RAW[x.element_size()]
+        block_r, block_c, warps = PAD_TILE
+        _pad_groups_kernel[(cdiv(mp, block_r), cdiv(c, block_c))](
+            x.contiguous().view(raw), offs, pends, out.view(raw), c, mp, n,
+            SEARCH=max(1, n).bit_length(), BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+    return out
 
 
 # Settings of the per-group column cast, per use: BLOCK_R (loop 2's rows a tile), BLOCK_C,

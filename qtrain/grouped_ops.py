@@ -23,6 +23,9 @@ Backend interface (three methods, same names and signatures in every backend, an
   product fast accumulation; the result stays within MM-4 with that accumulation's bound).
 - optional: padded_offsets(offs, align) -> qtrain.grouping.padded_offsets(offs, align) (the same
   int32 values) in fewer launches, for eager calls (`padded_offsets` below).
+- optional: pad_groups(x, offs, align, pends) -> qtrain.grouping.pad_groups(x, offs, align)[0]
+  (the same bits) given pends = padded_offsets(offs, align), in fewer launches, for eager
+  calls (`pad_groups` below).
 """
 from typing import Optional
 
@@ -62,6 +65,17 @@ def padded_offsets(offs, align, backend):
     if hasattr(impl, "padded_offsets") and plain_eager((offs,)):
         return impl.padded_offsets(offs, align)
     return grouping.padded_offsets(offs, align)
+
+
+def pad_groups(t, offs, align, pends, backend):
+    """grouping.pad_groups(t, offs, align)[0], the rows of t in the padded layout whose group
+    ends are pends (= padded_offsets(offs, align)): the backend's own (one launch on fast) for
+    an eager call on plain tensors, else the torch ops (under torch.compile inductor fuses
+    them)."""
+    impl = grouped_impl(backend)
+    if hasattr(impl, "pad_groups") and plain_eager((t, offs, pends)):
+        return impl.pad_groups(t, offs, align, pends)
+    return grouping.pad_groups(t, offs, align)[0]
 
 
 @custom_op("qtrain::quantize_float8_grouped_t")

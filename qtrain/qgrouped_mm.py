@@ -72,23 +72,21 @@ def _values_3d(w, spec, along_k, backend):
 def _grad_weight_operand(t, offs, spec, backend, layout=None, values=False):
     """t (M, C) (g or x) quantized along tokens within each group, in NT form for the 2d x 2d
     product over the padded token layout: (payload (C, Mp), factors, layout), layout =
-    (padded offs,) for float8 and (padded offs, pad index) for MX. `layout`: when already
-    known (x's, reused for g: same groups, same layout)."""
+    (padded offs,). `layout`: when already known (x's, reused for g: same groups, same
+    layout)."""
     if spec.kind == "float8":
         pends = (grouped_ops.padded_offsets(offs, FLOAT8_ALIGN, backend) if layout is None
                  else layout[0])
         data_t, _, dq = grouped_ops.quantize_float8_grouped_t(t, offs, FLOAT8_ALIGN, spec.fmt,
                                                               spec.pow2_scale, backend, pends)
         return data_t, dq.unsqueeze(-1), (pends,)
-    if layout is None:
-        index, pends = pad_layout(offs, t.shape[0], spec.block_size)
-    else:
-        pends, index = layout
-    tp, _ = pad_groups(t, offs, spec.block_size, (index, pends))   # blocks never straddle groups
-    if values:                                                # MX-10 values along tokens
-        return quantize_values(tp, spec, 0, backend).values, None, (pends, index)
+    pends = (grouped_ops.padded_offsets(offs, spec.block_size, backend) if layout is None
+             else layout[0])
+    tp = grouped_ops.pad_groups(t, offs, spec.block_size, pends, backend)   # blocks never
+    if values:                                                # straddle groups; MX-10 values
+        return quantize_values(tp, spec, 0, backend).values, None, (pends,)   # along tokens
     q = quantize_operand(tp, spec, 0, backend)                # MX along tokens: (C, Mp) view
-    return q.payload, q.dequant, (pends, index)               # e8m0 bytes while saved
+    return q.payload, q.dequant, (pends,)                     # e8m0 bytes while saved
 
 
 def _check(x, w, offs, config):

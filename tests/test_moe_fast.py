@@ -486,3 +486,35 @@ def test_grouped_product_of_values_copies_once_a_torch_refuses_views(monkeypatch
     want = torch.cat([g[:16].float() @ w[0].float(), g[16:].float() @ w[1].float()])
     for out in (first, second):
         torch.testing.assert_close(out.float(), want, rtol=2 ** -7, atol=1e-2)
+
+
+PAD_OFFS = {**OFFS, "tail_rows": [3, 9, 9, 20], "one_group": [40], "many": list(range(1, 41))}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grouping", sorted(PAD_OFFS))
+@pytest.mark.parametrize("align", [32, 16, 1])
+def test_pad_groups_one_launch_gives_the_torch_layout(grouping, dtype, align, seed):
+    """fast/cast_grouped.pad_groups_one_launch: the bits of qtrain.grouping.pad_groups (rows
+    copied into the padded layout, zeros between groups and after the last; rows of x past
+    offs[-1] dropped), for uneven, empty, single and forty one-row groups, with pends given or made."""
+    from qtrain import grouping as torch_layout
+    fast_backend()
+    offs = torch.tensor(PAD_OFFS[grouping], dtype=torch.int32, device=DEVICE)
+    x = (torch.randn(40, 300) * 3).to(dtype).to(DEVICE)
+    want = torch_layout.pad_groups(x.cpu(), offs.cpu(), align)[0]
+    pends = torch_layout.padded_offsets(offs, align)
+    for got in (cast_grouped.pad_groups_one_launch(x, offs, align),
+                cast_grouped.pad_groups_one_launch(x, offs, align, pends)):
+        assert got.shape == want.shape and got.dtype == dtype
+        assert torch.equal(got.cpu().view(torch.uint8), want.view(torch.uint8)), grouping
+
+
+def test_pad_groups_one_launch_refuses_what_it_cannot_copy():
+    fast_backend()
+    with pytest.raises(ValueError, match="x 2-D and offs int32"):
+        cast_grouped.pad_groups_one_launch(torch.ones(4, 5, 6, device=DEVICE),
+                                           torch.tensor([4], dtype=torch.int32, device=DEVICE), 8)
+    with pytest.raises(ValueError, match="offs int32"):
+        cast_grouped.pad_groups_one_launch(torch.ones(4, 6, device=DEVICE),
+                                           torch.tensor([4], dtype=torch.int64, device=DEVICE), 8)
