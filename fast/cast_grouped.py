@@ -179,7 +179,7 @@ def pad_groups_one_launch(x, offs, align, pends=None):
     """qtrain.grouping.pad_groups(x, offs, align)[0] (the same bits: rows copied, zeros between
     and after) in one launch on the padded ends `pends` (padded_offsets(offs, align); made here
     in one more launch when not given), instead of the torch ops' index arithmetic, concatenation
-    and gather. x (M, C) contiguous; the result is (padded_rows(M, E, align), C)."""
+    and gather. x (M, C); the result is (padded_rows(M, E, align), C), contiguous."""
     check_input(x, LAYER)
     check_device(_pad_groups_kernel, x, LAYER)
     if x.dim() != 2 or offs.dtype != torch.int32 or offs.dim() != 1:
