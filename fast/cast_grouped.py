@@ -175,16 +175,21 @@ PAD_TILE = (16, 256, 4)        # padded rows, columns, warps a program (a copy: 
 _RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def _check_token_groups(x, offs, kernel):
+    """x (M, C) of a dtype and on a device `kernel` runs on, offs int32 (E,) group ends."""
+    check_input(x, LAYER)
+    check_device(kernel, x, LAYER)
+    if x.dim() != 2 or offs.dtype != torch.int32 or offs.dim() != 1:
+        raise ValueError(f"{LAYER}: x must be 2-D and offs int32 1-D, got x {tuple(x.shape)}, "
+                         f"offs {tuple(offs.shape)} {offs.dtype}")
+
+
 def pad_groups_one_launch(x, offs, align, pends=None):
     """qtrain.grouping.pad_groups(x, offs, align)[0] (the same bits: rows copied, zeros between
     and after) in one launch on the padded ends `pends` (padded_offsets(offs, align); made here
     in one more launch when not given), instead of the torch ops' index arithmetic, concatenation
     and gather. x (M, C); the result is (padded_rows(M, E, align), C), contiguous."""
-    check_input(x, LAYER)
-    check_device(_pad_groups_kernel, x, LAYER)
-    if x.dim() != 2 or offs.dtype != torch.int32 or offs.dim() != 1:
-        raise ValueError(f"{LAYER}: pad_groups_one_launch needs x 2-D and offs int32 1-D, got "
-                         f"x {tuple(x.shape)}, offs {tuple(offs.shape)} {offs.dtype}")
+    _check_token_groups(x, offs, _pad_groups_kernel)
     (m, c), n = x.shape, offs.shape[0]
     offs = offs.contiguous()
     pends = padded_offsets_one_launch(offs, align) if pends is None else pends.contiguous()
@@ -283,11 +288,7 @@ def quantize_float8_grouped_t(x, offs, align, fmt, pow2_scale=False, padded_offs
     (data_t (C, Mp) in the padded layout, quant_scale fp32 (E, C)). One launch, no host sync.
     with_dequant: also the dequant factors 1 / quant_scale (E, C), written by the kernel."""
     check_format(fmt, LAYER)
-    check_input(x, LAYER)
-    check_device(_float8_group_cols_t_kernel, x, LAYER)
-    if x.dim() != 2 or offs.dtype != torch.int32 or offs.dim() != 1:
-        raise ValueError(f"{LAYER}: x must be 2-D and offs int32 1-D, got x {tuple(x.shape)}, "
-                         f"offs {tuple(offs.shape)} {offs.dtype}")
+    _check_token_groups(x, offs, _float8_group_cols_t_kernel)
     (m, c), n_groups = x.shape, offs.shape[0]
     mp = padded_rows(m, n_groups, align)
     offs = offs.contiguous()

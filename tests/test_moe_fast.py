@@ -512,7 +512,7 @@ def test_pad_groups_one_launch_gives_the_torch_layout(grouping, dtype, align, se
 
 def test_pad_groups_one_launch_refuses_what_it_cannot_copy():
     fast_backend()
-    with pytest.raises(ValueError, match="x 2-D and offs int32"):
+    with pytest.raises(ValueError, match="x must be 2-D and offs int32"):
         cast_grouped.pad_groups_one_launch(torch.ones(4, 5, 6, device=DEVICE),
                                            torch.tensor([4], dtype=torch.int32, device=DEVICE), 8)
     with pytest.raises(ValueError, match="offs int32"):
