@@ -276,19 +276,15 @@ class _QuantizedLinearFn(torch.autograd.Function):
                     qwt = quantize_operand(w_saved[0], gi[1], 0, backend,
                                            amax=w_saved[1] if ctx.w_mode == "hp+amax" else None)
                 grad_x = _scaled_mm(qg, qwt, ctx.x_dtype, backend, plan.fast_accum_grads)
+                if qgt is None and gw is not None and gi[0] == gw[0] and gw[0].axis_free:
+                    qgt = qg.t()            # tensorwise g: one quantization serves both products
                 # grad_input's operands die before grad_weight's are made (peak memory: on the
-                # MX-10 values route they are bf16 copies of g and w), except a tensorwise g
-                # whose one quantization serves both products
-                qwt = None
-                if not (gw is not None and gi[0] == gw[0] and gw[0].axis_free):
-                    qg = None
+                # MX-10 values route they are bf16 copies of g and w)
+                qg = qwt = None
         if ctx.needs_input_grad[1]:
             if gw is None:
                 grad_w = g.t().to(ctx.w_dtype) @ x_saved[0].to(ctx.w_dtype)
             else:
-                if qgt is None and qg is not None and gi is not None and gi[0] == gw[0] \
-                        and gw[0].axis_free:
-                    qgt = qg.t()            # tensorwise g: one quantization serves both products
                 if qgt is None and values_gw:
                     qgt = quantize_values(g, gw[0], 0, backend)
                 elif qgt is None:
