@@ -29,7 +29,8 @@ from .block import KEEP_WEIGHT, SHAPES, block_step, qtrain_config
 from qtrain.tiny_llama import Block
 
 
-def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda", gaps=0):
+def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda", gaps=0,
+                    gaps_host=True):
     block = copy.deepcopy(base)
     if name != "bf16":
         convert_to_quantized_training(block, qtrain_config(name))
@@ -48,8 +49,8 @@ def profile_variant(base, shape, name, compile_mode, steps, rows, device="cuda",
     wall = (time.perf_counter() - t0) / n * 1e3
     activities = [torch.profiler.ProfilerActivity.CUDA if device == "cuda"
                   else torch.profiler.ProfilerActivity.CPU]
-    if gaps and device == "cuda":     # host ops too, so that each gap names the op that launched
-        activities.append(torch.profiler.ProfilerActivity.CPU)   # (slows the host: wider gaps)
+    if gaps and gaps_host and device == "cuda":   # host ops too, so that each gap names the op
+        activities.append(torch.profiler.ProfilerActivity.CPU)   # that launched (slows the host)
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
             step()
@@ -104,6 +105,9 @@ def main(argv=None):
     p.add_argument("--gaps", type=int, default=0,
                    help="also list the GPU's idle gaps (benchmarks/trace_gaps.py): this many "
                         "launchers and largest gaps per variant")
+    p.add_argument("--gaps-device-only", action="store_true",
+                   help="record the gaps without host ops: the host runs at its unprofiled "
+                        "speed, and each gap is charged to the launch call, not the op")
     p.add_argument("--csv", default=common.RESULTS_CSV, help="results CSV to append to")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -116,7 +120,7 @@ def main(argv=None):
     results = []
     for name in names:
         r = profile_variant(base, shape, name, args.compile, args.steps, args.rows,
-                            gaps=args.gaps)
+                            gaps=args.gaps, gaps_host=not args.gaps_device_only)
         results.append(r)
         print(f"\n=== {name} ({args.compile}): per step wall {r['wall']:.3f} ms, host enqueue "
               f"{r['enqueue']:.3f} ms, GPU busy {r['busy']:.3f} ms (kernel sum "

@@ -70,6 +70,21 @@ def gaps(events):
     return out
 
 
+GAP_BUCKETS_US = (2, 5, 20, 100)
+
+
+def size_buckets(g):
+    """[(label, total us, count)] of the gaps g by size: short gaps are the device's own
+    kernel-to-kernel turnaround, long ones a host that had not launched the next kernel yet."""
+    edges = (0,) + GAP_BUCKETS_US + (float("inf"),)
+    out = []
+    for lo, hi in zip(edges, edges[1:]):
+        sel = [x[0] for x in g if lo <= x[0] < hi]
+        label = f"<{hi:g}" if lo == 0 else (f">={lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}")
+        out.append((label, sum(sel), len(sel)))
+    return out
+
+
 def summarize(events, steps=1, top=15, width=60):
     """Text report: idle per step, idle by the late kernel's launcher, the largest gaps."""
     g = gaps(events)
@@ -79,7 +94,10 @@ def summarize(events, steps=1, top=15, width=60):
         by_launcher[who][0] += us
         by_launcher[who][1] += 1
     lines = [f"idle {total / steps / 1e3:.3f} ms per step in {len(g) / steps:.0f} gaps per step",
-             "idle by the launcher of the kernel after the gap (us per step, gaps per step):"]
+             "idle by gap size (us per step, gaps per step): " + ", ".join(
+                 f"{label} {us / steps:.1f} ({n / steps:.0f})"
+                 for label, us, n in size_buckets(g))]
+    lines += ["idle by the launcher of the kernel after the gap (us per step, gaps per step):"]
     for who, (us, n) in sorted(by_launcher.items(), key=lambda kv: -kv[1][0])[:top]:
         lines.append(f"  {us / steps:9.1f}  {n / steps:6.1f}  {who[:width]}")
     lines.append("largest gaps (us: previous -> next [launcher]):")

@@ -11,11 +11,13 @@ from . import ops
 from .backend import _instance as _backend_impl
 
 # Where a compiled graph gets the float8 tensorwise amax (F8-1), read once at import:
-# "kernel" (default): the backend's own amax pass inside the cast op; "torch": a torch reduction
-# before the op (max |x|), which inductor can fuse into the kernel that produces x, so the
-# backend runs the cast pass alone. Same bits either way; eager mode always takes "kernel".
+# "torch" (default): a torch reduction before the cast op (max |x|), which inductor can fuse
+# into the kernel that produces x, so the backend runs the cast pass alone; "kernel": the
+# backend's own amax pass inside the cast op. Same bits either way; eager mode always takes
+# "kernel". H200, Llama3-8B block compiled, five process pairs (fourteenth and twenty-second
+# sessions): torch faster in four, by 0.15 ms (1%) on average.
 COMPILED_AMAX_ENV = "QTRAIN_COMPILED_AMAX"
-COMPILED_AMAX = os.environ.get(COMPILED_AMAX_ENV, "kernel")
+COMPILED_AMAX = os.environ.get(COMPILED_AMAX_ENV, "torch")
 if COMPILED_AMAX not in ("kernel", "torch"):
     raise ValueError(f"{COMPILED_AMAX_ENV}={COMPILED_AMAX!r}: expected 'kernel' or 'torch'")
 

@@ -471,7 +471,16 @@ def test_trace_gaps_charges_each_gap_to_the_late_kernels_innermost_launcher():
                                        (15, "memset", "k4", trace_gaps.NO_LAUNCHER)]
     report = trace_gaps.summarize(events, steps=1)
     assert report.splitlines()[0] == "idle 0.035 ms per step in 2 gaps per step"
+    assert report.splitlines()[1] == ("idle by gap size (us per step, gaps per step): <2 0.0 (0), "
+                                      "2-5 0.0 (0), 5-20 15.0 (1), 20-100 20.0 (1), >=100 0.0 (0)")
     assert "aten::zeros" in report
+
+
+def test_trace_gaps_size_buckets_split_at_their_edges():
+    from benchmarks import trace_gaps
+    g = [(1.5, "a", "b", "x"), (2, "a", "b", "x"), (99.9, "a", "b", "x"), (100, "a", "b", "x")]
+    assert trace_gaps.size_buckets(g) == [("<2", 1.5, 1), ("2-5", 2, 1), ("5-20", 0, 0),
+                                          ("20-100", 99.9, 1), (">=100", 100, 1)]
 
 
 def test_block_profile_cpu_smoke_lists_gaps(capsys):

@@ -152,16 +152,20 @@ def test_eager_tensorwise_transposes_reused_payloads_by_tiles(monkeypatch):
 
 
 @pytest.mark.parametrize("transpose_mode", ["copy", "cast"])
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, "kernel", "torch"],
+                         ids=["eager", "compiled-amax_kernel", "compiled-amax_torch"])
 def test_tensorwise_weight_amax_runs_once_per_step(compiled, transpose_mode, monkeypatch):
     """A tensorwise linear's weight is cast twice per step (w for the output, w.T for
     grad_input, RC-14). Its amax pass runs once, in the forward; the backward cast of w.T gets
     the saved amax and runs its cast pass alone. Amax passes per fwd+bwd: x, w, g (three, not
-    four). Same bits as casting w.T with its own amax pass (the path of weights that are
-    tensor subclasses)."""
-    from qtrain import qlinear
+    four); compiled with QTRAIN_COMPILED_AMAX=torch (the default) x's and g's amax are torch
+    reductions in the graph, so w's pass is the only one. Same bits as casting w.T with its
+    own amax pass (the path of weights that are tensor subclasses)."""
+    from qtrain import qlinear, recipes
     from qtrain.fast import amax as fast_amax
     monkeypatch.setattr(qlinear, "TENSORWISE_TRANSPOSE", transpose_mode)
+    if compiled:
+        monkeypatch.setattr(recipes, "COMPILED_AMAX", compiled)
     passes = []
     real = fast_amax.amax_bits_2d
 
@@ -173,18 +177,20 @@ def test_tensorwise_weight_amax_runs_once_per_step(compiled, transpose_mode, mon
     import qtrain.fast.cast_float8 as cf
     monkeypatch.setattr(cf, "amax_bits_2d", counted)
     x, w, g = _inputs(64, 96, 160)
-    got = _fwd_bwd(_tensorwise_linear(compiled), x, w, g)
+    got = _fwd_bwd(_tensorwise_linear(bool(compiled)), x, w, g)
     torch._dynamo.reset()
     # x, w and g: one amax pass apiece. w is viewed as rows of 1024 (fast.common.flat_2d); x
     # and g too when cast alone (QTRAIN_TENSORWISE_TRANSPOSE=copy), 2-D when cast into both
     # layouts (=cast, the default)
     x_g = [(6, 1024), (10, 1024)] if transpose_mode == "copy" else [(64, 96), (64, 160)]
+    if compiled == "torch":
+        x_g = []
     assert sorted(passes) == sorted([(15, 1024)] + x_g), passes
     passes.clear()
     monkeypatch.setattr(qlinear, "_PLAIN_TENSORS", ())
-    want = _fwd_bwd(_tensorwise_linear(compiled), x, w, g)
+    want = _fwd_bwd(_tensorwise_linear(bool(compiled)), x, w, g)
     torch._dynamo.reset()
-    assert len(passes) == 4, passes
+    assert len(passes) == (0 if compiled == "torch" else 4), passes
     for a, b, what in zip(want, got, ("output", "grad_input", "grad_weight")):
         assert torch.equal(a, b), f"{what} (QTRAIN_TEST_SEED={SEED})"
 
