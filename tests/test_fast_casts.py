@@ -98,15 +98,17 @@ def assert_dequant_is_reciprocal(qs, dq, what, seed):
 @pytest.mark.parametrize("transposed", [False, True])
 def test_float8_tensorwise_given_amax_is_the_tensorwise_cast(shape, edge, transposed, seed):
     """The cast pass alone, its amax given as a torch reduction (max |x|: what a compiled graph
-    computes, QTRAIN_COMPILED_AMAX=torch), gives the reference's tensorwise bits: finite data,
-    NaN anywhere (F8-5), and an all-zero tensor (F8-6). The kernel reads |amax| (it clears the
-    sign bit itself), so a negated amax gives the same bits."""
+    computes, QTRAIN_COMPILED_AMAX=torch: recipes.torch_amax_rows_first), gives the reference's
+    tensorwise bits: finite data, NaN anywhere (F8-5), and an all-zero tensor (F8-6). The
+    kernel reads |amax| (it clears the sign bit itself), so a negated amax gives the same
+    bits."""
+    from qtrain.recipes import torch_amax_rows_first
     fast = fast_backend()
     x = edge_rows(shape, ml_dtypes.bfloat16, seed, edge=edge)
     cases = [x, np.zeros(shape, ml_dtypes.bfloat16)]
     for xi, sign in itertools.product(cases, (1, -1)):
         xt = from_numpy(xi)
-        amax = sign * xt.abs().amax().to(torch.float32)
+        amax = sign * torch_amax_rows_first(xt)
         for fmt in ("float8_e4m3fn", "float8_e5m2"):
             for pow2 in (False, True):
                 data, qs, dq = fast.quantize_float8_given_amax(xt, amax, fmt, pow2,
