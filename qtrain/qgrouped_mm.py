@@ -28,7 +28,6 @@ import torch
 from . import grouped_ops, ops  # noqa: F401  (ops registers the qtrain:: quantize ops)
 from .backend import resolve_backend_name
 from .config import Float8LinearConfig, MXLinearConfig
-from .grouping import pad_groups, pad_layout
 from .qlinear import _mm_dtype
 from .recipes import QOperand, mx_values_route, quantize_operand, quantize_values
 
@@ -163,7 +162,7 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gw = plan.grad_weight
             if gw is None:
-                grad_w = _grad_weight_hp(g, x_saved[0], offs)
+                grad_w = _grad_weight_hp(g, x_saved[0], offs, backend)
             else:
                 b, db, x_layout = x_saved[0], x_saved[1], x_saved[2:]
                 values = _values(gw[0], g, backend)
@@ -195,12 +194,12 @@ def _pow2(specs):
     return specs[0].pow2_factors and specs[1].pow2_factors
 
 
-def _grad_weight_hp(g, x, offs):
+def _grad_weight_hp(g, x, offs, backend):
     """grad_weight_hp (RC-7): g[rows_g].T @ x[rows_g] per group in the model dtype, over the
     padded layout (16-byte aligned group starts); empty groups give zeros."""
-    layout = pad_layout(offs, g.shape[0], 8)                  # same groups: one layout
-    gp, pends = pad_groups(g, offs, 8, layout)
-    xp, _ = pad_groups(x, offs, 8, layout)
+    pends = grouped_ops.padded_offsets(offs, 8, backend)      # same groups: one layout
+    gp = grouped_ops.pad_groups(g, offs, 8, pends, backend)
+    xp = grouped_ops.pad_groups(x, offs, 8, pends, backend)
     out = torch._grouped_mm(gp.t().contiguous(), xp, offs=pends)
     sizes = torch.diff(pends, prepend=pends.new_zeros(1))
     return torch.where((sizes > 0)[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))

@@ -209,14 +209,18 @@ def _fast_and_reference(x, w, g, offs, config):
     return results
 
 
-@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
+@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8", "mxfp8_gw_hp"])
 def test_fast_layer_matches_reference(recipe, seed):
     """Whole forward + backward on the fast path (interpreter on a CPU) vs the reference backend:
-    same payloads, products within MM-4, so results agree to a few fp32 ulps."""
+    same payloads, products within MM-4, so results agree to a few fp32 ulps. mxfp8_gw_hp: the
+    high-precision grad_weight over the padded token layout (the fast backend's one-launch
+    padding)."""
     fast_backend()
     qbackend.register_backend("fast-interpreter", lambda: FastBackend(allow_interpreter=True))
-    config = (qtrain.Float8LinearConfig(recipe="rowwise") if recipe == "rowwise"
-              else qtrain.MXLinearConfig(scale_mode="rceil"))
+    config = {"rowwise": lambda: qtrain.Float8LinearConfig(recipe="rowwise"),
+              "mxfp8": lambda: qtrain.MXLinearConfig(scale_mode="rceil"),
+              "mxfp8_gw_hp": lambda: qtrain.MXLinearConfig(scale_mode="rceil",
+                                                           grad_weight_hp=True)}[recipe]()
     offs = torch.tensor([5, 5, 23, 37], dtype=torch.int32, device=DEVICE)
     x, w, g = (t.to(DEVICE) for t in (torch.randn(40, 64), torch.randn(4, 32, 64), torch.randn(40, 32)))
     results = _fast_and_reference(x, w, g, offs, config)
