@@ -1,7 +1,6 @@
 """Triton amax pass (F8-1, I8-1): one read of a 2-D tensor, per-tile maxima folded into tensor,
 row and/or column amax buffers with integer atomic max on the fp32 bits of |x|."""
 import functools
-import os
 
 import torch
 import triton
@@ -15,7 +14,7 @@ from .encode import abs_bits, widen_to_fp32
 def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr, N_ROW_TILES,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                        TENSOR: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
-                       IS_BF16: tl.constexpr, UP: tl.constexpr = False):
+                       IS_BF16: tl.constexpr):
     """Column block program_id(1) of row-major x (R, C), row tiles program_id(0),
     program_id(0) + num_programs(0), ... (BLOCK_R x BLOCK_C each). Row maxima go to row_ptr per
     tile (a reduction along axis 1, within a warp). The column and tensor maxima are an
@@ -25,13 +24,11 @@ def _amax_tiles_kernel(x_ptr, R, C, tensor_ptr, row_ptr, col_ptr, N_ROW_TILES,
     benchmarks/amax_variants.py). Buffers hold int32 bits, zero-initialised; masked-out
     elements load as 0 and never win the max. NaN bits win over inf (F8-1). The max is
     order-free: any grid, same bits. The atomics are relaxed: the buffers are read by a later
-    launch on the same stream, which orders them. UP: the programs walk the row tiles from the
-    last one back (the same bits)."""
+    launch on the same stream, which orders them."""
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.int32)
-    for rt_step in range(tl.program_id(0), N_ROW_TILES, tl.num_programs(0)):
-        rt = N_ROW_TILES - 1 - rt_step if UP else rt_step
+    for rt in range(tl.program_id(0), N_ROW_TILES, tl.num_programs(0)):
         rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
         mask = (rows[:, None] < R) & col_ok[None, :]
         x = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0)
@@ -68,11 +65,6 @@ AMAX_PROGRAMS_PER_SM = 4
 # 8192^2, and the dual cast is fastest with it at 8192^2; 2026-12-03-s18-amax-settings-mx-tma-load-h200.log)
 AMAX_ROWS_TILE = (32, 256)
 AMAX_ROWS_PROGRAMS_PER_SM = 8
-# Row order of the pass: "down" (first row tile first) or "up" (last first), for timing whether
-# the cast pass after it reads what L2 still holds (QTRAIN_AMAX_ROW_ORDER).
-AMAX_ROW_ORDER = os.environ.get("QTRAIN_AMAX_ROW_ORDER", "down")
-if AMAX_ROW_ORDER not in ("down", "up"):
-    raise ValueError(f"QTRAIN_AMAX_ROW_ORDER={AMAX_ROW_ORDER!r}: expected 'down' or 'up'")
 _INTERPRETER_PROGRAMS = 4        # CPU: a small grid, so the tests run the loop
 
 
@@ -109,5 +101,5 @@ def amax_bits_2d(x2d: torch.Tensor, tensor: bool = False, rows: bool = False, co
     _amax_tiles_kernel[(row_programs, n_col_tiles)](
         x_in, R, C, buf if t is None else t, buf if r is None else r, buf if c is None else c,
         n_row_tiles, BLOCK_R=block_r, BLOCK_C=block_c, TENSOR=tensor, ROWS=rows, COLS=cols,
-        IS_BF16=is_bf16, UP=AMAX_ROW_ORDER == "up", num_warps=AMAX_WARPS)
+        IS_BF16=is_bf16, num_warps=AMAX_WARPS)
     return t, r, c

@@ -1,7 +1,6 @@
 """Float8 casts, spec/02-float8-scaling.md (F8-1..F8-7): tensorwise, rowwise (axis -1),
 columnwise (axis 0) and the dual row+column cast used by the rowwise recipes."""
 import logging
-import os
 
 import torch
 import triton
@@ -66,8 +65,7 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
                          POW2: tl.constexpr, TMA: tl.constexpr, T_FROM_X: tl.constexpr,
                          MAX: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr,
                          FNUZ: tl.constexpr, TL_DTYPE: tl.constexpr,
-                         EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr,
-                         ORDER: tl.constexpr = 0, LOAD_EVICT: tl.constexpr = ""):
+                         EXACT_SOFT_CAST: tl.constexpr, IS_BF16: tl.constexpr):
     """Cast pass over a (BLOCK_R, BLOCK_C) tile of row-major x (R, C), amax already known.
     TENSORWISE: one scale (amax_ptr[0]); else one scale per column (amax_ptr[c]). Data written
     (R, C) or, TRANSPOSED, (C, R) row-major. DUAL adds the row-scaled copy (row_amax_ptr[r])
@@ -80,28 +78,16 @@ def _float8_tiles_kernel(x_ptr, R, C, amax_ptr, qs_ptr, dq_ptr, data_ptr,
     with a (BLOCK_R, BLOCK_C) box; the code tiles leave by TMA bulk stores (the copy engine
     clips the edge tiles). T_FROM_X (TRANSPOSED, not TMA): x.T's codes are encoded from the
     loaded tile transposed (tl.trans of the 16- or 32-bit x), not from the codes of x, so the
-    tile crosses shared memory before the encode, in x's width (the same bits).
-    ORDER (which tile a program takes; any order gives the same bits): 0, the grid (row tiles,
-    column tiles), so programs launch down each column block in turn; 1, a flat grid over the
-    tiles in row-major order; 2, the same from the last tile back. LOAD_EVICT: x's loads'
-    eviction_policy."""
-    if ORDER == 0:
-        pid_r = tl.program_id(0)
-        pid_c = tl.program_id(1)
-    else:
-        n_c = tl.cdiv(C, BLOCK_C)
-        pid = tl.program_id(0)
-        if ORDER == 2:
-            pid = tl.cdiv(R, BLOCK_R) * n_c - 1 - pid
-        pid_r = pid // n_c
-        pid_c = pid % n_c
+    tile crosses shared memory before the encode, in x's width (the same bits)."""
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok = rows < R
     col_ok = cols < C
     mask = row_ok[:, None] & col_ok[None, :]
     offs = rows[:, None].to(tl.int64) * C + cols[None, :]
-    x_raw = tl.load(x_ptr + offs, mask=mask, other=0, eviction_policy=LOAD_EVICT)
+    x_raw = tl.load(x_ptr + offs, mask=mask, other=0)
     x = widen_to_fp32(x_raw, IS_BF16)
     if T_FROM_X:
         x_t = widen_to_fp32(tl.trans(x_raw), IS_BF16)         # (BLOCK_C, BLOCK_R)
@@ -189,18 +175,6 @@ TILE_BOTH, TILE_BOTH_WARPS = (64, 128), 4
 # benchmarks/transposed_cast_variants.py): dual 132.5 us shipped against 135.5 at best (32x32,
 # 1 warp; 150.9 at 2-8 warps), tensorwise x.T 90.0 against 102.2 (64x32, 1 warp) at 8192^2.
 TMA_STORE = False
-# Tile order of the pass (ORDER of the kernel) and its loads' eviction policy, for timing
-# whether reading first the part of x still in L2 pays (x's producer, or the amax pass, read
-# or wrote it last): "columns" (the 2-D grid), "rows" (row-major), "rows_back" (row-major from
-# the last tile back). QTRAIN_CAST_TILE_ORDER and QTRAIN_CAST_LOAD_EVICT set them.
-TILE_ORDERS = {"columns": 0, "rows": 1, "rows_back": 2}
-TILE_ORDER = os.environ.get("QTRAIN_CAST_TILE_ORDER", "columns")
-if TILE_ORDER not in TILE_ORDERS:
-    raise ValueError(f"QTRAIN_CAST_TILE_ORDER={TILE_ORDER!r}: expected one of {list(TILE_ORDERS)}")
-LOAD_EVICT = os.environ.get("QTRAIN_CAST_LOAD_EVICT", "")
-if LOAD_EVICT not in ("", "evict_first", "evict_last"):
-    raise ValueError(f"QTRAIN_CAST_LOAD_EVICT={LOAD_EVICT!r}: expected '', 'evict_first' or "
-                     f"'evict_last'")
 # x.T is stored one code per element: packing 4 rows' codes into 32-bit stores measured
 # 1.9-2.3x slower on the H200 (2026-12-01: 8192^2 tensorwise.T 270 us against 139 us) and was
 # removed.
@@ -237,10 +211,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
     row_qs = torch.empty(R, dtype=torch.float32, device=dev) if dual else qs
     dq = torch.empty_like(qs) if with_dequant else None
     row_dq = torch.empty_like(row_qs) if (with_dequant and dual) else None
-    order = TILE_ORDERS[TILE_ORDER]
     grid = (cdiv(R, block_r), cdiv(C, block_c))
-    if order:
-        grid = (grid[0] * grid[1],)
     x_in, is_bf16 = kernel_input(x2d)
     out, row_out = data.view(torch.uint8), row_data.view(torch.uint8)
     tma = TMA_STORE and transposed and not row_copy and tma_store_ok(dev, R, C)
@@ -255,7 +226,7 @@ def _launch_tiles(x2d, fmt, pow2, tensorwise, transposed=False, dual=False, amax
         DUAL=dual, ROW_COPY=row_copy, WITH_DQ=with_dequant, POW2=pow2, TMA=tma,
         T_FROM_X=T_FROM_X and (dual or row_copy) and not tma,
         **float8_params(fmt), EXACT_SOFT_CAST=use_soft_cast(_float8_tiles_kernel, fmt, dev),
-        IS_BF16=is_bf16, ORDER=order, LOAD_EVICT=LOAD_EVICT, num_warps=warps)
+        IS_BF16=is_bf16, num_warps=warps)
     return data, qs, row_data, row_qs, dq, row_dq
 
 
