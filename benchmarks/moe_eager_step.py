@@ -12,7 +12,8 @@ Per round, `steps` fwd+bwd steps of the moe_bench shape (E=8, 16384 tokens, 4096
 equal groups) are enqueued (host time: enqueue), then synchronized (wall). Prints the median ms
 per step over the rounds for bf16 torch._grouped_mm and for qtrain float8 rowwise (fast
 backend, RC-15 defaults), alternating the two each round. --graphs: also both under
-torch.compile(mode="reduce-overhead"), replays timed the same way.
+torch.compile(mode="reduce-overhead"), replays timed the same way. --promoted: also qtrain
+rowwise with fast_accum_grads=False (grad_input on torch's kernel instead of the Triton one).
 """
 import argparse
 import statistics
@@ -52,6 +53,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--graphs", action="store_true")
+    p.add_argument("--promoted", action="store_true")
     p.add_argument("--label", default="")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -68,6 +70,11 @@ def main(argv=None):
     bf16 = lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)   # noqa: E731
     q = lambda: qtrain.grouped_mm(x, w, offs, config)                     # noqa: E731
     fns = {"bf16 eager": _step(bf16, x, w, g), "qtrain rowwise eager": _step(q, x, w, g)}
+    if args.promoted:
+        promoted = qtrain.Float8LinearConfig(recipe="rowwise", backend="fast",
+                                             fast_accum_grads=False)
+        fns["qtrain rowwise promoted eager"] = _step(
+            lambda: qtrain.grouped_mm(x, w, offs, promoted), x, w, g)
     if args.graphs:
         fns["bf16 reduce-overhead"] = _step(torch.compile(bf16, mode="reduce-overhead"), x, w, g)
         fns["qtrain rowwise reduce-overhead"] = _step(
