@@ -20,8 +20,7 @@ Group sizes are free (empty groups, any length); padding is built on the device 
 sync) and never changes a result. Supported: Float8LinearConfig(recipe="rowwise") and
 MXLinearConfig (grad_weight_hp included). Kept for backward: x quantized along tokens for
 grad_weight (1 byte per element plus scales; hp x with grad_weight_hp), w itself, offs, and
-the padded token layout that g reuses (padded offsets; for MX also the pad index, 8 bytes per
-padded token).
+the padded token layout that g reuses (its padded group ends).
 """
 import torch
 
@@ -68,24 +67,28 @@ def _values_3d(w, spec, along_k, backend):
     return v if along_k else v.transpose(1, 2)
 
 
-def _grad_weight_operand(t, offs, spec, backend, layout=None, values=False):
+def _token_align(spec):
+    """The multiple each group's token count is padded to for grad_weight's 2d x 2d product."""
+    return FLOAT8_ALIGN if spec.kind == "float8" else spec.block_size
+
+
+def _grad_weight_operand(t, offs, spec, backend, pends=None, values=False):
     """t (M, C) (g or x) quantized along tokens within each group, in NT form for the 2d x 2d
-    product over the padded token layout: (payload (C, Mp), factors, layout), layout =
-    (padded offs,). `layout`: when already known (x's, reused for g: same groups, same
+    product over the padded token layout: (payload (C, Mp), factors, pends), pends = the
+    padded group ends. `pends`: when already known (x's, reused for g: same groups, same
     layout)."""
+    align = _token_align(spec)
+    if pends is None:
+        pends = grouped_ops.padded_offsets(offs, align, backend)
     if spec.kind == "float8":
-        pends = (grouped_ops.padded_offsets(offs, FLOAT8_ALIGN, backend) if layout is None
-                 else layout[0])
-        data_t, _, dq = grouped_ops.quantize_float8_grouped_t(t, offs, FLOAT8_ALIGN, spec.fmt,
+        data_t, _, dq = grouped_ops.quantize_float8_grouped_t(t, offs, align, spec.fmt,
                                                               spec.pow2_scale, backend, pends)
-        return data_t, dq.unsqueeze(-1), (pends,)
-    pends = (grouped_ops.padded_offsets(offs, spec.block_size, backend) if layout is None
-             else layout[0])
-    tp = grouped_ops.pad_groups(t, offs, spec.block_size, pends, backend)   # blocks never
-    if values:                                                # straddle groups; MX-10 values
-        return quantize_values(tp, spec, 0, backend).values, None, (pends,)   # along tokens
+        return data_t, dq.unsqueeze(-1), pends
+    tp = grouped_ops.pad_groups(t, offs, align, pends, backend)   # blocks never straddle groups
+    if values:                                                # MX-10 values along tokens
+        return quantize_values(tp, spec, 0, backend).values, None, pends
     q = quantize_operand(tp, spec, 0, backend)                # MX along tokens: (C, Mp) view
-    return q.payload, q.dequant, (pends,)                     # e8m0 bytes while saved
+    return q.payload, q.dequant, pends                        # e8m0 bytes while saved
 
 
 def _check(x, w, offs, config):
@@ -131,8 +134,7 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
         elif gw is None:
             x_saved = (x,)
         else:
-            payload, dequant, layout = _grad_weight_operand(x, offs, gw[1], backend)
-            x_saved = (payload, dequant, *layout)
+            x_saved = _grad_weight_operand(x, offs, gw[1], backend)
         ctx.n_x = len(x_saved)
         ctx.save_for_backward(*x_saved, w, offs)
         ctx.plan, ctx.backend, ctx.x_dtype = plan, backend, x.dtype
@@ -164,13 +166,11 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
             if gw is None:
                 grad_w = _grad_weight_hp(g, x_saved[0], offs, backend)
             else:
-                b, db, x_layout = x_saved[0], x_saved[1], x_saved[2:]
+                b, db, x_pends = x_saved
                 values = _values(gw[0], g, backend)
-                a, da, layout = _grad_weight_operand(g, offs, gw[0], backend,
-                                                     x_layout if gw[0] == gw[1] else None,
-                                                     values)
-                pends = layout[0]
-                align = FLOAT8_ALIGN if gw[0].kind == "float8" else gw[0].block_size
+                a, da, pends = _grad_weight_operand(g, offs, gw[0], backend,
+                                                    x_pends if gw[0] == gw[1] else None, values)
+                align = _token_align(gw[0])
                 if values:                 # g's values against x's kept payload
                     grad_w = grouped_ops.mm_mx_values_grouped(
                         a, None, b, QOperand(b, db).dequant_fp32(), pends, backend, align)
