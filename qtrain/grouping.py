@@ -53,13 +53,6 @@ def pad_index(offs: torch.Tensor, m: int, align: int) -> torch.Tensor:
     return _pad_index(offs, m, align, _padded_layout(offs, align))
 
 
-def pad_layout(offs: torch.Tensor, m: int, align: int):
-    """(pad_index, padded_offsets) from one pass over the group bookkeeping: what pad_groups
-    needs, computed once when several tensors share the groups (x and g of a grouped layer)."""
-    layout = _padded_layout(offs, align)
-    return _pad_index(offs, m, align, layout), layout[3].to(torch.int32)
-
-
 def _pad_index(offs, m, align, layout):
     n_groups = offs.shape[0]
     starts, sizes, pstarts, pends = layout
@@ -77,12 +70,11 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, zero]).index_select(0, index)
 
 
-def pad_groups(x: torch.Tensor, offs: torch.Tensor, align: int, layout=None):
+def pad_groups(x: torch.Tensor, offs: torch.Tensor, align: int):
     """(x_padded (padded_rows, ...), padded_offs int32): each group of rows of x starts at a
-    multiple of align, zero rows in between and after; rows of x past offs[-1] are dropped.
-    layout: pad_layout(offs, x.shape[0], align) when already computed."""
-    index, pends = pad_layout(offs, x.shape[0], align) if layout is None else layout
-    return gather_rows(x, index), pends
+    multiple of align, zero rows in between and after; rows of x past offs[-1] are dropped."""
+    layout = _padded_layout(offs, align)
+    return gather_rows(x, _pad_index(offs, x.shape[0], align, layout)), layout[3].to(torch.int32)
 
 
 def rows_in_groups(offs: torch.Tensor, m: int, device=None) -> torch.Tensor:
