@@ -2,7 +2,8 @@
 float8 cast bit for bit; products and gradients close), then fwd+bwd time of one expert
 product at E=8, 16384 tokens, K=4096, N=2048: bf16 torch._grouped_mm vs qtrain float8 rowwise
 (torch._scaled_grouped_mm), mxfp8 emulated, and torchao's float8 rowwise grouped mm if it
-imports. Appends rows to benchmarks/results/results.csv (and $OUT/moe_bench.csv when OUT is
+imports; each of them also captured whole in one CUDA graph (GPU time alone, MOE_CAPTURED=0
+leaves those rows out). Appends rows to benchmarks/results/results.csv (and $OUT/moe_bench.csv when OUT is
 set), prints a table last. About a minute on one H200; MOE_ROUNDS (3) rounds over the cases in
 turn, MOE_REPS (10) timed steps each, a case's time the median over its rounds.
 
@@ -17,7 +18,7 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import append_rows, format_table, time_fn  # noqa: E402
+from benchmarks.common import append_rows, capture_cuda_graph, format_table, time_fn  # noqa: E402
 
 ROWS = []
 SHAPE = dict(E=8, M=16384, K=4096, N=2048)
@@ -202,6 +203,17 @@ def bench(fast):
             finally:
                 _dispatch.DIRECT = True
         return run
+    if os.environ.get("MOE_CAPTURED", "1") == "1":
+        # the whole step captured in one CUDA graph (MOE_CAPTURED=1): the GPU work alone, with
+        # neither the eager host nor the copies torch.compile's CUDA graphs make of inputs that
+        # are not parameters (x, w and g here, replayed into static buffers every step)
+        for label, (backend, recipe, fn) in list(cases.items()):
+            try:
+                graph, _ = capture_cuda_graph(fn, (xr, w))
+                cases[f"{label}, one CUDA graph"] = (backend + "-cudagraph", recipe, graph.replay)
+            except Exception as e:    # noqa: BLE001 (a variant that cannot be captured)
+                record("moe_fwd_bwd", backend + "-cudagraph", recipe, shape, "error",
+                       f"capture: {type(e).__name__}: {e}"[:200])
     b, r, f = variants["qtrain float8 rowwise"]
     cases["qtrain float8 rowwise, custom-op dispatch"] = (b + "-dispatcher", r, via_dispatcher(step(f)))
     if os.environ.get("MOE_COMPILE", "1") == "1":
