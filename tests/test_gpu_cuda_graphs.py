@@ -15,6 +15,7 @@ import torch
 
 import qtrain
 from benchmarks.common import capture_cuda_graph
+from benchmarks.moe_graphed import GroupedExperts
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available()
                                 or not qtrain.get_backend("fast").available()[0],
@@ -85,15 +86,6 @@ def test_grouped_step_replays_bit_identical(recipe):
     _assert_same(eager, replayed)
 
 
-class _Experts(torch.nn.Module):
-    def __init__(self, w):
-        super().__init__()
-        self.w = torch.nn.Parameter(w)
-
-    def forward(self, x, offs):
-        return torch._grouped_mm(x, self.w.transpose(-2, -1), offs=offs)
-
-
 @pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
 def test_converted_experts_under_make_graphed_callables(recipe):
     """The README's eager MoE route: a converted experts module wrapped by
@@ -103,7 +95,7 @@ def test_converted_experts_under_make_graphed_callables(recipe):
     config = dataclasses.replace(qtrain.recipe_config(recipe), backend="fast")
     gen = torch.Generator(device="cuda").manual_seed(0)
     w = (torch.randn(4, 128, 256, generator=gen, device="cuda") / 16).to(torch.bfloat16)
-    eager = qtrain.convert_moe_to_quantized_training(_Experts(w), config)
+    eager = qtrain.convert_moe_to_quantized_training(GroupedExperts(w), config)
     sample = torch.randn(320, 256, generator=gen, device="cuda").to(torch.bfloat16)
     graphed = torch.cuda.make_graphed_callables(
         copy.deepcopy(eager), (sample.requires_grad_(),
