@@ -3,8 +3,8 @@ float8 cast bit for bit; products and gradients close), then fwd+bwd time of one
 product at E=8, 16384 tokens, K=4096, N=2048: bf16 torch._grouped_mm vs qtrain float8 rowwise
 (torch._scaled_grouped_mm), mxfp8 emulated, and torchao's float8 rowwise grouped mm if it
 imports; each of them also captured whole in one CUDA graph (GPU time alone, MOE_CAPTURED=0
-leaves those rows out). Appends rows to benchmarks/results/results.csv (and $OUT/moe_bench.csv when OUT is
-set), prints a table last. About a minute on one H200; MOE_ROUNDS (3) rounds over the cases in
+leaves those rows out). Appends rows to benchmarks/results/results.csv (and
+$OUT/moe_bench.csv when OUT is set), prints a table last. About a minute on one H200; MOE_ROUNDS (3) rounds over the cases in
 turn, MOE_REPS (10) timed steps each, a case's time the median over its rounds.
 
     python benchmarks/moe_bench.py
