@@ -14,6 +14,7 @@ forward runs eager (a graph break); qtrain.grouped_mm itself compiles. Other cal
 products, 3d x 3d (bmm-like, no offs), and grouped products in other modules (routers,
 shared experts written as nn.Linear: convert those with qtrain.convert_to_quantized_training).
 """
+import logging
 import types
 
 import torch
@@ -22,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 from .qgrouped_mm import _check, grouped_mm
 
 LAYER = "qtrain.moe"
+log = logging.getLogger("qtrain")
 
 
 class _GroupedMMMode(TorchFunctionMode):
@@ -78,9 +80,21 @@ def convert_moe_to_quantized_training(model, config, filter_fn=None):
 
 # torch.compile does not apply a TorchFunctionMode entered inside the compiled region (it would
 # trace the plain torch._grouped_mm), so the experts' forward stays eager under torch.compile:
-# one graph break around it; the rest of the model compiles.
-@torch.compiler.disable
+# one graph break around it; the rest of the model compiles. The first such call of each module
+# says so in a log line: its launches stay outside a compiled graph, CUDA graphs included.
 def _quantized_forward(module, *args, **kwargs):
+    return _eager_forward(module, torch.compiler.is_compiling(), *args, **kwargs)
+
+
+@torch.compiler.disable
+def _eager_forward(module, traced, *args, **kwargs):
+    if traced and not getattr(module, "_qtrain_logged_graph_break", False):
+        module._qtrain_logged_graph_break = True
+        log.info("%s: %s runs eager under torch.compile (a graph break: the torch function mode "
+                 "that routes its torch._grouped_mm calls to qtrain.grouped_mm is not traced), "
+                 "so mode='reduce-overhead' leaves it out of the CUDA graph; for a graph of it "
+                 "use torch.cuda.make_graphed_callables on the module, or call qtrain.grouped_mm "
+                 "in the forward", LAYER, type(module).__name__)
     with _GroupedMMMode(module._qtrain_grouped_config):
         return module._qtrain_inner_forward(*args, **kwargs)
 

@@ -1,6 +1,7 @@
 """convert_moe_to_quantized_training on the reference MoE block (tests/moe_layer.py): which
 modules it converts, output SQNR of the whole block, gradients, and torch.compile."""
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -43,12 +44,20 @@ def test_moe_block_sqnr_and_grads(recipe, seed):
     assert q.state_dict().keys() == model.state_dict().keys()
 
 
-def test_moe_block_compiles(seed):
+def test_moe_block_compiles(seed, caplog):
+    """The converted experts run eager inside the compiled block (a graph break), with the
+    same numbers, and say so once in a log line; an eager call says nothing."""
     q = convert_moe_to_quantized_training(MoEBlock(), CONFIGS["rowwise"]())
     x = torch.randn(1, 24, 64)
-    eager = q(x)
-    compiled = torch.compile(q)(x)
+    with caplog.at_level(logging.INFO, logger="qtrain"):
+        eager = q(x)
+        assert "graph break" not in caplog.text
+        run = torch.compile(q)
+        compiled = run(x)
+        run(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    notes = [r for r in caplog.records if "graph break" in r.getMessage()]
+    assert len(notes) == 1 and "make_graphed_callables" in notes[0].getMessage()
 
 
 def test_rejects_ineligible_experts():
