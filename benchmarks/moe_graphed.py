@@ -1,9 +1,12 @@
-"""An eager MoE experts layer with torch.cuda.make_graphed_callables (issue 6): the quantized
-grouped product is host-bound eager (benchmarks/moe_bench.py), and a CUDA graph of the layer's
-forward and backward removes the host's launches without torch.compile. Times fwd+bwd of a
-grouped-experts module (moe_bench's shape: E=8, 16384 tokens sorted by expert, 4096 -> 2048)
-for bf16 and qtrain float8 rowwise (qtrain.convert_moe_to_quantized_training), eager and
-graphed, and checks that the graphed qtrain layer gives the eager layer's bits.
+"""A MoE experts layer eager, under torch.cuda.make_graphed_callables and under torch.compile
+(issue 6): the quantized grouped product is host-bound eager (benchmarks/moe_bench.py), and a
+CUDA graph of the layer's forward and backward removes the host's launches, without
+torch.compile (make_graphed_callables) or with it (mode="reduce-overhead": the converted
+module's GroupedExpertsWeight is traced into the graph). Times fwd+bwd of a grouped-experts
+module (moe_bench's shape: E=8, 16384 tokens sorted by expert, 4096 -> 2048) for bf16 and
+qtrain float8 rowwise (qtrain.convert_moe_to_quantized_training), eager, graphed, compiled
+and compiled with CUDA graphs, and checks that the graphed qtrain layer gives the eager
+layer's bits (and says whether the compiled ones do).
 
 Each step feeds another x (two tensors alternate), as a training step would, so the graphed
 rows include make_graphed_callables' copy of x into its static input.
@@ -80,12 +83,28 @@ def main():
     same = all(torch.equal(a, b) for a, b in zip(outs["eager"], outs["graphed"]))
     print(f"qtrain graphed vs eager (output, grad_input, grad_weight): "
           f"{'bit-identical' if same else 'DIFFER'}")
+    compiled = {(name, mode): (torch.compile(c, fullgraph=True, mode=mode), c)
+                for name, layer in layers.items() for mode in (None, "reduce-overhead")
+                for c in [copy.deepcopy(layer)]}
+    for mode in (None, "reduce-overhead"):
+        fn, layer = compiled[("qtrain float8 rowwise", mode)]
+        for _ in range(3):                      # cudagraph trees record on a later call
+            x = xs[1]
+            x.grad = layer.w.grad = None
+            y = fn(x, offs)
+            y.backward(g)
+        got = (y.detach().clone(), x.grad.clone(), layer.w.grad.clone())
+        bits = all(torch.equal(a, b) for a, b in zip(outs["eager"], got))
+        print(f"qtrain compiled (mode={mode}) vs eager: {'bit-identical' if bits else 'DIFFER'}")
 
     cases = {}
     for name, layer in layers.items():
         cases[f"{name}, eager"] = stepper(layer, list(layer.parameters()))
         cases[f"{name}, make_graphed_callables"] = stepper(graphed[name],
                                                            list(graphed[name].parameters()))
+        for mode in (None, "reduce-overhead"):
+            fn, c = compiled[(name, mode)]
+            cases[f"{name}, compiled {mode or 'default'}"] = stepper(fn, list(c.parameters()))
     times = {label: [] for label in cases}
     for _ in range(3):                                 # rounds, the cases interleaved
         for label, fn in cases.items():

@@ -86,6 +86,20 @@ def fsdp_many(ctx, configs):
     return [fsdp_run(ctx, **cfg) for cfg in configs]
 
 
+def fsdp_moe_many(ctx, recipes, steps=2):
+    """tiny_moe under FSDP2 (router, experts and the block each a unit; replicated batch), one
+    run per recipe in `recipes`."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from qtrain.fsdp import fully_shard_model
+    out = []
+    for recipe in recipes:
+        model = models.tiny_moe(recipe).to(ctx.device)
+        fully_shard_model(model, init_device_mesh(ctx.device_type, (ctx.world_size,)))
+        out.append(_cpu(models.train(model, models.on(models.moe_batches(steps), ctx.device))))
+    return out
+
+
 def fsdp_saved_bytes(ctx, configs):
     """Bytes that autograd holds for backward once the forward is done, per rank, under FSDP2
     (every Linear its own unit, resharded after forward). A saved tensor counts by the live

@@ -34,6 +34,31 @@ def tiny_mlp(recipe, dtype=torch.float32, seed=0, bias=True, dims=None, backend=
     return model
 
 
+def tiny_moe(recipe, dtype=torch.float32, seed=0):
+    """tests/moe_layer.py's MoEBlock (dim 64, 4 experts of hidden 96, top-2), deterministic from
+    `seed`, its experts converted for `recipe` ("rowwise", "mxfp8"; None: hp)."""
+    import sys
+    from pathlib import Path
+    tests_dir = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    from moe_layer import MoEBlock
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = MoEBlock().to(dtype)
+    if recipe is not None:
+        import qtrain
+        qtrain.convert_moe_to_quantized_training(model, qtrain.recipe_config(recipe))
+    return model
+
+
+def moe_batches(steps, rows=16, dim=64, dtype=torch.float32, seed=1):
+    """`steps` (x, target) pairs for tiny_moe."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(rows, dim, generator=g).to(dtype),
+             torch.randn(rows, dim, generator=g).to(dtype)) for _ in range(steps)]
+
+
 def batches(recipe, steps, rows=16, dtype=torch.float32, seed=1):
     """`steps` (x, target) pairs with fresh random values (seeded)."""
     d0, _, d2 = widths(recipe)

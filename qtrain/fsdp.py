@@ -23,19 +23,10 @@ import torch
 import torch.distributed as dist
 from torch.utils._pytree import tree_map_only
 
+from ._wrapper_ops import KEEP_WRAPPED
 from .formats import EPS_AMAX, FLOAT8_FORMATS
 
 aten = torch.ops.aten
-
-# Ops whose result is the same weight seen differently (FSDP2 shards, pads and views it with
-# these): they keep the wrapper so the sharded parameter still carries the hooks.
-_KEEP_WRAPPED = {
-    aten.detach.default, aten.alias.default, aten.view.default, aten._unsafe_view.default,
-    aten.as_strided.default, aten.slice.Tensor, aten.split.Tensor, aten.split_with_sizes.default,
-    aten.chunk.default, aten.empty_like.default, aten.new_zeros.default, aten.new_empty.default,
-    aten.clone.default, aten.copy_.default, aten._to_copy.default, aten._pin_memory.default,
-    aten.select.int,
-}
 
 
 def _fsdp_group(mesh):
@@ -99,7 +90,7 @@ class Float8AllGatherWeight(torch.Tensor):
         fmt = next(a._fmt for a in _flat(args, kwargs) if isinstance(a, cls))
         out = func(*tree_map_only(cls, lambda t: t._hp, args),
                    **tree_map_only(cls, lambda t: t._hp, kwargs))
-        if func in _KEEP_WRAPPED:
+        if func in KEEP_WRAPPED:
             return tree_map_only(torch.Tensor, lambda t: cls(t, fmt), out)
         return out
 
@@ -222,14 +213,16 @@ def enable_float8_all_gather(model):
 
 def fully_shard_model(model, mesh, *, float8_all_gather=False, mp_policy=None,
                       reshard_after_forward=True):
-    """fully_shard each QuantizedLinear / nn.Linear child, then the root (FSDP2 units)."""
+    """fully_shard each QuantizedLinear / nn.Linear child and each converted MoE experts
+    module (qtrain.moe), then the root (FSDP2 units)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     if float8_all_gather:
         enable_float8_all_gather(model)
     kw = dict(mesh=mesh, reshard_after_forward=reshard_after_forward,
               mp_policy=mp_policy or MixedPrecisionPolicy())
     for mod in list(model.modules())[1:]:
-        if isinstance(mod, torch.nn.Linear):
+        if (isinstance(mod, torch.nn.Linear)
+                or getattr(mod, "_qtrain_grouped_config", None) is not None):
             fully_shard(mod, **kw)
     fully_shard(model, **kw)
     return model

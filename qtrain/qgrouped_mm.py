@@ -27,6 +27,7 @@ import torch
 from . import grouped_ops, ops  # noqa: F401  (ops registers the qtrain:: quantize ops)
 from .backend import resolve_backend_name
 from .config import Float8LinearConfig, MXLinearConfig
+from .moe_weight import plain
 from .qlinear import _mm_dtype
 from .recipes import QOperand, mx_values_route, quantize_operand, quantize_values
 
@@ -117,6 +118,7 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, offs, plan, backend):
+        w = plain(w)                    # a converted module's GroupedExpertsWeight (moe.py)
         out_dtype = _mm_dtype(x.dtype)
         if _values(plan.output[0], x, backend):
             out = grouped_ops.mm_mx_values_grouped(

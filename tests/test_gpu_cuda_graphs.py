@@ -112,6 +112,33 @@ def test_converted_experts_under_make_graphed_callables(recipe):
     _assert_same(*got)
 
 
+@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
+def test_converted_experts_under_compile_reduce_overhead(recipe):
+    """A converted experts module under torch.compile(mode="reduce-overhead", fullgraph=True):
+    traced whole (no graph break), replayed from CUDA graphs, the eager module's output and
+    gradients bit for bit on inputs with uneven and empty groups."""
+    import copy
+    config = dataclasses.replace(qtrain.recipe_config(recipe), backend="fast")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    w = (torch.randn(4, 128, 256, generator=gen, device="cuda") / 16).to(torch.bfloat16)
+    eager = qtrain.convert_moe_to_quantized_training(GroupedExperts(w), config)
+    twin = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, mode="reduce-overhead", fullgraph=True)
+    offs = torch.tensor([37, 37, 190, 300], dtype=torch.int32, device="cuda")
+    g = torch.randn(320, 128, generator=gen, device="cuda").to(torch.bfloat16)
+    x = torch.randn(320, 256, generator=gen, device="cuda").to(torch.bfloat16)
+    got = []
+    for layer, module, calls in ((eager, eager, 1), (compiled, twin, 3)):
+        for _ in range(calls):                   # cudagraph trees record on a later call
+            module.w.grad = None
+            xi = x.clone().requires_grad_()
+            y = layer(xi, offs)
+            y.backward(g)
+        got.append([y.detach().clone(), xi.grad, module.w.grad])
+    _assert_same(*got)
+
+
 def test_int8_stochastic_step_replays_with_the_same_call_index():
     config = qtrain.Int8LinearConfig(stochastic_grad_output=True, seed=3, backend="fast")
     layer = qtrain.QuantizedLinear(512, 384, bias=False, dtype=torch.bfloat16, device="cuda",

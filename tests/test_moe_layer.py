@@ -1,9 +1,6 @@
 """convert_moe_to_quantized_training on the reference MoE block (tests/moe_layer.py): which
 modules it converts, output SQNR of the whole block, gradients, and torch.compile."""
 import copy
-import logging
-
-import numpy as np
 import pytest
 import torch
 
@@ -44,20 +41,22 @@ def test_moe_block_sqnr_and_grads(recipe, seed):
     assert q.state_dict().keys() == model.state_dict().keys()
 
 
-def test_moe_block_compiles(seed, caplog):
-    """The converted experts run eager inside the compiled block (a graph break), with the
-    same numbers, and say so once in a log line; an eager call says nothing."""
-    q = convert_moe_to_quantized_training(MoEBlock(), CONFIGS["rowwise"]())
-    x = torch.randn(1, 24, 64)
-    with caplog.at_level(logging.INFO, logger="qtrain"):
-        eager = q(x)
-        assert "graph break" not in caplog.text
-        run = torch.compile(q)
-        compiled = run(x)
-        run(x)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
-    notes = [r for r in caplog.records if "graph break" in r.getMessage()]
-    assert len(notes) == 1 and "make_graphed_callables" in notes[0].getMessage()
+def test_moe_block_compiles_with_no_graph_break_of_its_own(seed):
+    """The converted block compiles into as many graphs as the plain block (the experts are
+    traced, not run eager), with the bits of eager mode. bf16: torch's own grouped product
+    has no fp32 meta kernel on this torch, so the plain block compiles in bf16 only."""
+    from torch._dynamo.utils import counters
+    model = MoEBlock().to(torch.bfloat16)
+    q = convert_moe_to_quantized_training(copy.deepcopy(model), CONFIGS["rowwise"]())
+    x = torch.randn(1, 24, 64, dtype=torch.bfloat16)
+    breaks = {}
+    for name, m in (("plain", model), ("converted", q)):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(m, backend="aot_eager")(x)
+        breaks[name] = sum(counters["graph_break"].values())
+    assert breaks["converted"] == breaks["plain"], breaks
+    assert torch.equal(compiled, q(x))
 
 
 def test_rejects_ineligible_experts():

@@ -1,0 +1,141 @@
+"""The expert weight of a converted MoE module (spec/07 RC-13): `GroupedExpertsWeight`.
+
+A Parameter that holds the high-precision (E, N, K) expert weight and carries the config.
+`torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)` with such a weight (x 2-D, the weight
+3-D, offs given, nothing else) runs `qtrain.grouped_mm(x, w, offs, config)`; every other op
+sees the plain weight. It is a traceable wrapper subclass (`__tensor_flatten__`), so
+torch.compile traces that routing into the graph (fullgraph, CUDA graphs included) instead of
+breaking the graph around the experts.
+
+Everything else behaves as the plain weight does:
+- views (transposes included), copies, detach, `.to()`, deepcopy keep the wrapper
+  (qtrain/_wrapper_ops.py), so the transposed view in the forward, `module.to(...)` and FSDP2's shards stay routed;
+- an in-place op (optimizer steps, load_state_dict's copy_) writes the plain weight and returns
+  the wrapper; other results (optimizer state made with zeros_like, arithmetic) are plain;
+- gradients are plain tensors (autograd accumulates them into the wrapper's .grad);
+- state_dict holds plain tensors (moe.py's hook), so checkpoints load without qtrain and with
+  `torch.load(weights_only=True)`;
+- FSDP2 all-gathers the plain shard (in mp_policy.param_dtype) and re-wraps the gathered
+  weight (fsdp_pre_all_gather / fsdp_post_all_gather).
+"""
+import hashlib
+import logging
+
+import torch
+import torch.distributed as dist
+from torch.utils._pytree import tree_map_only
+
+from ._wrapper_ops import KEEP_WRAPPED
+
+aten = torch.ops.aten
+LAYER = "qtrain.moe"
+log = logging.getLogger("qtrain")
+_LOGGED_PASS_THROUGH = set()
+# The forward's w.transpose(-2, -1) must stay routed too.
+_KEEP = KEEP_WRAPPED | {aten.transpose.int, aten.t.default, aten.permute.default}
+
+
+class GroupedExpertsWeight(torch.Tensor):
+    """A high-precision expert weight whose torch._grouped_mm products run quantized."""
+
+    @staticmethod
+    def __new__(cls, hp, config):
+        return torch.Tensor._make_wrapper_subclass(
+            cls, hp.size(), strides=hp.stride(), storage_offset=hp.storage_offset(),
+            dtype=hp.dtype, layout=hp.layout, device=hp.device, requires_grad=hp.requires_grad)
+
+    def __init__(self, hp, config):
+        self._hp = hp
+        self.config = config
+
+    def __repr__(self):
+        return f"GroupedExpertsWeight({self.config.short_id}, {self._hp!r})"
+
+    def __tensor_flatten__(self):
+        return ["_hp"], self.config
+
+    @staticmethod
+    def __tensor_unflatten__(inner, config, outer_size, outer_stride):
+        return GroupedExpertsWeight(inner["_hp"], config)
+
+    def _stable_hash_for_caching(self):
+        """torch.compile's cache key (AOT autograd): the config, the weight's metadata and
+        qtrain's version (the routing is traced into the cached graph)."""
+        from . import __version__
+        hp = self._hp
+        key = repr((type(self).__name__, __version__, self.config, tuple(hp.shape), tuple(hp.stride()),
+                    str(hp.dtype), hp.device.type))
+        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch._grouped_mm:
+            routed = _route_grouped_mm(cls, args, kwargs)
+            if routed is not None:
+                return routed
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*tree_map_only(cls, lambda t: t._hp, args),
+                   **tree_map_only(cls, lambda t: t._hp, kwargs))
+        if func._schema.is_mutable and args and isinstance(args[0], cls):
+            return args[0]                      # in place: the plain weight was written
+        if func in _KEEP:
+            config = next(a.config for a in _flat(args, kwargs) if isinstance(a, cls))
+            return tree_map_only(torch.Tensor, lambda t: cls(t, config), out)
+        return out
+
+    # FSDP2's extension hooks: the shard travels plain, the gathered weight is wrapped again.
+    def fsdp_pre_all_gather(self, mesh, outer_size, outer_stride, module, mp_policy):
+        hp = self._hp
+        param_dtype = getattr(mp_policy, "param_dtype", None)
+        if param_dtype is not None and param_dtype != hp.dtype:
+            hp = hp.to(param_dtype)
+        group = mesh.get_group() if mesh.ndim == 1 else mesh.get_group(mesh.ndim - 1)
+        rows = -(-outer_size[0] // dist.get_world_size(group))
+        if hp.shape[0] < rows:        # uneven sharding: FSDP2 wants the padded shard size
+            hp = torch.cat([hp, hp.new_zeros((rows - hp.shape[0],) + tuple(hp.shape[1:]))])
+        return (hp.contiguous(),), None
+
+    def fsdp_post_all_gather(self, all_gather_outputs, metadata, param_dtype, *, out=None):
+        (gathered,) = all_gather_outputs
+        if out is not None:           # later iterations: gathered into out's storage
+            return None
+        return GroupedExpertsWeight(gathered, self.config), (gathered,)
+
+
+def plain(w):
+    """The high-precision tensor under a GroupedExpertsWeight (w itself otherwise)."""
+    return w._hp if isinstance(w, GroupedExpertsWeight) else w
+
+
+def _flat(args, kwargs):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, (list, tuple)):
+            yield from a
+        else:
+            yield a
+
+
+def _route_grouped_mm(cls, args, kwargs):
+    """qtrain.grouped_mm for torch._grouped_mm(x 2-D, w_t 3-D GroupedExpertsWeight, offs=...)
+    with no other argument; None for any other call (it runs plain, said once in a log line)."""
+    a, b = args[0], args[1]
+    offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
+    extra = {k: v for k, v in kwargs.items() if k != "offs" and v is not None}
+    if (isinstance(b, cls) and not isinstance(a, cls) and offs is not None and a.dim() == 2
+            and b.dim() == 3 and not extra and len(args) <= 3):
+        from .qgrouped_mm import grouped_mm          # qgrouped_mm imports this module
+        return grouped_mm(a, b.transpose(-2, -1), offs, b.config)
+    form = (a.dim(), b.dim(), offs is not None, tuple(sorted(extra)), isinstance(a, cls))
+    if form not in _LOGGED_PASS_THROUGH:
+        _LOGGED_PASS_THROUGH.add(form)
+        log.info("%s: torch._grouped_mm with a converted expert weight in a form other than "
+                 "(x 2-D, w.transpose(-2, -1) 3-D, offs=...) runs in high precision "
+                 "(A %d-D, B %d-D, offs %s, other arguments %s)", LAYER, a.dim(), b.dim(),
+                 "given" if offs is not None else "absent", list(extra) or "none")
+    return None

@@ -1,0 +1,173 @@
+"""A converted experts module's GroupedExpertsWeight (qtrain/moe_weight.py): its products are
+qtrain.grouped_mm's, bit for bit, in eager mode and under torch.compile (fullgraph), and the
+weight behaves as the plain one for optimizers, state_dict, torch.save, .to() and deepcopy."""
+import copy
+import io
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qtrain
+import qtrain.moe_weight
+from qtrain.moe import convert_moe_to_quantized_training
+from qtrain.moe_weight import GroupedExpertsWeight
+
+from moe_layer import GroupedExperts
+
+CONFIGS = {
+    "rowwise": lambda: qtrain.Float8LinearConfig(recipe="rowwise", backend="reference"),
+    "mxfp8": lambda: qtrain.MXLinearConfig(scale_mode="rceil", backend="reference"),
+}
+SIZES = [5, 0, 11, 16]                     # uneven and empty groups
+NAMES = ("w1", "w2", "w3")
+
+
+class DirectExperts(GroupedExperts):
+    """The same experts written against qtrain.grouped_mm by hand: what conversion must equal."""
+
+    def __init__(self, experts, config):
+        super().__init__(*experts.w1.shape[:1], experts.w1.shape[2], experts.w1.shape[1])
+        self.config = config
+        for name in NAMES:
+            w = getattr(experts, name)
+            getattr(self, name).data = (w._hp if isinstance(w, GroupedExpertsWeight) else w).clone()
+
+    def forward(self, x, offs):
+        def mm(t, w):
+            return qtrain.grouped_mm(t, w, offs, self.config)
+        return mm(F.silu(mm(x, self.w1)) * mm(x, self.w3), self.w2)
+
+
+def _inputs(dtype=torch.float32):
+    x = torch.randn(sum(SIZES), 64, dtype=dtype)
+    offs = torch.tensor(SIZES, dtype=torch.int32).cumsum(0).to(torch.int32)
+    return x, offs
+
+
+def _step(module, x, offs, g):
+    """Forward, backward with the output gradient g; returns (out, grad_x, weight grads)."""
+    x = x.clone().requires_grad_(True)
+    out = module(x, offs)
+    out.backward(g)
+    grads = [getattr(module, n).grad for n in NAMES]
+    for n in NAMES:
+        getattr(module, n).grad = None
+    return [out.detach(), x.grad] + grads
+
+
+def _assert_equal_runs(got, want):
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert type(a) is torch.Tensor and a.dtype == b.dtype, (i, type(a), a.dtype, b.dtype)
+        assert torch.equal(a, b), f"tensor {i} of (out, grad_x, grad_w1, grad_w2, grad_w3)"
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS))
+def test_converted_experts_equal_direct_grouped_mm_eager(recipe, seed):
+    config = CONFIGS[recipe]()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    assert all(type(getattr(q, n)) is GroupedExpertsWeight for n in NAMES)
+    assert all(isinstance(getattr(q, n), torch.nn.Parameter) for n in NAMES)
+    direct = DirectExperts(q, config)
+    x, offs = _inputs()
+    g = torch.randn(x.shape[0], 64)
+    got, want = _step(q, x, offs, g), _step(direct, x, offs, g)
+    _assert_equal_runs(got, want)
+    # and the products are quantized: the high-precision experts give another answer
+    hp = GroupedExperts(4, 64, 96)
+    for n in NAMES:
+        getattr(hp, n).data = getattr(direct, n).detach().clone()
+    assert not torch.equal(hp(x, offs), got[0])
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_converted_experts_compile_fullgraph(backend, seed):
+    """No graph break (fullgraph) and the same bits as the hand-written qtrain.grouped_mm
+    experts compiled the same way (inductor fuses SwiGLU's elementwise ops in fp32, so the
+    compiled block is compared with the compiled direct block, and aot_eager with eager)."""
+    config = CONFIGS["rowwise"]()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96).to(torch.bfloat16), config)
+    direct = DirectExperts(q, config).to(torch.bfloat16)
+    x, offs = _inputs(torch.bfloat16)
+    g = torch.randn(x.shape[0], 64, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    got = _step(torch.compile(q, fullgraph=True, backend=backend), x, offs, g)
+    want = _step(direct if backend == "aot_eager" else
+                 torch.compile(direct, fullgraph=True, backend=backend), x, offs, g)
+    _assert_equal_runs(got, want)
+    _assert_equal_runs(_step(q, x, offs, g), _step(direct, x, offs, g))    # eager too
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_optimizer_step_updates_the_routed_weight(foreach, seed):
+    """AdamW on the converted Parameters: same values as on plain ones given the same grads;
+    the Parameters stay GroupedExpertsWeight, their optimizer state is plain."""
+    config = CONFIGS["rowwise"]()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    plain = DirectExperts(q, config)
+    opt_q = torch.optim.AdamW(q.parameters(), lr=1e-2, foreach=foreach)
+    opt_p = torch.optim.AdamW(plain.parameters(), lr=1e-2, foreach=foreach)
+    x, offs = _inputs()
+    for _ in range(2):
+        q(x, offs).square().mean().backward()
+        for n in NAMES:
+            assert type(getattr(q, n).grad) is torch.Tensor
+            getattr(plain, n).grad = getattr(q, n).grad.clone()
+        opt_q.step(), opt_p.step()
+        opt_q.zero_grad(), opt_p.zero_grad()
+    for n in NAMES:
+        w = getattr(q, n)
+        assert type(w) is GroupedExpertsWeight and isinstance(w, torch.nn.Parameter)
+        assert torch.equal(w._hp, getattr(plain, n).detach()), n
+        assert all(type(v) is torch.Tensor for v in opt_q.state[w].values()
+                   if isinstance(v, torch.Tensor))
+
+
+def test_state_dict_is_plain_and_loads_back(seed):
+    config = CONFIGS["rowwise"]()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    sd = q.state_dict()
+    assert list(sd) == list(GroupedExperts(4, 64, 96).state_dict())
+    assert all(type(v) is torch.Tensor for v in sd.values())
+    assert all(type(v) is GroupedExpertsWeight for v in q.state_dict(keep_vars=True).values())
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    fresh = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    fresh.load_state_dict(loaded)
+    assert all(type(getattr(fresh, n)) is GroupedExpertsWeight for n in NAMES)
+    x, offs = _inputs()
+    assert torch.equal(fresh(x, offs), q(x, offs))
+    plain = GroupedExperts(4, 64, 96)
+    plain.load_state_dict(q.state_dict())              # a checkpoint for unconverted models
+    assert torch.equal(plain.w2, q.w2._hp)
+
+
+def test_to_dtype_and_deepcopy_stay_routed(seed):
+    config = CONFIGS["rowwise"]()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config).to(torch.bfloat16)
+    assert all(type(getattr(q, n)) is GroupedExpertsWeight for n in NAMES)
+    assert all(getattr(q, n).dtype == torch.bfloat16 and getattr(q, n).is_leaf for n in NAMES)
+    c = copy.deepcopy(q)
+    assert all(type(getattr(c, n)) is GroupedExpertsWeight for n in NAMES)
+    assert c.w1._hp.data_ptr() != q.w1._hp.data_ptr()
+    x, offs = _inputs(torch.bfloat16)
+    direct = DirectExperts(q, config).to(torch.bfloat16)
+    assert torch.equal(c(x, offs), direct(x, offs))
+
+
+def test_other_grouped_mm_forms_run_high_precision_and_say_so(caplog, monkeypatch):
+    """A 3d x 3d product (no offs) with a converted weight runs torch's own, one log line."""
+    monkeypatch.setattr(qtrain.moe_weight, "_LOGGED_PASS_THROUGH", set())
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96).to(torch.bfloat16),
+                                          CONFIGS["rowwise"]())
+    a = torch.randn(4, 8, 64, dtype=torch.bfloat16)
+    with caplog.at_level(logging.INFO, logger="qtrain"):
+        got = torch._grouped_mm(a, q.w1.transpose(-2, -1))
+        torch._grouped_mm(a, q.w1.transpose(-2, -1))
+    assert type(got) is torch.Tensor
+    assert torch.equal(got, torch._grouped_mm(a, q.w1._hp.transpose(-2, -1)))
+    notes = [r for r in caplog.records if "high precision" in r.getMessage()]
+    assert len(notes) == 1 and "B 3-D, offs absent" in notes[0].getMessage()
