@@ -8,28 +8,31 @@ from distributed_tests import models
 from distributed_tests.fsdp_workers import _cpu
 
 
-def _sharded(ctx, recipe, dtype, float8_all_gather):
+def _sharded(ctx, recipe, dtype, float8_all_gather, moe=False):
     from torch.distributed.device_mesh import init_device_mesh
 
     from qtrain.fsdp import fully_shard_model
-    model = models.tiny_mlp(recipe, dtype).to(ctx.device)
+    model = (models.tiny_moe(recipe, dtype) if moe else models.tiny_mlp(recipe, dtype))
+    model = model.to(ctx.device)
     fully_shard_model(model, init_device_mesh(ctx.device_type, (ctx.world_size,)),
                       float8_all_gather=float8_all_gather)
     return model
 
 
 def ckpt_run(ctx, recipe, dtype, path, steps, save_at=None, resume=False, kill_in_save=False,
-             float8_all_gather=False):
+             float8_all_gather=False, moe=False):
     """Train steps [start, steps) with Adam (state that must survive a resume); save after
     `save_at` steps and go on (the same run is the never-stopped reference); `resume` loads
     `path` first. `kill_in_save`: rank 0 dies after its shard
-    files are written but before the checkpoint is committed."""
+    files are written but before the checkpoint is committed. `moe`: models.tiny_moe (its
+    experts converted for `recipe`) instead of tiny_mlp."""
     import qtrain
     from qtrain import dist_checkpoint as dck
-    model = _sharded(ctx, recipe, dtype, float8_all_gather)
+    model = _sharded(ctx, recipe, dtype, float8_all_gather, moe)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    data = [(x.to(ctx.device), y.to(ctx.device))
-            for x, y in models.batches(recipe, steps, dtype=dtype)]
+    pairs = models.moe_batches(steps, dtype=dtype) if moe else models.batches(recipe, steps,
+                                                                              dtype=dtype)
+    data = models.on(pairs, ctx.device)
     start = 0
     if resume:
         start = dck.load_checkpoint(path, model, opt)["step"]

@@ -11,14 +11,17 @@ from distributed_tests import parity
 from distributed_tests.launch import DEADLINE_SCALE, WorkerFailed, dist_backend, run_workers
 
 
-@pytest.mark.parametrize("recipe,f8ag", [("tensorwise", True)], ids=["tensorwise-f8ag"])
-def test_resume_is_bit_identical(tmp_path, recipe, f8ag):
+@pytest.mark.parametrize("recipe,f8ag,moe", [("tensorwise", True, False), ("rowwise", False, True)],
+                         ids=["tensorwise-f8ag", "moe-rowwise"])
+def test_resume_is_bit_identical(tmp_path, recipe, f8ag, moe):
     """4 steps straight (saving after step 2 on the way) vs fresh processes that load the
-    checkpoint and run steps 3-4: same bits."""
+    checkpoint and run steps 3-4: same bits. moe: a MoE block whose experts hold
+    GroupedExpertsWeight (qtrain.moe) under FSDP2."""
     path = str(tmp_path / "ckpt")
-    straight = run_workers(C.ckpt_run, 2, recipe, torch.float32, path, 4, 2, False, False, f8ag)
+    straight = run_workers(C.ckpt_run, 2, recipe, torch.float32, path, 4, 2, False, False, f8ag,
+                           moe)
     resumed = run_workers(C.ckpt_run, 2, recipe, torch.float32, path, 4, None, True, False,
-                          f8ag)
+                          f8ag, moe)
     assert resumed[0]["start"] == 2
     for i, (a, b) in enumerate(zip(resumed[0]["loss"], straight[0]["loss"][2:])):
         parity.assert_bitwise(f"resumed loss[{i + 2}]", a, b)
@@ -26,10 +29,12 @@ def test_resume_is_bit_identical(tmp_path, recipe, f8ag):
         for k, want in straight[rank]["params"].items():
             parity.assert_bitwise(f"resumed param {k} rank {rank}", resumed[rank]["params"][k],
                                   want)
-    # saved in the original dtype: the float8 all-gather wrapper is stored as its fp32 weight
+    # saved in the original dtype: the weight wrappers are stored as their fp32 weights
     from qtrain.dist_checkpoint import saved_dtypes
     dtypes = saved_dtypes(path)
-    assert dtypes["model.0.weight"] == torch.float32 and dtypes["model.2.weight"] == torch.float32
+    names = ["model.experts.w1", "model.experts.w2"] if moe else ["model.0.weight",
+                                                                   "model.2.weight"]
+    assert all(dtypes[n] == torch.float32 for n in names), dtypes
 
 
 def test_killed_writer_leaves_no_checkpoint(tmp_path):

@@ -1,8 +1,9 @@
 """Distributed checkpoints (torch.distributed.checkpoint) of sharded / parallel quantized models.
 
-- Weights are saved in their ORIGINAL dtype (fp32 or bf16): the float8 all-gather wrapper
-  (qtrain.fsdp.Float8AllGatherWeight) is saved as the high-precision shard it wraps; float8
-  payloads and scales are derived state and never written.
+- Weights are saved in their ORIGINAL dtype (fp32 or bf16): the weight wrappers (the float8
+  all-gather's qtrain.fsdp.Float8AllGatherWeight, converted MoE experts'
+  qtrain.moe_weight.GroupedExpertsWeight) are saved as the high-precision shards they wrap;
+  float8 payloads and scales are derived state and never written.
 - Atomic: every rank writes into `<path>.tmp-<id>`; after a barrier rank 0 writes the marker file
   COMPLETE (json: world size, step, user metadata) and renames the folder to `<path>`. A run
   killed at any point leaves either a complete `<path>` or no `<path>` (only a tmp folder);
@@ -27,15 +28,17 @@ class IncompleteCheckpointError(RuntimeError):
 
 
 def _plain(sd):
-    """Replace Float8AllGatherWeight locals by the high-precision tensor they wrap (a view of
-    the same memory, so an in-place load lands in the parameter)."""
+    """Replace weight wrappers (locals of DTensors too) by the high-precision tensor they wrap
+    (the same memory, so an in-place load lands in the parameter)."""
     from .fsdp import Float8AllGatherWeight
+    from .moe_weight import GroupedExpertsWeight
+    wrappers = (Float8AllGatherWeight, GroupedExpertsWeight)
     out = {}
     for k, v in sd.items():
-        if isinstance(v, DTensor) and isinstance(v._local_tensor, Float8AllGatherWeight):
+        if isinstance(v, DTensor) and isinstance(v._local_tensor, wrappers):
             v = DTensor.from_local(v._local_tensor._hp, v.device_mesh, v.placements,
                                    shape=v.shape, stride=v.stride(), run_check=False)
-        elif isinstance(v, Float8AllGatherWeight):
+        elif isinstance(v, wrappers):
             v = v._hp
         elif isinstance(v, dict):
             v = _plain(v)

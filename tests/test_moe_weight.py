@@ -184,3 +184,27 @@ def test_other_grouped_mm_forms_run_high_precision_and_say_so(caplog, monkeypatc
     assert torch.equal(got, torch._grouped_mm(a, q.w1._hp.transpose(-2, -1)))
     notes = [r for r in caplog.records if "high precision" in r.getMessage()]
     assert len(notes) == 1 and "B 3-D, offs absent" in notes[0].getMessage()
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_recomputes_the_quantized_experts(use_reentrant, seed):
+    """torch.utils.checkpoint around the converted experts: the recomputed forward is routed
+    too, so output and gradients equal the plain (uncheckpointed) step bit for bit."""
+    from torch.utils.checkpoint import checkpoint
+    config = CONFIGS["rowwise"]()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    x, offs = _inputs()
+    g = torch.randn(x.shape[0], 64)
+
+    class Checkpointed(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, offs):
+            return checkpoint(self.inner, x, offs, use_reentrant=use_reentrant)
+
+    wrapped = Checkpointed(q)
+    for n in NAMES:                       # the wrapper's parameters are the experts' own
+        setattr(wrapped, n, getattr(q, n))
+    _assert_equal_runs(_step(wrapped, x, offs, g), _step(DirectExperts(q, config), x, offs, g))
