@@ -13,7 +13,9 @@ in eager mode and traced by torch.compile alike (no graph break, so CUDA graphs 
 model take the experts in). Other calls run in high precision (said once in a log line): 2d x 2d
 products, 3d x 3d (bmm-like, no offs). Routers and shared experts written as nn.Linear: convert
 those with qtrain.convert_to_quantized_training. Convert before building the optimizer (its
-param groups must hold the converted Parameters); state_dict keeps plain tensors and its keys.
+param groups must hold the converted Parameters) and before sharding; a model built on the
+meta device converts there and keeps the converted weights through to_empty and in-place init.
+state_dict keeps plain tensors and its keys.
 """
 import torch
 
@@ -31,6 +33,11 @@ def is_grouped_experts(module):
 
 def _check_weights(fqn, module, config):
     for name, p in module.named_parameters(recurse=False):
+        if p.dim() == 3 and type(p) not in (torch.Tensor, torch.nn.Parameter):
+            raise ValueError(f"{LAYER}: cannot convert {fqn or '<root>'}.{name}: it is a "
+                             f"{type(p).__name__}, not a plain Parameter; convert the model "
+                             f"before fully_shard / parallelize_module (FSDP2 then shards the "
+                             f"converted weight)")
         if p.dim() == 3:
             probe_x = p.new_empty((0, p.shape[2]), device="meta")
             probe_offs = torch.zeros(p.shape[0], dtype=torch.int32, device="meta")

@@ -208,3 +208,30 @@ def test_activation_checkpointing_recomputes_the_quantized_experts(use_reentrant
     for n in NAMES:                       # the wrapper's parameters are the experts' own
         setattr(wrapped, n, getattr(q, n))
     _assert_equal_runs(_step(wrapped, x, offs, g), _step(DirectExperts(q, config), x, offs, g))
+
+
+def test_meta_device_init_flow(seed):
+    """Build on the meta device, convert, to_empty, initialize in place (torchtitan's order):
+    the weights stay routed."""
+    config = CONFIGS["rowwise"]()
+    with torch.device("meta"):
+        q = GroupedExperts(4, 64, 96)
+    convert_moe_to_quantized_training(q, config)
+    q.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in q.parameters():
+            torch.nn.init.trunc_normal_(p, std=0.05)
+    assert all(type(getattr(q, n)) is GroupedExpertsWeight and getattr(q, n).device.type == "cpu"
+               for n in NAMES)
+    x, offs = _inputs()
+    assert torch.equal(q(x, offs), DirectExperts(q, config)(x, offs))
+
+
+def test_converting_a_sharded_weight_is_refused():
+    """A weight that is already a tensor subclass (a DTensor after fully_shard, say) is refused
+    with the order to follow."""
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), CONFIGS["rowwise"]())
+    other = GroupedExperts(4, 64, 96)
+    other.w1 = q.w1                        # stands in for a DTensor: a subclass Parameter
+    with pytest.raises(ValueError, match="w1: it is a GroupedExpertsWeight.*before fully_shard"):
+        convert_moe_to_quantized_training(other, CONFIGS["mxfp8"]())
