@@ -235,3 +235,24 @@ def test_converting_a_sharded_weight_is_refused():
     other.w1 = q.w1                        # stands in for a DTensor: a subclass Parameter
     with pytest.raises(ValueError, match="w1: it is a GroupedExpertsWeight.*before fully_shard"):
         convert_moe_to_quantized_training(other, CONFIGS["mxfp8"]())
+
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="this torch has no F.grouped_mm")
+def test_public_grouped_mm_and_a_k_major_weight_are_routed(seed):
+    """torch.nn.functional.grouped_mm (it calls torch._grouped_mm with bias=None and
+    out_dtype=None) is routed like torch._grouped_mm; so is a weight stored (E, K, N) and
+    passed untransposed (older torchtitan layouts): the same bits as qtrain.grouped_mm."""
+    config = CONFIGS["rowwise"]()
+    x, offs = _inputs()
+
+    class KMajor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 64, 96) / 8)     # (E, K, N)
+
+        def forward(self, x, offs):
+            return F.grouped_mm(x, self.w, offs=offs)
+
+    m = convert_moe_to_quantized_training(KMajor(), config)
+    want = qtrain.grouped_mm(x, m.w._hp.transpose(-2, -1).contiguous(), offs, config)
+    assert torch.equal(m(x, offs), want)
