@@ -140,28 +140,30 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
         ctx.n_x = len(x_saved)
         ctx.save_for_backward(*x_saved, w, offs)
         ctx.plan, ctx.backend, ctx.x_dtype = plan, backend, x.dtype
-        return out.to(x.dtype)
+        return _as_dtype(out, x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         plan, backend = ctx.plan, ctx.backend
         saved = ctx.saved_tensors
         x_saved, w, offs = saved[:ctx.n_x], saved[ctx.n_x], saved[ctx.n_x + 1]
-        g = grad_out.contiguous().to(ctx.x_dtype)
+        g = _as_dtype(grad_out.contiguous(), ctx.x_dtype)
         out_dtype = _mm_dtype(ctx.x_dtype)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0] and _values(plan.grad_input[0], g, backend):
             gi = plan.grad_input
             grad_x = grouped_ops.mm_mx_values_grouped(
                 quantize_values(g, gi[0], 1, backend).values, None,
-                _values_3d(w, gi[1], False, backend), None, offs, backend).to(ctx.x_dtype)
+                _values_3d(w, gi[1], False, backend), None, offs, backend)
+            grad_x = _as_dtype(grad_x, ctx.x_dtype)
         elif ctx.needs_input_grad[0]:
             gi = plan.grad_input
             qg = quantize_operand(g, gi[0], 1, backend)
             qwt, dwt = _quantize_3d(w, gi[1], False, backend)
             grad_x = grouped_ops.scaled_grouped_mm(qg.payload, qg.dequant_fp32(), qwt, dwt,
                                                    offs, out_dtype, backend, 1, _pow2(gi),
-                                                   plan.fast_accum_grads).to(ctx.x_dtype)
+                                                   plan.fast_accum_grads)
+            grad_x = _as_dtype(grad_x, ctx.x_dtype)
             qg = qwt = dwt = None       # freed before grad_weight's operands are made (peak)
         if ctx.needs_input_grad[1]:
             gw = plan.grad_weight
@@ -181,8 +183,15 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
                     grad_w = grouped_ops.scaled_grouped_mm(a, da, b, db, pends, out_dtype,
                                                            backend, align, _pow2(gw),
                                                            plan.fast_accum_grads)
-            grad_w = grad_w.to(w.dtype)
+            grad_w = _as_dtype(grad_w, w.dtype)
         return grad_x, grad_w, None, None, None
+
+
+def _as_dtype(t, dtype):
+    """t in dtype, t itself when it is already (no aliasing no-op .to() node in a traced graph:
+    torch 2.11's AOT autograd gave a forward output that aliased another traced value a zero
+    gradient, so compiled grouped_mm lost grad_input and grad_weight; H200, 2026-12-04)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _values(spec, t, backend):

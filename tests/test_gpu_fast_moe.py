@@ -179,3 +179,28 @@ def test_layer_matches_reference(recipe, monkeypatch):
         assert rel < TOLERANCES["fast_vs_reference_max_rel"], \
             f"{recipe} {what}: max relative difference {rel:.2e}"
     assert not results[0][0][OFFS[-1]:].any()
+
+
+@pytest.mark.parametrize("recipe", ["rowwise", "mxfp8"])
+def test_compiled_layer_gives_eager_bits(recipe):
+    """qtrain.grouped_mm under torch.compile (fullgraph, inductor) on the fast backend: output
+    and both gradients are eager's bits (torch 2.11 once gave them zero: qgrouped_mm._as_dtype)."""
+    config = dataclasses.replace(qtrain.recipe_config(recipe), backend="fast")
+    gen = _gen()
+    x0 = torch.randn(M, K, generator=gen, device="cuda").to(torch.bfloat16)
+    w = torch.nn.Parameter((torch.randn(E, N, K, generator=gen, device="cuda") / 16).to(torch.bfloat16))
+    g = torch.randn(M, N, generator=gen, device="cuda").to(torch.bfloat16)
+    offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
+
+    def layer(x):
+        return qtrain.grouped_mm(x, w, offs, config)
+    torch._dynamo.reset()
+    got = []
+    for fn in (layer, torch.compile(layer, fullgraph=True)):
+        x = x0.clone().requires_grad_()
+        w.grad = None
+        out = fn(x)
+        out.backward(g)
+        got.append([out.detach(), x.grad, w.grad])
+    for i, (a, b) in enumerate(zip(*got)):
+        assert torch.count_nonzero(a) > 0 and torch.equal(a, b), f"tensor {i} of (out, grad_x, grad_w)"
