@@ -244,3 +244,17 @@ def test_public_grouped_mm_and_a_k_major_weight_are_routed(seed):
     m = convert_moe_to_quantized_training(KMajor(), config)
     want = qtrain.grouped_mm(x, m.w._hp.transpose(-2, -1).contiguous(), offs, config)
     assert torch.equal(m(x, offs), want)
+
+
+def test_compiled_experts_follow_changing_token_counts(seed):
+    """Token counts change from step to step (dynamic shapes after the first recompile): each
+    compiled call gives the eager module's output and input gradient bit for bit."""
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96).to(torch.bfloat16),
+                                          CONFIGS["rowwise"]())
+    torch._dynamo.reset()
+    compiled = torch.compile(q, fullgraph=True, backend="aot_eager")
+    for sizes in ([5, 0, 11, 16], [8, 8, 8, 24], [1, 2, 3, 4], [0, 0, 0, 40]):
+        x = torch.randn(sum(sizes), 64, dtype=torch.bfloat16)
+        offs = torch.tensor(sizes).cumsum(0).to(torch.int32)
+        g = torch.randn(x.shape[0], 64, dtype=torch.bfloat16)
+        _assert_equal_runs(_step(compiled, x, offs, g), _step(q, x, offs, g))
