@@ -1,7 +1,9 @@
 """Serving a trained model quantized: `to_inference` swaps (Quantized)Linear layers for
 `InferenceLinear`, whose weight is quantized once and stored (payload + dequant factors) and
 whose activation is quantized on every call, exactly as the training forward does (the
-`output` product of the recipe table, spec/07-recipes.md), through the same backend.
+`output` product of the recipe table, spec/07-recipes.md), through the same backend. Converted
+MoE experts (qtrain.moe) stay as they are with their weights frozen: each quantizes once per
+version and serves the training forward's bits (qtrain.moe_weight.freeze).
 
 The forward matches the training-mode forward of the same recipe bit for bit on a given
 backend (same quantization, same scaled_mm_nt) when the weight is quantized in the dtype the
@@ -69,7 +71,8 @@ def to_inference(model, recipe=None, module_filter_fn=None, dtype=None):
     breaks its rule raises a ValueError; ineligible plain nn.Linear layers stay as they are,
     listed in one log line, as in convert_to_quantized_training). `dtype`: quantize each weight
     after casting it to this dtype (the compute dtype of training, e.g. bf16 under autocast);
-    None keeps the weight's own dtype.
+    None keeps the weight's own dtype. Converted MoE experts are frozen in place (their own
+    config; `recipe` and `dtype` do not apply: they quantize in the tokens' dtype, as trained).
     """
     config = recipe_config(recipe) if isinstance(recipe, str) else recipe
     skipped = []
@@ -94,4 +97,19 @@ def to_inference(model, recipe=None, module_filter_fn=None, dtype=None):
 
     model = swap_post_order(model, swap)
     log_kept_in_high_precision(skipped, config)
+    _freeze_experts(model, module_filter_fn)
     return model
+
+
+def _freeze_experts(model, module_filter_fn):
+    """Converted MoE experts (qtrain.moe) keep their module and config; their weights are
+    frozen so that each quantizes once per version (qtrain.moe_weight.freeze)."""
+    from .moe_weight import GroupedExpertsWeight, freeze
+    for fqn, module in model.named_modules():
+        if getattr(module, "_qtrain_grouped_config", None) is None:
+            continue
+        if module_filter_fn is not None and not module_filter_fn(module, fqn):
+            continue
+        for p in module.parameters(recurse=False):
+            if isinstance(p, GroupedExpertsWeight):
+                freeze(p)

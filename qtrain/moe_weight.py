@@ -17,9 +17,12 @@ Everything else behaves as the plain weight does:
   `torch.load(weights_only=True)`;
 - FSDP2 all-gathers the plain shard (in mp_policy.param_dtype) and re-wraps the gathered
   weight (fsdp_pre_all_gather / fsdp_post_all_gather).
+Serving (`freeze`, qtrain.to_inference): a frozen weight quantizes itself once per version.
 """
+import copy
 import hashlib
 import logging
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -33,23 +36,49 @@ log = logging.getLogger("qtrain")
 _LOGGED_PASS_THROUGH = set()
 # The forward's w.transpose(-2, -1) must stay routed too.
 _KEEP = KEEP_WRAPPED | {aten.transpose.int, aten.t.default, aten.permute.default}
+# Results that are views of the same memory share the weight's serving state (see `freeze`).
+_VIEWS = {
+    aten.detach.default, aten.alias.default, aten.view.default, aten._unsafe_view.default,
+    aten.as_strided.default, aten.slice.Tensor, aten.split.Tensor, aten.split_with_sizes.default,
+    aten.chunk.default, aten.select.int, aten.transpose.int, aten.t.default,
+    aten.permute.default,
+}
 
 
 class GroupedExpertsWeight(torch.Tensor):
     """A high-precision expert weight whose torch._grouped_mm products run quantized."""
 
     @staticmethod
-    def __new__(cls, hp, config):
+    def __new__(cls, hp, config, serving=None):
         return torch.Tensor._make_wrapper_subclass(
             cls, hp.size(), strides=hp.stride(), storage_offset=hp.storage_offset(),
             dtype=hp.dtype, layout=hp.layout, device=hp.device, requires_grad=hp.requires_grad)
 
-    def __init__(self, hp, config):
+    def __init__(self, hp, config, serving=None):
         self._hp = hp
         self.config = config
+        # {"frozen": bool, "entries": {...}}: set by `freeze`, shared with views of this weight
+        self._serving = {"frozen": False, "entries": {}} if serving is None else serving
 
     def __repr__(self):
         return f"GroupedExpertsWeight({self.config.short_id}, {self._hp!r})"
+
+    def __deepcopy__(self, memo):
+        """A copy with its own memory and its own serving state (frozen if this one is, with
+        no quantized copy yet)."""
+        if id(self) in memo:
+            return memo[id(self)]
+        new = GroupedExpertsWeight(copy.deepcopy(self._hp, memo), self.config)
+        if getattr(self, "_is_param", False):
+            new = torch.nn.Parameter(new, self.requires_grad)
+        else:
+            new.requires_grad_(self.requires_grad)
+        if self.grad is not None:
+            new.grad = copy.deepcopy(self.grad, memo)
+        if self._serving["frozen"]:
+            freeze(new)
+        memo[id(self)] = new
+        return new
 
     def __tensor_flatten__(self):
         return ["_hp"], self.config
@@ -85,8 +114,9 @@ class GroupedExpertsWeight(torch.Tensor):
         if func._schema.is_mutable and args and isinstance(args[0], cls):
             return args[0]                      # in place: the plain weight was written
         if func in _KEEP:
-            config = next(a.config for a in _flat(args, kwargs) if isinstance(a, cls))
-            return tree_map_only(torch.Tensor, lambda t: cls(t, config), out)
+            src = next(a for a in _flat(args, kwargs) if isinstance(a, cls))
+            serving = src._serving if func in _VIEWS else None     # copies start unfrozen
+            return tree_map_only(torch.Tensor, lambda t: cls(t, src.config, serving), out)
         return out
 
     # FSDP2's extension hooks: the shard travels plain, the gathered weight is wrapped again.
@@ -106,6 +136,18 @@ class GroupedExpertsWeight(torch.Tensor):
         if out is not None:           # later iterations: gathered into out's storage
             return None
         return GroupedExpertsWeight(gathered, self.config), (gathered,)
+
+
+def freeze(w):
+    """Serving: w (a GroupedExpertsWeight Parameter) takes no gradient from now on, and while
+    neither it nor the tokens need one (and outside torch.compile), its products quantize w
+    once per version of w (an in-place update makes it quantize again) instead of on every
+    call; the same bits as before. Costs one quantized copy of w (1 byte per element plus
+    scales, or the MX-10 values in w's dtype). Called by qtrain.to_inference."""
+    w.requires_grad_(False)
+    # The Parameter's own version counter: in-place updates bump it, not the views' (views
+    # made below autograd, in __torch_dispatch__, count on their own).
+    w._serving.update(frozen=True, root=weakref.ref(w))
 
 
 def plain(w):
@@ -129,7 +171,13 @@ def _route_grouped_mm(cls, args, kwargs):
     extra = {k: v for k, v in kwargs.items() if k != "offs" and v is not None}
     if (isinstance(b, cls) and not isinstance(a, cls) and offs is not None and a.dim() == 2
             and b.dim() == 3 and not extra and len(args) <= 3):
-        from .qgrouped_mm import grouped_mm          # qgrouped_mm imports this module
+        from .qgrouped_mm import grouped_mm, grouped_mm_frozen   # they import this module
+        serving = b._serving
+        root = serving["root"]() if serving["frozen"] else None
+        if (root is not None and not torch.compiler.is_compiling()
+                and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))):
+            return grouped_mm_frozen(a, b.transpose(-2, -1), offs, b.config,
+                                     serving["entries"], root._version)
         return grouped_mm(a, b.transpose(-2, -1), offs, b.config)
     form = (a.dim(), b.dim(), offs is not None, tuple(sorted(extra)), isinstance(a, cls))
     if form not in _LOGGED_PASS_THROUGH:

@@ -119,17 +119,8 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, offs, plan, backend):
         w = plain(w)                    # a converted module's GroupedExpertsWeight (moe.py)
-        out_dtype = _mm_dtype(x.dtype)
-        if _values(plan.output[0], x, backend):
-            out = grouped_ops.mm_mx_values_grouped(
-                quantize_values(x, plan.output[0], 1, backend).values, None,
-                _values_3d(w, plan.output[1], True, backend), None, offs, backend)
-        else:
-            qx = quantize_operand(x, plan.output[0], 1, backend)
-            qw, dw = _quantize_3d(w, plan.output[1], True, backend)
-            out = grouped_ops.scaled_grouped_mm(qx.payload, qx.dequant_fp32(), qw, dw, offs,
-                                                out_dtype, backend, 1, _pow2(plan.output),
-                                                plan.fast_accum_output)
+        out = _output_product(x, _output_weight_operand(w, x, plan, backend), offs, plan,
+                              backend)
         gw = plan.grad_weight
         if not ctx.needs_input_grad[1]:
             x_saved = ()
@@ -187,6 +178,26 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
+def _output_weight_operand(w, x, plan, backend):
+    """The output product's B operand from w (E, N, K): MX-10 values, or (payload, factors)."""
+    if _values(plan.output[0], x, backend):
+        return _values_3d(w, plan.output[1], True, backend)
+    return _quantize_3d(w, plan.output[1], True, backend)
+
+
+def _output_product(x, w_operand, offs, plan, backend):
+    """out = x @ w[g].T per group (MM-5) in _mm_dtype(x.dtype), x quantized along K."""
+    if _values(plan.output[0], x, backend):
+        return grouped_ops.mm_mx_values_grouped(
+            quantize_values(x, plan.output[0], 1, backend).values, None, w_operand, None,
+            offs, backend)
+    qx = quantize_operand(x, plan.output[0], 1, backend)
+    qw, dw = w_operand
+    return grouped_ops.scaled_grouped_mm(qx.payload, qx.dequant_fp32(), qw, dw, offs,
+                                         _mm_dtype(x.dtype), backend, 1, _pow2(plan.output),
+                                         plan.fast_accum_output)
+
+
 def _as_dtype(t, dtype):
     """t in dtype, t itself when it is already (no aliasing no-op .to() node in a traced graph:
     torch 2.11's AOT autograd gave a forward output that aliased another traced value a zero
@@ -214,6 +225,26 @@ def _grad_weight_hp(g, x, offs, backend):
     out = torch._grouped_mm(gp.t().contiguous(), xp, offs=pends)
     sizes = torch.diff(pends, prepend=pends.new_zeros(1))
     return torch.where((sizes > 0)[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def grouped_mm_frozen(x, w, offs, config, cache, version):
+    """The output of grouped_mm for a weight that takes no gradient (serving, frozen experts)
+    and an x that takes none either, with w's quantized operand made once per `version` of w
+    (the weight Parameter's version counter) and kept in `cache` (a dict, one per weight:
+    moe_weight's GroupedExpertsWeight holds it, shared with its views). The same bits as
+    grouped_mm's forward."""
+    _check(x, w, offs, config)
+    backend = resolve_backend_name(config.backend, x.device)
+    plan = config.plan(grouped=True)
+    hp = plain(w)
+    x = x.contiguous()
+    key = (tuple(hp.shape), tuple(hp.stride()), hp.storage_offset(), x.dtype, backend,
+           _values(plan.output[0], x, backend))
+    hit = cache.get(key)
+    if hit is None or hit[0] != version:
+        src = hp.to(x.dtype) if hp.dtype != x.dtype else hp
+        hit = cache[key] = (version, _output_weight_operand(src.contiguous(), x, plan, backend))
+    return _as_dtype(_output_product(x, hit[1], offs, plan, backend), x.dtype)
 
 
 def grouped_mm(x, w, offs, config):

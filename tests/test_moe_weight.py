@@ -258,3 +258,39 @@ def test_compiled_experts_follow_changing_token_counts(seed):
         offs = torch.tensor(sizes).cumsum(0).to(torch.int32)
         g = torch.randn(x.shape[0], 64, dtype=torch.bfloat16)
         _assert_equal_runs(_step(compiled, x, offs, g), _step(q, x, offs, g))
+
+
+def test_to_inference_freezes_experts_which_quantize_once_per_version(seed, monkeypatch):
+    """qtrain.to_inference on a model with converted experts: the weights take no gradient,
+    serve the training forward's bits, quantize once (not per call), and again after an
+    in-place update; a deepcopy is frozen on its own."""
+    import qtrain.qgrouped_mm as Q
+    config = CONFIGS["rowwise"]()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    x, offs = _inputs()
+    with torch.no_grad():
+        want = q(x, offs)
+    calls = []
+    real = Q._output_weight_operand
+    monkeypatch.setattr(Q, "_output_weight_operand", lambda *a: calls.append(1) or real(*a))
+    qtrain.to_inference(q)
+    assert all(not getattr(q, n).requires_grad for n in NAMES)
+    for _ in range(3):
+        assert torch.equal(q(x, offs), want)
+    assert len(calls) == 3                      # w1, w3, w2 once each, not once per call
+    with torch.no_grad():
+        q.w2.mul_(2)
+    with torch.no_grad():
+        want = DirectExperts(q, config)(x, offs)
+    calls.clear()
+    assert torch.equal(q(x, offs), want) and len(calls) == 1      # w2 again, alone
+    c = copy.deepcopy(q)                 # frozen too, its own version counter and no copy yet
+    assert c.w1._serving["frozen"] and c.w1._serving["root"]() is c.w1
+    assert not c.w1._serving["entries"] and q.w1._serving["entries"]
+    with torch.no_grad():
+        c.w2.zero_()
+    assert torch.count_nonzero(c(x, offs)) == 0 and torch.equal(q(x, offs), want)
+    # tokens that need a gradient still get it (the autograd path), frozen weights or not
+    xg = x.clone().requires_grad_()
+    q(xg, offs).sum().backward()
+    assert xg.grad is not None and q.w1.grad is None
