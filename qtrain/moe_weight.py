@@ -143,7 +143,9 @@ def freeze(w):
     neither it nor the tokens need one (and outside torch.compile), its products quantize w
     once per version of w (an in-place update makes it quantize again) instead of on every
     call; the same bits as before. Costs one quantized copy of w (1 byte per element plus
-    scales, or the MX-10 values in w's dtype). Called by qtrain.to_inference."""
+    scales, or the MX-10 values in w's dtype). Called by qtrain.to_inference. Copies made by
+    ops (module.to(), clone) start unfrozen, so move the model before freezing it (a moved
+    frozen weight keeps its numbers and quantizes on every call again); deepcopy keeps it."""
     w.requires_grad_(False)
     # The Parameter's own version counter: in-place updates bump it, not the views' (views
     # made below autograd, in __torch_dispatch__, count on their own).
