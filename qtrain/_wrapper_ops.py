@@ -1,7 +1,8 @@
-"""The aten ops after which a weight wrapper subclass (qtrain.fsdp's Float8AllGatherWeight,
-qtrain.moe_weight's GroupedExpertsWeight) still wraps its result: the same weight seen
-differently, as FSDP2 shards, pads and views it, and as nn.Module.to / deepcopy / Parameter
-creation copy and detach it. Every other op answers with a plain tensor."""
+"""What qtrain's weight wrapper subclasses (qtrain.fsdp's Float8AllGatherWeight,
+qtrain.moe_weight's GroupedExpertsWeight) share: KEEP_WRAPPED, the aten ops after which a
+wrapper still wraps its result (the same weight seen differently, as FSDP2 shards, pads and
+views it, and as nn.Module.to / deepcopy / Parameter creation copy and detach it; every other
+op answers with a plain tensor), and flat_args."""
 import torch
 
 aten = torch.ops.aten
@@ -13,3 +14,12 @@ KEEP_WRAPPED = frozenset({
     aten.clone.default, aten.copy_.default, aten._to_copy.default, aten._pin_memory.default,
     aten.select.int,
 })
+
+
+def flat_args(args, kwargs):
+    """An op's arguments, lists and tuples opened one level (a wrapper finds itself in them)."""
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, (list, tuple)):
+            yield from a
+        else:
+            yield a

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._pytree import tree_map_only
 
-from ._wrapper_ops import KEEP_WRAPPED
+from ._wrapper_ops import KEEP_WRAPPED, flat_args
 from .formats import EPS_AMAX, FLOAT8_FORMATS
 
 aten = torch.ops.aten
@@ -87,7 +87,7 @@ class Float8AllGatherWeight(torch.Tensor):
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        fmt = next(a._fmt for a in _flat(args, kwargs) if isinstance(a, cls))
+        fmt = next(a._fmt for a in flat_args(args, kwargs) if isinstance(a, cls))
         out = func(*tree_map_only(cls, lambda t: t._hp, args),
                    **tree_map_only(cls, lambda t: t._hp, kwargs))
         if func in KEEP_WRAPPED:
@@ -130,14 +130,6 @@ class Float8AllGatherWeight(torch.Tensor):
         data = gathered.view(getattr(torch, self._fmt))
         full = data.view(-1, *self._hp.shape[1:])
         return Float8GatheredWeight(full, quant_scale, self._fmt, dtype), (gathered,)
-
-
-def _flat(args, kwargs):
-    for a in list(args) + list(kwargs.values()):
-        if isinstance(a, (list, tuple)):
-            yield from a
-        else:
-            yield a
 
 
 class Float8GatheredWeight(torch.Tensor):

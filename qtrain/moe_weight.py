@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._pytree import tree_map_only
 
-from ._wrapper_ops import KEEP_WRAPPED
+from ._wrapper_ops import KEEP_WRAPPED, flat_args
 
 aten = torch.ops.aten
 LAYER = "qtrain.moe"
@@ -114,7 +114,7 @@ class GroupedExpertsWeight(torch.Tensor):
         if func._schema.is_mutable and args and isinstance(args[0], cls):
             return args[0]                      # in place: the plain weight was written
         if func in _KEEP:
-            src = next(a for a in _flat(args, kwargs) if isinstance(a, cls))
+            src = next(a for a in flat_args(args, kwargs) if isinstance(a, cls))
             serving = src._serving if func in _VIEWS else None     # copies start unfrozen
             return tree_map_only(torch.Tensor, lambda t: cls(t, src.config, serving), out)
         return out
@@ -155,14 +155,6 @@ def freeze(w):
 def plain(w):
     """The high-precision tensor under a GroupedExpertsWeight (w itself otherwise)."""
     return w._hp if isinstance(w, GroupedExpertsWeight) else w
-
-
-def _flat(args, kwargs):
-    for a in list(args) + list(kwargs.values()):
-        if isinstance(a, (list, tuple)):
-            yield from a
-        else:
-            yield a
 
 
 def _route_grouped_mm(cls, args, kwargs):
