@@ -38,3 +38,15 @@ def test_fsdp_moe_bit_identical_P_FSDP(moe_runs, recipe):
     # product, whose sums on the gathered weight need not match one process bit for bit)
     hp = moe_runs[0][RECIPES.index(None)]
     assert not torch.equal(moe_runs[0][RECIPES.index(recipe)]["loss"][0], hp["loss"][0])
+
+
+def test_fsdp_moe_compiled_experts_bit_identical(moe_runs):
+    """The sharded experts compiled (fullgraph, after fully_shard): the same bits as the
+    eager sharded run, so the gathered GroupedExpertsWeight stays routed under compile."""
+    compiled = run_workers(fsdp_moe_many, 2, ["rowwise"], 2, True, timeout_s=150)
+    eager = moe_runs[0][RECIPES.index("rowwise")]
+    got = compiled[0][0]
+    for i, (a, b) in enumerate(zip(got["loss"], eager["loss"])):
+        parity.assert_bitwise(f"compiled loss[{i}]", a, b)
+    for k in eager["params"]:
+        parity.assert_bitwise(f"compiled param {k}", got["params"][k], eager["params"][k])
