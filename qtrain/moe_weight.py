@@ -22,7 +22,6 @@ Serving (`freeze`, qtrain.to_inference): a frozen weight quantizes itself once p
 import copy
 import hashlib
 import logging
-import weakref
 
 import torch
 import torch.distributed as dist
@@ -57,8 +56,9 @@ class GroupedExpertsWeight(torch.Tensor):
     def __init__(self, hp, config, serving=None):
         self._hp = hp
         self.config = config
-        # {"frozen": bool, "entries": {...}}: set by `freeze`, shared with views of this weight
-        self._serving = {"frozen": False, "entries": {}} if serving is None else serving
+        # {"frozen", "epoch" (in-place writes so far), "entries"}: shared with views of this
+        # weight (see `freeze`)
+        self._serving = _new_serving() if serving is None else serving
 
     def __repr__(self):
         return f"GroupedExpertsWeight({self.config.short_id}, {self._hp!r})"
@@ -79,6 +79,12 @@ class GroupedExpertsWeight(torch.Tensor):
             freeze(new)
         memo[id(self)] = new
         return new
+
+    def __getstate__(self):
+        """Pickled (torch.save of a module) without the quantized copies of a frozen weight."""
+        state = dict(self.__dict__)
+        state["_serving"] = {**_new_serving(), "frozen": self._serving["frozen"]}
+        return state
 
     def __tensor_flatten__(self):
         return ["_hp"], self.config
@@ -112,6 +118,7 @@ class GroupedExpertsWeight(torch.Tensor):
         out = func(*tree_map_only(cls, lambda t: t._hp, args),
                    **tree_map_only(cls, lambda t: t._hp, kwargs))
         if func._schema.is_mutable and args and isinstance(args[0], cls):
+            args[0]._serving["epoch"] += 1      # a frozen weight quantizes again
             return args[0]                      # in place: the plain weight was written
         if func in _KEEP:
             src = next(a for a in flat_args(args, kwargs) if isinstance(a, cls))
@@ -141,15 +148,19 @@ class GroupedExpertsWeight(torch.Tensor):
 def freeze(w):
     """Serving: w (a GroupedExpertsWeight Parameter) takes no gradient from now on, and while
     neither it nor the tokens need one (and outside torch.compile), its products quantize w
-    once per version of w (an in-place update makes it quantize again) instead of on every
+    once per version of w (an in-place write makes it quantize again) instead of on every
     call; the same bits as before. Costs one quantized copy of w (1 byte per element plus
     scales, or the MX-10 values in w's dtype). Called by qtrain.to_inference. Copies made by
     ops (module.to(), clone) start unfrozen, so move the model before freezing it (a moved
     frozen weight keeps its numbers and quantizes on every call again); deepcopy keeps it."""
     w.requires_grad_(False)
-    # The Parameter's own version counter: in-place updates bump it, not the views' (views
-    # made below autograd, in __torch_dispatch__, count on their own).
-    w._serving.update(frozen=True, root=weakref.ref(w))
+    w._serving["frozen"] = True
+
+
+def _new_serving():
+    # the epoch counts in-place writes through the weight or any view of it (__torch_dispatch__
+    # sees them all; torch's version counters of views made below autograd count apart)
+    return {"frozen": False, "epoch": 0, "entries": {}}
 
 
 def plain(w):
@@ -167,11 +178,10 @@ def _route_grouped_mm(cls, args, kwargs):
             and b.dim() == 3 and not extra and len(args) <= 3):
         from .qgrouped_mm import grouped_mm, grouped_mm_frozen   # they import this module
         serving = b._serving
-        root = serving["root"]() if serving["frozen"] else None
-        if (root is not None and not torch.compiler.is_compiling()
+        if (serving["frozen"] and not torch.compiler.is_compiling()
                 and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))):
             return grouped_mm_frozen(a, b.transpose(-2, -1), offs, b.config,
-                                     serving["entries"], root._version)
+                                     serving["entries"], serving["epoch"])
         return grouped_mm(a, b.transpose(-2, -1), offs, b.config)
     form = (a.dim(), b.dim(), offs is not None, tuple(sorted(extra)), isinstance(a, cls))
     if form not in _LOGGED_PASS_THROUGH:

@@ -230,7 +230,7 @@ def _grad_weight_hp(g, x, offs, backend):
 def grouped_mm_frozen(x, w, offs, config, cache, version):
     """The output of grouped_mm for a weight that takes no gradient (serving, frozen experts)
     and an x that takes none either, with w's quantized operand made once per `version` of w
-    (the weight Parameter's version counter) and kept in `cache` (a dict, one per weight:
+    (moe_weight counts in-place writes) and kept in `cache` (a dict, one per weight:
     moe_weight's GroupedExpertsWeight holds it, shared with its views). The same bits as
     grouped_mm's forward."""
     _check(x, w, offs, config)

@@ -285,11 +285,24 @@ def test_to_inference_freezes_experts_which_quantize_once_per_version(seed, monk
     calls.clear()
     assert torch.equal(q(x, offs), want) and len(calls) == 1      # w2 again, alone
     c = copy.deepcopy(q)                 # frozen too, its own version counter and no copy yet
-    assert c.w1._serving["frozen"] and c.w1._serving["root"]() is c.w1
+    assert c.w1._serving["frozen"] and c.w1._serving is not q.w1._serving
     assert not c.w1._serving["entries"] and q.w1._serving["entries"]
     with torch.no_grad():
         c.w2.zero_()
     assert torch.count_nonzero(c(x, offs)) == 0 and torch.equal(q(x, offs), want)
+    # load_state_dict writes in place: quantized again, new numbers
+    other = GroupedExperts(4, 64, 96)
+    q.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        want = DirectExperts(q, config)(x, offs)
+    assert torch.equal(q(x, offs), want)
+    # torch.save of the module: frozen on load, without the quantized copies in the file
+    buf = io.BytesIO()
+    torch.save(q, buf)
+    buf.seek(0)
+    r = torch.load(buf, weights_only=False)
+    assert r.w1._serving["frozen"] and not r.w1._serving["entries"]
+    assert torch.equal(r(x, offs), want)
     # tokens that need a gradient still get it (the autograd path), frozen weights or not
     xg = x.clone().requires_grad_()
     q(xg, offs).sum().backward()
