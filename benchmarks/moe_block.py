@@ -6,9 +6,9 @@ back. Static shapes throughout (group sizes by scatter_add, no bincount), so the
 compiles whole and captures in CUDA graphs.
 
 Variants: bf16; qtrain float8 rowwise and mxfp8 (qtrain.convert_moe_to_quantized_training on
-the experts); torchao's float8 rowwise MoE conversion (quantize_ with
-Float8TrainingOpConfig(pad_token_groups_for_grouped_mm=True): groups here are not multiples
-of 16) when torchao imports. Modes: eager, torch.compile default, torch.compile
+the experts); torchao's float8 rowwise MoE conversion (quantize_ with its default
+Float8TrainingOpConfig()) when torchao imports; a variant that fails prints why and is left
+out of the table (router-made groups are not multiples of 16). Modes: eager, torch.compile default, torch.compile
 mode="reduce-overhead". A new x each step (two alternate). Rounds interleave the cases; a
 case's time is the median of its steps over all rounds. Prints SQNR of each variant's output
 against bf16, whether qtrain's compiled outputs equal its eager ones, and a table last;
@@ -85,7 +85,9 @@ def variants(gen):
         from torchao.prototype.moe_training.config import Float8TrainingOpConfig
         from torchao.quantization import quantize_
         block = copy.deepcopy(base)
-        quantize_(block.experts, Float8TrainingOpConfig(pad_token_groups_for_grouped_mm=True),
+        # its default config, as a user writes it (0.18: pad_token_groups_for_grouped_mm=True
+        # raises "not yet supported"; without padding it needs 16-aligned groups)
+        quantize_(block.experts, Float8TrainingOpConfig(),
                   filter_fn=lambda module, fqn: module is block.experts)
         out["torchao float8 rowwise"] = block
     except Exception as e:    # noqa: BLE001 (report, not crash)
