@@ -8,10 +8,10 @@ compiles whole and captures in CUDA graphs.
 Variants: bf16; qtrain float8 rowwise and mxfp8 (qtrain.convert_moe_to_quantized_training on
 the experts); torchao's float8 rowwise MoE conversion (quantize_ with its default
 Float8TrainingOpConfig()) when torchao imports; a variant that fails prints why and is left
-out of the table (router-made groups are not multiples of 16). Modes: eager, torch.compile default, torch.compile
-mode="reduce-overhead". A new x each step (two alternate). Rounds interleave the cases; a
-case's time is the median of its steps over all rounds. Prints SQNR of each variant's output
-against bf16, whether qtrain's compiled outputs equal its eager ones, and a table last;
+out of the table (router-made groups are not multiples of 16). Modes: eager, torch.compile
+default, torch.compile mode="reduce-overhead". A new x each step (two alternate). Rounds
+interleave the cases; a case's time is the median of its steps over all rounds. Prints SQNR
+of each variant's output against bf16, compiled against eager per variant, and a table last;
 appends rows to benchmarks/results/results.csv (and $OUT/moe_block.csv when OUT is set).
 
     python benchmarks/moe_block.py [--rounds 3] [--reps 10] [--modes eager,default,reduce-overhead]
@@ -42,7 +42,8 @@ class Experts(torch.nn.Module):
         def weight(*shape):
             w = torch.randn(*shape, generator=gen, device="cuda") * shape[-1] ** -0.5
             return torch.nn.Parameter(w.to(torch.bfloat16))
-        self.w1, self.w3, self.w2 = weight(E, HIDDEN, DIM), weight(E, HIDDEN, DIM), weight(E, DIM, HIDDEN)
+        self.w1, self.w3 = weight(E, HIDDEN, DIM), weight(E, HIDDEN, DIM)
+        self.w2 = weight(E, DIM, HIDDEN)
 
     def forward(self, x, offs):
         def mm(t, w):
@@ -55,7 +56,8 @@ class MoEBlock(torch.nn.Module):
         super().__init__()
         self.router = torch.nn.Linear(DIM, E, bias=False, device="cuda", dtype=torch.bfloat16)
         with torch.no_grad():
-            self.router.weight.copy_(torch.randn(E, DIM, generator=gen, device="cuda") * DIM ** -0.5)
+            self.router.weight.copy_(
+                torch.randn(E, DIM, generator=gen, device="cuda") * DIM ** -0.5)
         self.experts = Experts(gen)
 
     def forward(self, x):
@@ -101,7 +103,8 @@ def sqnr_db(approx, exact):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python benchmarks/moe_block.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/moe_block.py",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--modes", default="eager,default,reduce-overhead")

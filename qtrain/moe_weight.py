@@ -9,7 +9,8 @@ breaking the graph around the experts.
 
 Everything else behaves as the plain weight does:
 - views (transposes included), copies, detach, `.to()`, deepcopy keep the wrapper
-  (qtrain/_wrapper_ops.py), so the transposed view in the forward, `module.to(...)` and FSDP2's shards stay routed;
+  (qtrain/_wrapper_ops.py), so the transposed view in the forward, `module.to(...)` and
+  FSDP2's shards stay routed;
 - an in-place op (optimizer steps, load_state_dict's copy_) writes the plain weight and returns
   the wrapper; other results (optimizer state made with zeros_like, arithmetic) are plain;
 - gradients are plain tensors (autograd accumulates them into the wrapper's .grad);
@@ -98,8 +99,8 @@ class GroupedExpertsWeight(torch.Tensor):
         qtrain's version (the routing is traced into the cached graph)."""
         from . import __version__
         hp = self._hp
-        key = repr((type(self).__name__, __version__, self.config, tuple(hp.shape), tuple(hp.stride()),
-                    str(hp.dtype), hp.device.type))
+        key = repr((type(self).__name__, __version__, self.config, tuple(hp.shape),
+                    tuple(hp.stride()), str(hp.dtype), hp.device.type))
         return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
     @classmethod
@@ -117,9 +118,12 @@ class GroupedExpertsWeight(torch.Tensor):
         kwargs = kwargs or {}
         out = func(*tree_map_only(cls, lambda t: t._hp, args),
                    **tree_map_only(cls, lambda t: t._hp, kwargs))
-        if func._schema.is_mutable and args and isinstance(args[0], cls):
-            args[0]._serving["epoch"] += 1      # a frozen weight quantizes again
-            return args[0]                      # in place: the plain weight was written
+        if func._schema.is_mutable:
+            for a in flat_args(args, kwargs):   # written (or maybe): a frozen weight
+                if isinstance(a, cls):          # quantizes again
+                    a._serving["epoch"] += 1
+            if args and isinstance(args[0], cls):
+                return args[0]                  # in place: the plain weight was written
         if func in _KEEP:
             src = next(a for a in flat_args(args, kwargs) if isinstance(a, cls))
             serving = src._serving if func in _VIEWS else None     # copies start unfrozen

@@ -224,7 +224,8 @@ def _grad_weight_hp(g, x, offs, backend):
     xp = grouped_ops.pad_groups(x, offs, 8, pends, backend)
     out = torch._grouped_mm(gp.t().contiguous(), xp, offs=pends)
     sizes = torch.diff(pends, prepend=pends.new_zeros(1))
-    return torch.where((sizes > 0)[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return torch.where((sizes > 0)[:, None, None], out,
+                       torch.zeros((), dtype=out.dtype, device=out.device))
 
 
 def grouped_mm_frozen(x, w, offs, config, cache, version):
