@@ -62,7 +62,7 @@ def convert_moe_to_quantized_training(model, config, filter_fn=None):
                 wrapped = GroupedExpertsWeight(p.detach(), config)
                 setattr(module, name, torch.nn.Parameter(wrapped, p.requires_grad))
         module._qtrain_grouped_config = config
-        module._register_state_dict_hook(_plain_state_dict)
+        module.register_state_dict_post_hook(_plain_state_dict)
     return model
 
 
