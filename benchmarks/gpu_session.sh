@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One batched GPU session (device tool): install, check fast against the reference, time.
 # Usage on the GPU machine:  bash benchmarks/gpu_session.sh STEP[,STEP...]
-#   steps: checks (GPU tests, conformance), pytest (the GPU tests alone; PYTEST_FILES picks), fastcheck (gpu_fast_check), tuning (kernel_tuning),
+#   steps: checks (GPU tests, CPU compile tests, conformance), pytest (the GPU tests alone; PYTEST_FILES picks),
+#          compilecpu (the CPU torch.compile tests under this machine's torch: CI runs 2.13 only, and
+#          torch 2.11 once lost compiled grouped_mm gradients), fastcheck (gpu_fast_check), tuning (kernel_tuning),
 #          block, keepw (RC-14: tensorwise/blockwise with and without the kept weight, time and
 #          peak memory; mxfp8 too, for its bf16-GEMM products), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
 #          (profiler table), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
@@ -40,6 +42,9 @@ step() {  # step NAME LIMIT_S CMD...
 has() { case "$what" in *,$1,*) return 0;; esac; return 1; }
 if has checks || has pytest; then
   step pytest_gpu ${PYTEST_LIMIT_S:-240} python3 -m pytest -q -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu_fast_linear.py tests/test_gpu_fast_moe.py tests/test_grouped_mm_sm90.py tests/test_gpu_cuda_graphs.py tests/test_fast_common.py tests/test_fast_casts.py tests/test_fast_scaled_mm.py}
+fi
+if has checks || has compilecpu; then   # the CPU compile tests on this machine's torch (CI runs another)
+  step compile_cpu ${COMPILECPU_LIMIT_S:-200} python3 -m pytest -q -p no:cacheprovider tests/test_api_compile.py tests/test_moe_grouped_mm.py tests/test_moe_weight.py tests/test_moe_layer.py
 fi
 if has checks; then
   step conformance ${CONF_LIMIT_S:-200} python3 -m qtrain.conformance --backend fast --device cuda --report "$OUT/conformance-fast.json" ${CONF_ARGS:-}
