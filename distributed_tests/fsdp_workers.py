@@ -86,17 +86,21 @@ def fsdp_many(ctx, configs):
     return [fsdp_run(ctx, **cfg) for cfg in configs]
 
 
-def fsdp_moe_many(ctx, recipes, steps=2, compile_experts=False):
+def fsdp_moe_many(ctx, recipes, steps=2, compile_experts=False, param_dtype=None):
     """tiny_moe under FSDP2 (router, experts and the block each a unit; replicated batch), one
     run per recipe in `recipes`; `compile_experts`: the sharded experts module compiled
-    (torch.compile(backend="aot_eager") after fully_shard, as per-block compilation does)."""
+    (torch.compile(backend="aot_eager") after fully_shard, as per-block compilation does);
+    `param_dtype`: FSDP2 mixed precision (fp32 shards, params gathered in that dtype)."""
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
     from qtrain.fsdp import fully_shard_model
     out = []
     for recipe in recipes:
         model = models.tiny_moe(recipe).to(ctx.device)
-        fully_shard_model(model, init_device_mesh(ctx.device_type, (ctx.world_size,)))
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype) if param_dtype else None
+        fully_shard_model(model, init_device_mesh(ctx.device_type, (ctx.world_size,)),
+                          mp_policy=mp)
         if compile_experts:
             model.experts.compile(backend="aot_eager", fullgraph=True)
         out.append(_cpu(models.train(model, models.on(models.moe_batches(steps), ctx.device))))

@@ -50,3 +50,20 @@ def test_fsdp_moe_compiled_experts_bit_identical(moe_runs):
         parity.assert_bitwise(f"compiled loss[{i}]", a, b)
     for k in eager["params"]:
         parity.assert_bitwise(f"compiled param {k}", got["params"][k], eager["params"][k])
+
+
+def test_fsdp_moe_mixed_precision_gathers_routed_bf16_weights():
+    """FSDP2 with param_dtype=bf16 over fp32 shards: the experts' shards are cast to bf16
+    before the all-gather (fsdp_pre_all_gather) and gathered as GroupedExpertsWeight, so the
+    first step's loss is the bits of one process running the bf16-cast model on bf16 inputs
+    (quantized: not the high-precision bf16 model's)."""
+    runs = run_workers(fsdp_moe_many, 2, ["rowwise"], 2, False, torch.bfloat16, timeout_s=150)
+    (x, y), = models.moe_batches(1)
+    losses = {}
+    for recipe in ("rowwise", None):
+        model = models.tiny_moe(recipe).to(torch.bfloat16)
+        losses[recipe] = models.loss_fn(model(x.to(torch.bfloat16)), y).detach()
+    for rank in (0, 1):
+        parity.assert_bitwise(f"rank {rank} loss[0]", runs[rank][0]["loss"][0], losses["rowwise"])
+        assert torch.isfinite(runs[rank][0]["loss"][1])
+    assert not torch.equal(losses["rowwise"], losses[None])
