@@ -34,6 +34,17 @@ def _fsdp_group(mesh):
     return mesh.get_group() if mesh.ndim == 1 else mesh.get_group(mesh.ndim - 1)
 
 
+def padded_shard(data, outer_size, mesh):
+    """A shard for fsdp_pre_all_gather, contiguous, with zero rows appended up to FSDP2's padded
+    shard size (uneven sharding). The rows are joined as bytes: torch.cat takes no float8."""
+    data = data.contiguous()
+    rows = -(-outer_size[0] // _fsdp_group(mesh).size())
+    if data.shape[0] >= rows:
+        return data
+    pad = data.new_zeros((rows - data.shape[0],) + tuple(data.shape[1:]))
+    return torch.cat([data.view(torch.uint8), pad.view(torch.uint8)]).view(data.dtype)
+
+
 def quant_scale_from_amax(amax, fmt):
     """F8-2 with F8-5: fp32(fp64(max) / max(fp64(amax), 1e-12)); non-finite amax -> NaN."""
     amax64 = amax.to(torch.float64)
@@ -113,13 +124,8 @@ class Float8AllGatherWeight(torch.Tensor):
         if param_dtype is not None and param_dtype != hp.dtype:
             hp = hp.to(param_dtype)   # the single-process run quantizes the param_dtype weight
         quant_scale = self._quant_scale(hp, mesh)
-        data = cast_with_quant_scale(hp, quant_scale, self._fmt)
-        world = _fsdp_group(mesh).size()
-        rows = -(-outer_size[0] // world)
-        if data.shape[0] < rows:      # uneven sharding: FSDP wants the padded shard size
-            pad = data.new_zeros((rows - data.shape[0],) + tuple(data.shape[1:]))
-            data = torch.cat([data.view(torch.uint8), pad.view(torch.uint8)]).view(data.dtype)
-        return (data.contiguous().view(torch.uint8),), (quant_scale, hp.dtype)
+        data = padded_shard(cast_with_quant_scale(hp, quant_scale, self._fmt), outer_size, mesh)
+        return (data.view(torch.uint8),), (quant_scale, hp.dtype)
 
     def fsdp_post_all_gather(self, all_gather_outputs, metadata, param_dtype, *, out=None):
         (gathered,) = all_gather_outputs
@@ -208,13 +214,14 @@ def fully_shard_model(model, mesh, *, float8_all_gather=False, mp_policy=None,
     """fully_shard each QuantizedLinear / nn.Linear child and each converted MoE experts
     module (qtrain.moe), then the root (FSDP2 units)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from .moe import is_converted_experts
     if float8_all_gather:
         enable_float8_all_gather(model)
     kw = dict(mesh=mesh, reshard_after_forward=reshard_after_forward,
               mp_policy=mp_policy or MixedPrecisionPolicy())
     for mod in list(model.modules())[1:]:
-        if (isinstance(mod, torch.nn.Linear)
-                or getattr(mod, "_qtrain_grouped_config", None) is not None):
+        if isinstance(mod, torch.nn.Linear) or is_converted_experts(mod):
             fully_shard(mod, **kw)
     fully_shard(model, **kw)
     return model

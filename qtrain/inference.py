@@ -104,9 +104,10 @@ def to_inference(model, recipe=None, module_filter_fn=None, dtype=None):
 def _freeze_experts(model, module_filter_fn):
     """Converted MoE experts (qtrain.moe) keep their module and config; their weights are
     frozen so that each quantizes once per version (qtrain.moe_weight.freeze)."""
+    from .moe import is_converted_experts
     from .moe_weight import GroupedExpertsWeight, freeze
     for fqn, module in model.named_modules():
-        if getattr(module, "_qtrain_grouped_config", None) is None:
+        if not is_converted_experts(module):
             continue
         if module_filter_fn is not None and not module_filter_fn(module, fqn):
             continue

@@ -23,6 +23,11 @@ from .moe_weight import LAYER, GroupedExpertsWeight
 from .qgrouped_mm import _check
 
 
+def is_converted_experts(module):
+    """Whether convert_moe_to_quantized_training converted this module."""
+    return getattr(module, "_qtrain_grouped_config", None) is not None
+
+
 def is_grouped_experts(module):
     """The default filter: a module with a 3-D Parameter of its own and no child holding
     Parameters (the experts' container itself, not the MoE block around it)."""
@@ -54,7 +59,7 @@ def convert_moe_to_quantized_training(model, config, filter_fn=None):
     replaces the default `is_grouped_experts`. Modifies `model` in place and returns it."""
     for fqn, module in model.named_modules():
         chosen = filter_fn(module, fqn) if filter_fn is not None else is_grouped_experts(module)
-        if not chosen or getattr(module, "_qtrain_grouped_config", None) is not None:
+        if not chosen or is_converted_experts(module):
             continue
         _check_weights(fqn, module, config)
         for name, p in list(module.named_parameters(recurse=False)):

@@ -25,24 +25,18 @@ import hashlib
 import logging
 
 import torch
-import torch.distributed as dist
 from torch.utils._pytree import tree_map_only
 
-from ._wrapper_ops import KEEP_WRAPPED, flat_args
+from ._wrapper_ops import COPY_OPS, VIEW_OPS, flat_args
 
 aten = torch.ops.aten
 LAYER = "qtrain.moe"
 log = logging.getLogger("qtrain")
 _LOGGED_PASS_THROUGH = set()
-# The forward's w.transpose(-2, -1) must stay routed too.
-_KEEP = KEEP_WRAPPED | {aten.transpose.int, aten.t.default, aten.permute.default}
-# Results that are views of the same memory share the weight's serving state (see `freeze`).
-_VIEWS = {
-    aten.detach.default, aten.alias.default, aten.view.default, aten._unsafe_view.default,
-    aten.as_strided.default, aten.slice.Tensor, aten.split.Tensor, aten.split_with_sizes.default,
-    aten.chunk.default, aten.select.int, aten.transpose.int, aten.t.default,
-    aten.permute.default,
-}
+# The forward's w.transpose(-2, -1) must stay routed too. Views of the same memory share the
+# weight's serving state (see `freeze`); copies start their own.
+_VIEWS = VIEW_OPS | {aten.transpose.int, aten.t.default, aten.permute.default}
+_KEEP = _VIEWS | COPY_OPS
 
 
 class GroupedExpertsWeight(torch.Tensor):
@@ -132,15 +126,12 @@ class GroupedExpertsWeight(torch.Tensor):
 
     # FSDP2's extension hooks: the shard travels plain, the gathered weight is wrapped again.
     def fsdp_pre_all_gather(self, mesh, outer_size, outer_stride, module, mp_policy):
+        from .fsdp import padded_shard
         hp = self._hp
         param_dtype = getattr(mp_policy, "param_dtype", None)
         if param_dtype is not None and param_dtype != hp.dtype:
             hp = hp.to(param_dtype)
-        group = mesh.get_group() if mesh.ndim == 1 else mesh.get_group(mesh.ndim - 1)
-        rows = -(-outer_size[0] // dist.get_world_size(group))
-        if hp.shape[0] < rows:        # uneven sharding: FSDP2 wants the padded shard size
-            hp = torch.cat([hp, hp.new_zeros((rows - hp.shape[0],) + tuple(hp.shape[1:]))])
-        return (hp.contiguous(),), None
+        return (padded_shard(hp, outer_size, mesh),), None
 
     def fsdp_post_all_gather(self, all_gather_outputs, metadata, param_dtype, *, out=None):
         (gathered,) = all_gather_outputs
