@@ -8,7 +8,7 @@ compiles whole and captures in CUDA graphs.
 Variants: bf16; qtrain float8 rowwise and mxfp8 (qtrain.convert_moe_to_quantized_training on
 the experts); torchao's float8 rowwise MoE conversion (quantize_ with its default
 Float8TrainingOpConfig()) when torchao imports; a variant that fails prints why and is left
-out of the table (router-made groups are not multiples of 16). Modes: eager, torch.compile
+out of the table. Modes: eager, torch.compile
 default, torch.compile mode="reduce-overhead". A new x each step (two alternate). Rounds
 interleave the cases; a case's time is the median of its steps over all rounds. Prints SQNR
 of each variant's output against bf16, compiled against eager per variant, and a table last;
@@ -88,7 +88,7 @@ def variants(gen):
         from torchao.quantization import quantize_
         block = copy.deepcopy(base)
         # its default config, as a user writes it (0.18: pad_token_groups_for_grouped_mm=True
-        # raises "not yet supported"; without padding it needs 16-aligned groups)
+        # raises "not yet supported"; the unpadded default is what this runs)
         quantize_(block.experts, Float8TrainingOpConfig(),
                   filter_fn=lambda module, fqn: module is block.experts)
         out["torchao float8 rowwise"] = block
