@@ -8,10 +8,10 @@ compiles whole and captures in CUDA graphs.
 Variants: bf16; qtrain float8 rowwise and mxfp8 (qtrain.convert_moe_to_quantized_training on
 the experts); torchao's float8 rowwise MoE conversion (quantize_ with its default
 Float8TrainingOpConfig()) when torchao imports; a variant that fails prints why and is left
-out of the table. Modes: eager, torch.compile
-default, torch.compile mode="reduce-overhead". A new x each step (two alternate). Rounds
-interleave the cases; a case's time is the median of its steps over all rounds. Prints SQNR
-of each variant's output against bf16, compiled against eager per variant, and a table last;
+out of the table. Modes: eager, torch.compile default, torch.compile
+mode="reduce-overhead". A new x each step (two alternate). Rounds interleave the cases; a
+case's time is the median of its steps over all rounds. Prints SQNR of each variant's output
+against bf16, compiled against eager per variant, and a table last;
 appends rows to benchmarks/results/results.csv (and $OUT/moe_block.csv when OUT is set).
 
     python benchmarks/moe_block.py [--rounds 3] [--reps 10] [--modes eager,default,reduce-overhead]
