@@ -7,8 +7,8 @@ compiles whole and captures in CUDA graphs.
 
 Variants: bf16; qtrain float8 rowwise and mxfp8 (qtrain.convert_moe_to_quantized_training on
 the experts); torchao's float8 rowwise MoE conversion (quantize_ with its default
-Float8TrainingOpConfig()) when torchao imports; a variant that fails prints why and is left
-out of the table. Modes: eager, torch.compile default, torch.compile
+Float8TrainingOpConfig()) when one step of it runs in a child process (a device-side
+assertion would end this one); a variant that fails prints why and is left out of the table. Modes: eager, torch.compile default, torch.compile
 mode="reduce-overhead". A new x each step (two alternate). Rounds interleave the cases; a
 case's time is the median of its steps over all rounds. Prints SQNR of each variant's output
 against bf16, compiled against eager per variant, and a table last;
@@ -73,6 +73,47 @@ class MoEBlock(torch.nn.Module):
         return torch.zeros_like(x).index_add_(0, token, y)
 
 
+def torchao_block(base):
+    """torchao's float8 rowwise MoE conversion of a copy of base with its default config, as a
+    user writes it (0.18: pad_token_groups_for_grouped_mm=True raises "not yet supported")."""
+    from torchao.prototype.moe_training.config import Float8TrainingOpConfig
+    from torchao.quantization import quantize_
+    block = copy.deepcopy(base)
+    quantize_(block.experts, Float8TrainingOpConfig(),
+              filter_fn=lambda module, fqn: module is block.experts)
+    return block
+
+
+def torchao_failure():
+    """None when one eager torchao step runs in a child process, else its error in one line.
+    A device-side assertion (torch's grouped product on groups that are not 16-token
+    multiples) leaves the process's CUDA context unusable, so it is probed apart."""
+    import importlib.util
+    import subprocess
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed"
+    try:
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--probe-torchao"],
+                           capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "its probe step did not finish in 300 s"
+    if r.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
+    hits = [ln for ln in lines if "Assertion" in ln or "Error" in ln]
+    return (hits or lines or [f"exit status {r.returncode}"])[0][:400]
+
+
+def probe_torchao():
+    """One eager fwd+bwd of the torchao block (run in a child process by torchao_failure)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    block = torchao_block(MoEBlock(gen))
+    x = (torch.randn(TOKENS, DIM, generator=gen, device="cuda") * 0.5).to(torch.bfloat16)
+    block(x.requires_grad_()).sum().backward()
+    torch.cuda.synchronize()
+    return 0
+
+
 def variants(gen):
     import qtrain
     base = MoEBlock(gen)
@@ -83,17 +124,11 @@ def variants(gen):
         block = copy.deepcopy(base)
         qtrain.convert_moe_to_quantized_training(block.experts, config)
         out[name] = block
-    try:
-        from torchao.prototype.moe_training.config import Float8TrainingOpConfig
-        from torchao.quantization import quantize_
-        block = copy.deepcopy(base)
-        # its default config, as a user writes it (0.18: pad_token_groups_for_grouped_mm=True
-        # raises "not yet supported"; the unpadded default is what this runs)
-        quantize_(block.experts, Float8TrainingOpConfig(),
-                  filter_fn=lambda module, fqn: module is block.experts)
-        out["torchao float8 rowwise"] = block
-    except Exception as e:    # noqa: BLE001 (report, not crash)
-        print(f"torchao MoE conversion not timed: {type(e).__name__}: {str(e)[:200]}")
+    failure = torchao_failure()
+    if failure is None:
+        out["torchao float8 rowwise"] = torchao_block(base)
+    else:
+        print(f"torchao float8 rowwise (default Float8TrainingOpConfig()) not timed: {failure}")
     return out
 
 
@@ -108,7 +143,10 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--modes", default="eager,default,reduce-overhead")
+    p.add_argument("--probe-torchao", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.probe_torchao:
+        return probe_torchao()
     if not torch.cuda.is_available():
         print("moe_block: no CUDA device; skipped")
         return 0

@@ -31,6 +31,8 @@ def main(argv=None):
     p.add_argument("--host", action="store_true",
                    help="instead: where the host time of the quantized eager step goes "
                         "(synchronizing calls, then cProfile by own time)")
+    p.add_argument("--compiled", action="store_true",
+                   help="with --host: the step under torch.compile (default mode) instead of eager")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/moe_profile.py: needs CUDA (it profiles the fast backend's kernels)")
@@ -43,7 +45,9 @@ def main(argv=None):
     variants = {"bf16": lambda a, b, o: torch._grouped_mm(a, b.transpose(-2, -1), offs=o),
                 f"qtrain {args.recipe}": lambda a, b, o: qtrain.grouped_mm(a, b, o, config)}
     if args.host:
-        return host_breakdown(x, w, offs, g, variants[f"qtrain {args.recipe}"], args.rows)
+        fn = variants[f"qtrain {args.recipe}"]
+        return host_breakdown(x, w, offs, g, torch.compile(fn) if args.compiled else fn,
+                              args.rows)
     for name, fn in variants.items():
         for _ in range(3):                                   # warm-up: compile, autotune
             _step(x, w, offs, g, fn)
@@ -87,6 +91,11 @@ def host_breakdown(x, w, offs, g, fn, rows, steps=20):
     for line in syncs[:10]:
         print("  ", line)
     torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _step(x, w, offs, g, fn)
+    torch.cuda.synchronize()
+    print(f"wall per step without the profiler: {(time.perf_counter() - t0) / steps * 1e3:.3f} ms")
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()

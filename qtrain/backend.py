@@ -14,6 +14,8 @@ import importlib
 import logging
 import os
 
+import torch
+
 log = logging.getLogger("qtrain")
 
 ENV_VAR = "QTRAIN_BACKEND"
@@ -88,7 +90,6 @@ def _known_device(device):
     """torch.device of `device`, or None where it tells nothing about where kernels run."""
     if device is None:
         return None
-    import torch
     device = torch.device(device)
     return None if device.type == "meta" else device
 
@@ -139,6 +140,24 @@ def resolve_backend_name(name=None, device=None):
             log.warning("qtrain: %s=auto -> 'reference' backend (fast unavailable: %s)",
                         ENV_VAR, reason)
     return chosen
+
+
+@torch.compiler.assume_constant_result
+def _resolve_constant(name, device):
+    return resolve_backend_name(name, device)
+
+
+def resolve_backend_for_call(name=None, device=None):
+    """resolve_backend_name(name, device) for a function that torch.compile may trace
+    (qtrain.grouped_mm, qtrain.linear): torch.compile runs the resolution once, while tracing,
+    and keeps its answer as a constant of the graph, so the backend's checks (CUDA queries,
+    Triton's version) never break the graph. On the H200 they broke it once per
+    qtrain.grouped_mm call. Like a QuantizedLinear's backend, which is resolved at
+    construction, a compiled graph keeps the answer it was traced with (a later change of
+    QTRAIN_BACKEND applies to the next compilation)."""
+    if torch.compiler.is_compiling():
+        return _resolve_constant(name, device)
+    return resolve_backend_name(name, device)
 
 
 class BackendBound:

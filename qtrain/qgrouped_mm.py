@@ -25,7 +25,7 @@ the padded token layout that g reuses (its padded group ends).
 import torch
 
 from . import grouped_ops, ops  # noqa: F401  (ops registers the qtrain:: quantize ops)
-from .backend import resolve_backend_name
+from .backend import resolve_backend_for_call
 from .config import Float8LinearConfig, MXLinearConfig
 from .moe_weight import plain
 from .qlinear import _mm_dtype
@@ -235,7 +235,7 @@ def grouped_mm_frozen(x, w, offs, config, cache, version):
     moe_weight's GroupedExpertsWeight holds it, shared with its views). The same bits as
     grouped_mm's forward."""
     _check(x, w, offs, config)
-    backend = resolve_backend_name(config.backend, x.device)
+    backend = resolve_backend_for_call(config.backend, x.device)
     plan = config.plan(grouped=True)
     hp = plain(w)
     x = x.contiguous()
@@ -252,7 +252,7 @@ def grouped_mm(x, w, offs, config):
     """Quantized `x @ w[g].T` per token group (see the module docstring). x (M, K), w (E, N, K),
     offs int32 (E,) cumulative ends; returns (M, N) in x's dtype, differentiable in x and w."""
     _check(x, w, offs, config)
-    backend = resolve_backend_name(config.backend, x.device)
+    backend = resolve_backend_for_call(config.backend, x.device)
     if w.dtype != x.dtype:
         w = w.to(x.dtype)
     return _QuantizedGroupedMMFn.apply(x.contiguous(), w.contiguous(), offs,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .backend import BackendBound, _instance as _backend_impl, resolve_backend_name
+from .backend import BackendBound, _instance as _backend_impl, resolve_backend_for_call
 from .recipes import (CounterNoise, QOperand, QValues, mx_values_route, quantize_operand,
                       quantize_operand_both_axes, quantize_operand_tensorwise_both,
                       quantize_values)
@@ -376,7 +376,7 @@ def _apply(x, w, bias, dtype, lead, sr_call, plan, backend, fqn, seed, shared=No
 def linear(input, weight, bias=None, *, config):
     """Drop-in for torch.nn.functional.linear running the quantized recipe of `config`."""
     return quantized_linear(input, weight, bias, config,
-                            resolve_backend_name(config.backend, input.device))
+                            resolve_backend_for_call(config.backend, input.device))
 
 
 class QuantizedLinear(BackendBound, nn.Linear):

@@ -166,3 +166,41 @@ def test_auto_grouped_and_inference_answer_for_the_device(device_bound_fast):
     assert model[0].backend == "reference"
     model(x)
     assert device_bound_fast.calls == []
+
+
+class _UntraceableChecks:
+    """The reference backend behind an available() that torch.compile cannot trace (as the
+    fast backend's CUDA queries and Triton version checks on a GPU machine)."""
+    name = "untraceable-checks"
+
+    def __init__(self):
+        self._ref = qb._instance("reference")
+
+    def available(self):
+        torch._dynamo.graph_break()
+        return True, ""
+
+    def __getattr__(self, attr):
+        return getattr(self._ref, attr)
+
+
+@pytest.mark.parametrize("op", ["grouped_mm", "linear"])
+def test_backend_resolution_never_breaks_a_compiled_graph(registry, op):
+    """qtrain.grouped_mm and qtrain.linear resolve their backend per call; under torch.compile
+    that resolution runs at trace time and the graph holds its answer (on the H200 the fast
+    backend's checks broke the graph of every qtrain.grouped_mm call)."""
+    qtrain.register_backend("untraceable-checks", _UntraceableChecks)
+    config = qtrain.Float8LinearConfig(recipe="rowwise", backend="untraceable-checks")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 32, generator=gen).to(torch.bfloat16)
+    if op == "grouped_mm":
+        w = torch.randn(4, 32, 32, generator=gen).to(torch.bfloat16)
+        offs = torch.tensor([16, 16, 40, 64], dtype=torch.int32)
+        fn = lambda x, w: qtrain.grouped_mm(x, w, offs, config)   # noqa: E731
+    else:
+        w = torch.randn(48, 32, generator=gen).to(torch.bfloat16)
+        fn = lambda x, w: qtrain.linear(x, w, config=config)      # noqa: E731
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)(x, w)
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    assert torch.equal(torch.compile(fn, backend="aot_eager", fullgraph=True)(x, w), fn(x, w))
