@@ -204,3 +204,18 @@ def test_compiled_layer_gives_eager_bits(recipe):
         got.append([out.detach(), x.grad, w.grad])
     for i, (a, b) in enumerate(zip(*got)):
         assert torch.count_nonzero(a) > 0 and torch.equal(a, b), f"tensor {i} of (out, grad_x, grad_w)"
+
+
+def test_compiled_layer_is_one_graph():
+    """qtrain.grouped_mm traced by torch.compile on CUDA: one graph, no break (the fast
+    backend's checks broke it at every call on the H200 before they were resolved at trace
+    time, qtrain/backend.py resolve_backend_for_call)."""
+    config = dataclasses.replace(qtrain.recipe_config("rowwise"), backend="fast")
+    gen = _gen()
+    x = torch.randn(M, K, generator=gen, device="cuda").to(torch.bfloat16).requires_grad_()
+    w = torch.nn.Parameter((torch.randn(E, N, K, generator=gen, device="cuda") / 16).to(torch.bfloat16))
+    offs = torch.tensor(OFFS, dtype=torch.int32, device="cuda")
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda a: qtrain.grouped_mm(a, w, offs, config))(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), \
+        [str(b.reason) for b in explained.break_reasons]
