@@ -33,6 +33,7 @@ aten = torch.ops.aten
 LAYER = "qtrain.moe"
 log = logging.getLogger("qtrain")
 _LOGGED_PASS_THROUGH = set()
+_LOGGED_CAPTURE = []
 # The forward's w.transpose(-2, -1) must stay routed too. Views of the same memory share the
 # weight's serving state (see `freeze`); copies start their own.
 _VIEWS = VIEW_OPS | {aten.transpose.int, aten.t.default, aten.permute.default}
@@ -142,7 +143,8 @@ class GroupedExpertsWeight(torch.Tensor):
 
 def freeze(w):
     """Serving: w (a GroupedExpertsWeight Parameter) takes no gradient from now on, and while
-    neither it nor the tokens need one (and outside torch.compile), its products quantize w
+    neither it nor the tokens need one (and outside torch.compile and CUDA-graph capture: a
+    graph would keep a copy that in-place writes cannot refresh), its products quantize w
     once per version of w (an in-place write makes it quantize again) instead of on every
     call; the same bits as before. Costs one quantized copy of w (1 byte per element plus
     scales, or the MX-10 values in w's dtype). Called by qtrain.to_inference. Copies made by
@@ -163,6 +165,22 @@ def plain(w):
     return w._hp if isinstance(w, GroupedExpertsWeight) else w
 
 
+def _capturing(x):
+    """Whether x's stream is capturing a CUDA graph. A frozen weight's kept quantized copy would
+    be baked into the graph, and every replay after an in-place write of the weight would read
+    the stale copy (a replay never asks the version again). So under capture the product
+    quantizes the weight inside the graph, as in training, and each replay reads the weight
+    as it is then; said once in a log line."""
+    if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return False
+    if not _LOGGED_CAPTURE:
+        _LOGGED_CAPTURE.append(True)
+        log.info("%s: a frozen expert weight under CUDA-graph capture quantizes inside the "
+                 "graph on every replay (a kept quantized copy would go stale after an "
+                 "in-place write of the weight)", LAYER)
+    return True
+
+
 def _route_grouped_mm(cls, args, kwargs):
     """qtrain.grouped_mm for torch._grouped_mm(x 2-D, w_t 3-D GroupedExpertsWeight, offs=...)
     with no other argument; None for any other call (it runs plain, said once in a log line)."""
@@ -174,7 +192,8 @@ def _route_grouped_mm(cls, args, kwargs):
         from .qgrouped_mm import grouped_mm, grouped_mm_frozen   # they import this module
         serving = b._serving
         if (serving["frozen"] and not torch.compiler.is_compiling()
-                and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))):
+                and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+                and not _capturing(a)):
             return grouped_mm_frozen(a, b.transpose(-2, -1), offs, b.config,
                                      serving["entries"], serving["epoch"])
         return grouped_mm(a, b.transpose(-2, -1), offs, b.config)

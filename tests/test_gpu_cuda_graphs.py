@@ -139,6 +139,27 @@ def test_converted_experts_under_compile_reduce_overhead(recipe):
     _assert_same(*got)
 
 
+def test_frozen_experts_captured_read_the_weight_at_each_replay():
+    """Serving experts frozen by qtrain.to_inference, forward captured in a CUDA graph: a
+    replay after an in-place write of the weight gives the eager output of the written weight
+    (the product quantizes w inside the graph; a kept quantized copy would be stale there)."""
+    config = dataclasses.replace(qtrain.recipe_config("rowwise"), backend="fast")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    w = (torch.randn(4, 128, 256, generator=gen, device="cuda") / 16).to(torch.bfloat16)
+    experts = qtrain.convert_moe_to_quantized_training(GroupedExperts(w), config)
+    qtrain.to_inference(experts)
+    x = torch.randn(320, 256, generator=gen, device="cuda").to(torch.bfloat16)
+    offs = torch.tensor([37, 37, 190, 300], dtype=torch.int32, device="cuda")
+    with torch.no_grad():
+        graph, static = capture_cuda_graph(lambda: experts(x, offs), [])
+        experts.w.mul_(-2)
+        want = experts(x, offs)                # eager, frozen: quantizes the written weight
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.count_nonzero(want) > 0
+    _assert_same([want], [static])
+
+
 def test_int8_stochastic_step_replays_with_the_same_call_index():
     config = qtrain.Int8LinearConfig(stochastic_grad_output=True, seed=3, backend="fast")
     layer = qtrain.QuantizedLinear(512, 384, bias=False, dtype=torch.bfloat16, device="cuda",

@@ -260,6 +260,37 @@ def test_compiled_experts_follow_changing_token_counts(seed):
         _assert_equal_runs(_step(compiled, x, offs, g), _step(q, x, offs, g))
 
 
+def test_frozen_experts_quantize_on_every_call_under_cuda_graph_capture(seed, monkeypatch,
+                                                                       caplog):
+    """While a CUDA graph captures, frozen experts take the training forward (the weight
+    quantized inside the graph, so replays after an in-place write read the written weight;
+    tests/test_gpu_cuda_graphs.py replays one): every call quantizes, same bits, one log line.
+    (The capture itself needs a GPU; here the route is asked under a stand-in for it.)"""
+    import qtrain.qgrouped_mm as Q
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), CONFIGS["rowwise"]())
+    x, offs = _inputs()
+    qtrain.to_inference(q)
+    want = q(x, offs)
+    calls = []
+    real = Q._output_weight_operand
+    monkeypatch.setattr(Q, "_output_weight_operand", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(qtrain.moe_weight, "_LOGGED_CAPTURE", [])
+    real_capturing = qtrain.moe_weight._capturing
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setattr(qtrain.moe_weight, "_capturing",
+                        lambda t: real_capturing(_CudaLooking()))
+    with caplog.at_level(logging.INFO, logger="qtrain"):
+        for _ in range(2):
+            assert torch.equal(q(x, offs), want)
+    assert len(calls) == 6                           # w1, w3, w2 on each call
+    assert sum("CUDA-graph capture" in r.getMessage() for r in caplog.records) == 1
+
+
+class _CudaLooking:
+    """What _capturing reads of the tokens, saying CUDA (the CPU test's stand-in)."""
+    is_cuda = True
+
+
 def test_to_inference_freezes_experts_which_quantize_once_per_version(seed, monkeypatch):
     """qtrain.to_inference on a model with converted experts: the weights take no gradient,
     serve the training forward's bits, quantize once (not per call), and again after an
