@@ -75,7 +75,14 @@ class _ReferenceAdapter:
 def _fast_interpret():
     # Triton picks the interpreter when a kernel is decorated, so the variable must be set before
     # qtrain.fast's kernel modules import; a process that already imported them keeps their mode.
-    os.environ["TRITON_INTERPRET"] = "1"
+    # Only on a machine without CUDA: Triton reads the variable again for every kernel decorated
+    # later in the process, so on a GPU machine the kernel modules imported afterwards, and
+    # inductor's generated kernels, would run interpreted in that process's GPU work (the
+    # twenty-seventh session's GPU suite lost seven CUDA-graph tests to it). There this backend
+    # says it is unavailable unless TRITON_INTERPRET=1 was set before the process started.
+    import torch
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
     try:
         from qtrain.fast import FastBackend
     except ImportError:   # the package may not re-export it (yet)

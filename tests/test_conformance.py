@@ -1,9 +1,11 @@
 """The conformance quick set as pytest (conformance/README.md): ids are the case names."""
 import glob
+import os
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from qtrain.conformance import compare
 from qtrain.conformance.__main__ import main
@@ -189,3 +191,17 @@ def test_distributed_case_fields_are_validated(tmp_path):
             load_cases(tmp_path)
     (tmp_path / "d.json").write_text(json.dumps({"about": "", "cases": [base]}))
     assert load_cases(tmp_path)[0]["scenario"] == "fsdp"
+
+
+def test_fast_interpret_leaves_a_gpu_machines_kernels_compiled(monkeypatch):
+    """The fast-interpret harness backend sets TRITON_INTERPRET=1 only where there is no CUDA:
+    Triton reads it for every kernel decorated later in the process, so on a GPU machine the
+    kernel modules imported afterwards (and inductor's kernels) would run interpreted."""
+    from qtrain.conformance import backends
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    backends._fast_interpret()
+    assert "TRITON_INTERPRET" not in os.environ
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    backends._fast_interpret()
+    assert os.environ.get("TRITON_INTERPRET") == "1"
