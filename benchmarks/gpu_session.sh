@@ -6,7 +6,7 @@
 #          torch 2.11 once lost compiled grouped_mm gradients), fastcheck (gpu_fast_check), tuning (kernel_tuning),
 #          block, keepw (RC-14: tensorwise/blockwise with and without the kept weight, time and
 #          peak memory; mxfp8 too, for its bf16-GEMM products), graphs (reduce-overhead CUDA graphs: MoE and block), moe, moeprof
-#          (profiler table), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
+#          (profiler table), moeblock (benchmarks/moe_block.py, MOEBLOCK_ARGS, then benchmarks/moe_serving.py), profile (block_profile: host vs GPU time per step; PROFILE_ARGS),
 #          hostprof (benchmarks.block_host_profile per recipe in HOSTPROF_RECIPES; HOSTPROF_ARGS),
 #          amaxab (tensorwise block compiled with QTRAIN_COMPILED_AMAX=kernel, then =torch),
 #          transposeab (tensorwise block eager with QTRAIN_FAST_TRANSPOSE=torch, then =tiles),
@@ -112,6 +112,10 @@ if has gemmprobe; then
 fi
 if has moe; then
   step moe_bench ${MOE_LIMIT_S:-150} python3 benchmarks/moe_bench.py
+fi
+if has moeblock; then   # the whole MoE block (modes, torchao probed apart) and its served forward
+  step moe_block ${MOEBLOCK_LIMIT_S:-300} python3 benchmarks/moe_block.py ${MOEBLOCK_ARGS:-}
+  step moe_serving ${SERVING_LIMIT_S:-120} python3 benchmarks/moe_serving.py
 fi
 if has moeprof; then
   step moe_profile ${MOEPROF_LIMIT_S:-120} python3 benchmarks/moe_profile.py

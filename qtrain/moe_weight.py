@@ -25,6 +25,7 @@ import hashlib
 import logging
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils._pytree import tree_map_only
 
 from ._wrapper_ops import COPY_OPS, VIEW_OPS, flat_args
@@ -33,7 +34,6 @@ aten = torch.ops.aten
 LAYER = "qtrain.moe"
 log = logging.getLogger("qtrain")
 _LOGGED_PASS_THROUGH = set()
-_LOGGED_CAPTURE = []
 # The forward's w.transpose(-2, -1) must stay routed too. Views of the same memory share the
 # weight's serving state (see `freeze`); copies start their own.
 _VIEWS = VIEW_OPS | {aten.transpose.int, aten.t.default, aten.permute.default}
@@ -114,14 +114,19 @@ class GroupedExpertsWeight(torch.Tensor):
         out = func(*tree_map_only(cls, lambda t: t._hp, args),
                    **tree_map_only(cls, lambda t: t._hp, kwargs))
         if func._schema.is_mutable:
-            for a in flat_args(args, kwargs):   # written (or maybe): a frozen weight
-                if isinstance(a, cls):          # quantizes again
-                    a._serving["epoch"] += 1
+            for a in flat_args(args, kwargs):   # written (or maybe): a frozen weight's kept
+                if isinstance(a, cls):          # operands are made again
+                    _written(a)
             if args and isinstance(args[0], cls):
                 return args[0]                  # in place: the plain weight was written
         if func in _KEEP:
             src = next(a for a in flat_args(args, kwargs) if isinstance(a, cls))
             serving = src._serving if func in _VIEWS else None     # copies start unfrozen
+            if serving is not None and torch.is_inference_mode_enabled() and not src.is_inference():
+                # a view of a normal tensor is a normal tensor, in inference mode too (torch
+                # then gives it the base's version counter, which an inference tensor refuses)
+                with torch.inference_mode(False):
+                    return tree_map_only(torch.Tensor, lambda t: cls(t, src.config, serving), out)
             return tree_map_only(torch.Tensor, lambda t: cls(t, src.config, serving), out)
         return out
 
@@ -143,15 +148,33 @@ class GroupedExpertsWeight(torch.Tensor):
 
 def freeze(w):
     """Serving: w (a GroupedExpertsWeight Parameter) takes no gradient from now on, and while
-    neither it nor the tokens need one (and outside torch.compile and CUDA-graph capture: a
-    graph would keep a copy that in-place writes cannot refresh), its products quantize w
-    once per version of w (an in-place write makes it quantize again) instead of on every
-    call; the same bits as before. Costs one quantized copy of w (1 byte per element plus
+    neither it nor the tokens need one (and outside torch.compile), its products quantize w
+    once and keep the result, which every in-place write of w refreshes in place (so a CUDA
+    graph that reads it stays right), instead of quantizing on every call; the same bits as
+    before (qgrouped_mm.grouped_mm_frozen). Costs one quantized copy of w (1 byte per element plus
     scales, or the MX-10 values in w's dtype). Called by qtrain.to_inference. Copies made by
     ops (module.to(), clone) start unfrozen, so move the model before freezing it (a moved
     frozen weight keeps its numbers and quantizes on every call again); deepcopy keeps it."""
     w.requires_grad_(False)
     w._serving["frozen"] = True
+
+
+def _written(w):
+    """After an in-place write through w: a new epoch, and the kept operands of a frozen weight
+    refreshed in place right away (a CUDA graph may read them). Not while tracing (a dispatch
+    mode, fake, functional or meta tensors) or capturing: those leave the operands behind the
+    epoch, to be refreshed by the next eager call."""
+    serving = w._serving
+    serving["epoch"] += 1
+    if not serving["entries"] or torch.compiler.is_compiling():
+        return
+    hp = w._hp
+    if (_get_current_dispatch_mode() is not None or type(hp) is not torch.Tensor
+            or hp.device.type == "meta"
+            or (hp.is_cuda and torch.cuda.is_current_stream_capturing())):
+        return
+    for entry in serving["entries"].values():
+        entry.refresh(serving["epoch"])
 
 
 def _new_serving():
@@ -165,22 +188,6 @@ def plain(w):
     return w._hp if isinstance(w, GroupedExpertsWeight) else w
 
 
-def _capturing(x):
-    """Whether x's stream is capturing a CUDA graph. A frozen weight's kept quantized copy would
-    be baked into the graph, and every replay after an in-place write of the weight would read
-    the stale copy (a replay never asks the version again). So under capture the product
-    quantizes the weight inside the graph, as in training, and each replay reads the weight
-    as it is then; said once in a log line."""
-    if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return False
-    if not _LOGGED_CAPTURE:
-        _LOGGED_CAPTURE.append(True)
-        log.info("%s: a frozen expert weight under CUDA-graph capture quantizes inside the "
-                 "graph on every replay (a kept quantized copy would go stale after an "
-                 "in-place write of the weight)", LAYER)
-    return True
-
-
 def _route_grouped_mm(cls, args, kwargs):
     """qtrain.grouped_mm for torch._grouped_mm(x 2-D, w_t 3-D GroupedExpertsWeight, offs=...)
     with no other argument; None for any other call (it runs plain, said once in a log line)."""
@@ -192,8 +199,7 @@ def _route_grouped_mm(cls, args, kwargs):
         from .qgrouped_mm import grouped_mm, grouped_mm_frozen   # they import this module
         serving = b._serving
         if (serving["frozen"] and not torch.compiler.is_compiling()
-                and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
-                and not _capturing(a)):
+                and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))):
             return grouped_mm_frozen(a, b.transpose(-2, -1), offs, b.config,
                                      serving["entries"], serving["epoch"])
         return grouped_mm(a, b.transpose(-2, -1), offs, b.config)

@@ -22,6 +22,8 @@ MXLinearConfig (grad_weight_hp included). Kept for backward: x quantized along t
 grad_weight (1 byte per element plus scales; hp x with grad_weight_hp), w itself, offs, and
 the padded token layout that g reuses (its padded group ends).
 """
+import logging
+
 import torch
 
 from . import grouped_ops, ops  # noqa: F401  (ops registers the qtrain:: quantize ops)
@@ -40,6 +42,7 @@ from .recipes import QOperand, mx_values_route, quantize_operand, quantize_value
 MX_VALUES = True
 
 LAYER = "qtrain.grouped_mm"
+log = logging.getLogger("qtrain")
 FLOAT8_ALIGN = 16         # torch._scaled_grouped_mm needs 16-token aligned groups (2d x 2d)
 
 
@@ -179,8 +182,13 @@ class _QuantizedGroupedMMFn(torch.autograd.Function):
 
 
 def _output_weight_operand(w, x, plan, backend):
+    """The output product's B operand from w (E, N, K) for tokens x."""
+    return _weight_operand(w, plan, backend, _values(plan.output[0], x, backend))
+
+
+def _weight_operand(w, plan, backend, values):
     """The output product's B operand from w (E, N, K): MX-10 values, or (payload, factors)."""
-    if _values(plan.output[0], x, backend):
+    if values:
         return _values_3d(w, plan.output[1], True, backend)
     return _quantize_3d(w, plan.output[1], True, backend)
 
@@ -228,24 +236,72 @@ def _grad_weight_hp(g, x, offs, backend):
                        torch.zeros((), dtype=out.dtype, device=out.device))
 
 
+class FrozenOperand:
+    """The output product's weight operand of a frozen expert weight, kept for serving: made
+    once, and refreshed in place (same tensors, new values) when the weight is written, so
+    a CUDA graph that reads it stays right across in-place writes (moe_weight's
+    __torch_dispatch__ calls `refresh` on every write outside capture and compilation)."""
+
+    def __init__(self, hp, dtype, plan, backend, values, version):
+        self.hp, self.dtype, self.plan, self.backend, self.values = hp, dtype, plan, backend, values
+        self.operand = self._make()
+        self.version = version
+
+    def _make(self):
+        src = self.hp.to(self.dtype) if self.hp.dtype != self.dtype else self.hp
+        return _weight_operand(src.contiguous(), self.plan, self.backend, self.values)
+
+    def refresh(self, version):
+        # inference mode: the kept tensors may be inference tensors (made under
+        # torch.inference_mode), which only take in-place writes there
+        with torch.inference_mode():
+            new = self._make()
+            kept = (self.operand,) if isinstance(self.operand, torch.Tensor) else self.operand
+            for k, fresh in zip(kept, (new,) if isinstance(new, torch.Tensor) else new):
+                k.copy_(fresh)
+        self.version = version
+
+
+_LOGGED_CAPTURE = []
+
+
+def _capturing(x):
+    """Whether x's stream is capturing a CUDA graph."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def grouped_mm_frozen(x, w, offs, config, cache, version):
     """The output of grouped_mm for a weight that takes no gradient (serving, frozen experts)
-    and an x that takes none either, with w's quantized operand made once per `version` of w
-    (moe_weight counts in-place writes) and kept in `cache` (a dict, one per weight:
-    moe_weight's GroupedExpertsWeight holds it, shared with its views). The same bits as
-    grouped_mm's forward."""
+    and an x that takes none either, with w's quantized operand kept in `cache` (a dict, one
+    per weight: moe_weight's GroupedExpertsWeight holds it, shared with its views) as a
+    FrozenOperand: made on the first call, refreshed when `version` (moe_weight counts in-place
+    writes) is newer than it. Under CUDA-graph capture a current operand is read by the graph
+    (later writes refresh it in place); without one the product quantizes w inside the graph
+    (one log line). The same bits as grouped_mm's forward."""
     _check(x, w, offs, config)
     backend = resolve_backend_for_call(config.backend, x.device)
     plan = config.plan(grouped=True)
     hp = plain(w)
     x = x.contiguous()
-    key = (tuple(hp.shape), tuple(hp.stride()), hp.storage_offset(), x.dtype, backend,
-           _values(plan.output[0], x, backend))
-    hit = cache.get(key)
-    if hit is None or hit[0] != version:
-        src = hp.to(x.dtype) if hp.dtype != x.dtype else hp
-        hit = cache[key] = (version, _output_weight_operand(src.contiguous(), x, plan, backend))
-    return _as_dtype(_output_product(x, hit[1], offs, plan, backend), x.dtype)
+    values = _values(plan.output[0], x, backend)
+    key = (tuple(hp.shape), tuple(hp.stride()), hp.storage_offset(), x.dtype, backend, values)
+    entry = cache.get(key)
+    capturing = _capturing(x)
+    if not capturing:
+        if entry is None:
+            entry = cache[key] = FrozenOperand(hp, x.dtype, plan, backend, values, version)
+        elif entry.version != version:
+            entry.refresh(version)
+    if entry is not None and entry.version == version:
+        operand = entry.operand
+    else:
+        if not _LOGGED_CAPTURE:
+            _LOGGED_CAPTURE.append(True)
+            log.info("%s: a frozen expert weight without a current quantized copy under CUDA-graph "
+                     "capture quantizes inside the graph on every replay (call the layer once "
+                     "before capturing to keep one copy that in-place writes refresh)", LAYER)
+        operand = FrozenOperand(hp, x.dtype, plan, backend, values, version).operand
+    return _as_dtype(_output_product(x, operand, offs, plan, backend), x.dtype)
 
 
 def grouped_mm(x, w, offs, config):

@@ -140,9 +140,10 @@ def test_converted_experts_under_compile_reduce_overhead(recipe):
 
 
 def test_frozen_experts_captured_read_the_weight_at_each_replay():
-    """Serving experts frozen by qtrain.to_inference, forward captured in a CUDA graph: a
-    replay after an in-place write of the weight gives the eager output of the written weight
-    (the product quantizes w inside the graph; a kept quantized copy would be stale there)."""
+    """Serving experts frozen by qtrain.to_inference, forward captured in a CUDA graph after
+    eager warm-up calls (which make the kept quantized weights): a replay after an in-place
+    write of the weight gives the eager output of the written weight (the write refreshes
+    the kept copy in place, and the graph reads it)."""
     config = dataclasses.replace(qtrain.recipe_config("rowwise"), backend="fast")
     gen = torch.Generator(device="cuda").manual_seed(0)
     w = (torch.randn(4, 128, 256, generator=gen, device="cuda") / 16).to(torch.bfloat16)

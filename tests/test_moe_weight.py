@@ -260,35 +260,57 @@ def test_compiled_experts_follow_changing_token_counts(seed):
         _assert_equal_runs(_step(compiled, x, offs, g), _step(q, x, offs, g))
 
 
-def test_frozen_experts_quantize_on_every_call_under_cuda_graph_capture(seed, monkeypatch,
+def test_frozen_experts_under_cuda_graph_capture_read_the_kept_operand(seed, monkeypatch,
                                                                        caplog):
-    """While a CUDA graph captures, frozen experts take the training forward (the weight
-    quantized inside the graph, so replays after an in-place write read the written weight;
-    tests/test_gpu_cuda_graphs.py replays one): every call quantizes, same bits, one log line.
-    (The capture itself needs a GPU; here the route is asked under a stand-in for it.)"""
+    """While a CUDA graph captures (a stand-in here: capture needs a GPU;
+    tests/test_gpu_cuda_graphs.py replays one), frozen experts read their kept operands, which
+    in-place writes refresh in place, so no weight is quantized inside the graph; without a
+    kept operand the weight is quantized inside the graph (one log line); same bits both
+    ways."""
     import qtrain.qgrouped_mm as Q
-    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), CONFIGS["rowwise"]())
+    config = CONFIGS["rowwise"]()
     x, offs = _inputs()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
     qtrain.to_inference(q)
-    want = q(x, offs)
+    want = q(x, offs)                            # eager: the kept operands are made
+    fresh = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    fresh.load_state_dict(q.state_dict())
+    qtrain.to_inference(fresh)
     calls = []
-    real = Q._output_weight_operand
-    monkeypatch.setattr(Q, "_output_weight_operand", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(qtrain.moe_weight, "_LOGGED_CAPTURE", [])
-    real_capturing = qtrain.moe_weight._capturing
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    monkeypatch.setattr(qtrain.moe_weight, "_capturing",
-                        lambda t: real_capturing(_CudaLooking()))
+    real = Q._weight_operand
+    monkeypatch.setattr(Q, "_weight_operand", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(Q, "_capturing", lambda t: True)
+    monkeypatch.setattr(Q, "_LOGGED_CAPTURE", [])
     with caplog.at_level(logging.INFO, logger="qtrain"):
-        for _ in range(2):
-            assert torch.equal(q(x, offs), want)
-    assert len(calls) == 6                           # w1, w3, w2 on each call
+        assert torch.equal(q(x, offs), want) and not calls
+        for _ in range(2):                       # no kept operand yet: quantized inside
+            assert torch.equal(fresh(x, offs), want)
+    assert len(calls) == 6
+    assert not any(getattr(fresh, n)._serving["entries"] for n in NAMES)
     assert sum("CUDA-graph capture" in r.getMessage() for r in caplog.records) == 1
 
 
-class _CudaLooking:
-    """What _capturing reads of the tokens, saying CUDA (the CPU test's stand-in)."""
-    is_cuda = True
+def test_experts_under_inference_mode(seed):
+    """Converted experts run under torch.inference_mode (the transposed view of the weight in
+    their forward raised "Cannot set version_counter for inference tensor" before), frozen or
+    not, with no_grad's bits; kept operands made there (inference tensors) take the refresh
+    of a later write outside it (load_state_dict), with the new weight's bits."""
+    config = CONFIGS["rowwise"]()
+    x, offs = _inputs()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    with torch.no_grad():
+        want = q(x, offs)
+    with torch.inference_mode():
+        assert torch.equal(q(x, offs), want)
+    qtrain.to_inference(q)
+    with torch.inference_mode():
+        q(x, offs)
+    other = GroupedExperts(4, 64, 96)
+    q.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        want = DirectExperts(q, config)(x, offs)
+    with torch.inference_mode():
+        assert torch.equal(q(x, offs), want)
 
 
 def test_to_inference_freezes_experts_which_quantize_once_per_version(seed, monkeypatch):
@@ -302,19 +324,24 @@ def test_to_inference_freezes_experts_which_quantize_once_per_version(seed, monk
     with torch.no_grad():
         want = q(x, offs)
     calls = []
-    real = Q._output_weight_operand
-    monkeypatch.setattr(Q, "_output_weight_operand", lambda *a: calls.append(1) or real(*a))
+    real = Q._weight_operand
+    monkeypatch.setattr(Q, "_weight_operand", lambda *a: calls.append(1) or real(*a))
     qtrain.to_inference(q)
     assert all(not getattr(q, n).requires_grad for n in NAMES)
     for _ in range(3):
         assert torch.equal(q(x, offs), want)
     assert len(calls) == 3                      # w1, w3, w2 once each, not once per call
+    (entry,) = q.w2._serving["entries"].values()
+    kept = [t.data_ptr() for t in entry.operand]
+    calls.clear()
     with torch.no_grad():
         q.w2.mul_(2)
+    assert len(calls) == 1                      # w2 again, alone, at the write
+    assert [t.data_ptr() for t in entry.operand] == kept        # in place: graphs read it
     with torch.no_grad():
         want = DirectExperts(q, config)(x, offs)
     calls.clear()
-    assert torch.equal(q(x, offs), want) and len(calls) == 1      # w2 again, alone
+    assert torch.equal(q(x, offs), want) and not calls
     c = copy.deepcopy(q)                 # frozen too, its own version counter and no copy yet
     assert c.w1._serving["frozen"] and c.w1._serving is not q.w1._serving
     assert not c.w1._serving["entries"] and q.w1._serving["entries"]
