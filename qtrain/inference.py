@@ -2,8 +2,9 @@
 `InferenceLinear`, whose weight is quantized once and stored (payload + dequant factors) and
 whose activation is quantized on every call, exactly as the training forward does (the
 `output` product of the recipe table, spec/07-recipes.md), through the same backend. Converted
-MoE experts (qtrain.moe) stay as they are with their weights frozen: each quantizes once per
-version and serves the training forward's bits (qtrain.moe_weight.freeze).
+MoE experts (qtrain.moe) stay as they are with their weights frozen: each quantizes once,
+keeps the result (refreshed in place by in-place writes) and serves the training forward's
+bits (qtrain.moe_weight.freeze).
 
 The forward matches the training-mode forward of the same recipe bit for bit on a given
 backend (same quantization, same scaled_mm_nt) when the weight is quantized in the dtype the
@@ -103,7 +104,7 @@ def to_inference(model, recipe=None, module_filter_fn=None, dtype=None):
 
 def _freeze_experts(model, module_filter_fn):
     """Converted MoE experts (qtrain.moe) keep their module and config; their weights are
-    frozen so that each quantizes once per version (qtrain.moe_weight.freeze)."""
+    frozen so that each quantizes once and keeps the result (qtrain.moe_weight.freeze)."""
     from .moe import is_converted_experts
     from .moe_weight import GroupedExpertsWeight, freeze
     for fqn, module in model.named_modules():

@@ -18,7 +18,8 @@ Everything else behaves as the plain weight does:
   `torch.load(weights_only=True)`;
 - FSDP2 all-gathers the plain shard (in mp_policy.param_dtype) and re-wraps the gathered
   weight (fsdp_pre_all_gather / fsdp_post_all_gather).
-Serving (`freeze`, qtrain.to_inference): a frozen weight quantizes itself once per version.
+Serving (`freeze`, qtrain.to_inference): a frozen weight quantizes itself once and keeps the
+result, which in-place writes refresh in place.
 """
 import copy
 import hashlib
