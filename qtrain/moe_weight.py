@@ -83,20 +83,56 @@ class GroupedExpertsWeight(torch.Tensor):
         state["_serving"] = {**_new_serving(), "frozen": self._serving["frozen"]}
         return state
 
+    def _kept(self):
+        """(key, tensors) of a frozen weight's one current kept operand (its products under
+        torch.compile read it: __tensor_flatten__), else None."""
+        serving = self._serving
+        if not serving["frozen"] or len(serving["entries"]) != 1:
+            return None
+        ((key, entry),) = serving["entries"].items()
+        if entry.version != serving["epoch"]:
+            return None
+        operand = entry.operand
+        return key, (operand,) if isinstance(operand, torch.Tensor) else tuple(operand)
+
+    def __getattr__(self, name):
+        # the inner tensors "_kept0", "_kept1" that __tensor_flatten__ names
+        if name.startswith("_kept") and name[5:].isdigit():
+            kept = self._kept()
+            if kept is not None and int(name[5:]) < len(kept[1]):
+                return kept[1][int(name[5:])]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     def __tensor_flatten__(self):
-        return ["_hp"], self.config
+        """The plain weight; for a frozen weight with a current kept operand also that
+        operand's tensors, so that a compiled graph takes them as inputs (refreshed in place by
+        eager writes) instead of quantizing the weight on every call."""
+        kept = self._kept()
+        if kept is None:
+            return ["_hp"], self.config
+        key, tensors = kept
+        return (["_hp"] + [f"_kept{i}" for i in range(len(tensors))],
+                (self.config, key, len(tensors)))
 
     @staticmethod
-    def __tensor_unflatten__(inner, config, outer_size, outer_stride):
-        return GroupedExpertsWeight(inner["_hp"], config)
+    def __tensor_unflatten__(inner, ctx, outer_size, outer_stride):
+        if not isinstance(ctx, tuple):
+            return GroupedExpertsWeight(inner["_hp"], ctx)
+        config, key, n = ctx
+        tensors = tuple(inner[f"_kept{i}"] for i in range(n))
+        serving = {**_new_serving(), "frozen": True,
+                   "entries": {key: _Kept(tensors[0] if n == 1 else tensors)}}
+        return GroupedExpertsWeight(inner["_hp"], config, serving)
 
     def _stable_hash_for_caching(self):
         """torch.compile's cache key (AOT autograd): the config, the weight's metadata and
         qtrain's version (the routing is traced into the cached graph)."""
         from . import __version__
         hp = self._hp
+        kept = self._kept()
         key = repr((type(self).__name__, __version__, self.config, tuple(hp.shape),
-                    tuple(hp.stride()), str(hp.dtype), hp.device.type))
+                    tuple(hp.stride()), str(hp.dtype), hp.device.type,
+                    None if kept is None else (kept[0], len(kept[1]))))
         return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
     @classmethod
@@ -149,15 +185,19 @@ class GroupedExpertsWeight(torch.Tensor):
 
 def freeze(w):
     """Serving: w (a GroupedExpertsWeight Parameter) takes no gradient from now on, and while
-    neither it nor the tokens need one (and outside torch.compile), its products quantize w
-    once and keep the result, which every in-place write of w refreshes in place (so a CUDA
-    graph that reads it stays right), instead of quantizing on every call; the same bits as
-    before (qgrouped_mm.grouped_mm_frozen). Costs one quantized copy of w (1 byte per element plus
-    scales, or the MX-10 values in w's dtype). Called by qtrain.to_inference. Copies made by
+    neither it nor the tokens need one, its products read a quantized copy of w kept from
+    here on (made now for tokens in w's dtype, on first use for others), which every in-place
+    write of w refreshes in place, instead of quantizing on every call; the same bits as
+    before (qgrouped_mm.grouped_mm_frozen). A CUDA graph reads the kept copy and stays right
+    across writes; under torch.compile it is an input of the graph (__tensor_flatten__).
+    Costs one quantized copy of w (1 byte per element plus scales, or the MX-10 values in w's
+    dtype). Called by qtrain.to_inference. Copies made by
     ops (module.to(), clone) start unfrozen, so move the model before freezing it (a moved
     frozen weight keeps its numbers and quantizes on every call again); deepcopy keeps it."""
     w.requires_grad_(False)
     w._serving["frozen"] = True
+    from .qgrouped_mm import keep_frozen_operand              # it imports this module
+    keep_frozen_operand(w, w.config, w._serving["entries"], w._serving["epoch"])
 
 
 def _written(w):
@@ -176,6 +216,13 @@ def _written(w):
         return
     for entry in serving["entries"].values():
         entry.refresh(serving["epoch"])
+
+
+class _Kept:
+    """A kept operand as a traced frozen weight sees it (__tensor_unflatten__): current."""
+
+    def __init__(self, operand):
+        self.operand, self.version = operand, 0
 
 
 def _new_serving():
@@ -199,7 +246,7 @@ def _route_grouped_mm(cls, args, kwargs):
             and b.dim() == 3 and not extra and len(args) <= 3):
         from .qgrouped_mm import grouped_mm, grouped_mm_frozen   # they import this module
         serving = b._serving
-        if (serving["frozen"] and not torch.compiler.is_compiling()
+        if (serving["frozen"]
                 and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))):
             return grouped_mm_frozen(a, b.transpose(-2, -1), offs, b.config,
                                      serving["entries"], serving["epoch"])

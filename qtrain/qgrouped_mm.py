@@ -270,22 +270,50 @@ def _capturing(x):
     return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
+def _frozen_key(hp, x, backend, values):
+    return (tuple(hp.shape), tuple(hp.stride()), hp.storage_offset(), x.dtype, backend, values)
+
+
+def keep_frozen_operand(w, config, cache, version):
+    """Make the kept operand that grouped_mm_frozen reads for tokens in w's dtype on w's device
+    (qtrain.to_inference calls it when it freezes w, so that a model compiled before any eager
+    call reads it too). Nothing for a meta weight."""
+    hp = plain(w)
+    if hp.device.type == "meta":
+        return
+    backend = resolve_backend_for_call(config.backend, hp.device)
+    plan = config.plan(grouped=True)
+    x = hp.new_empty((0, hp.shape[-1]))                       # the tokens' dtype and device
+    values = _values(plan.output[0], x, backend)
+    key = _frozen_key(hp, x, backend, values)
+    if key not in cache:
+        cache[key] = FrozenOperand(hp, hp.dtype, plan, backend, values, version)
+
+
 def grouped_mm_frozen(x, w, offs, config, cache, version):
     """The output of grouped_mm for a weight that takes no gradient (serving, frozen experts)
     and an x that takes none either, with w's quantized operand kept in `cache` (a dict, one
     per weight: moe_weight's GroupedExpertsWeight holds it, shared with its views) as a
-    FrozenOperand: made on the first call, refreshed when `version` (moe_weight counts in-place
-    writes) is newer than it. Under CUDA-graph capture a current operand is read by the graph
-    (later writes refresh it in place); without one the product quantizes w inside the graph
-    (one log line). The same bits as grouped_mm's forward."""
+    FrozenOperand: made at freeze time or on the first call, refreshed when `version`
+    (moe_weight counts in-place writes) is newer than it. Under CUDA-graph capture a current
+    operand is read by the graph (later writes refresh it in place); without one the product
+    quantizes w inside the graph (one log line). Traced by torch.compile, the kept operand is
+    one the traced weight carries (moe_weight's __tensor_flatten__), read without a version
+    check; without one w is quantized in the graph. The same bits as grouped_mm's forward."""
     _check(x, w, offs, config)
     backend = resolve_backend_for_call(config.backend, x.device)
     plan = config.plan(grouped=True)
     hp = plain(w)
     x = x.contiguous()
     values = _values(plan.output[0], x, backend)
-    key = (tuple(hp.shape), tuple(hp.stride()), hp.storage_offset(), x.dtype, backend, values)
+    key = _frozen_key(hp, x, backend, values)
     entry = cache.get(key)
+    if torch.compiler.is_compiling():
+        # traced: a frozen weight's kept operand is an input of the graph (moe_weight's
+        # __tensor_flatten__), refreshed in place by eager writes; without one, quantized here
+        operand = entry.operand if entry is not None else _output_weight_operand(
+            hp if hp.dtype == x.dtype else hp.to(x.dtype), x, plan, backend)
+        return _as_dtype(_output_product(x, operand, offs, plan, backend), x.dtype)
     capturing = _capturing(x)
     if not capturing:
         if entry is None:

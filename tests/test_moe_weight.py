@@ -276,6 +276,8 @@ def test_frozen_experts_under_cuda_graph_capture_read_the_kept_operand(seed, mon
     fresh = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
     fresh.load_state_dict(q.state_dict())
     qtrain.to_inference(fresh)
+    for n in NAMES:                      # as for tokens of another dtype than the weight's
+        getattr(fresh, n)._serving["entries"].clear()
     calls = []
     real = Q._weight_operand
     monkeypatch.setattr(Q, "_weight_operand", lambda *a: calls.append(1) or real(*a))
@@ -288,6 +290,44 @@ def test_frozen_experts_under_cuda_graph_capture_read_the_kept_operand(seed, mon
     assert len(calls) == 6
     assert not any(getattr(fresh, n)._serving["entries"] for n in NAMES)
     assert sum("CUDA-graph capture" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("recipe", list(CONFIGS))
+def test_compiled_frozen_experts_read_the_kept_operand(seed, recipe, backend, monkeypatch):
+    """torch.compile of frozen experts (fullgraph): the kept quantized weights are inputs of
+    the graph (GroupedExpertsWeight.__tensor_flatten__), so no compiled call quantizes a
+    weight; an eager in-place write refreshes them in place and the same graph serves the
+    new weight's bits; a weight without a current kept operand is quantized in the graph
+    (recompiled on the change of state); the eager frozen bits throughout."""
+    from qtrain import backend as qb
+    config = CONFIGS[recipe]()
+    x, offs = _inputs()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    qtrain.to_inference(q)
+    ref = type(qb._instance("reference"))
+    method = "quantize_float8" if recipe == "rowwise" else "quantize_mx"
+    casts = []
+    real = getattr(ref, method)
+    monkeypatch.setattr(ref, method, lambda self, t, *a, **k: casts.append(t.shape[0]) or
+                        real(self, t, *a, **k))
+    torch._dynamo.reset()
+    compiled = torch.compile(q, backend=backend, fullgraph=True)
+    weight_rows = {w.shape[0] * w.shape[1] for w in (q.w1, q.w2)}   # (E * N, K) views
+    with torch.no_grad():
+        for _ in range(2):
+            want = q(x, offs)
+            casts.clear()
+            assert torch.equal(compiled(x, offs), want)
+            assert not weight_rows & set(casts), casts
+        q.w2.mul_(-2)
+        want = q(x, offs)
+        casts.clear()
+        assert torch.equal(compiled(x, offs), want) and not weight_rows & set(casts)
+        q.w1._serving["entries"].clear()          # no kept operand: quantized in the graph
+        casts.clear()
+        assert torch.equal(compiled(x, offs), q(x, offs))
+        assert q.w1.shape[0] * q.w1.shape[1] in casts
 
 
 def test_experts_under_inference_mode(seed):
@@ -342,9 +382,11 @@ def test_to_inference_freezes_experts_which_quantize_once_per_version(seed, monk
         want = DirectExperts(q, config)(x, offs)
     calls.clear()
     assert torch.equal(q(x, offs), want) and not calls
-    c = copy.deepcopy(q)                 # frozen too, its own version counter and no copy yet
+    c = copy.deepcopy(q)                 # frozen too, its own version counter and kept copy
     assert c.w1._serving["frozen"] and c.w1._serving is not q.w1._serving
-    assert not c.w1._serving["entries"] and q.w1._serving["entries"]
+    (ce,), (qe,) = (list(w._serving["entries"].values()) for w in (c.w1, q.w1))
+    assert torch.equal(ce.operand[0], qe.operand[0])
+    assert ce.operand[0].data_ptr() != qe.operand[0].data_ptr()
     with torch.no_grad():
         c.w2.zero_()
     assert torch.count_nonzero(c(x, offs)) == 0 and torch.equal(q(x, offs), want)
