@@ -83,6 +83,12 @@ class GroupedExpertsWeight(torch.Tensor):
         state["_serving"] = {**_new_serving(), "frozen": self._serving["frozen"]}
         return state
 
+    def __setstate__(self, state):
+        """Unpickled: a frozen weight makes its kept copy again (as freeze does)."""
+        self.__dict__.update(state)
+        if self._serving["frozen"]:
+            freeze(self)
+
     def _kept(self):
         """(key, tensors) of a frozen weight's one current kept operand (its products under
         torch.compile read it: __tensor_flatten__), else None."""
