@@ -62,7 +62,7 @@ class GroupedExpertsWeight(torch.Tensor):
 
     def __deepcopy__(self, memo):
         """A copy with its own memory and its own serving state (frozen if this one is, with
-        no quantized copy yet)."""
+        its own quantized copy)."""
         if id(self) in memo:
             return memo[id(self)]
         new = GroupedExpertsWeight(copy.deepcopy(self._hp, memo), self.config)

@@ -242,10 +242,11 @@ class FrozenOperand:
     a CUDA graph that reads it stays right across in-place writes (moe_weight's
     __torch_dispatch__ calls `refresh` on every write outside capture and compilation)."""
 
-    def __init__(self, hp, dtype, plan, backend, values, version):
+    def __init__(self, hp, dtype, plan, backend, values, version, used=True):
         self.hp, self.dtype, self.plan, self.backend, self.values = hp, dtype, plan, backend, values
         self.operand = self._make()
         self.version = version
+        self.used = used          # False: made ahead (keep_frozen_operand), not read yet
 
     def _make(self):
         src = self.hp.to(self.dtype) if self.hp.dtype != self.dtype else self.hp
@@ -277,17 +278,23 @@ def _frozen_key(hp, x, backend, values):
 def keep_frozen_operand(w, config, cache, version):
     """Make the kept operand that grouped_mm_frozen reads for tokens in w's dtype on w's device
     (qtrain.to_inference calls it when it freezes w, so that a model compiled before any eager
-    call reads it too). Nothing for a meta weight."""
+    call reads it too). Nothing for a meta weight or one that keeps copies already. Tokens of
+    another dtype make their own copy on their first eager call, which then replaces this
+    one if it was never read (a compiled graph takes a weight's copy only while it keeps one)."""
     hp = plain(w)
-    if hp.device.type == "meta":
+    if hp.device.type == "meta" or cache:
         return
-    backend = resolve_backend_for_call(config.backend, hp.device)
+    try:
+        backend = resolve_backend_for_call(config.backend, hp.device)
+    except RuntimeError as e:        # the first call raises it, where the tokens are known
+        log.info("%s: no quantized copy kept ahead for a frozen %s weight on %s (%s); the "
+                 "first call makes it", LAYER, config.short_id, hp.device, e)
+        return
     plan = config.plan(grouped=True)
     x = hp.new_empty((0, hp.shape[-1]))                       # the tokens' dtype and device
     values = _values(plan.output[0], x, backend)
-    key = _frozen_key(hp, x, backend, values)
-    if key not in cache:
-        cache[key] = FrozenOperand(hp, hp.dtype, plan, backend, values, version)
+    cache[_frozen_key(hp, x, backend, values)] = FrozenOperand(hp, hp.dtype, plan, backend,
+                                                               values, version, used=False)
 
 
 def grouped_mm_frozen(x, w, offs, config, cache, version):
@@ -317,9 +324,12 @@ def grouped_mm_frozen(x, w, offs, config, cache, version):
     capturing = _capturing(x)
     if not capturing:
         if entry is None:
+            for unused in [k for k, e in cache.items() if not e.used]:
+                del cache[unused]                  # made ahead for tokens of another dtype
             entry = cache[key] = FrozenOperand(hp, x.dtype, plan, backend, values, version)
         elif entry.version != version:
             entry.refresh(version)
+        entry.used = True
     if entry is not None and entry.version == version:
         operand = entry.operand
     else:

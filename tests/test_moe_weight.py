@@ -330,6 +330,26 @@ def test_compiled_frozen_experts_read_the_kept_operand(seed, recipe, backend, mo
         assert q.w1.shape[0] * q.w1.shape[1] in casts
 
 
+def test_frozen_copy_made_ahead_gives_way_to_the_tokens_dtype(seed):
+    """to_inference keeps a quantized copy for tokens in the weight's dtype; fp32 weights
+    serving bf16 tokens make their own on the first call, which replaces the unread one (so
+    the weight keeps one copy, the one a compiled graph takes)."""
+    config = CONFIGS["rowwise"]()
+    x, offs = _inputs()
+    q = convert_moe_to_quantized_training(GroupedExperts(4, 64, 96), config)
+    qtrain.to_inference(q)
+    (key,) = q.w1._serving["entries"]
+    assert key[3] == torch.float32
+    xb = x.to(torch.bfloat16)
+    with torch.no_grad():
+        want = DirectExperts(q, config)(xb, offs)
+    assert torch.equal(q(xb, offs), want)
+    (key,) = q.w1._serving["entries"]
+    assert key[3] == torch.bfloat16 and q.w1._kept() is not None
+    assert torch.equal(q(x, offs), DirectExperts(q, config)(x, offs).detach())
+    assert len(q.w1._serving["entries"]) == 2 and q.w1._kept() is None   # both read: both kept
+
+
 def test_experts_under_inference_mode(seed):
     """Converted experts run under torch.inference_mode (the transposed view of the weight in
     their forward raised "Cannot set version_counter for inference tensor" before), frozen or
