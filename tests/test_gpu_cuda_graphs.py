@@ -161,6 +161,30 @@ def test_frozen_experts_captured_read_the_weight_at_each_replay():
     _assert_same([want], [static])
 
 
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_frozen_experts_follow_in_place_writes(mode):
+    """Frozen experts under torch.compile (fullgraph): the kept quantized weights are inputs
+    of the graph; after an in-place write of a weight the compiled module (CUDA-graph replays
+    under reduce-overhead) gives the eager frozen module's output of the written weight."""
+    config = dataclasses.replace(qtrain.recipe_config("rowwise"), backend="fast")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    w = (torch.randn(4, 128, 256, generator=gen, device="cuda") / 16).to(torch.bfloat16)
+    experts = qtrain.convert_moe_to_quantized_training(GroupedExperts(w), config)
+    qtrain.to_inference(experts)
+    x = torch.randn(320, 256, generator=gen, device="cuda").to(torch.bfloat16)
+    offs = torch.tensor([37, 37, 190, 300], dtype=torch.int32, device="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(experts, mode=None if mode == "default" else mode, fullgraph=True)
+    with torch.no_grad():
+        for write in (False, True):
+            if write:
+                experts.w.mul_(-2)
+            want = experts(x, offs)
+            for _ in range(3):                     # cudagraph trees record on a later call
+                got = compiled(x, offs).clone()
+            _assert_same([want], [got])
+
+
 def test_int8_stochastic_step_replays_with_the_same_call_index():
     config = qtrain.Int8LinearConfig(stochastic_grad_output=True, seed=3, backend="fast")
     layer = qtrain.QuantizedLinear(512, 384, bias=False, dtype=torch.bfloat16, device="cuda",
