@@ -49,11 +49,13 @@ def main(argv=None):
     qtrain.to_inference(serving)
     eager = {"bf16": base, "qtrain rowwise, training forward": training,
              "qtrain rowwise, to_inference (frozen)": serving}
-    blocks = {}
+    blocks, mode_of = {}, {}
     for mode in args.modes.split(","):
         for name, block in eager.items():
-            blocks[name if mode == "eager" else f"{name}, {mode}"] = block if mode == "eager" \
-                else torch.compile(block, mode=None if mode == "default" else mode)
+            label = name if mode == "eager" else f"{name}, {mode}"
+            blocks[label] = block if mode == "eager" else torch.compile(
+                block, mode=None if mode == "default" else mode)
+            mode_of[label] = mode
     rows, csv_rows = [], []
     for tokens in (int(t) for t in args.tokens.split(",")):
         x = (torch.randn(tokens, DIM, generator=gen, device="cuda") * 0.5).to(torch.bfloat16)
@@ -81,9 +83,8 @@ def main(argv=None):
         med = {name: statistics.median(t) for name, t in times.items()}
         shape = f"E{E} top{TOP_K} T{tokens} D{DIM} H{HIDDEN}"
         for name, ms in med.items():
-            mode = name.rsplit(", ", 1)[1] if name.rsplit(", ", 1)[-1] in ("default",
-                                                                           "reduce-overhead") else None
-            bf16 = med["bf16" if mode is None else f"bf16, {mode}"]
+            mode = mode_of[name]
+            bf16 = med["bf16" if mode == "eager" else f"bf16, {mode}"]
             rows.append([f"T{tokens}", name, f"{ms:.3f}", f"{bf16 / ms:.2f}x"])
             csv_rows.append(dict(op="moe_block_forward_no_grad",
                                  backend="torch" if name.startswith("bf16") else "fast",

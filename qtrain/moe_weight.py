@@ -21,6 +21,7 @@ Everything else behaves as the plain weight does:
 Serving (`freeze`, qtrain.to_inference): a frozen weight quantizes itself once and keeps the
 result, which in-place writes refresh in place.
 """
+import contextlib
 import copy
 import hashlib
 import logging
@@ -98,8 +99,7 @@ class GroupedExpertsWeight(torch.Tensor):
         ((key, entry),) = serving["entries"].items()
         if entry.version != serving["epoch"]:
             return None
-        operand = entry.operand
-        return key, (operand,) if isinstance(operand, torch.Tensor) else tuple(operand)
+        return key, operand_tensors(entry.operand)
 
     def __getattr__(self, name):
         # the inner tensors "_kept0", "_kept1" that __tensor_flatten__ names
@@ -165,12 +165,12 @@ class GroupedExpertsWeight(torch.Tensor):
         if func in _KEEP:
             src = next(a for a in flat_args(args, kwargs) if isinstance(a, cls))
             serving = src._serving if func in _VIEWS else None     # copies start unfrozen
-            if serving is not None and torch.is_inference_mode_enabled() and not src.is_inference():
-                # a view of a normal tensor is a normal tensor, in inference mode too (torch
-                # then gives it the base's version counter, which an inference tensor refuses)
-                with torch.inference_mode(False):
-                    return tree_map_only(torch.Tensor, lambda t: cls(t, src.config, serving), out)
-            return tree_map_only(torch.Tensor, lambda t: cls(t, src.config, serving), out)
+            # a view of a normal tensor is a normal tensor, in inference mode too (torch then
+            # gives it the base's version counter, which an inference tensor refuses)
+            normal = (serving is not None and torch.is_inference_mode_enabled()
+                      and not src.is_inference())
+            with torch.inference_mode(False) if normal else contextlib.nullcontext():
+                return tree_map_only(torch.Tensor, lambda t: cls(t, src.config, serving), out)
         return out
 
     # FSDP2's extension hooks: the shard travels plain, the gathered weight is wrapped again.
@@ -217,8 +217,7 @@ def _written(w):
         return
     hp = w._hp
     if (_get_current_dispatch_mode() is not None or type(hp) is not torch.Tensor
-            or hp.device.type == "meta"
-            or (hp.is_cuda and torch.cuda.is_current_stream_capturing())):
+            or hp.device.type == "meta" or capturing(hp)):
         return
     for entry in serving["entries"].values():
         entry.refresh(serving["epoch"])
@@ -235,6 +234,16 @@ def _new_serving():
     # the epoch counts in-place writes through the weight or any view of it (__torch_dispatch__
     # sees them all; torch's version counters of views made below autograd count apart)
     return {"frozen": False, "epoch": 0, "entries": {}}
+
+
+def capturing(t):
+    """Whether t's CUDA stream is capturing a CUDA graph."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def operand_tensors(operand):
+    """A product operand's tensors: (values,) or (payload, factors)."""
+    return (operand,) if isinstance(operand, torch.Tensor) else tuple(operand)
 
 
 def plain(w):

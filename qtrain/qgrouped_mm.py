@@ -29,7 +29,7 @@ import torch
 from . import grouped_ops, ops  # noqa: F401  (ops registers the qtrain:: quantize ops)
 from .backend import resolve_backend_for_call
 from .config import Float8LinearConfig, MXLinearConfig
-from .moe_weight import plain
+from .moe_weight import capturing as _capturing, operand_tensors, plain
 from .qlinear import _mm_dtype
 from .recipes import QOperand, mx_values_route, quantize_operand, quantize_values
 
@@ -249,26 +249,24 @@ class FrozenOperand:
         self.used = used          # False: made ahead (keep_frozen_operand), not read yet
 
     def _make(self):
-        src = self.hp.to(self.dtype) if self.hp.dtype != self.dtype else self.hp
-        return _weight_operand(src.contiguous(), self.plan, self.backend, self.values)
+        return _frozen_operand(self.hp, self.dtype, self.plan, self.backend, self.values)
 
     def refresh(self, version):
         # inference mode: the kept tensors may be inference tensors (made under
         # torch.inference_mode), which only take in-place writes there
         with torch.inference_mode():
-            new = self._make()
-            kept = (self.operand,) if isinstance(self.operand, torch.Tensor) else self.operand
-            for k, fresh in zip(kept, (new,) if isinstance(new, torch.Tensor) else new):
-                k.copy_(fresh)
+            for kept, fresh in zip(operand_tensors(self.operand), operand_tensors(self._make())):
+                kept.copy_(fresh)
         self.version = version
 
 
 _LOGGED_CAPTURE = []
 
 
-def _capturing(x):
-    """Whether x's stream is capturing a CUDA graph."""
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+def _frozen_operand(hp, dtype, plan, backend, values):
+    """The output product's operand of weight hp for tokens of `dtype` (w cast to it first, as
+    grouped_mm does)."""
+    return _weight_operand(_as_dtype(hp, dtype).contiguous(), plan, backend, values)
 
 
 def _frozen_key(hp, x, backend, values):
@@ -318,8 +316,8 @@ def grouped_mm_frozen(x, w, offs, config, cache, version):
     if torch.compiler.is_compiling():
         # traced: a frozen weight's kept operand is an input of the graph (moe_weight's
         # __tensor_flatten__), refreshed in place by eager writes; without one, quantized here
-        operand = entry.operand if entry is not None else _output_weight_operand(
-            hp if hp.dtype == x.dtype else hp.to(x.dtype), x, plan, backend)
+        operand = entry.operand if entry is not None else _frozen_operand(
+            hp, x.dtype, plan, backend, values)
         return _as_dtype(_output_product(x, operand, offs, plan, backend), x.dtype)
     capturing = _capturing(x)
     if not capturing:
@@ -338,7 +336,7 @@ def grouped_mm_frozen(x, w, offs, config, cache, version):
             log.info("%s: a frozen expert weight without a current quantized copy under CUDA-graph "
                      "capture quantizes inside the graph on every replay (call the layer once "
                      "before capturing to keep one copy that in-place writes refresh)", LAYER)
-        operand = FrozenOperand(hp, x.dtype, plan, backend, values, version).operand
+        operand = _frozen_operand(hp, x.dtype, plan, backend, values)
     return _as_dtype(_output_product(x, operand, offs, plan, backend), x.dtype)
 
 

@@ -139,11 +139,9 @@ def test_converted_experts_under_compile_reduce_overhead(recipe):
     _assert_same(*got)
 
 
-def test_frozen_experts_captured_read_the_weight_at_each_replay():
-    """Serving experts frozen by qtrain.to_inference, forward captured in a CUDA graph after
-    eager warm-up calls (which make the kept quantized weights): a replay after an in-place
-    write of the weight gives the eager output of the written weight (the write refreshes
-    the kept copy in place, and the graph reads it)."""
+def _frozen_experts():
+    """Rowwise experts frozen by qtrain.to_inference (fast backend), tokens in uneven and
+    empty groups: (experts, x, offs)."""
     config = dataclasses.replace(qtrain.recipe_config("rowwise"), backend="fast")
     gen = torch.Generator(device="cuda").manual_seed(0)
     w = (torch.randn(4, 128, 256, generator=gen, device="cuda") / 16).to(torch.bfloat16)
@@ -151,6 +149,15 @@ def test_frozen_experts_captured_read_the_weight_at_each_replay():
     qtrain.to_inference(experts)
     x = torch.randn(320, 256, generator=gen, device="cuda").to(torch.bfloat16)
     offs = torch.tensor([37, 37, 190, 300], dtype=torch.int32, device="cuda")
+    return experts, x, offs
+
+
+def test_frozen_experts_captured_read_the_weight_at_each_replay():
+    """Serving experts frozen by qtrain.to_inference, forward captured in a CUDA graph after
+    eager warm-up calls (which make the kept quantized weights): a replay after an in-place
+    write of the weight gives the eager output of the written weight (the write refreshes
+    the kept copy in place, and the graph reads it)."""
+    experts, x, offs = _frozen_experts()
     with torch.no_grad():
         graph, static = capture_cuda_graph(lambda: experts(x, offs), [])
         experts.w.mul_(-2)
@@ -166,13 +173,7 @@ def test_compiled_frozen_experts_follow_in_place_writes(mode):
     """Frozen experts under torch.compile (fullgraph): the kept quantized weights are inputs
     of the graph; after an in-place write of a weight the compiled module (CUDA-graph replays
     under reduce-overhead) gives the eager frozen module's output of the written weight."""
-    config = dataclasses.replace(qtrain.recipe_config("rowwise"), backend="fast")
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    w = (torch.randn(4, 128, 256, generator=gen, device="cuda") / 16).to(torch.bfloat16)
-    experts = qtrain.convert_moe_to_quantized_training(GroupedExperts(w), config)
-    qtrain.to_inference(experts)
-    x = torch.randn(320, 256, generator=gen, device="cuda").to(torch.bfloat16)
-    offs = torch.tensor([37, 37, 190, 300], dtype=torch.int32, device="cuda")
+    experts, x, offs = _frozen_experts()
     torch._dynamo.reset()
     compiled = torch.compile(experts, mode=None if mode == "default" else mode, fullgraph=True)
     with torch.no_grad():
